@@ -1,0 +1,66 @@
+# voicefleet: `make demo` runs the main job on the local stack, `make test` runs the tests.
+# Both do all set-up on a fresh machine and reuse caches when present.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := python3.11
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+RUN := $(UV) run --frozen --no-sync
+PYTEST_ARGS ?=
+
+.PHONY: help setup binaries up down status demo test lint typecheck unit bench clean
+
+help:
+	@echo "make demo      start the local stack and show voice calls (does all set-up)"
+	@echo "make test      lint, typecheck and run every test against the real stack"
+	@echo "make up/down   start/stop the local stack in the background (.testbed/env)"
+	@echo "make status    what the local stack runs, and what is unhealthy"
+	@echo "make bench     run the benchmarks (bench/results/*.json)"
+
+# Python: uv from PyPI, then the locked workspace into .venv.
+setup: .venv/.synced
+.venv/.synced: uv.lock pyproject.toml */pyproject.toml
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || { echo "==> installing uv $(UV_VERSION) from PyPI"; python3 -m pip install --quiet --user "uv==$(UV_VERSION)"; }
+	@echo "==> uv sync (Python deps into .venv)"
+	@$(UV) sync --frozen --all-packages
+	@touch $@
+
+# etcd, kube-apiserver, kube-controller-manager, kubectl, livekit-server, helm (built from the
+# Go module proxy into ~/.cache/voicefleet/bin/<name>-<version>) and Debian's prometheus.
+binaries:
+	@bash testbed/build/binaries.sh all
+
+up: setup binaries
+	@$(RUN) testbed up
+
+down:
+	@if [ -x .venv/bin/testbed ]; then $(RUN) testbed down; else echo "nothing to stop (no .venv)"; fi
+
+status: setup
+	@$(RUN) testbed status
+
+demo: setup binaries
+	@$(RUN) testbed demo
+
+lint: setup
+	@echo "==> ruff"
+	@$(RUN) ruff check .
+	@$(RUN) ruff format --check .
+
+typecheck: setup
+	@echo "==> mypy"
+	@$(RUN) mypy
+
+unit: setup
+	@$(RUN) pytest -m "not cluster and not livekit" $(PYTEST_ARGS)
+
+test: setup binaries lint typecheck
+	@echo "==> pytest (starts its own stack on free loopback ports)"
+	@$(RUN) pytest $(PYTEST_ARGS)
+
+bench: setup binaries
+	@$(RUN) python -m bench
+
+clean: down
+	rm -rf .testbed .venv

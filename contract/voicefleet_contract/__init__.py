@@ -1,0 +1,60 @@
+"""The contract between voicefleet's operator and its workers.
+
+One source of truth for every name both sides must spell the same way: the API group,
+labels, environment variables, ports, mount paths and the agent configuration file. The
+operator renders pod templates from these; the worker reads its configuration through
+them; `tests/test_contract.py` renders a pod template and feeds it to the worker's loader.
+"""
+
+from typing import Final
+
+GROUP: Final = "voicefleet.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "VoiceAgent"
+PLURAL: Final = "voiceagents"
+
+# Labels on every object the operator owns; the selector uses the instance label.
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+APP_NAME: Final = "voicefleet-worker"
+MANAGED_BY: Final = "voicefleet-operator"
+
+# Pod-template annotation carrying the hash of the rendered agent configuration: a spec
+# change changes the hash, which rolls the workers.
+ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+
+# Ports a worker serves on its pod IP.
+METRICS_PORT: Final = 9464  # Prometheus /metrics and /sessions (voicefleet's own)
+HEALTH_PORT: Final = 8081  # livekit-agents' health server: GET / is 200 or 503
+METRICS_PORT_NAME: Final = "metrics"
+HEALTH_PORT_NAME: Final = "health"
+
+# Where the operator mounts the rendered agent configuration (a ConfigMap key).
+CONFIG_MOUNT_PATH: Final = "/etc/voicefleet"
+CONFIG_FILE_KEY: Final = "agent.json"
+
+
+class Env:
+    """Environment variables the operator sets on worker containers."""
+
+    CONFIG_FILE: Final = "VOICEFLEET_CONFIG"  # path of agent.json
+    POD_NAME: Final = "POD_NAME"
+    POD_NAMESPACE: Final = "POD_NAMESPACE"
+    POD_IP: Final = "POD_IP"  # every server in a pod binds here
+    METRICS_PORT: Final = "VOICEFLEET_METRICS_PORT"
+    HEALTH_PORT: Final = "VOICEFLEET_HEALTH_PORT"
+    LOG_FORMAT: Final = "VOICEFLEET_LOG_FORMAT"  # json | text
+    LIVEKIT_URL: Final = "LIVEKIT_URL"
+    LIVEKIT_API_KEY: Final = "LIVEKIT_API_KEY"  # always a secretKeyRef
+    LIVEKIT_API_SECRET: Final = "LIVEKIT_API_SECRET"  # always a secretKeyRef
+    OPENAI_API_KEY: Final = "OPENAI_API_KEY"  # always a secretKeyRef
+    OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+
+
+SECRET_ENV: Final = frozenset({Env.LIVEKIT_API_KEY, Env.LIVEKIT_API_SECRET, Env.OPENAI_API_KEY})
+"""Env vars that carry secrets: never a literal `value`, never logged."""
