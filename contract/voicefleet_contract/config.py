@@ -1,0 +1,327 @@
+"""The agent configuration file (`agent.json`) the operator renders and the worker reads.
+
+Field names are the VoiceAgent spec's own (camelCase), so a spec field and its config
+field are spelled once. Secrets are never in this file: they reach the worker as
+`secretKeyRef` env vars (see `Env`). `parse_config` validates plain JSON data and raises
+`ConfigError` naming the bad field; `AgentConfig.to_dict` is its inverse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final, Literal, cast
+
+CONFIG_VERSION: Final = 1
+TOOL_NAME_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
+TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "none")
+MODALITIES: Final = ("audio", "text")
+NOISE_REDUCTION_TYPES: Final = ("near_field", "far_field")
+EAGERNESS: Final = ("low", "medium", "high", "auto")
+TOOL_CHOICES: Final = ("auto", "none", "required")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; `field` is its dotted path, e.g. `model.voice`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    type: str = "server_vad"
+    threshold: float | None = None
+    prefixPaddingMs: int | None = None
+    silenceDurationMs: int | None = None
+    eagerness: str | None = None  # semantic_vad only
+    createResponse: bool = True
+    interruptResponse: bool = True
+    idleTimeoutMs: int | None = None
+
+
+@dataclass(frozen=True)
+class Transcription:
+    model: str = "gpt-4o-mini-transcribe"
+    language: str | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    provider: str = "openai-realtime"
+    model: str = "gpt-realtime"
+    voice: str = "marin"
+    instructions: str = ""
+    modalities: tuple[str, ...] = ("audio",)
+    turnDetection: TurnDetection = field(default_factory=TurnDetection)
+    inputAudioTranscription: Transcription | None = None
+    inputAudioNoiseReduction: str | None = None
+    temperature: float | None = None  # deprecated by the Realtime API; passed where accepted
+    speed: float | None = None
+    toolChoice: str | None = None
+    maxSessionDurationSeconds: float | None = None
+    baseURL: str | None = None  # an OpenAI-compatible endpoint; http(s) becomes ws(s)
+    azureDeployment: str | None = None
+    apiVersion: str | None = None
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    url: str
+    parameters: dict[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    timeoutSeconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Sessions:
+    maxPerWorker: int = 10
+    drainTimeoutSeconds: int = 3600
+
+
+@dataclass(frozen=True)
+class Failover:
+    enabled: bool = True
+    resumeConversation: bool = True
+    summaryTurns: int = 6
+
+
+@dataclass(frozen=True)
+class Observability:
+    logTranscripts: bool = False
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    namespace: str
+    voiceAgent: str
+    agentName: str
+    livekitURL: str
+    model: Model = field(default_factory=Model)
+    tools: tuple[Tool, ...] = ()
+    sessions: Sessions = field(default_factory=Sessions)
+    failover: Failover = field(default_factory=Failover)
+    observability: Observability = field(default_factory=Observability)
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return _drop_none(asdict(self))
+
+    def to_json(self) -> str:
+        """Canonical JSON: the operator hashes it, so the same config gives the same text."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one JSON object, naming the dotted path in every error."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path or "<root>", f"must be an object, got {type(data).__name__}")
+        self.data: dict[str, Any] = data
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str, types: tuple[type, ...], what: str, required: bool) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ConfigError(self.at(key), "is required")
+            return None
+        value = self.data[key]
+        # bool is an int in Python; never accept it where a number is meant.
+        if isinstance(value, bool) and bool not in types:
+            raise ConfigError(self.at(key), f"must be {what}, got a boolean")
+        if not isinstance(value, types):
+            raise ConfigError(self.at(key), f"must be {what}, got {type(value).__name__}")
+        return value
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._get(key, (str,), "a string", required)
+        return default if value is None else cast(str, value)
+
+    def req_str(self, key: str, *, nonempty: bool = True) -> str:
+        value = self._get(key, (str,), "a string", True)
+        if nonempty and not value.strip():
+            raise ConfigError(self.at(key), "must not be empty")
+        return cast(str, value)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> str | None:
+        value = self.str(key, default)
+        if value is not None and value not in choices:
+            raise ConfigError(self.at(key), f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key, (bool,), "a boolean", False)
+        return default if value is None else cast(bool, value)
+
+    def num(
+        self, key: str, default: float | None, lo: float | None = None, hi: float | None = None
+    ) -> float | None:
+        value = self._get(key, (int, float), "a number", False)
+        if value is None:
+            return default
+        self._range(key, value, lo, hi)
+        return float(value)
+
+    def int(
+        self, key: str, default: int | None, lo: int | None = None, hi: int | None = None
+    ) -> int | None:
+        value = self._get(key, (int,), "an integer", False)
+        if value is None:
+            return default
+        self._range(key, value, lo, hi)
+        return cast(int, value)
+
+    def _range(self, key: str, value: float, lo: float | None, hi: float | None) -> None:
+        if lo is not None and value < lo:
+            raise ConfigError(self.at(key), f"must be >= {lo}; got {value}")
+        if hi is not None and value > hi:
+            raise ConfigError(self.at(key), f"must be <= {hi}; got {value}")
+
+    def obj(self, key: str) -> _Reader | None:
+        value = self.data.get(key)
+        return None if value is None else _Reader(value, self.at(key))
+
+    def list(self, key: str) -> list[Any]:
+        value = self._get(key, (list,), "a list", False)
+        return [] if value is None else cast(list[Any], value)
+
+
+def _url(r: _Reader, key: str, schemes: tuple[str, ...], *, required: bool) -> str | None:
+    value = r.req_str(key) if required else r.str(key)
+    if value is None or value == "":
+        return None
+    m = re.match(r"^([a-z][a-z0-9+.-]*)://[^/\s]+", value)
+    if not m or m.group(1) not in schemes:
+        raise ConfigError(r.at(key), f"must be a {'/'.join(schemes)} URL; got {value!r}")
+    return value
+
+
+def _turn_detection(r: _Reader | None) -> TurnDetection:
+    if r is None:
+        return TurnDetection()
+    kind = r.choice("type", TURN_DETECTION_TYPES, "server_vad")
+    return TurnDetection(
+        type=cast(str, kind),
+        threshold=r.num("threshold", None, 0.0, 1.0),
+        prefixPaddingMs=r.int("prefixPaddingMs", None, 0, 10_000),
+        silenceDurationMs=r.int("silenceDurationMs", None, 0, 10_000),
+        eagerness=r.choice("eagerness", EAGERNESS, None),
+        createResponse=r.bool("createResponse", True),
+        interruptResponse=r.bool("interruptResponse", True),
+        idleTimeoutMs=r.int("idleTimeoutMs", None, 0, 3_600_000),
+    )
+
+
+def _model(r: _Reader | None) -> Model:
+    if r is None:
+        return Model()
+    modalities = r.list("modalities") or ["audio"]
+    for i, m in enumerate(modalities):
+        if m not in MODALITIES:
+            raise ConfigError(r.at(f"modalities[{i}]"), f"must be one of {', '.join(MODALITIES)}")
+    tr = r.obj("inputAudioTranscription")
+    transcription = None
+    if tr is not None:
+        transcription = Transcription(
+            model=cast(str, tr.str("model", "gpt-4o-mini-transcribe")),
+            language=tr.str("language"),
+            prompt=tr.str("prompt"),
+        )
+    provider = r.choice("provider", ("openai-realtime",), "openai-realtime")
+    return Model(
+        provider=cast(str, provider),
+        model=cast(str, r.str("model", "gpt-realtime")),
+        voice=cast(str, r.str("voice", "marin")),
+        instructions=cast(str, r.str("instructions", "")),
+        modalities=tuple(dict.fromkeys(modalities)),
+        turnDetection=_turn_detection(r.obj("turnDetection")),
+        inputAudioTranscription=transcription,
+        inputAudioNoiseReduction=r.choice("inputAudioNoiseReduction", NOISE_REDUCTION_TYPES, None),
+        temperature=r.num("temperature", None, 0.0, 2.0),
+        speed=r.num("speed", None, 0.25, 1.5),
+        toolChoice=r.choice("toolChoice", TOOL_CHOICES, None),
+        maxSessionDurationSeconds=r.num("maxSessionDurationSeconds", None, 1.0, None),
+        baseURL=_url(r, "baseURL", ("http", "https", "ws", "wss"), required=False),
+        azureDeployment=r.str("azureDeployment"),
+        apiVersion=r.str("apiVersion"),
+    )
+
+
+def _tools(r: _Reader) -> tuple[Tool, ...]:
+    tools: list[Tool] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(r.list("tools")):
+        t = _Reader(raw, r.at(f"tools[{i}]"))
+        name = t.req_str("name")
+        if not TOOL_NAME_RE.match(name):
+            raise ConfigError(t.at("name"), f"must match {TOOL_NAME_RE.pattern}; got {name!r}")
+        if name in seen:
+            raise ConfigError(t.at("name"), f"duplicate tool name {name!r}")
+        seen.add(name)
+        params = t.obj("parameters")
+        if params is not None and params.data.get("type", "object") != "object":
+            raise ConfigError(params.at("type"), "a tool's parameters must be a JSON object schema")
+        tools.append(
+            Tool(
+                name=name,
+                description=t.req_str("description"),
+                url=cast(str, _url(t, "url", ("http", "https"), required=True)),
+                parameters=params.data if params else {"type": "object", "properties": {}},
+                timeoutSeconds=cast(float, t.num("timeoutSeconds", 10.0, 0.1, 300.0)),
+            )
+        )
+    return tuple(tools)
+
+
+def parse_config(data: Any) -> AgentConfig:
+    """Validate plain JSON data into an `AgentConfig`, or raise `ConfigError`."""
+    r = _Reader(data, "")
+    version = r.int("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError("version", f"unsupported config version {version}")
+    s = r.obj("sessions") or _Reader({}, "sessions")
+    f = r.obj("failover") or _Reader({}, "failover")
+    o = r.obj("observability") or _Reader({}, "observability")
+    return AgentConfig(
+        version=CONFIG_VERSION,
+        namespace=r.req_str("namespace"),
+        voiceAgent=r.req_str("voiceAgent"),
+        agentName=r.req_str("agentName"),
+        livekitURL=cast(str, _url(r, "livekitURL", ("ws", "wss", "http", "https"), required=True)),
+        model=_model(r.obj("model")),
+        tools=_tools(r),
+        sessions=Sessions(
+            maxPerWorker=cast(int, s.int("maxPerWorker", 10, 1, 1000)),
+            drainTimeoutSeconds=cast(int, s.int("drainTimeoutSeconds", 3600, 0, 86_400)),
+        ),
+        failover=Failover(
+            enabled=f.bool("enabled", True),
+            resumeConversation=f.bool("resumeConversation", True),
+            summaryTurns=cast(int, f.int("summaryTurns", 6, 0, 50)),
+        ),
+        observability=Observability(logTranscripts=o.bool("logTranscripts", False)),
+    )
+
+

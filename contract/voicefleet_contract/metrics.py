@@ -1,0 +1,50 @@
+"""Metric names: one source for the worker, the operator, dashboards, alerts and docs.
+
+Each `MetricSpec` is what a registry needs (name, kind, help, labels, buckets). The
+worker and operator build their prometheus_client objects from these; dashboards and
+alert rules may only name metrics listed here; `docs/metrics.md` documents each one (a
+test checks all three agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+PREFIX: Final = "voicefleet_"
+Kind = Literal["counter", "gauge", "histogram"]
+
+# Turn latency: the target is ~300 ms, so resolve finely around it.
+LATENCY_BUCKETS: Final = (
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+)  # fmt: skip
+DURATION_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+# --- worker metrics (served by every worker pod on METRICS_PORT) ------------------------
+# Worker-level labels (namespace, voiceagent, pod) come from Prometheus target labels, not
+# from the worker itself; the worker labels only what varies inside one process.
+WORKER_ACTIVE_SESSIONS: Final = MetricSpec(
+    "voicefleet_worker_active_sessions", "gauge", "Sessions this worker is serving now."
+)
+WORKER_CAPACITY: Final = MetricSpec(
+    "voicefleet_worker_capacity_sessions", "gauge", "Sessions this worker accepts (maxPerWorker)."
+)
+WORKER_DRAINING: Final = MetricSpec(
+    "voicefleet_worker_draining", "gauge", "1 while the worker drains after SIGTERM, else 0."
+)
+
+WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
+    WORKER_ACTIVE_SESSIONS,
+    WORKER_CAPACITY,
+    WORKER_DRAINING,
+)
