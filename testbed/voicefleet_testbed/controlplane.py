@@ -30,6 +30,7 @@ CONTROLLERS = (
     "serviceaccount-controller",
     "root-ca-certificate-publisher-controller",
     "job-controller",
+    "clusterrole-aggregation-controller",  # fills view/edit/admin
 )
 
 
@@ -103,7 +104,10 @@ def kubeconfig_yaml(server: str, ca_file: Path, token: str, user: str = "admin")
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "testbed", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+                {
+                    "name": "testbed",
+                    "cluster": {"server": server, "certificate-authority": str(ca_file)},
+                }
             ],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user}}],
@@ -113,7 +117,9 @@ def kubeconfig_yaml(server: str, ca_file: Path, token: str, user: str = "admin")
     )
 
 
-def _get(url: str, token: str | None = None, ca_file: Path | None = None, verify: bool = True) -> tuple[int, str]:
+def _get(
+    url: str, token: str | None = None, ca_file: Path | None = None, verify: bool = True
+) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     if not verify:
         ctx.check_hostname = False
@@ -122,7 +128,9 @@ def _get(url: str, token: str | None = None, ca_file: Path | None = None, verify
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=3, context=ctx if url.startswith("https") else None) as r:
+        with urllib.request.urlopen(
+            req, timeout=3, context=ctx if url.startswith("https") else None
+        ) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")

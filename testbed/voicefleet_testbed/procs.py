@@ -7,6 +7,7 @@ names an unrelated process (PID reuse after a reboot or a killed run) is never s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,6 +22,10 @@ T = TypeVar("T")
 
 class Timeout(RuntimeError):
     pass
+
+
+class Abort(RuntimeError):
+    """Raised by a `wait_for` check to stop waiting at once (e.g. the process died)."""
 
 
 def wait_for(
@@ -38,6 +43,8 @@ def wait_for(
             value = check()
             if value:
                 return value
+        except Abort:
+            raise
         except Exception as e:  # a poll may fail while the thing starts
             last_error = e
         if time.monotonic() > deadline:
@@ -132,10 +139,8 @@ def stop(ref: ProcRef, grace: float = 10.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def tail(path: str | Path, lines: int = 20) -> str:

@@ -21,7 +21,7 @@ from . import controlplane as cp
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
-from .procs import ProcRef, Timeout, spawn, stop, tail, wait_for
+from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
 
 Progress = Callable[[str], None]
 LIVEKIT_KEY = "devkey"
@@ -33,6 +33,7 @@ class StackState:
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, ProcRef] = field(default_factory=dict)
     livekit_secret: str = ""
+    pod_net: int = 0  # pods get 127.<pod_net>.x.y
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -45,6 +46,7 @@ class StackState:
             "ports": self.ports,
             "procs": {k: v.to_dict() for k, v in self.procs.items()},
             "livekit_secret": self.livekit_secret,
+            "pod_net": self.pod_net,
             "extra_env": self.extra_env,
         }
         tmp = self.file.with_suffix(".tmp")
@@ -66,6 +68,7 @@ class StackState:
             ports={k: int(v) for k, v in data.get("ports", {}).items()},
             procs={k: ProcRef.from_dict(v) for k, v in data.get("procs", {}).items()},
             livekit_secret=data.get("livekit_secret", ""),
+            pod_net=int(data.get("pod_net", 0)),
             extra_env=dict(data.get("extra_env", {})),
         )
 
@@ -149,10 +152,16 @@ class Stack:
         def etcd() -> ProcRef:
             data = self.dir / "etcd"
             shutil.rmtree(data, ignore_errors=True)  # a fresh cluster every `up`
-            return spawn("etcd", cp.etcd_argv(b, data, s.ports["etcd"], s.ports["etcd-peer"]), logs / "etcd.log")
+            return spawn(
+                "etcd",
+                cp.etcd_argv(b, data, s.ports["etcd"], s.ports["etcd-peer"]),
+                logs / "etcd.log",
+            )
 
         def apiserver() -> ProcRef:
-            argv = cp.apiserver_argv(b, pki, s.ports["etcd"], s.ports["apiserver"], self.dir / "apiserver-certs")
+            argv = cp.apiserver_argv(
+                b, pki, s.ports["etcd"], s.ports["apiserver"], self.dir / "apiserver-certs"
+            )
             return spawn("kube-apiserver", argv, logs / "kube-apiserver.log")
 
         def kcm() -> ProcRef:
@@ -166,6 +175,7 @@ class Stack:
                 f"--token-file={pki.admin_token_file}",
                 f"--ca-file={pki.ca_cert}",
                 f"--pods-dir={self.pods_dir}",
+                f"--pod-cidr=127.{s.pod_net}.0.0/16",
                 f"--image-table={TESTBED_DIR / 'images.yaml'}",
                 f"--image-table={self.image_override}",
             ]  # fmt: skip
@@ -190,12 +200,23 @@ class Stack:
                 )
             )
             config.chmod(0o600)
-            return spawn("livekit-server", [str(b.livekit_server), f"--config={config}"], logs / "livekit-server.log")
+            return spawn(
+                "livekit-server",
+                [str(b.livekit_server), f"--config={config}"],
+                logs / "livekit-server.log",
+            )
 
         return [
             Component("etcd", etcd, lambda: cp.etcd_healthy(s.ports["etcd"]), 30),
-            Component("kube-apiserver", apiserver, lambda: cp.apiserver_ready(self.api_server, pki), 90),
-            Component("kube-controller-manager", kcm, lambda: cp.controller_manager_healthy(s.ports["kcm"]), 60),
+            Component(
+                "kube-apiserver", apiserver, lambda: cp.apiserver_ready(self.api_server, pki), 90
+            ),
+            Component(
+                "kube-controller-manager",
+                kcm,
+                lambda: cp.controller_manager_healthy(s.ports["kcm"]),
+                60,
+            ),
             Component("node-agent", node_agent, self._node_ready, 30),
             Component("livekit-server", livekit, self._livekit_ready, 30),
         ]
@@ -209,7 +230,9 @@ class Stack:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.state.ports['livekit']}/", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.state.ports['livekit']}/", timeout=2
+            ) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -227,7 +250,9 @@ class Stack:
             return self
         if alive:
             dead = [n for n, ok in alive.items() if not ok]
-            self.progress(f"recovering a stale testbed in {self.dir} (not running: {', '.join(dead)})")
+            self.progress(
+                f"recovering a stale testbed in {self.dir} (not running: {', '.join(dead)})"
+            )
             self.down(quiet=True)
         self._prepare()
         t0 = time.monotonic()
@@ -237,14 +262,8 @@ class Stack:
             self.state.procs[comp.name] = ref
             self.state.save()
             try:
-                wait_for(
-                    lambda r=ref, c=comp: c.ready() if r.alive() else _died(r),
-                    comp.timeout,
-                    f"{comp.name} to become ready",
-                    interval=0.2,
-                    on_fail=lambda r=ref: f"--- last lines of {r.log}:\n{tail(r.log)}",
-                )
-            except (Timeout, _Died) as e:
+                _wait_ready(comp, ref)
+            except (Timeout, Abort) as e:
                 self.down(quiet=True)
                 raise RuntimeError(f"{comp.name} did not start: {e}") from None
         self._bootstrap()
@@ -262,8 +281,12 @@ class Stack:
         self.state.ports = {n: pick_port(self.state.ports.get(n)) for n in names}
         self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
         self.state.livekit_secret = self.state.livekit_secret or secrets.token_urlsafe(32)
+        # A /16 of loopback per stack, so stacks side by side never hand out the same pod IP.
+        self.state.pod_net = self.state.pod_net or _pick_pod_net(self.dir)
         self.state.procs = {}
-        self.kubeconfig.write_text(cp.kubeconfig_yaml(self.api_server, self.pki.ca_cert, self.pki.admin_token()))
+        self.kubeconfig.write_text(
+            cp.kubeconfig_yaml(self.api_server, self.pki.ca_cert, self.pki.admin_token())
+        )
         self.kubeconfig.chmod(0o600)
         self.state.save()
 
@@ -273,7 +296,11 @@ class Stack:
         from .kube import Kube
 
         kube = Kube.admin(self)
-        wait_for(lambda: kube.service_account_exists("default", "default"), 30, "the default ServiceAccount")
+        wait_for(
+            lambda: kube.service_account_exists("default", "default"),
+            30,
+            "the default ServiceAccount",
+        )
 
     def down(self, quiet: bool = False) -> list[str]:
         """Stop every process this stack started, in reverse order, by PID."""
@@ -300,7 +327,11 @@ class Stack:
         rows = []
         for name, ref in self.state.procs.items():
             alive = ref.alive()
-            detail = f"pid {ref.pid}, log {ref.log}" if alive else f"NOT RUNNING; last log lines:\n{tail(ref.log, 8)}"
+            detail = (
+                f"pid {ref.pid}, log {ref.log}"
+                if alive
+                else f"NOT RUNNING; last log lines:\n{tail(ref.log, 8)}"
+            )
             rows.append((name, alive, detail))
         return rows
 
@@ -321,12 +352,26 @@ class Stack:
         )
 
 
-class _Died(RuntimeError):
-    pass
+def _wait_ready(comp: Component, ref: ProcRef) -> None:
+    def check() -> bool:
+        if not ref.alive():
+            raise Abort(f"{ref.name} exited; last log lines:\n{tail(ref.log)}")
+        return comp.ready()
+
+    wait_for(
+        check,
+        comp.timeout,
+        f"{comp.name} to become ready",
+        interval=0.2,
+        on_fail=lambda: f"--- last lines of {ref.log}:\n{tail(ref.log)}",
+    )
 
 
-def _died(ref: ProcRef) -> bool:
-    raise _Died(f"{ref.name} exited; last log lines:\n{tail(ref.log)}")
+def _pick_pod_net(directory: Path) -> int:
+    """127.1/16 for the checkout's own stack; a random other /16 for test stacks."""
+    if directory == default_dir().resolve():
+        return 1
+    return secrets.choice(range(2, 255))
 
 
 def default_dir() -> Path:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from .podspec import ImageRule, parse_image_table
 log = logging.getLogger("nodeagent")
 JSON = dict[str, Any]
 LEASE_SECONDS = 40
-POD_NET = ipaddress.ip_network("127.1.0.0/16")  # one loopback address per pod
 
 
 def _micro_now() -> str:
@@ -57,7 +57,10 @@ class ImageTable:
 
 
 class IpPool:
-    def __init__(self) -> None:
+    """One loopback address per pod, from the stack's own /16 (so two stacks never clash)."""
+
+    def __init__(self, cidr: str) -> None:
+        self.net = ipaddress.ip_network(cidr)
         self._used: set[str] = set()
         self._next = 1
 
@@ -65,9 +68,9 @@ class IpPool:
         self._used.add(ip)
 
     def allocate(self) -> str:
-        hosts = POD_NET.num_addresses - 2
+        hosts = self.net.num_addresses - 2
         for _ in range(hosts):
-            ip = str(POD_NET.network_address + self._next)
+            ip = str(self.net.network_address + self._next)
             self._next = self._next % hosts + 1
             if ip not in self._used and not ip.endswith(".0") and not ip.endswith(".255"):
                 self._used.add(ip)
@@ -86,6 +89,7 @@ class NodeAgent:
         pods_dir: Path,
         images: ImageTable,
         backoff: Backoff,
+        pod_cidr: str,
     ) -> None:
         self.api = api
         self.node_name = node_name
@@ -93,18 +97,32 @@ class NodeAgent:
         self.images = images
         self.backoff = backoff
         self.workers: dict[str, PodWorker] = {}  # uid -> worker
-        self.ips = IpPool()
+        self.ips = IpPool(pod_cidr)
         self.http: aiohttp.ClientSession | None = None
         self.ctx: NodeContext | None = None
         self._binding: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- node ------------------------------------------------------------------------
     def _node_status(self) -> JSON:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        cond = lambda t, s, r, m: {  # noqa: E731
-            "type": t, "status": s, "reason": r, "message": m,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
-        }  # fmt: skip
+
+        def cond(kind: str, status: str, reason: str, message: str) -> JSON:
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+
         resources = {"cpu": "64", "memory": "256Gi", "pods": "10000", "ephemeral-storage": "1Ti"}
         return {
             "capacity": resources,
@@ -120,11 +138,17 @@ class NodeAgent:
                 {"type": "Hostname", "address": self.node_name},
             ],
             "nodeInfo": {
-                "machineID": "testbed", "systemUUID": "testbed", "bootID": str(os.getpid()),
-                "kernelVersion": os.uname().release, "osImage": "voicefleet testbed",
-                "containerRuntimeVersion": "testbed://processes", "kubeletVersion": "testbed",
-                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
-            },  # fmt: skip
+                "machineID": "testbed",
+                "systemUUID": "testbed",
+                "bootID": str(os.getpid()),
+                "kernelVersion": os.uname().release,
+                "osImage": "voicefleet testbed",
+                "containerRuntimeVersion": "testbed://processes",
+                "kubeletVersion": "testbed",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
         }
 
@@ -151,7 +175,9 @@ class NodeAgent:
         log.info("node %s registered and Ready", self.node_name)
 
     async def _post_node_status(self) -> None:
-        await self.api.merge_patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self._node_status()})
+        await self.api.merge_patch(
+            f"/api/v1/nodes/{self.node_name}/status", {"status": self._node_status()}
+        )
 
     async def heartbeat(self) -> None:
         """Renew the node Lease every 10 s and post node status every minute."""
@@ -159,11 +185,18 @@ class NodeAgent:
         n = 0
         while True:
             try:
-                lease = {"holderIdentity": self.node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _micro_now()}
+                lease = {
+                    "holderIdentity": self.node_name,
+                    "leaseDurationSeconds": LEASE_SECONDS,
+                    "renewTime": _micro_now(),
+                }
                 if await self.api.get_or_none(path) is None:
                     await self.api.post(
                         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-                        {"metadata": {"name": self.node_name, "namespace": "kube-node-lease"}, "spec": lease},
+                        {
+                            "metadata": {"name": self.node_name, "namespace": "kube-node-lease"},
+                            "spec": lease,
+                        },
                     )
                 else:
                     await self.api.merge_patch(path, {"spec": lease})
@@ -219,7 +252,7 @@ class NodeAgent:
         node = spec.get("nodeName")
         if not node:
             if not meta.get("deletionTimestamp"):
-                asyncio.create_task(self._bind(pod))
+                self._spawn(self._bind(pod))
             return
         if node != self.node_name:
             return
@@ -239,7 +272,7 @@ class NodeAgent:
         self.workers[uid] = worker
         worker.start()
         worker.update(pod)  # a pod already being deleted goes straight to termination
-        asyncio.create_task(self._reap(uid, worker))
+        self._spawn(self._reap(uid, worker))
 
     async def _reap(self, uid: str, worker: PodWorker) -> None:
         await worker.gone.wait()
@@ -328,23 +361,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--node-name", default="testbed-node")
     p.add_argument("--pods-dir", required=True, type=Path)
     p.add_argument("--image-table", action="append", type=Path, default=[])
+    p.add_argument("--pod-cidr", default="127.1.0.0/16", help="a loopback range for pod IPs")
     p.add_argument("--backoff-base", type=float, default=1.0)
     p.add_argument("--backoff-cap", type=float, default=30.0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args.pods_dir.mkdir(parents=True, exist_ok=True)
     n = kill_leftovers(args.pods_dir)
     if n:
         log.info("killed %d container processes left by a previous node agent", n)
 
     async def amain() -> None:
-        api = KubeApi(Credentials(args.server, Path(args.token_file).read_text().strip(), args.ca_file))
+        api = KubeApi(
+            Credentials(args.server, Path(args.token_file).read_text().strip(), args.ca_file)
+        )
         agent = NodeAgent(
             api,
             args.node_name,
             args.pods_dir,
             ImageTable(args.image_table, sys.executable),
             Backoff(base=args.backoff_base, cap=args.backoff_cap),
+            args.pod_cidr,
         )
         task = asyncio.create_task(agent.run(args.server, args.ca_file))
         loop = asyncio.get_running_loop()

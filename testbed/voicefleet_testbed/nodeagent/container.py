@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from ..procs import start_time
-from .podspec import ProcessPlan, Probe, restart_backoff, should_restart
+from .podspec import Probe, ProcessPlan, restart_backoff, should_restart
 from .probes import run_probe
 from .status import ContainerView
 
@@ -64,6 +64,7 @@ class ContainerRunner:
         self.on_change = on_change
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
+        self._stop_event = asyncio.Event()
         self._liveness_failed = False
         self._exited = asyncio.Event()
 
@@ -146,18 +147,19 @@ class ContainerRunner:
             self.view.last_state = {"terminated": self.view.to_status()["state"]["terminated"]}
             self.view.restart_count += 1
             self.view.state, self.view.reason = "waiting", "CrashLoopBackOff"
-            self.view.message = f"back-off {delay:.0f}s restarting failed container={self.view.name}"
+            self.view.message = (
+                f"back-off {delay:.0f}s restarting failed container={self.view.name}"
+            )
             self.on_change()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested(), delay)
+                await asyncio.wait_for(self._stop_event.wait(), delay)
 
-    async def _stop_requested(self) -> None:
-        while not self.stopping:
-            await asyncio.sleep(0.1)
-
-    async def stop(self, grace: float, pre_stop: Callable[[], asyncio.Future[None]] | None = None) -> None:
+    async def stop(
+        self, grace: float, pre_stop: Callable[[], asyncio.Future[None]] | None = None
+    ) -> None:
         """preStop, SIGTERM to the container's main process, SIGKILL after `grace` seconds."""
         self.stopping = True
+        self._stop_event.set()
         if self.proc is None or self.proc.returncode is not None:
             return
         deadline = time.monotonic() + grace
@@ -174,6 +176,7 @@ class ContainerRunner:
 
     def kill_now(self) -> None:
         self.stopping = True
+        self._stop_event.set()
         self._signal(signal.SIGKILL, group=True)
 
     # --- probes ------------------------------------------------------------------------

@@ -85,7 +85,9 @@ class KubeApi:
             raise
 
     async def merge_patch(self, path: str, body: Any) -> JSON:
-        return await self.request("PATCH", path, body=body, content_type="application/merge-patch+json")
+        return await self.request(
+            "PATCH", path, body=body, content_type="application/merge-patch+json"
+        )
 
     async def post(self, path: str, body: Any) -> JSON:
         return await self.request("POST", path, body=body)

@@ -57,15 +57,21 @@ class PodWorker:
         self.pod_ip = pod_ip
         meta = pod["metadata"]
         self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.dir = ctx.pods_dir / self.ns / self.name
+        self.dir: Path = ctx.pods_dir / self.ns / self.name
         spec = pod["spec"]
         self.restart_policy: str = spec.get("restartPolicy", "Always")
         prior = {c["name"]: c for c in (pod.get("status") or {}).get("containerStatuses") or []}
         self.views = {
-            c["name"]: ContainerView(c["name"], c["image"], restart_count=int(prior.get(c["name"], {}).get("restartCount", 0)))
+            c["name"]: ContainerView(
+                c["name"],
+                c["image"],
+                restart_count=int(prior.get(c["name"], {}).get("restartCount", 0)),
+            )
             for c in spec["containers"]
         }
-        self.init_views = [ContainerView(c["name"], c["image"]) for c in spec.get("initContainers") or []]
+        self.init_views = [
+            ContainerView(c["name"], c["image"]) for c in spec.get("initContainers") or []
+        ]
         self.runners: dict[str, ContainerRunner] = {}
         self.start_time = (pod.get("status") or {}).get("startTime") or now_iso()
         self._since: dict[str, tuple[bool, str]] = {}
@@ -120,7 +126,9 @@ class PodWorker:
                 configmaps[n] = dict(obj.get("data") or {})
         return secrets, configmaps
 
-    def _base_env(self, rule: ImageRule, volume_dirs: dict[str, str], container: JSON) -> dict[str, str]:
+    def _base_env(
+        self, rule: ImageRule, volume_dirs: dict[str, str], container: JSON
+    ) -> dict[str, str]:
         host, _, port = self.ctx.api_server.removeprefix("https://").partition(":")
         env = {
             "PATH": f"{self.ctx.python_bin_dir}:/usr/local/bin:/usr/bin:/bin",
@@ -135,7 +143,7 @@ class PodWorker:
         # No fixed /var/run/secrets path on a shared host: point clients at a kubeconfig.
         for m in container.get("volumeMounts") or []:
             if m["mountPath"].rstrip("/") == SA_MOUNT and m["name"] in volume_dirs:
-                env["KUBECONFIG"] = str(self._write_kubeconfig(volume_dirs[m["name"]]))
+                env["KUBECONFIG"] = str(self._write_kubeconfig(str(volume_dirs[m["name"]])))
         return env
 
     def _write_kubeconfig(self, sa_dir: str) -> Path:
@@ -181,7 +189,9 @@ class PodWorker:
             kill_grace=float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)),
         )
 
-    async def _prepare(self) -> tuple[PodFacts, dict[str, dict[str, str]], dict[str, dict[str, str]], dict[str, str]]:
+    async def _prepare(
+        self,
+    ) -> tuple[PodFacts, dict[str, dict[str, str]], dict[str, dict[str, str]], dict[str, str]]:
         """Fetch referenced objects and write volumes, retrying while they are missing
         (a kubelet keeps such a container in CreateContainerConfigError)."""
         delay = 1.0
@@ -190,7 +200,12 @@ class PodWorker:
                 facts = PodFacts.of(self.pod, self.pod_ip)
                 secrets, configmaps = await self._fetch_refs()
                 volume_dirs = await materialise(
-                    self.pod, self.dir / "volumes", facts, secrets, configmaps, self.ctx.token_source
+                    self.pod,
+                    self.dir / "volumes",
+                    facts,
+                    secrets,
+                    configmaps,
+                    self.ctx.token_source,
                 )
                 # Validate every container's config now, so a missing key shows before start.
                 for c in self.pod["spec"]["containers"]:
@@ -227,7 +242,12 @@ class PodWorker:
         for container in spec["containers"]:
             try:
                 runner = self._make_runner(
-                    container, self.views[container["name"]], facts, secrets, configmaps, volume_dirs
+                    container,
+                    self.views[container["name"]],
+                    facts,
+                    secrets,
+                    configmaps,
+                    volume_dirs,
                 )
             except ConfigError as e:
                 v = self.views[container["name"]]

@@ -28,7 +28,9 @@ class ConfigError(RuntimeError):
 @dataclass(frozen=True)
 class ImageRule:
     pattern: str  # fnmatch glob on the image reference
-    entrypoint: tuple[str, ...] = ()  # the image's ENTRYPOINT+CMD; a container `command` replaces it
+    entrypoint: tuple[
+        str, ...
+    ] = ()  # the image's ENTRYPOINT+CMD; a container `command` replaces it
     env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -48,7 +50,9 @@ def parse_image_table(raw: Sequence[Mapping[str, Any]], python: str) -> list[Ima
         rules.append(
             ImageRule(
                 pattern=str(entry["image"]),
-                entrypoint=tuple(str(a).replace("{python}", python) for a in entry.get("entrypoint", [])),
+                entrypoint=tuple(
+                    str(a).replace("{python}", python) for a in entry.get("entrypoint", [])
+                ),
                 env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
             )
         )
@@ -122,12 +126,12 @@ def field_ref(path: str, facts: PodFacts) -> str:
     raise ConfigError("CreateContainerConfigError", f"unsupported fieldRef {path!r}")
 
 
-def _resource(container: JSON, resource: str, divisor: str | None) -> str:
+def _resource(container: JSON, resource: str) -> str:
     kind, _, name = resource.partition(".")
     value = ((container.get("resources") or {}).get(kind) or {}).get(name)
     if value is None:  # the kubelet reports node allocatable when no limit is set
-        value = {"cpu": "64", "memory": str(256 * 2**30), "ephemeral-storage": str(2**40)}.get(name, "0")
-    return str(value) if not divisor else str(value)
+        value = {"cpu": "64", "memory": str(256 * 2**30)}.get(name, "0")
+    return str(value)
 
 
 def _key_ref(
@@ -142,7 +146,7 @@ def _key_ref(
     if key not in data:
         if optional:
             return None
-        raise ConfigError(reason_missing, f'couldn\'t find key {key} in {kind} {name}')
+        raise ConfigError(reason_missing, f"couldn't find key {key} in {kind} {name}")
     return data[key]
 
 
@@ -151,7 +155,7 @@ def resolve_env(
     facts: PodFacts,
     secrets: Mapping[str, Mapping[str, str]],
     configmaps: Mapping[str, Mapping[str, str]],
-    base: Mapping[str, str] = {},  # noqa: B006 - read-only
+    base: Mapping[str, str] = {},
 ) -> dict[str, str]:
     """The container's environment as the kubelet builds it: envFrom, then env in order,
     each `value` expanded against what came before."""
@@ -182,10 +186,12 @@ def resolve_env(
         elif "secretKeyRef" in src:
             value = _key_ref(src["secretKeyRef"], secrets, "secret", "CreateContainerConfigError")
         elif "configMapKeyRef" in src:
-            value = _key_ref(src["configMapKeyRef"], configmaps, "configmap", "CreateContainerConfigError")
+            value = _key_ref(
+                src["configMapKeyRef"], configmaps, "configmap", "CreateContainerConfigError"
+            )
         elif "resourceFieldRef" in src:
             r = src["resourceFieldRef"]
-            value = _resource(container, r["resource"], r.get("divisor"))
+            value = _resource(container, r["resource"])
         else:
             raise ConfigError("CreateContainerConfigError", f"env {name}: unsupported valueFrom")
         if value is not None:
@@ -330,7 +336,10 @@ def parse_probe(raw: JSON | None, container: JSON, pod_ip: str) -> Probe | None:
     if "tcpSocket" in raw:
         t = raw["tcpSocket"]
         return Probe(
-            "tcpSocket", port=_port(t["port"], container), host=t.get("host") or pod_ip, **common  # type: ignore[arg-type]
+            "tcpSocket",
+            port=_port(t["port"], container),
+            host=t.get("host") or pod_ip,
+            **common,  # type: ignore[arg-type]
         )
     if "exec" in raw:
         return Probe("exec", command=tuple(raw["exec"].get("command") or ()), **common)  # type: ignore[arg-type]

@@ -42,7 +42,12 @@ class ContainerView:
                 }
             }
         else:
-            state = {"waiting": {"reason": self.reason, **({"message": self.message} if self.message else {})}}
+            state = {
+                "waiting": {
+                    "reason": self.reason,
+                    **({"message": self.message} if self.message else {}),
+                }
+            }
         out: JSON = {
             "name": self.name,
             "image": self.image,
@@ -58,12 +63,18 @@ class ContainerView:
         return out
 
 
-def _condition(kind: str, ok: bool, since: dict[str, tuple[bool, str]], now: str, reason: str = "") -> JSON:
+def _condition(
+    kind: str, ok: bool, since: dict[str, tuple[bool, str]], now: str, reason: str = ""
+) -> JSON:
     # lastTransitionTime changes only when the status flips, as the kubelet does.
     prev = since.get(kind)
     if prev is None or prev[0] != ok:
         since[kind] = (ok, now)
-    cond: JSON = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": since[kind][1]}
+    cond: JSON = {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "lastTransitionTime": since[kind][1],
+    }
     if not ok and reason:
         cond["reason"] = reason
     return cond
@@ -75,7 +86,9 @@ def pod_phase(restart_policy: str, init: list[ContainerView], main: list[Contain
         return "Failed"
     if not all(c.state == "terminated" and c.exit_code == 0 for c in init):
         return "Pending"
-    never_ran = all(c.state == "waiting" and c.restart_count == 0 and not c.last_state for c in main)
+    never_ran = all(
+        c.state == "waiting" and c.restart_count == 0 and not c.last_state for c in main
+    )
     if not main or never_ran:
         return "Pending"
     if all(c.state == "terminated" for c in main):
@@ -111,7 +124,9 @@ def pod_status(
         "conditions": [
             _condition("PodReadyToStartContainers", True, since, now),
             _condition("Initialized", initialized, since, now, "ContainersNotInitialized"),
-            _condition("Ready", containers_ready and phase == "Running", since, now, not_ready_reason),
+            _condition(
+                "Ready", containers_ready and phase == "Running", since, now, not_ready_reason
+            ),
             _condition("ContainersReady", containers_ready, since, now, not_ready_reason),
             _condition("PodScheduled", True, since, now),
         ],

@@ -18,7 +18,9 @@ TokenSource = Callable[[str, str, int, str], Awaitable[str]]  # ns, sa, seconds,
 def _write_items(
     target: Path, data: Mapping[str, str], items: list[JSON] | None, mode: int
 ) -> None:
-    chosen = {i["key"]: i.get("path", i["key"]) for i in items} if items else {k: k for k in data}
+    chosen: dict[str, str] = (
+        {i["key"]: i.get("path") or i["key"] for i in items} if items else {k: k for k in data}
+    )
     for key, rel in chosen.items():
         if key not in data:
             raise ConfigError("CreateContainerConfigError", f"key {key!r} not found for volume")
@@ -29,7 +31,10 @@ def _write_items(
 
 
 def decode_secret(secret: JSON) -> dict[str, str]:
-    out = {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.get("data") or {}).items()}
+    out = {
+        k: base64.b64decode(v).decode(errors="replace")
+        for k, v in (secret.get("data") or {}).items()
+    }
     out.update(secret.get("stringData") or {})
     return out
 
@@ -59,7 +64,9 @@ async def materialise(
             if data is None:
                 if cm.get("optional"):
                     continue
-                raise ConfigError("CreateContainerConfigError", f'configmap "{cm.get("name")}" not found')
+                raise ConfigError(
+                    "CreateContainerConfigError", f'configmap "{cm.get("name")}" not found'
+                )
             _write_items(target, data, cm.get("items"), cm.get("defaultMode", 0o644))
         elif "secret" in vol:
             sv = vol["secret"]
@@ -67,7 +74,9 @@ async def materialise(
             if data is None:
                 if sv.get("optional"):
                     continue
-                raise ConfigError("CreateContainerConfigError", f'secret "{sv.get("secretName")}" not found')
+                raise ConfigError(
+                    "CreateContainerConfigError", f'secret "{sv.get("secretName")}" not found'
+                )
             _write_items(target, data, sv.get("items"), sv.get("defaultMode", 0o644))
         elif "downwardAPI" in vol:
             _downward(target, vol["downwardAPI"].get("items") or [], facts)
@@ -76,7 +85,9 @@ async def materialise(
                 await _projected(target, src, facts, secrets, configmaps, token_source)
         else:
             kinds = sorted(set(vol) - {"name"})
-            raise ConfigError("CreateContainerConfigError", f"volume {name}: unsupported type {kinds}")
+            raise ConfigError(
+                "CreateContainerConfigError", f"volume {name}: unsupported type {kinds}"
+            )
     return out
 
 
@@ -112,7 +123,9 @@ async def _projected(
         if data is None:
             if cm.get("optional"):
                 return
-            raise ConfigError("CreateContainerConfigError", f'configmap "{cm.get("name")}" not found')
+            raise ConfigError(
+                "CreateContainerConfigError", f'configmap "{cm.get("name")}" not found'
+            )
         # kube-root-ca.crt is published by the controller-manager; it is our CA anyway.
         _write_items(target, data, cm.get("items"), 0o644)
     elif "secret" in src:
