@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.procs import start_time, wait_for
 from voicefleet_testbed.stack import Stack

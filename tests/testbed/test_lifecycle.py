@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from voicefleet_testbed.cli import main as cli
 from voicefleet_testbed.procs import wait_for
 from voicefleet_testbed.stack import Stack

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from voicefleet_testbed.nodeagent.podspec import (
     ConfigError,
     ImageRule,

@@ -1,0 +1,118 @@
+"""Table tests for the built-in autoscaler's decision function (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from voicefleet_operator.autoscaler import (
+    Decision,
+    PodSample,
+    Policy,
+    Recommendation,
+    decide,
+    deletion_costs,
+    needed_replicas,
+)
+
+P = Policy(min_replicas=1, max_replicas=10, max_per_worker=10, target_utilization=0.7,
+           buffer_sessions=4, scale_up_step=4, scale_down_step=1, stabilization_seconds=60)  # fmt: skip
+
+
+def pods(*active: int | None, capacity: int = 10) -> list[PodSample]:
+    return [PodSample(f"p{i}", a, capacity) for i, a in enumerate(active)]
+
+
+@pytest.mark.parametrize(
+    ("sessions", "buffer", "expected"),
+    [(0, 0, 0), (0, 4, 1), (3, 4, 1), (10, 4, 2), (14, 0, 2), (15, 0, 3), (30, 4, 5)],
+)
+def test_needed_replicas(sessions: int, buffer: int, expected: int) -> None:
+    policy = Policy(max_per_worker=10, target_utilization=0.7, buffer_sessions=buffer)
+    assert needed_replicas(sessions, policy) == expected
+
+
+def test_no_pods_holds_current_within_bounds() -> None:
+    d = decide(0, [], 3, P)
+    assert (d.desired, d.direction) == (3, "none")
+    assert "no ready workers" in d.reason
+    assert decide(0, [], 20, P).desired == 10  # bounds still apply
+
+
+def test_no_pods_and_zero_replicas_starts_buffer() -> None:
+    assert decide(0, [], 0, P).desired == 1  # min 1
+    zero = Policy(min_replicas=0, max_replicas=5, buffer_sessions=0)
+    assert decide(0, [], 0, zero).desired == 0  # min 0, no buffer: stay at zero
+
+
+def test_all_full_scales_up_at_once_by_bounded_step() -> None:
+    d = decide(0, pods(10, 10), 2, P)  # 24 demand -> 4 workers
+    assert (d.desired, d.direction, d.sessions, d.capacity) == (4, "up", 20, 20)
+    big = decide(0, pods(10, 10), 2, Policy(max_replicas=50, buffer_sessions=60, scale_up_step=4))
+    assert big.desired == 6  # 80/7 -> 12 needed, but +4 per decision
+    assert "step limited" in big.reason
+
+
+def test_unanswered_pod_counts_as_full_never_empty() -> None:
+    d = decide(0, pods(0, None), 2, P)
+    assert d.sessions == 10
+    assert d.unanswered == 1
+    assert d.desired == 2  # 10 + 4 buffer needs 2: no scale-down despite an idle pod
+
+
+def test_scale_down_waits_for_the_window_then_steps() -> None:
+    hist: tuple[Recommendation, ...] = ()
+    d = decide(0, pods(10, 10, 10), 3, P, hist)  # needs 5: up
+    assert d.direction == "up"
+    hist = d.history
+    # Demand drops: recommendation 1, but 5 was recommended 10 s ago.
+    d = decide(10, pods(0, 0, 0), 3, P, hist)
+    assert (d.desired, d.direction) == (3, "none")
+    assert "stabilisation" in d.reason
+    # After the window: down by one step only.
+    d = decide(61, pods(0, 0, 0), 3, P, d.history)
+    assert (d.desired, d.direction) == (2, "down")
+
+
+def test_flapping_demand_never_scales_down_inside_window() -> None:
+    hist: tuple[Recommendation, ...] = ()
+    current = 2
+    seen: list[Decision] = []
+    for t in range(0, 50, 5):  # demand alternates between 20 and 0 sessions
+        d = decide(t, pods(10, 10) if t % 10 == 0 else pods(0, 0), current, P, hist)
+        seen.append(d)
+        hist = d.history
+        current = d.desired
+    assert all(d.direction != "down" for d in seen)
+
+
+def test_max_reached_is_reported() -> None:
+    d = decide(0, pods(*([10] * 10)), 10, P)
+    assert d.desired == 10
+    assert d.limited_by_max
+    assert "maxReplicas=10" in d.reason
+
+
+def test_min_zero_scales_to_zero_when_idle_without_buffer() -> None:
+    policy = Policy(min_replicas=0, max_replicas=5, buffer_sessions=0, stabilization_seconds=0)
+    d = decide(100, pods(0), 1, policy)
+    assert (d.desired, d.direction) == (0, "down")
+
+
+def test_draining_pods_count_sessions_not_capacity() -> None:
+    samples = [PodSample("a", 5, 10), PodSample("b", 3, 10, draining=True)]
+    d = decide(0, samples, 2, P)
+    assert (d.sessions, d.capacity) == (8, 10)
+
+
+def test_policy_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError, match="minReplicas"):
+        Policy(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError, match="targetUtilization"):
+        Policy(target_utilization=0)
+
+
+def test_deletion_costs_put_idle_first_and_unknown_last() -> None:
+    costs = deletion_costs(
+        [PodSample("idle", 0, 10), PodSample("busy", 7, 10), PodSample("hung", None, 10)]
+    )
+    assert sorted(costs, key=costs.__getitem__) == ["idle", "busy", "hung"]
