@@ -22,6 +22,7 @@ from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
 from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
+from .prometheus import prometheus_config
 
 Progress = Callable[[str], None]
 LIVEKIT_KEY = "devkey"
@@ -107,6 +108,11 @@ class Stack:
         return self.dir / "logs"
 
     @property
+    def pod_targets(self) -> Path:
+        """Prometheus file_sd targets, written by the node agent."""
+        return self.dir / "prometheus-pod-targets.json"
+
+    @property
     def image_override(self) -> Path:
         """Image-table overrides for this stack, read before testbed/images.yaml."""
         return self.dir / "images.yaml"
@@ -120,6 +126,10 @@ class Stack:
         return f"ws://127.0.0.1:{self.state.ports['livekit']}"
 
     @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.state.ports['prometheus']}"
+
+    @property
     def livekit_secret(self) -> str:
         return self.state.livekit_secret
 
@@ -130,6 +140,7 @@ class Stack:
             "LIVEKIT_URL": self.livekit_url,
             "LIVEKIT_API_KEY": LIVEKIT_KEY,
             "LIVEKIT_API_SECRET": self.livekit_secret,
+            "PROMETHEUS_URL": self.prometheus_url,
             "VOICEFLEET_TESTBED": str(self.dir),
             "PATH": f"{b.kubectl.parent}:{b.helm.parent}:{Path(sys.executable).parent}:$PATH",
         }
@@ -176,6 +187,7 @@ class Stack:
                 f"--ca-file={pki.ca_cert}",
                 f"--pods-dir={self.pods_dir}",
                 f"--pod-cidr=127.{s.pod_net}.0.0/16",
+                f"--scrape-targets={self.pod_targets}",
                 f"--image-table={TESTBED_DIR / 'images.yaml'}",
                 f"--image-table={self.image_override}",
             ]  # fmt: skip
@@ -206,6 +218,21 @@ class Stack:
                 logs / "livekit-server.log",
             )
 
+        def prometheus() -> ProcRef:
+            assert b.prometheus is not None
+            config = self.dir / "prometheus.yml"
+            config.write_text(prometheus_config(self.pod_targets, self.extra_scrape_targets()))
+            argv = [
+                str(b.prometheus),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.dir / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{s.ports['prometheus']}",
+                "--web.enable-lifecycle",  # POST /-/reload after the operator starts
+                "--storage.tsdb.retention.time=2h",
+                "--log.level=warn",
+            ]
+            return spawn("prometheus", argv, logs / "prometheus.log")
+
         return [
             Component("etcd", etcd, lambda: cp.etcd_healthy(s.ports["etcd"]), 30),
             Component(
@@ -219,7 +246,25 @@ class Stack:
             ),
             Component("node-agent", node_agent, self._node_ready, 30),
             Component("livekit-server", livekit, self._livekit_ready, 30),
+            *(
+                [Component("prometheus", prometheus, self._prometheus_ready, 30)]
+                if b.prometheus is not None
+                else []
+            ),
         ]
+
+    def extra_scrape_targets(self) -> dict[str, str]:
+        """job name -> host:port of processes the testbed runs outside pods (the operator)."""
+        return {}
+
+    def _prometheus_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.prometheus_url}/-/ready", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def _node_ready(self) -> bool:
         from .kube import Kube
@@ -276,7 +321,15 @@ class Stack:
         self.logs_dir.mkdir(exist_ok=True)
         shutil.rmtree(self.pods_dir, ignore_errors=True)
         ensure_pki(self.dir / "pki")
-        names = ["etcd", "etcd-peer", "apiserver", "kcm", "livekit", "livekit-rtc-tcp"]
+        names = [
+            "etcd",
+            "etcd-peer",
+            "apiserver",
+            "kcm",
+            "livekit",
+            "livekit-rtc-tcp",
+            "prometheus",
+        ]
         # Keep the ports of a previous run when they are still free (stable URLs).
         self.state.ports = {n: pick_port(self.state.ports.get(n)) for n in names}
         self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
@@ -342,6 +395,7 @@ class Stack:
                 f"testbed state: {self.dir}",
                 f"  kube-apiserver  {self.api_server}  (Kubernetes v{v['KUBERNETES_VERSION']})",
                 f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
+                f"  prometheus      {self.prometheus_url}  (discovers worker pods through the API server)",
                 f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
                 f"  logs            {self.logs_dir}",
                 "next:",

@@ -20,6 +20,7 @@ import aiohttp
 import yaml
 
 from ..procs import start_time
+from ..prometheus import scrape_targets, write_targets
 from .container import Backoff
 from .kubeapi import ApiError, Credentials, KubeApi, WatchExpired
 from .pod import NodeContext, PodWorker
@@ -90,8 +91,11 @@ class NodeAgent:
         images: ImageTable,
         backoff: Backoff,
         pod_cidr: str,
+        scrape_targets: Path | None = None,
     ) -> None:
         self.api = api
+        self.scrape_targets = scrape_targets
+        self._targets_dirty = asyncio.Event()
         self.node_name = node_name
         self.pods_dir = pods_dir
         self.images = images
@@ -239,7 +243,20 @@ class NodeAgent:
                 log.warning("bind %s/%s: %s", meta["namespace"], meta["name"], e)
                 self._binding.discard(uid)
 
+    async def publish_targets(self) -> None:
+        """Keep Prometheus's file_sd target file in step with the pods (at most 1/s)."""
+        if self.scrape_targets is None:
+            return
+        write_targets(self.scrape_targets, [])
+        while True:
+            await self._targets_dirty.wait()
+            self._targets_dirty.clear()
+            pods = [(w.pod, w.pod_ip) for w in self.workers.values()]
+            write_targets(self.scrape_targets, scrape_targets(pods))
+            await asyncio.sleep(1.0)
+
     def _on_pod(self, kind: str, pod: JSON) -> None:
+        self._targets_dirty.set()
         meta, spec = pod["metadata"], pod["spec"]
         uid = meta["uid"]
         worker = self.workers.get(uid)
@@ -330,7 +347,7 @@ class NodeAgent:
         )
         await self.register()
         try:
-            await asyncio.gather(self.heartbeat(), self.watch_pods())
+            await asyncio.gather(self.heartbeat(), self.watch_pods(), self.publish_targets())
         finally:
             await self.stop_all()
             await self.http.close()
@@ -362,6 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pods-dir", required=True, type=Path)
     p.add_argument("--image-table", action="append", type=Path, default=[])
     p.add_argument("--pod-cidr", default="127.1.0.0/16", help="a loopback range for pod IPs")
+    p.add_argument("--scrape-targets", type=Path, help="write Prometheus file_sd targets here")
     p.add_argument("--backoff-base", type=float, default=1.0)
     p.add_argument("--backoff-cap", type=float, default=30.0)
     args = p.parse_args(argv)
@@ -384,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
             ImageTable(args.image_table, sys.executable),
             Backoff(base=args.backoff_base, cap=args.backoff_cap),
             args.pod_cidr,
+            args.scrape_targets,
         )
         task = asyncio.create_task(agent.run(args.server, args.ca_file))
         loop = asyncio.get_running_loop()

@@ -1,0 +1,61 @@
+"""The testbed Prometheus's configuration and its pod discovery.
+
+Debian's Prometheus is built without kubernetes_sd, so the node agent, which knows every
+pod and its IP, writes a file_sd target file instead, keeping what a PodMonitor on
+voicefleet's pods would keep: pods labelled `app.kubernetes.io/name: voicefleet-*`, their
+container port named `metrics`, labelled with namespace, pod and voiceagent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from voicefleet_contract import LABEL_INSTANCE, LABEL_NAME, METRICS_PORT_NAME
+
+JSON = dict[str, Any]
+
+
+def scrape_targets(pods: Iterable[tuple[JSON, str]]) -> list[JSON]:
+    """file_sd groups for (pod, pod IP) pairs, sorted for a stable file."""
+    groups = []
+    for pod, ip in pods:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        name = labels.get(LABEL_NAME, "")
+        if not name.startswith("voicefleet-") or not ip or meta.get("deletionTimestamp"):
+            continue
+        for c in pod["spec"].get("containers", []):
+            for port in c.get("ports") or []:
+                if port.get("name") == METRICS_PORT_NAME:
+                    groups.append(
+                        {
+                            "targets": [f"{ip}:{port['containerPort']}"],
+                            "labels": {
+                                "job": name,
+                                "namespace": meta["namespace"],
+                                "pod": meta["name"],
+                                "voiceagent": labels.get(LABEL_INSTANCE, ""),
+                            },
+                        }
+                    )
+    return sorted(groups, key=lambda g: (g["labels"]["namespace"], g["labels"]["pod"]))
+
+
+def write_targets(path: Path, groups: list[JSON]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=1))
+    tmp.replace(path)  # atomic: Prometheus never reads half a file
+
+
+def prometheus_config(pod_targets: Path, static: Mapping[str, str]) -> str:
+    jobs: list[JSON] = [
+        {"job_name": "voicefleet-pods", "file_sd_configs": [{"files": [str(pod_targets)]}]}
+    ]
+    jobs += [{"job_name": n, "static_configs": [{"targets": [t]}]} for n, t in static.items()]
+    return json.dumps(
+        {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"}, "scrape_configs": jobs},
+        indent=2,
+    )
