@@ -1,0 +1,145 @@
+"""What every benchmark shares: percentiles, machine facts, and the result file.
+
+Each benchmark writes `bench/results/<name>.json` with its figures, the machine it ran on
+and the git revision, and prints a table. Figures with a baseline are printed as ratios
+measured in the same run, since absolute times on shared machines vary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": max(values) if values else math.nan,
+    }
+
+
+def machine() -> dict[str, Any]:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        rev, dirty = "unknown", False
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "git_revision": rev + ("-dirty" if dirty else ""),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@dataclass
+class Result:
+    name: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)  # figure -> target, e.g. "< 2.0"
+    notes: list[str] = field(default_factory=list)
+
+    def meets(self) -> dict[str, bool]:
+        out = {}
+        for key, target in self.targets.items():
+            value = _lookup(self.figures, key)
+            op, _, bound = target.partition(" ")
+            if isinstance(value, int | float) and not math.isnan(value):
+                out[key] = value < float(bound) if op == "<" else value >= float(bound)
+        return out
+
+    def write(self) -> Path:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        data = {
+            "name": self.name,
+            "figures": self.figures,
+            "targets": self.targets,
+            "meets_target": self.meets(),
+            "notes": self.notes,
+            "machine": machine(),
+        }
+        path.write_text(json.dumps(data, indent=2, default=_nan_safe) + "\n")
+        return path
+
+    def table(self) -> str:
+        rows = [f"== {self.name} =="]
+        meets = self.meets()
+        for key, value in _flatten(self.figures):
+            target = self.targets.get(key, "")
+            mark = "" if key not in meets else ("  ok" if meets[key] else "  MISSES")
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            rows.append(f"  {key:<48} {shown:>12}  {target}{mark}")
+        rows += [f"  note: {n}" for n in self.notes]
+        return "\n".join(rows)
+
+    def report(self) -> Path:
+        path = self.write()
+        print(self.table())
+        print(f"  -> {path.relative_to(REPO)}")
+        return path
+
+
+def _nan_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
