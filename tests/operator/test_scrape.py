@@ -29,9 +29,7 @@ def start_fake(
     env = dict(os.environ, POD_IP=ip, VOICEFLEET_METRICS_PORT=str(metrics), VOICEFLEET_HEALTH_PORT=str(health),
                FAKE_ACTIVE_SESSIONS=str(active), FAKE_CAPACITY=str(capacity))  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "voicefleet_testbed.fake_worker"], env=env)
-    wait_for(
-        lambda: socket.create_connection((ip, metrics), 0.2).close() or True, 10, "fake worker"
-    )
+    wait_for(lambda: port_open(ip, metrics), 10, "fake worker")
     return proc
 
 
