@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
 CONFIG_VERSION: Final = 1
 TOOL_NAME_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
@@ -74,9 +74,7 @@ class Tool:
     name: str
     description: str
     url: str
-    parameters: dict[str, Any] = field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
     timeoutSeconds: float = 10.0
 
 
@@ -323,5 +321,3 @@ def parse_config(data: Any) -> AgentConfig:
         ),
         observability=Observability(logTranscripts=o.bool("logTranscripts", False)),
     )
-
-
