@@ -110,7 +110,8 @@ class AgentConfig:
     version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(asdict(self))
+        out: dict[str, Any] = _drop_none(asdict(self))
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON: the operator hashes it, so the same config gives the same text."""
@@ -153,7 +154,7 @@ class _Reader:
             raise ConfigError(self.at(key), f"must be {what}, got {type(value).__name__}")
         return value
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self._get(key, (str,), "a string", required)
         return default if value is None else cast(str, value)
 
@@ -164,12 +165,12 @@ class _Reader:
         return cast(str, value)
 
     def choice(self, key: str, choices: tuple[str, ...], default: str | None) -> str | None:
-        value = self.str(key, default)
+        value = self.text(key, default)
         if value is not None and value not in choices:
             raise ConfigError(self.at(key), f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self._get(key, (bool,), "a boolean", False)
         return default if value is None else cast(bool, value)
 
@@ -182,7 +183,7 @@ class _Reader:
         self._range(key, value, lo, hi)
         return float(value)
 
-    def int(
+    def integer(
         self, key: str, default: int | None, lo: int | None = None, hi: int | None = None
     ) -> int | None:
         value = self._get(key, (int,), "an integer", False)
@@ -201,13 +202,13 @@ class _Reader:
         value = self.data.get(key)
         return None if value is None else _Reader(value, self.at(key))
 
-    def list(self, key: str) -> list[Any]:
+    def items(self, key: str) -> list[Any]:
         value = self._get(key, (list,), "a list", False)
         return [] if value is None else cast(list[Any], value)
 
 
 def _url(r: _Reader, key: str, schemes: tuple[str, ...], *, required: bool) -> str | None:
-    value = r.req_str(key) if required else r.str(key)
+    value = r.req_str(key) if required else r.text(key)
     if value is None or value == "":
         return None
     m = re.match(r"^([a-z][a-z0-9+.-]*)://[^/\s]+", value)
@@ -223,19 +224,19 @@ def _turn_detection(r: _Reader | None) -> TurnDetection:
     return TurnDetection(
         type=cast(str, kind),
         threshold=r.num("threshold", None, 0.0, 1.0),
-        prefixPaddingMs=r.int("prefixPaddingMs", None, 0, 10_000),
-        silenceDurationMs=r.int("silenceDurationMs", None, 0, 10_000),
+        prefixPaddingMs=r.integer("prefixPaddingMs", None, 0, 10_000),
+        silenceDurationMs=r.integer("silenceDurationMs", None, 0, 10_000),
         eagerness=r.choice("eagerness", EAGERNESS, None),
-        createResponse=r.bool("createResponse", True),
-        interruptResponse=r.bool("interruptResponse", True),
-        idleTimeoutMs=r.int("idleTimeoutMs", None, 0, 3_600_000),
+        createResponse=r.flag("createResponse", True),
+        interruptResponse=r.flag("interruptResponse", True),
+        idleTimeoutMs=r.integer("idleTimeoutMs", None, 0, 3_600_000),
     )
 
 
 def _model(r: _Reader | None) -> Model:
     if r is None:
         return Model()
-    modalities = r.list("modalities") or ["audio"]
+    modalities = r.items("modalities") or ["audio"]
     for i, m in enumerate(modalities):
         if m not in MODALITIES:
             raise ConfigError(r.at(f"modalities[{i}]"), f"must be one of {', '.join(MODALITIES)}")
@@ -243,16 +244,16 @@ def _model(r: _Reader | None) -> Model:
     transcription = None
     if tr is not None:
         transcription = Transcription(
-            model=cast(str, tr.str("model", "gpt-4o-mini-transcribe")),
-            language=tr.str("language"),
-            prompt=tr.str("prompt"),
+            model=cast(str, tr.text("model", "gpt-4o-mini-transcribe")),
+            language=tr.text("language"),
+            prompt=tr.text("prompt"),
         )
     provider = r.choice("provider", ("openai-realtime",), "openai-realtime")
     return Model(
         provider=cast(str, provider),
-        model=cast(str, r.str("model", "gpt-realtime")),
-        voice=cast(str, r.str("voice", "marin")),
-        instructions=cast(str, r.str("instructions", "")),
+        model=cast(str, r.text("model", "gpt-realtime")),
+        voice=cast(str, r.text("voice", "marin")),
+        instructions=cast(str, r.text("instructions", "")),
         modalities=tuple(dict.fromkeys(modalities)),
         turnDetection=_turn_detection(r.obj("turnDetection")),
         inputAudioTranscription=transcription,
@@ -262,15 +263,15 @@ def _model(r: _Reader | None) -> Model:
         toolChoice=r.choice("toolChoice", TOOL_CHOICES, None),
         maxSessionDurationSeconds=r.num("maxSessionDurationSeconds", None, 1.0, None),
         baseURL=_url(r, "baseURL", ("http", "https", "ws", "wss"), required=False),
-        azureDeployment=r.str("azureDeployment"),
-        apiVersion=r.str("apiVersion"),
+        azureDeployment=r.text("azureDeployment"),
+        apiVersion=r.text("apiVersion"),
     )
 
 
 def _tools(r: _Reader) -> tuple[Tool, ...]:
     tools: list[Tool] = []
     seen: set[str] = set()
-    for i, raw in enumerate(r.list("tools")):
+    for i, raw in enumerate(r.items("tools")):
         t = _Reader(raw, r.at(f"tools[{i}]"))
         name = t.req_str("name")
         if not TOOL_NAME_RE.match(name):
@@ -296,7 +297,7 @@ def _tools(r: _Reader) -> tuple[Tool, ...]:
 def parse_config(data: Any) -> AgentConfig:
     """Validate plain JSON data into an `AgentConfig`, or raise `ConfigError`."""
     r = _Reader(data, "")
-    version = r.int("version", CONFIG_VERSION)
+    version = r.integer("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise ConfigError("version", f"unsupported config version {version}")
     s = r.obj("sessions") or _Reader({}, "sessions")
@@ -311,13 +312,13 @@ def parse_config(data: Any) -> AgentConfig:
         model=_model(r.obj("model")),
         tools=_tools(r),
         sessions=Sessions(
-            maxPerWorker=cast(int, s.int("maxPerWorker", 10, 1, 1000)),
-            drainTimeoutSeconds=cast(int, s.int("drainTimeoutSeconds", 3600, 0, 86_400)),
+            maxPerWorker=cast(int, s.integer("maxPerWorker", 10, 1, 1000)),
+            drainTimeoutSeconds=cast(int, s.integer("drainTimeoutSeconds", 3600, 0, 86_400)),
         ),
         failover=Failover(
-            enabled=f.bool("enabled", True),
-            resumeConversation=f.bool("resumeConversation", True),
-            summaryTurns=cast(int, f.int("summaryTurns", 6, 0, 50)),
+            enabled=f.flag("enabled", True),
+            resumeConversation=f.flag("resumeConversation", True),
+            summaryTurns=cast(int, f.integer("summaryTurns", 6, 0, 50)),
         ),
-        observability=Observability(logTranscripts=o.bool("logTranscripts", False)),
+        observability=Observability(logTranscripts=o.flag("logTranscripts", False)),
     )

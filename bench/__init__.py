@@ -1,0 +1,1 @@
+"""voicefleet benchmarks: each writes bench/results/<name>.json (see docs/benchmarks.md)."""

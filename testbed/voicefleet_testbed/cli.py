@@ -1,0 +1,60 @@
+"""`testbed up|down|status|env`: the local stack from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .binaries import MissingBinary
+from .stack import Stack, default_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="testbed", description="voicefleet's local stack")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("VOICEFLEET_TESTBED", default_dir())),
+        help="state directory (default: .testbed/ in the checkout, or $VOICEFLEET_TESTBED)",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="start the stack in the background (harmless when already up)")
+    sub.add_parser("down", help="stop everything the stack started")
+    sub.add_parser("status", help="what runs and what is unhealthy (exit 1 if anything is down)")
+    sub.add_parser("env", help="print the shell exports for the stack")
+    sub.add_parser("demo", help="start the stack and show it working")
+    args = p.parse_args(argv)
+    stack = Stack(args.dir)
+    try:
+        if args.cmd == "up":
+            stack.up()
+            print(stack.summary())
+        elif args.cmd == "down":
+            stack.down()
+        elif args.cmd == "status":
+            rows = stack.status()
+            if not rows:
+                print(f"testbed is not running ({stack.dir}); start it with: make up")
+                return 1
+            for name, alive, detail in rows:
+                print(f"{'ok  ' if alive else 'DOWN'} {name:<24} {detail}")
+            return 0 if all(a for _, a, _ in rows) else 1
+        elif args.cmd == "env":
+            print(stack.write_env_file().read_text(), end="")
+        elif args.cmd == "demo":
+            from .demo import run_demo
+
+            return run_demo(stack)
+    except MissingBinary as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

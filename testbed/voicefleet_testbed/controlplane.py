@@ -1,0 +1,151 @@
+"""Command lines and readiness checks for etcd, kube-apiserver and kube-controller-manager.
+
+Flags follow controller-runtime's envtest, plus what the testbed needs: RBAC, static
+tokens, service-account token signing (for TokenRequest), and no endpoint reconciler
+(Endpoints may not hold loopback addresses, and every address here is loopback).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.request
+from pathlib import Path
+
+from .binaries import Binaries
+from .pki import Pki
+
+SERVICE_CIDR = "10.0.0.0/24"
+
+# Controllers the project needs: Deployments and ReplicaSets, garbage collection of owned
+# objects, namespace deletion, HPA (mode: hpa), PDB status, default ServiceAccounts and the
+# root CA ConfigMap (for service-account token volumes).
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "horizontal-pod-autoscaler-controller",
+    "disruption-controller",
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "job-controller",
+    "clusterrole-aggregation-controller",  # fills view/edit/admin
+)
+
+
+def etcd_argv(b: Binaries, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+    client = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    return [
+        str(b.etcd),
+        "--name=testbed",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=testbed={peer}",
+        "--unsafe-no-fsync",  # a throwaway cluster: speed over durability
+        "--quota-backend-bytes=4294967296",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(b: Binaries, pki: Pki, etcd_port: int, port: int, cert_dir: Path) -> list[str]:
+    return [
+        str(b.kube_apiserver),
+        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--cert-dir={cert_dir}",
+        f"--tls-cert-file={pki.serving_cert}",
+        f"--tls-private-key-file={pki.serving_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--authorization-mode=RBAC",
+        f"--token-auth-file={pki.tokens_csv}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        "--api-audiences=https://kubernetes.default.svc.cluster.local",
+        "--endpoint-reconciler-type=none",
+        "--allow-privileged=true",
+        "--enable-priority-and-fairness=false",  # one tenant; APF would only throttle benchmarks
+        "--max-requests-inflight=2000",
+        "--max-mutating-requests-inflight=1000",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def controller_manager_argv(b: Binaries, pki: Pki, kubeconfig: Path, port: int) -> list[str]:
+    return [
+        str(b.kube_controller_manager),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--leader-elect=false",
+        f"--controllers={','.join(CONTROLLERS)}",
+        f"--root-ca-file={pki.ca_cert}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
+        "--v=1",
+    ]
+
+
+def kubeconfig_yaml(server: str, ca_file: Path, token: str, user: str = "admin") -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "testbed",
+                    "cluster": {"server": server, "certificate-authority": str(ca_file)},
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "testbed", "context": {"cluster": "testbed", "user": user}}],
+            "current-context": "testbed",
+        },
+        indent=2,
+    )
+
+
+def _get(
+    url: str, token: str | None = None, ca_file: Path | None = None, verify: bool = True
+) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(
+            req, timeout=3, context=ctx if url.startswith("https") else None
+        ) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def etcd_healthy(port: int) -> bool:
+    status, body = _get(f"http://127.0.0.1:{port}/health")
+    return status == 200 and '"true"' in body
+
+
+def apiserver_ready(server: str, pki: Pki) -> bool:
+    status, _ = _get(f"{server}/readyz", pki.admin_token(), pki.ca_cert)
+    return status == 200
+
+
+def controller_manager_healthy(port: int) -> bool:
+    status, _ = _get(f"https://127.0.0.1:{port}/healthz", verify=False)
+    return status == 200

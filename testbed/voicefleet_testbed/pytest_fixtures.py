@@ -1,0 +1,52 @@
+"""pytest fixtures for tests against the testbed: a session-scoped stack, a fresh namespace
+per test, and ready clients. Loaded from tests/conftest.py.
+
+By default a test run starts its own stack on free ports and stops it at the end. With
+VOICEFLEET_TESTBED=<dir> (e.g. after `make up`, `. .testbed/env`) it reuses that stack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from .kube import Kube
+from .stack import Stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    reuse = os.environ.get("VOICEFLEET_TESTBED")
+    if reuse:
+        s = Stack(Path(reuse))
+        running = s.running()
+        if running and all(running.values()):
+            yield s
+            return
+    s = Stack(tmp_path_factory.mktemp("testbed"), progress=lambda m: print(f"[testbed] {m}"))
+    s.up()
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
+def kube(stack: Stack) -> Kube:
+    return Kube.admin(stack)
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted afterwards (without waiting)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    kube.core.delete_namespace(name)

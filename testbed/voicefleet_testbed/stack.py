@@ -1,0 +1,382 @@
+"""The local stack: real etcd, kube-apiserver, kube-controller-manager and LiveKit server,
+plus the node agent, started in the background on free loopback ports.
+
+State lives in one directory (`.testbed/` for `make up`, a temporary one per test run):
+`state.json` (ports, PIDs), `env` (shell exports), `kubeconfig`, `logs/`, `pods/`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import controlplane as cp
+from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
+from .pki import Pki, ensure_pki
+from .ports import free_port, pick_port
+from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
+
+Progress = Callable[[str], None]
+LIVEKIT_KEY = "devkey"
+
+
+@dataclass
+class StackState:
+    dir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, ProcRef] = field(default_factory=dict)
+    livekit_secret: str = ""
+    pod_net: int = 0  # pods get 127.<pod_net>.x.y
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.dir / "state.json"
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "ports": self.ports,
+            "procs": {k: v.to_dict() for k, v in self.procs.items()},
+            "livekit_secret": self.livekit_secret,
+            "pod_net": self.pod_net,
+            "extra_env": self.extra_env,
+        }
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.chmod(0o600)  # holds the LiveKit secret
+        tmp.replace(self.file)
+
+    @classmethod
+    def load(cls, directory: Path) -> StackState | None:
+        f = directory / "state.json"
+        if not f.exists():
+            return None
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return cls(
+            dir=directory,
+            ports={k: int(v) for k, v in data.get("ports", {}).items()},
+            procs={k: ProcRef.from_dict(v) for k, v in data.get("procs", {}).items()},
+            livekit_secret=data.get("livekit_secret", ""),
+            pod_net=int(data.get("pod_net", 0)),
+            extra_env=dict(data.get("extra_env", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    start: Callable[[], ProcRef]
+    ready: Callable[[], bool]
+    timeout: float
+
+
+class Stack:
+    """Start, inspect and stop the local stack whose state is in `directory`."""
+
+    def __init__(self, directory: Path, progress: Progress = print) -> None:
+        self.dir = directory.resolve()
+        self.progress = progress
+        self.state = StackState.load(self.dir) or StackState(self.dir)
+
+    # --- facts ---------------------------------------------------------------------------
+    @property
+    def pki(self) -> Pki:
+        return Pki(self.dir / "pki")
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    @property
+    def pods_dir(self) -> Path:
+        return self.dir / "pods"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def image_override(self) -> Path:
+        """Image-table overrides for this stack, read before testbed/images.yaml."""
+        return self.dir / "images.yaml"
+
+    @property
+    def api_server(self) -> str:
+        return f"https://127.0.0.1:{self.state.ports['apiserver']}"
+
+    @property
+    def livekit_url(self) -> str:
+        return f"ws://127.0.0.1:{self.state.ports['livekit']}"
+
+    @property
+    def livekit_secret(self) -> str:
+        return self.state.livekit_secret
+
+    def env(self) -> dict[str, str]:
+        b = Binaries.locate()
+        env = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": LIVEKIT_KEY,
+            "LIVEKIT_API_SECRET": self.livekit_secret,
+            "VOICEFLEET_TESTBED": str(self.dir),
+            "PATH": f"{b.kubectl.parent}:{b.helm.parent}:{Path(sys.executable).parent}:$PATH",
+        }
+        env.update(self.state.extra_env)
+        return env
+
+    def write_env_file(self) -> Path:
+        path = self.dir / "env"
+        lines = ["# source me: . " + str(path)]
+        lines += [f'export {k}="{v}"' for k, v in self.env().items()]
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    # --- components ----------------------------------------------------------------------
+    def _components(self, b: Binaries) -> list[Component]:
+        s, pki = self.state, self.pki
+        logs = self.logs_dir
+
+        def etcd() -> ProcRef:
+            data = self.dir / "etcd"
+            shutil.rmtree(data, ignore_errors=True)  # a fresh cluster every `up`
+            return spawn(
+                "etcd",
+                cp.etcd_argv(b, data, s.ports["etcd"], s.ports["etcd-peer"]),
+                logs / "etcd.log",
+            )
+
+        def apiserver() -> ProcRef:
+            argv = cp.apiserver_argv(
+                b, pki, s.ports["etcd"], s.ports["apiserver"], self.dir / "apiserver-certs"
+            )
+            return spawn("kube-apiserver", argv, logs / "kube-apiserver.log")
+
+        def kcm() -> ProcRef:
+            argv = cp.controller_manager_argv(b, pki, self.kubeconfig, s.ports["kcm"])
+            return spawn("kube-controller-manager", argv, logs / "kube-controller-manager.log")
+
+        def node_agent() -> ProcRef:
+            argv = [
+                sys.executable, "-m", "voicefleet_testbed.nodeagent",
+                f"--server={self.api_server}",
+                f"--token-file={pki.admin_token_file}",
+                f"--ca-file={pki.ca_cert}",
+                f"--pods-dir={self.pods_dir}",
+                f"--pod-cidr=127.{s.pod_net}.0.0/16",
+                f"--image-table={TESTBED_DIR / 'images.yaml'}",
+                f"--image-table={self.image_override}",
+            ]  # fmt: skip
+            return spawn("node-agent", argv, logs / "node-agent.log", cwd=REPO_DIR)
+
+        def livekit() -> ProcRef:
+            config = self.dir / "livekit.yaml"
+            config.write_text(
+                json.dumps(
+                    {
+                        "port": s.ports["livekit"],
+                        "bind_addresses": ["127.0.0.1"],
+                        "rtc": {
+                            "tcp_port": s.ports["livekit-rtc-tcp"],
+                            "udp_port": s.ports["livekit-rtc-udp"],
+                            "use_external_ip": False,
+                            "node_ip": "127.0.0.1",
+                        },
+                        "keys": {LIVEKIT_KEY: s.livekit_secret},
+                        "logging": {"level": "info"},
+                    }
+                )
+            )
+            config.chmod(0o600)
+            return spawn(
+                "livekit-server",
+                [str(b.livekit_server), f"--config={config}"],
+                logs / "livekit-server.log",
+            )
+
+        return [
+            Component("etcd", etcd, lambda: cp.etcd_healthy(s.ports["etcd"]), 30),
+            Component(
+                "kube-apiserver", apiserver, lambda: cp.apiserver_ready(self.api_server, pki), 90
+            ),
+            Component(
+                "kube-controller-manager",
+                kcm,
+                lambda: cp.controller_manager_healthy(s.ports["kcm"]),
+                60,
+            ),
+            Component("node-agent", node_agent, self._node_ready, 30),
+            Component("livekit-server", livekit, self._livekit_ready, 30),
+        ]
+
+    def _node_ready(self) -> bool:
+        from .kube import Kube
+
+        return Kube.admin(self).node_ready("testbed-node")
+
+    def _livekit_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.state.ports['livekit']}/", timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def running(self) -> dict[str, bool]:
+        return {name: ref.alive() for name, ref in self.state.procs.items()}
+
+    def up(self) -> Stack:
+        """Start whatever is not running; a stack that is fully up is left alone."""
+        b = Binaries.locate().require()
+        alive = self.running()
+        if alive and all(alive.values()):
+            self.progress(f"testbed already up ({self.dir})")
+            return self
+        if alive:
+            dead = [n for n, ok in alive.items() if not ok]
+            self.progress(
+                f"recovering a stale testbed in {self.dir} (not running: {', '.join(dead)})"
+            )
+            self.down(quiet=True)
+        self._prepare()
+        t0 = time.monotonic()
+        for comp in self._components(b):
+            self.progress(f"  starting {comp.name} ...")
+            ref = comp.start()
+            self.state.procs[comp.name] = ref
+            self.state.save()
+            try:
+                _wait_ready(comp, ref)
+            except (Timeout, Abort) as e:
+                self.down(quiet=True)
+                raise RuntimeError(f"{comp.name} did not start: {e}") from None
+        self._bootstrap()
+        self.write_env_file()
+        self.progress(f"testbed up in {time.monotonic() - t0:.1f}s")
+        return self
+
+    def _prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        shutil.rmtree(self.pods_dir, ignore_errors=True)
+        ensure_pki(self.dir / "pki")
+        names = ["etcd", "etcd-peer", "apiserver", "kcm", "livekit", "livekit-rtc-tcp"]
+        # Keep the ports of a previous run when they are still free (stable URLs).
+        self.state.ports = {n: pick_port(self.state.ports.get(n)) for n in names}
+        self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
+        self.state.livekit_secret = self.state.livekit_secret or secrets.token_urlsafe(32)
+        # A /16 of loopback per stack, so stacks side by side never hand out the same pod IP.
+        self.state.pod_net = self.state.pod_net or _pick_pod_net(self.dir)
+        self.state.procs = {}
+        self.kubeconfig.write_text(
+            cp.kubeconfig_yaml(self.api_server, self.pki.ca_cert, self.pki.admin_token())
+        )
+        self.kubeconfig.chmod(0o600)
+        self.state.save()
+
+    def _bootstrap(self) -> None:
+        """Cluster objects every test expects: the node (registered by the agent) and the
+        default ServiceAccount in `default` (made by the controller-manager)."""
+        from .kube import Kube
+
+        kube = Kube.admin(self)
+        wait_for(
+            lambda: kube.service_account_exists("default", "default"),
+            30,
+            "the default ServiceAccount",
+        )
+
+    def down(self, quiet: bool = False) -> list[str]:
+        """Stop every process this stack started, in reverse order, by PID."""
+        stopped = []
+        for name in reversed(list(self.state.procs)):
+            ref = self.state.procs[name]
+            if ref.alive():
+                stop(ref, grace=15 if name == "node-agent" else 5)
+                stopped.append(name)
+        from .nodeagent.agent import kill_leftovers
+
+        leftovers = kill_leftovers(self.pods_dir) if self.pods_dir.exists() else 0
+        self.state.procs = {}
+        if self.state.file.parent.exists():
+            self.state.save()
+        if not quiet:
+            what = ", ".join(stopped) if stopped else "nothing was running"
+            extra = f"; killed {leftovers} leftover pod processes" if leftovers else ""
+            self.progress(f"testbed down: stopped {what}{extra}")
+        return stopped
+
+    def status(self) -> list[tuple[str, bool, str]]:
+        """(component, alive, detail) for every process the stack started."""
+        rows = []
+        for name, ref in self.state.procs.items():
+            alive = ref.alive()
+            detail = (
+                f"pid {ref.pid}, log {ref.log}"
+                if alive
+                else f"NOT RUNNING; last log lines:\n{tail(ref.log, 8)}"
+            )
+            rows.append((name, alive, detail))
+        return rows
+
+    def summary(self) -> str:
+        v = versions()
+        return "\n".join(
+            [
+                f"testbed state: {self.dir}",
+                f"  kube-apiserver  {self.api_server}  (Kubernetes v{v['KUBERNETES_VERSION']})",
+                f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
+                f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
+                f"  logs            {self.logs_dir}",
+                "next:",
+                f"  . {self.dir / 'env'} && kubectl get nodes",
+                "  make status   # what runs, what is unhealthy",
+                "  make down     # stop everything",
+            ]
+        )
+
+
+def _wait_ready(comp: Component, ref: ProcRef) -> None:
+    def check() -> bool:
+        if not ref.alive():
+            raise Abort(f"{ref.name} exited; last log lines:\n{tail(ref.log)}")
+        return comp.ready()
+
+    wait_for(
+        check,
+        comp.timeout,
+        f"{comp.name} to become ready",
+        interval=0.2,
+        on_fail=lambda: f"--- last lines of {ref.log}:\n{tail(ref.log)}",
+    )
+
+
+def _pick_pod_net(directory: Path) -> int:
+    """127.1/16 for the checkout's own stack; a random other /16 for test stacks."""
+    if directory == default_dir().resolve():
+        return 1
+    return secrets.choice(range(2, 255))
+
+
+def default_dir() -> Path:
+    return REPO_DIR / ".testbed"
+
+
+def describe(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)

@@ -1,0 +1,1 @@
+pytest_plugins = ["voicefleet_testbed.pytest_fixtures"]
