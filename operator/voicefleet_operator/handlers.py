@@ -93,7 +93,8 @@ class Reconciler:
         )
         self.metrics.set_ready(namespace, name, outcome.ready)
         for ev in outcome.events:
-            kopf.event(_ref(outcome.body), type=ev.type, reason=ev.reason, message=ev.message)
+            ref = kopf.Body(cast(kopf.RawBody, _ref(outcome.body)))
+            kopf.event(ref, type=ev.type, reason=ev.reason, message=ev.message)
         log.debug("reconciled %s/%s (%s) in %.3fs: %s", namespace, name, trigger, seconds, result)
         return outcome
 
@@ -151,8 +152,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Sett
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def _changed(namespace: str, name: str, reason: str, **_: Any) -> None:
-        await reconciler.reconcile(namespace, name, str(reason))
+    async def _changed(namespace: str | None, name: str, reason: str, **_: Any) -> None:
+        await reconciler.reconcile(namespace or "", name, str(reason))
 
     @kopf.timer(
         GROUP,
@@ -162,13 +163,13 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Sett
         initial_delay=ours.resync_seconds,
         registry=registry,
     )
-    async def _resync(namespace: str, name: str, **_: Any) -> None:
-        await reconciler.reconcile(namespace, name, "resync")
+    async def _resync(namespace: str | None, name: str, **_: Any) -> None:
+        await reconciler.reconcile(namespace or "", name, "resync")
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
-    def _deleted(namespace: str, name: str, **_: Any) -> None:
+    def _deleted(namespace: str | None, name: str, **_: Any) -> None:
         # optional: no finalizer; the children go by garbage collection.
-        reconciler.forget(namespace, name)
+        reconciler.forget(namespace or "", name)
 
     for group, version, plural in CHILD_RESOURCES:
 
@@ -180,9 +181,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Sett
             id=f"child-{plural}",
             registry=registry,
         )
-        async def _child(body: kopf.Body, namespace: str, type: str | None, **_: Any) -> None:
+        async def _child(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
             owner = owner_name(body)
-            if owner is None or type is None:
+            if owner is None or not type or not namespace:
                 # type None: the initial listing; on.resume reconciles every VoiceAgent.
                 return
             with contextlib.suppress(kopf.TemporaryError):  # logged; the timer retries

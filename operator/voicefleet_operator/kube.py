@@ -79,9 +79,9 @@ class Kube:
         """In-cluster credentials in a pod; else the kubeconfig (flag, $KUBECONFIG, default)."""
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             cfg = client.Configuration()
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             return cls(client.ApiClient(cfg))
-        return cls(config.new_client_from_config(config_file=kubeconfig))
+        return cls(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
 
     def request(
         self,
@@ -105,7 +105,7 @@ class Kube:
         )
         try:
             resp = self.api.call_api(*params, _request_timeout=TIMEOUT)
-            data = resp.read()
+            data = resp.read()  # type: ignore[no-untyped-call]
             status = resp.status
         except client.ApiException as e:  # raised by the transport for some statuses
             data, status = (e.body or "").encode(), int(e.status or 0)
