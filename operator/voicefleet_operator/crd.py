@@ -113,7 +113,9 @@ def obj(
     if rules:
         s["x-kubernetes-validations"] = list(rules)
     if default is not None:
-        s["default"] = default
+        # Spelled out in full: the API server checks CEL rules against a default as
+        # written, without defaulting inside it first.
+        s["default"] = apply_defaults(s, default)
     return s
 
 
@@ -353,12 +355,10 @@ def tool_schema() -> Schema:
             "url": url("HTTP(S) endpoint the worker calls.", HTTP_URL_RE),
             "parameters": {
                 **free_object("JSON Schema of the arguments; must be an object schema."),
-                "x-kubernetes-validations": [
-                    rule(
-                        "!has(self.type) || self.type == 'object'",
-                        "a tool's parameters must be a JSON object schema (type: object)",
-                    )
-                ],
+                # Declared so the server can check it; everything else passes through.
+                "properties": {
+                    "type": string("Always object: a tool takes named arguments.", enum=["object"])
+                },
             },
             "timeoutSeconds": number("Call timeout.", 0.1, 300.0, default=10.0),
         },
@@ -402,10 +402,7 @@ def autoscaling_schema() -> Schema:
         rules=(
             rule(
                 "self.minReplicas <= self.maxReplicas",
-                message_expression=(
-                    "'minReplicas (' + string(self.minReplicas) + ') must be <= maxReplicas (' "
-                    "+ string(self.maxReplicas) + ')'"
-                ),
+                "minReplicas must be <= maxReplicas",
                 field_path=".minReplicas",
             ),
             rule(
@@ -693,18 +690,19 @@ def build_crd() -> Schema:
         {
             "apiVersion": string("API version."),
             "kind": string("Kind."),
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server forbids anything but `type` here (it owns metadata's schema).
+            "metadata": {"type": "object"},
             "spec": spec_schema(),
             "status": status_schema(),
         },
         required=("spec",),
         rules=(
+            # Only the length: the API server cannot bound metadata.name's size, so a regex
+            # here would exceed the CEL cost budget; spec.py checks the DNS-1035 form.
             rule(
-                f"self.metadata.name.size() <= {MAX_NAME} && "
-                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-                f"metadata.name must be a DNS-1035 label of at most {MAX_NAME} characters "
+                f"self.metadata.name.size() <= {MAX_NAME}",
+                f"metadata.name must be at most {MAX_NAME} characters "
                 "(it names the worker Deployment and its Service)",
-                field_path=".metadata.name",
             ),
         ),
     )

@@ -145,6 +145,16 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Settings) -> None:
     """Register every handler on `registry` (no module-level state: tests build their own)."""
 
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry has none of kopf's default login handlers: in a pod the
+        # ServiceAccount, else the kubeconfig ($KUBECONFIG, set from --kubeconfig).
+        if ours.kubeconfig is None:
+            info = kopf.login_with_service_account(**kwargs)
+            if info is not None:
+                return info
+        return kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, ours)

@@ -42,6 +42,10 @@ def setup_logging(settings: Settings) -> None:
     # The API client logs every request at DEBUG/INFO; keep it for real problems.
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # kopf says "Handler succeeded" for every child event, the health server logs every
+    # probe: keep their warnings, our reconciler logs what matters.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def run(settings: Settings) -> None:
