@@ -111,6 +111,10 @@ class AgentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = _drop_none(asdict(self))
+        # A tool's parameters are the user's JSON Schema, where null is a value
+        # (`"default": null`): keep them verbatim.
+        for tool, rendered in zip(self.tools, out["tools"], strict=True):
+            rendered["parameters"] = tool.parameters
         return out
 
     def to_json(self) -> str:

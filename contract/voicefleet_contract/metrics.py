@@ -48,3 +48,40 @@ WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_CAPACITY,
     WORKER_DRAINING,
 )
+
+# --- operator metrics (served by the operator on its --metrics-port) --------------------
+RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+OPERATOR_RECONCILES: Final = MetricSpec(
+    "voicefleet_operator_reconciles_total",
+    "counter",
+    "Reconciles of a VoiceAgent, by result: ok, blocked (a condition explains why: invalid "
+    "spec, missing Secret, rejected apply) or error (retried).",
+    ("namespace", "voiceagent", "result"),
+)
+OPERATOR_RECONCILE_DURATION: Final = MetricSpec(
+    "voicefleet_operator_reconcile_duration_seconds",
+    "histogram",
+    "Time one reconcile of a VoiceAgent took.",
+    ("namespace", "voiceagent"),
+    RECONCILE_BUCKETS,
+)
+OPERATOR_RECONCILE_ERRORS: Final = MetricSpec(
+    "voicefleet_operator_reconcile_errors_total",
+    "counter",
+    "Reconciles that failed or were blocked, by reason (the condition reason or the API error).",
+    ("namespace", "voiceagent", "reason"),
+)
+OPERATOR_VOICEAGENT_READY: Final = MetricSpec(
+    "voicefleet_operator_voiceagent_ready",
+    "gauge",
+    "1 when the VoiceAgent's Ready condition is True, else 0.",
+    ("namespace", "voiceagent"),
+)
+
+OPERATOR_METRICS: Final[tuple[MetricSpec, ...]] = (
+    OPERATOR_RECONCILES,
+    OPERATOR_RECONCILE_DURATION,
+    OPERATOR_RECONCILE_ERRORS,
+    OPERATOR_VOICEAGENT_READY,
+)

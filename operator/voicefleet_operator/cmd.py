@@ -1,0 +1,83 @@
+"""Command-line flags, each with an environment default (VOICEFLEET_OPERATOR_<FLAG>)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+from .settings import DEFAULT_IMAGE, LogFormat, Settings
+
+ENV_PREFIX = "VOICEFLEET_OPERATOR_"
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    d = Settings()
+
+    def default(flag: str, value: Any) -> Any:
+        return env.get(_env_name(flag), value)
+
+    p = argparse.ArgumentParser(
+        prog="voicefleet-operator",
+        description="Reconciles VoiceAgent resources into LiveKit agent worker fleets. "
+        f"Every flag defaults to the environment variable {ENV_PREFIX}<FLAG>.",
+    )
+    p.add_argument(
+        "--namespaces",
+        default=default("namespaces", ""),
+        help="comma-separated namespaces to watch; empty: all namespaces",
+    )
+    p.add_argument("--default-image", default=default("default-image", DEFAULT_IMAGE))
+    p.add_argument(
+        "--image-pull-policy",
+        default=default("image-pull-policy", ""),
+        choices=["", "Always", "IfNotPresent", "Never"],
+        help="worker pull policy unless a VoiceAgent sets one",
+    )
+    p.add_argument(
+        "--log-format", default=default("log-format", d.log_format), choices=["json", "text"]
+    )
+    p.add_argument(
+        "--worker-log-format",
+        default=default("worker-log-format", d.worker_log_format),
+        choices=["json", "text"],
+    )
+    p.add_argument("--bind-address", default=default("bind-address", d.bind_address))
+    p.add_argument("--metrics-port", type=int, default=int(default("metrics-port", d.metrics_port)))
+    p.add_argument("--health-port", type=int, default=int(default("health-port", d.health_port)))
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(default("resync-seconds", d.resync_seconds)),
+        help="reconcile every VoiceAgent at least this often",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=default("otlp-endpoint", env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
+        help="OTLP endpoint passed to workers",
+    )
+    p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
+    return p
+
+
+def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    args = parser(os.environ if env is None else env).parse_args(argv)
+    namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
+    return Settings(
+        namespaces=namespaces,
+        default_image=args.default_image,
+        image_pull_policy=args.image_pull_policy or None,
+        log_format=cast(LogFormat, args.log_format),
+        worker_log_format=cast(LogFormat, args.worker_log_format),
+        bind_address=args.bind_address,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        resync_seconds=args.resync_seconds,
+        otlp_endpoint=args.otlp_endpoint or None,
+        kubeconfig=args.kubeconfig or None,
+    )

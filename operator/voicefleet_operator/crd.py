@@ -1,0 +1,829 @@
+"""The VoiceAgent CustomResourceDefinition, written in Python; `crds/voiceagent.yaml` is its output.
+
+Why Python: the schema shares its limits (lengths, ranges, reserved names, voices) with
+`spec.py` and the contract, so it imports them instead of repeating them, and every field
+gets a description through the same small helpers. `python -m voicefleet_operator.crd`
+prints the YAML; `tests/operator/test_crd.py` fails when the checked-in file differs, and
+checks that the schema's defaults are the ones `spec.py` and the contract assume.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any, Final
+
+import yaml
+from voicefleet_contract import GROUP, KIND, PLURAL, SECRET_ENV, VERSION
+from voicefleet_contract.config import (
+    EAGERNESS,
+    MODALITIES,
+    NOISE_REDUCTION_TYPES,
+    TOOL_CHOICES,
+    TOOL_NAME_RE,
+    TURN_DETECTION_TYPES,
+)
+
+from .spec import (
+    AGENT_NAME_RE,
+    AUTOSCALING_MODES,
+    DNS1123_SUBDOMAIN_RE,
+    ENV_NAME_RE,
+    IMAGE_RE,
+    MAX_INSTRUCTIONS,
+    MAX_NAME,
+    MAX_REPLICAS,
+    MAX_TOOLS,
+    OPENAI_VOICES,
+    PULL_POLICIES,
+    QUANTITY_RE,
+    RESERVED_ENV,
+    RESERVED_LABELS,
+    SECRET_KEY_RE,
+    VOICE_RE,
+)
+
+Schema = dict[str, Any]
+SHORT_NAME: Final = "va"
+URL_SCHEMES_RE: Final = "^(wss?|https?)://[^/\\s]+"
+HTTP_URL_RE: Final = "^https?://[^/\\s]+"
+
+
+def _cel_list(items: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in sorted(items)) + "]"
+
+
+def rule(
+    expr: str,
+    message: str | None = None,
+    *,
+    message_expression: str | None = None,
+    field_path: str | None = None,
+    reason: str | None = None,
+) -> Schema:
+    r: Schema = {"rule": expr}
+    if message:
+        r["message"] = message
+    if message_expression:
+        r["messageExpression"] = message_expression
+    if field_path:
+        r["fieldPath"] = field_path
+    if reason:
+        r["reason"] = reason
+    return r
+
+
+def string(description: str, **kw: Any) -> Schema:
+    return {"type": "string", "description": description, **kw}
+
+
+def integer(description: str, lo: int | None = None, hi: int | None = None, **kw: Any) -> Schema:
+    s: Schema = {"type": "integer", "description": description, **kw}
+    if lo is not None:
+        s["minimum"] = lo
+    if hi is not None:
+        s["maximum"] = hi
+    return s
+
+
+def number(description: str, lo: float | None = None, hi: float | None = None, **kw: Any) -> Schema:
+    s: Schema = {"type": "number", "description": description, **kw}
+    if lo is not None:
+        s["minimum"] = lo
+    if hi is not None:
+        s["maximum"] = hi
+    return s
+
+
+def boolean(description: str, default: bool) -> Schema:
+    return {"type": "boolean", "description": description, "default": default}
+
+
+def obj(
+    description: str,
+    properties: dict[str, Schema],
+    *,
+    required: tuple[str, ...] = (),
+    rules: tuple[Schema, ...] = (),
+    default: dict[str, Any] | None = None,
+) -> Schema:
+    s: Schema = {"type": "object", "description": description, "properties": properties}
+    if required:
+        s["required"] = list(required)
+    if rules:
+        s["x-kubernetes-validations"] = list(rules)
+    if default is not None:
+        # Spelled out in full: the API server checks CEL rules against a default as
+        # written, without defaulting inside it first.
+        s["default"] = apply_defaults(s, default)
+    return s
+
+
+def free_object(description: str) -> Schema:
+    """A Kubernetes type passed through verbatim; the API server validates it on the Deployment."""
+    return {
+        "type": "object",
+        "description": description,
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+
+
+def array(description: str, items: Schema, max_items: int, **kw: Any) -> Schema:
+    return {
+        "type": "array",
+        "description": description,
+        "items": items,
+        "maxItems": max_items,
+        **kw,
+    }
+
+
+def string_map(description: str, max_properties: int = 64, value_max: int = 4096) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "maxProperties": max_properties,
+        "additionalProperties": {"type": "string", "maxLength": value_max},
+    }
+
+
+def quantity() -> Schema:
+    return {
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": QUANTITY_RE.pattern,
+        "x-kubernetes-int-or-string": True,
+    }
+
+
+def url(description: str, pattern: str, *, allow_empty: bool = False) -> Schema:
+    # A raw CEL string: the pattern holds regex escapes CEL strings would reject.
+    check = f"isURL(self) && self.matches(r'{pattern}')"
+    if allow_empty:
+        check = f"self == '' || ({check})"
+    scheme = "ws, wss, http or https" if "wss" in pattern else "http or https"
+    return string(
+        description,
+        maxLength=2048,
+        **{
+            "x-kubernetes-validations": [
+                rule(check, message_expression=f"'must be a {scheme} URL, got: ' + self")
+            ]
+        },
+    )
+
+
+# --- spec -------------------------------------------------------------------------------
+
+
+def livekit_schema() -> Schema:
+    return obj(
+        "How workers reach the LiveKit server they register with.",
+        {
+            "url": url(
+                "LiveKit server URL (ws, wss, http or https), e.g. ws://livekit.livekit.svc:7880.",
+                URL_SCHEMES_RE,
+            ),
+            "credentialsSecret": string(
+                "Name of a Secret in the VoiceAgent's namespace holding the LiveKit API key "
+                "and secret. Workers get them as LIVEKIT_API_KEY/LIVEKIT_API_SECRET via "
+                "secretKeyRef, never as literal values.",
+                maxLength=253,
+                pattern=DNS1123_SUBDOMAIN_RE.pattern,
+            ),
+            "apiKeyKey": string(
+                "Key in credentialsSecret holding the API key.",
+                default="apiKey",
+                maxLength=253,
+                pattern=SECRET_KEY_RE.pattern,
+            ),
+            "apiSecretKey": string(
+                "Key in credentialsSecret holding the API secret.",
+                default="apiSecret",
+                maxLength=253,
+                pattern=SECRET_KEY_RE.pattern,
+            ),
+        },
+        required=("url", "credentialsSecret"),
+    )
+
+
+def turn_detection_schema() -> Schema:
+    return obj(
+        "How the model decides the caller finished speaking (Realtime turn_detection).",
+        {
+            "type": string(
+                "server_vad (silence based), semantic_vad (meaning based) or none "
+                "(the agent commits turns itself).",
+                enum=list(TURN_DETECTION_TYPES),
+                default="server_vad",
+            ),
+            "threshold": number("server_vad activation threshold, 0 to 1.", 0.0, 1.0),
+            "prefixPaddingMs": integer("Audio kept before detected speech, in ms.", 0, 10_000),
+            "silenceDurationMs": integer("Silence that ends a turn, in ms.", 0, 10_000),
+            "eagerness": string(
+                "semantic_vad only: how eagerly the model takes its turn.", enum=list(EAGERNESS)
+            ),
+            "createResponse": boolean("Answer automatically when a turn ends.", True),
+            "interruptResponse": boolean("Let the caller interrupt the agent (barge-in).", True),
+            "idleTimeoutMs": integer(
+                "Prompt the model after this much caller silence, in ms.", 0, 3_600_000
+            ),
+        },
+        rules=(
+            rule(
+                "!has(self.eagerness) || self.type == 'semantic_vad'",
+                "eagerness is only valid with type semantic_vad",
+                field_path=".eagerness",
+            ),
+        ),
+        default={},
+    )
+
+
+def model_schema() -> Schema:
+    voices = ", ".join(OPENAI_VOICES)
+    return obj(
+        "The speech-to-speech model and every OpenAI Realtime session parameter, passed "
+        "through to the worker's agent.json.",
+        {
+            "provider": string(
+                "Model provider.", enum=["openai-realtime"], default="openai-realtime"
+            ),
+            "model": string("Realtime model name.", default="gpt-realtime", maxLength=128),
+            "voice": string(
+                f"Output voice. With OpenAI itself (no baseURL) one of: {voices}. With a "
+                "compatible endpoint (baseURL set) any voice name it offers.",
+                default="marin",
+                maxLength=64,
+                pattern=VOICE_RE.pattern,
+            ),
+            "instructions": string(
+                f"System instructions (the prompt). At most {MAX_INSTRUCTIONS} characters: "
+                "they are re-sent with every session.",
+                default="",
+                maxLength=MAX_INSTRUCTIONS,
+            ),
+            "modalities": array(
+                "Output modalities: audio, text or both.",
+                string("A modality.", enum=list(MODALITIES)),
+                len(MODALITIES),
+                default=["audio"],
+                minItems=1,
+                **{"x-kubernetes-list-type": "set"},
+            ),
+            "turnDetection": turn_detection_schema(),
+            "inputAudioTranscription": obj(
+                "Transcribe the caller's audio (for transcripts and failover summaries).",
+                {
+                    "model": string(
+                        "Transcription model.", default="gpt-4o-mini-transcribe", maxLength=128
+                    ),
+                    "language": string("ISO-639-1 language hint, e.g. en.", maxLength=16),
+                    "prompt": string("Transcription prompt (vocabulary hints).", maxLength=4096),
+                },
+            ),
+            "inputAudioNoiseReduction": string(
+                "Input noise reduction: near_field (headsets) or far_field (speakerphones).",
+                enum=list(NOISE_REDUCTION_TYPES),
+            ),
+            "temperature": number(
+                "Sampling temperature, where the model still accepts it (deprecated by the "
+                "Realtime API).",
+                0.0,
+                2.0,
+            ),
+            "speed": number("Speech speed, 0.25 to 1.5.", 0.25, 1.5),
+            "toolChoice": string("How the model picks tools.", enum=list(TOOL_CHOICES)),
+            "maxSessionDurationSeconds": number(
+                "End a session after this many seconds.", 1.0, None
+            ),
+            "apiKeySecret": obj(
+                "The Secret holding the API key; workers get it as OPENAI_API_KEY via "
+                "secretKeyRef, never as a literal value.",
+                {
+                    "name": string(
+                        "Secret name, in the VoiceAgent's namespace.",
+                        maxLength=253,
+                        pattern=DNS1123_SUBDOMAIN_RE.pattern,
+                    ),
+                    "key": string(
+                        "Key in the Secret.",
+                        default="apiKey",
+                        maxLength=253,
+                        pattern=SECRET_KEY_RE.pattern,
+                    ),
+                },
+                required=("name",),
+            ),
+            "baseURL": url(
+                "An OpenAI-compatible endpoint (Azure OpenAI, a proxy, the testbed's "
+                "stand-in); empty means OpenAI. http(s) becomes ws(s) for the Realtime "
+                "socket at <baseURL>/realtime.",
+                URL_SCHEMES_RE,
+                allow_empty=True,
+            ),
+            "azureDeployment": string("Azure OpenAI deployment name.", maxLength=128),
+            "apiVersion": string("Azure OpenAI API version.", maxLength=64),
+        },
+        required=("apiKeySecret",),
+        rules=(
+            rule(
+                "(has(self.baseURL) && self.baseURL != '') || "
+                f"self.voice in {_cel_list(OPENAI_VOICES)}",
+                message_expression=(
+                    f"'unknown voice ' + self.voice + '; OpenAI Realtime voices are {voices} "
+                    "(any voice is accepted when model.baseURL names a compatible endpoint)'"
+                ),
+                field_path=".voice",
+            ),
+        ),
+    )
+
+
+def tool_schema() -> Schema:
+    return obj(
+        "A function the model may call; the worker POSTs its JSON arguments to url and "
+        "returns the response body to the model.",
+        {
+            "name": string(
+                "Function name the model sees: letters, digits, _ and -, starting with a letter "
+                "or _.",
+                maxLength=64,
+                pattern=TOOL_NAME_RE.pattern,
+            ),
+            "description": string("What the tool does, for the model.", maxLength=4096),
+            "url": url("HTTP(S) endpoint the worker calls.", HTTP_URL_RE),
+            "parameters": {
+                **free_object("JSON Schema of the arguments; must be an object schema."),
+                # Declared so the server can check it; everything else passes through.
+                "properties": {
+                    "type": string("Always object: a tool takes named arguments.", enum=["object"])
+                },
+            },
+            "timeoutSeconds": number("Call timeout.", 0.1, 300.0, default=10.0),
+        },
+        required=("name", "description", "url"),
+    )
+
+
+def autoscaling_schema() -> Schema:
+    modes = "|".join(AUTOSCALING_MODES)
+    return obj(
+        "How many workers run. builtin: voicefleet scales on live sessions; hpa/keda: an "
+        "external autoscaler owns the Deployment's replicas; none: spec.replicas (kubectl "
+        "scale) decides.",
+        {
+            "mode": string(
+                f"Autoscaler: {modes}.", enum=list(AUTOSCALING_MODES), default="builtin"
+            ),
+            "minReplicas": integer(
+                "Fewest workers (0 scales to zero).", 0, MAX_REPLICAS, default=1
+            ),
+            "maxReplicas": integer("Most workers.", 1, MAX_REPLICAS, default=10),
+            "targetUtilization": number(
+                "Target busy fraction of session capacity, 0.1 to 1.", 0.1, 1.0, default=0.7
+            ),
+            "bufferSessions": integer(
+                "Free sessions to keep ready on top of the target, for bursts.",
+                0,
+                100_000,
+                default=0,
+            ),
+            "scaleUpStabilizationSeconds": integer(
+                "Wait before scaling up again.", 0, 3600, default=0
+            ),
+            "scaleDownStabilizationSeconds": integer(
+                "Scale down only to the highest recommendation seen in this window.",
+                0,
+                3600,
+                default=300,
+            ),
+        },
+        rules=(
+            rule(
+                "self.minReplicas <= self.maxReplicas",
+                "minReplicas must be <= maxReplicas",
+                field_path=".minReplicas",
+            ),
+            rule(
+                "self.mode != 'hpa' || self.minReplicas >= 1",
+                "minReplicas must be >= 1 in hpa mode (the HPA cannot scale to zero)",
+                field_path=".minReplicas",
+            ),
+        ),
+        default={},
+    )
+
+
+def env_schema() -> Schema:
+    reserved_secret = _cel_list(SECRET_ENV)
+    reserved_other = _cel_list(RESERVED_ENV - SECRET_ENV)
+    return array(
+        "Extra environment variables for the worker container (Kubernetes EnvVar).",
+        obj(
+            "An environment variable.",
+            {
+                "name": string("Variable name.", maxLength=255, pattern=ENV_NAME_RE.pattern),
+                "value": string("Literal value.", maxLength=32_768),
+                "valueFrom": free_object("Source of the value (Kubernetes EnvVarSource)."),
+            },
+            required=("name",),
+            rules=(
+                rule(
+                    f"!(self.name in {reserved_secret})",
+                    message_expression=(
+                        "self.name + ' carries a secret and is set by the operator from "
+                        "spec.livekit.credentialsSecret or spec.model.apiKeySecret; it cannot "
+                        "be set here, least of all as a literal value'"
+                    ),
+                    field_path=".name",
+                ),
+                rule(
+                    f"!(self.name in {reserved_other})",
+                    message_expression=(
+                        "self.name + ' is set by the operator and cannot be overridden'"
+                    ),
+                    field_path=".name",
+                ),
+                rule(
+                    "!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both"
+                ),
+            ),
+        ),
+        128,
+    )
+
+
+def template_schema() -> Schema:
+    reserved_labels = _cel_list(RESERVED_LABELS)
+    return obj(
+        "Overrides for the worker pods.",
+        {
+            "image": string(
+                "Worker image; default: the operator's --default-image (the stock agent).",
+                maxLength=1024,
+                pattern=IMAGE_RE.pattern,
+            ),
+            "imagePullPolicy": string("Image pull policy.", enum=list(PULL_POLICIES)),
+            "imagePullSecrets": array(
+                "Secrets for pulling the image.",
+                obj(
+                    "A Secret reference.",
+                    {"name": string("Secret name.", maxLength=253)},
+                    required=("name",),
+                ),
+                16,
+            ),
+            "resources": obj(
+                "Worker container resources; default requests cpu 250m, memory 512Mi.",
+                {
+                    "requests": {
+                        "type": "object",
+                        "description": "Minimum resources (quantities).",
+                        "maxProperties": 16,
+                        "additionalProperties": quantity(),
+                    },
+                    "limits": {
+                        "type": "object",
+                        "description": "Maximum resources (quantities).",
+                        "maxProperties": 16,
+                        "additionalProperties": quantity(),
+                    },
+                },
+            ),
+            "env": env_schema(),
+            "nodeSelector": string_map("Node labels the workers must run on.", value_max=63),
+            "tolerations": array(
+                "Taints the workers tolerate (Kubernetes Toleration).",
+                obj(
+                    "A toleration.",
+                    {
+                        "key": string("Taint key.", maxLength=316),
+                        "operator": string("Exists or Equal.", enum=["Exists", "Equal"]),
+                        "value": string("Taint value.", maxLength=63),
+                        "effect": string(
+                            "Taint effect.", enum=["NoSchedule", "PreferNoSchedule", "NoExecute"]
+                        ),
+                        "tolerationSeconds": integer("How long to tolerate a NoExecute taint."),
+                    },
+                ),
+                64,
+            ),
+            "affinity": free_object("Pod affinity (Kubernetes Affinity)."),
+            "topologySpreadConstraints": array(
+                "How workers spread over zones and nodes (Kubernetes TopologySpreadConstraint).",
+                free_object("A topology spread constraint."),
+                16,
+            ),
+            "serviceAccountName": string(
+                "Service account of the workers (its token is mounted only when this is set).",
+                maxLength=253,
+                pattern=DNS1123_SUBDOMAIN_RE.pattern,
+            ),
+            "priorityClassName": string(
+                "Priority class of the workers.",
+                maxLength=253,
+                pattern=DNS1123_SUBDOMAIN_RE.pattern,
+            ),
+            "annotations": string_map("Extra pod annotations."),
+            "labels": {
+                **string_map("Extra pod labels (not the selector labels).", value_max=63),
+                "x-kubernetes-validations": [
+                    rule(
+                        f"!self.exists(k, k in {reserved_labels})",
+                        "app.kubernetes.io/name and app.kubernetes.io/instance are the pod "
+                        "selector; the operator sets them",
+                    )
+                ],
+            },
+            "securityContext": free_object("Pod security context (Kubernetes PodSecurityContext)."),
+            "containerSecurityContext": free_object(
+                "Worker container security context; default: no privilege escalation, all "
+                "capabilities dropped."
+            ),
+        },
+        default={},
+    )
+
+
+def spec_schema() -> Schema:
+    return obj(
+        "The desired agent fleet.",
+        {
+            "agentName": string(
+                "LiveKit agent_name the workers register under (explicit dispatch); "
+                "default: metadata.name.",
+                maxLength=63,
+                pattern=AGENT_NAME_RE.pattern,
+            ),
+            "replicas": integer(
+                "Workers when autoscaling.mode is none; kubectl scale writes it through the "
+                "scale subresource. Ignored by hpa and keda modes.",
+                0,
+                MAX_REPLICAS,
+            ),
+            "livekit": livekit_schema(),
+            "model": model_schema(),
+            "tools": array(
+                "HTTP tools the model may call (function calling without code).",
+                tool_schema(),
+                MAX_TOOLS,
+                **{
+                    "x-kubernetes-validations": [
+                        rule(
+                            "self.all(t, self.exists_one(u, u.name == t.name))",
+                            "tool names must be unique",
+                        )
+                    ]
+                },
+            ),
+            "sessions": obj(
+                "Session capacity of one worker and how long it drains.",
+                {
+                    "maxPerWorker": integer(
+                        "Concurrent sessions one worker serves; its load is active/maxPerWorker.",
+                        1,
+                        1000,
+                        default=10,
+                    ),
+                    "drainTimeoutSeconds": integer(
+                        "How long a stopping worker waits for its sessions to end; the pod's "
+                        "termination grace period covers it.",
+                        0,
+                        86_400,
+                        default=3600,
+                    ),
+                },
+                default={},
+            ),
+            "autoscaling": autoscaling_schema(),
+            "failover": obj(
+                "Re-dispatch of sessions whose worker died.",
+                {
+                    "enabled": boolean("Re-dispatch orphaned sessions.", True),
+                    "resumeConversation": boolean(
+                        "Give the new worker a summary of the conversation so far.", True
+                    ),
+                    "summaryTurns": integer(
+                        "Turns carried over to the new worker.", 0, 50, default=6
+                    ),
+                },
+                default={},
+            ),
+            "observability": obj(
+                "What workers record.",
+                {"logTranscripts": boolean("Log transcripts (personal data!).", False)},
+                default={},
+            ),
+            "disruptionBudget": obj(
+                "The PodDisruptionBudget of the workers (evicted workers still drain).",
+                {
+                    "maxUnavailable": {
+                        "description": "Workers that may be evicted at once (a number or a "
+                        "percentage).",
+                        "anyOf": [{"type": "integer"}, {"type": "string"}],
+                        "pattern": "^[0-9]{1,3}%$",
+                        "x-kubernetes-int-or-string": True,
+                        "x-kubernetes-validations": [
+                            rule(
+                                "type(self) == string || int(self) >= 0",
+                                "must be a number >= 0 or a percentage",
+                            )
+                        ],
+                        "default": 1,
+                    }
+                },
+                default={},
+            ),
+            "template": template_schema(),
+        },
+        required=("livekit", "model"),
+    )
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def condition_schema() -> Schema:
+    return obj(
+        "A condition (Kubernetes metav1.Condition).",
+        {
+            "type": string("Ready, Progressing or Degraded.", maxLength=316),
+            "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": string("CamelCase reason.", maxLength=1024),
+            "message": string("Human readable detail.", maxLength=32_768),
+            "lastTransitionTime": string("When status last changed.", format="date-time"),
+            "observedGeneration": integer("Generation the condition was computed for.", 0),
+        },
+        required=("type", "status"),
+    )
+
+
+def status_schema() -> Schema:
+    return obj(
+        "Observed state, written by the operator.",
+        {
+            "observedGeneration": integer("Generation of the spec last reconciled.", 0),
+            "conditions": {
+                **array("Ready, Progressing, Degraded.", condition_schema(), 16),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "agentName": string("LiveKit agent_name the workers register under."),
+            "replicas": integer("Worker pods (scale subresource statusReplicasPath)."),
+            "readyReplicas": integer("Ready worker pods."),
+            "updatedReplicas": integer("Worker pods on the current template."),
+            "desiredReplicas": integer("Workers the operator (or autoscaler) wants."),
+            "activeSessions": integer("Sessions being served now."),
+            "capacity": integer("Sessions the ready workers accept (ready x maxPerWorker)."),
+            "selector": string("Pod label selector (scale subresource labelSelectorPath)."),
+            "configHash": string("Hash of the rendered agent.json the workers run."),
+            "workers": string("ready/desired, for kubectl get."),
+            "sessions": string("activeSessions/capacity, for kubectl get."),
+        },
+    )
+
+
+def build_crd() -> Schema:
+    root = obj(
+        "A fleet of real-time voice AI agent workers registered with LiveKit.",
+        {
+            "apiVersion": string("API version."),
+            "kind": string("Kind."),
+            # The API server forbids anything but `type` here (it owns metadata's schema).
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": status_schema(),
+        },
+        required=("spec",),
+        rules=(
+            # Only the length: the API server cannot bound metadata.name's size, so a regex
+            # here would exceed the CEL cost budget; spec.py checks the DNS-1035 form.
+            rule(
+                f"self.metadata.name.size() <= {MAX_NAME}",
+                f"metadata.name must be at most {MAX_NAME} characters "
+                "(it names the worker Deployment and its Service)",
+            ),
+        ),
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": [SHORT_NAME],
+                "categories": ["voicefleet"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Agent",
+                            "type": "string",
+                            "jsonPath": ".status.agentName",
+                            "description": "LiveKit agent_name",
+                        },
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            "jsonPath": ".status.workers",
+                            "description": "ready/desired workers",
+                        },
+                        {
+                            "name": "Sessions",
+                            "type": "string",
+                            "jsonPath": ".status.sessions",
+                            "description": "active sessions/capacity",
+                        },
+                        {
+                            "name": "Mode",
+                            "type": "string",
+                            "jsonPath": ".spec.autoscaling.mode",
+                            "priority": 1,
+                            "description": "autoscaling mode",
+                        },
+                        {
+                            "name": "Reason",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                            "priority": 1,
+                            "description": "why (not) Ready",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+HEADER: Final = (
+    "# Generated by `python -m voicefleet_operator.crd` from operator/voicefleet_operator/crd.py;\n"
+    "# do not edit (tests/operator/test_crd.py fails when the two differ).\n"
+)
+
+
+def render_yaml() -> str:
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+# --- structural defaulting, as the API server does it -----------------------------------
+
+
+def apply_defaults(schema: Schema, value: Any) -> Any:
+    """Fill defaults like the API server's structural defaulting (for tests and docs).
+
+    An absent property with a default gets it (the default is itself defaulted), then
+    objects recurse into their properties and arrays into their items.
+    """
+    if isinstance(value, dict):
+        out = dict(value)
+        for key, sub in schema.get("properties", {}).items():
+            if key not in out and "default" in sub:
+                out[key] = _copy(sub["default"])
+            if key in out:
+                out[key] = apply_defaults(sub, out[key])
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def openapi_schema() -> Schema:
+    crd = build_crd()
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    sys.stdout.write(render_yaml())
+
+
+if __name__ == "__main__":
+    main()

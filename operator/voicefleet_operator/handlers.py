@@ -1,0 +1,200 @@
+"""Thin kopf handlers: every trigger ends in `Reconciler.reconcile(namespace, name)`.
+
+Triggers: the VoiceAgent's create/update/resume (kopf retries these on transient
+errors), a timer per VoiceAgent (the backstop: Secrets that appear later, anything a
+watch missed), and events of the owned Deployments, ConfigMaps, Services and PDBs
+(deleted or edited by hand -> repaired within a second, status follows the rollout).
+
+Reconciles of one VoiceAgent never overlap: requests that arrive while one runs are
+folded into a single follow-up run, so a burst of Deployment events during a rollout
+costs two reconciles, not twenty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+from voicefleet_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+
+from . import reconcile as rc
+from .kube import KubeApi, KubeError
+from .metrics import OperatorMetrics
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping annotations live under voicefleet.dev/
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+@dataclass
+class _KeyState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    requested: int = 0
+    done: int = 0
+    last: rc.Outcome | None = None
+
+
+class Reconciler:
+    def __init__(self, kube: KubeApi, settings: Settings, metrics: OperatorMetrics) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.metrics = metrics
+        self._keys: dict[tuple[str, str], _KeyState] = {}
+
+    async def reconcile(self, namespace: str, name: str, trigger: str) -> rc.Outcome | None:
+        state = self._keys.setdefault((namespace, name), _KeyState())
+        state.requested += 1
+        mine = state.requested
+        async with state.lock:
+            if state.done >= mine:
+                return state.last  # a run that started after this request covered it
+            started_for = state.requested
+            outcome = await self._run(namespace, name, trigger)
+            state.done = started_for
+            state.last = outcome
+            return outcome
+
+    async def _run(self, namespace: str, name: str, trigger: str) -> rc.Outcome:
+        t0 = time.perf_counter()
+        try:
+            outcome = await asyncio.to_thread(
+                rc.reconcile, self.kube, self.settings, namespace, name
+            )
+        except KubeError as e:
+            self.metrics.observe(
+                namespace, name, time.perf_counter() - t0, "error", f"api_{e.status}"
+            )
+            log.warning("reconcile %s/%s (%s) failed, will retry: %s", namespace, name, trigger, e)
+            raise kopf.TemporaryError(f"API error: {e}", delay=5) from e
+        except Exception:
+            self.metrics.observe(namespace, name, time.perf_counter() - t0, "error", "exception")
+            log.exception("reconcile %s/%s (%s) crashed", namespace, name, trigger)
+            raise kopf.TemporaryError("unexpected error; see operator log", delay=15) from None
+        seconds = time.perf_counter() - t0
+        if outcome.body is None:
+            self.forget(namespace, name)
+            return outcome
+        result = "blocked" if outcome.problem else "ok"
+        self.metrics.observe(
+            namespace, name, seconds, result, outcome.problem.reason if outcome.problem else None
+        )
+        self.metrics.set_ready(namespace, name, outcome.ready)
+        for ev in outcome.events:
+            ref = kopf.Body(cast(kopf.RawBody, _ref(outcome.body)))
+            kopf.event(ref, type=ev.type, reason=ev.reason, message=ev.message)
+        log.debug("reconciled %s/%s (%s) in %.3fs: %s", namespace, name, trigger, seconds, result)
+        return outcome
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._keys.pop((namespace, name), None)
+        self.metrics.forget(namespace, name)
+
+
+def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }
+
+
+def owner_name(body: Mapping[str, Any]) -> str | None:
+    """The VoiceAgent that controls this child, by its owner reference."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(ref["name"])
+    return None
+
+
+def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = MANAGED_BY
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.event_name_prefix = "voicefleet-"
+    settings.peering.standalone = ours.standalone
+    # Resources and namespaces are known at start: no list/watch of CRDs and namespaces
+    # (and no RBAC for them).
+    settings.scanning.disabled = True
+    for group, _version, plural in CHILD_RESOURCES:
+        # Server-side filtering: the operator caches only the objects it manages.
+        key = (group, plural) if group else plural
+        settings.watching.label_selectors[key] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Settings) -> None:
+    """Register every handler on `registry` (no module-level state: tests build their own)."""
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry has none of kopf's default login handlers: in a pod the
+        # ServiceAccount, else the kubeconfig ($KUBECONFIG, set from --kubeconfig).
+        if ours.kubeconfig is None:
+            info = kopf.login_with_service_account(**kwargs)
+            if info is not None:
+                return info
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, ours)
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    async def _changed(namespace: str | None, name: str, reason: str, **_: Any) -> None:
+        await reconciler.reconcile(namespace or "", name, str(reason))
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        interval=ours.resync_seconds,
+        initial_delay=ours.resync_seconds,
+        registry=registry,
+    )
+    async def _resync(namespace: str | None, name: str, **_: Any) -> None:
+        await reconciler.reconcile(namespace or "", name, "resync")
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
+    def _deleted(namespace: str | None, name: str, **_: Any) -> None:
+        # optional: no finalizer; the children go by garbage collection.
+        reconciler.forget(namespace or "", name)
+
+    for group, version, plural in CHILD_RESOURCES:
+
+        @kopf.on.event(
+            group,
+            version,
+            plural,
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+            id=f"child-{plural}",
+            registry=registry,
+        )
+        async def _child(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
+            owner = owner_name(body)
+            if owner is None or not type or not namespace:
+                # type None: the initial listing; on.resume reconciles every VoiceAgent.
+                return
+            with contextlib.suppress(kopf.TemporaryError):  # logged; the timer retries
+                await reconciler.reconcile(namespace, owner, f"{body.get('kind')} {type}")

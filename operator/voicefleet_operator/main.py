@@ -1,0 +1,77 @@
+"""Entry point: flags -> settings, the metrics endpoint, then kopf with our handlers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from . import cmd
+from .handlers import Reconciler, register
+from .kube import Kube
+from .metrics import OperatorMetrics
+from .settings import Settings
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    # The API client logs every request at DEBUG/INFO; keep it for real problems.
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # kopf says "Handler succeeded" for every child event, the health server logs every
+    # probe: keep their warnings, our reconciler logs what matters.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run(settings: Settings) -> None:
+    if settings.kubeconfig:
+        # kopf logs in through the same kubeconfig as our client.
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    metrics = OperatorMetrics()
+    metrics.serve(settings.bind_address, settings.metrics_port)
+    registry = kopf.OperatorRegistry()
+    register(registry, Reconciler(Kube.connect(settings.kubeconfig), settings, metrics), settings)
+    host = settings.bind_address
+    kopf.run(
+        registry=registry,
+        standalone=settings.standalone,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=f"http://{host}:{settings.health_port}/healthz",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = cmd.parse(argv)
+    setup_logging(settings)
+    logging.getLogger(__name__).info("starting with %s", settings)
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""One reconcile of one VoiceAgent: fetch, render, apply, write status.
+
+Synchronous and free of kopf, so it runs in a worker thread and tests drive it with a fake
+`KubeApi`. Order matters for "nothing running is changed": the spec is parsed and the
+Secrets are checked *before* anything is applied; any problem becomes a condition (and an
+Event, once) while the existing children stay as they are.
+
+Replicas are owned per autoscaling mode (see `render.desired_replicas`) by a separate
+field manager (`REPLICAS_FIELD_MANAGER`), so the main apply never carries
+`spec.replicas` once the Deployment exists and an HPA, KEDA or `kubectl scale` on the
+Deployment is never fought by the main manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicefleet_contract import API_VERSION, KIND
+
+from .kube import KubeApi, KubeError, path
+from .render import (
+    ChildNames,
+    Owner,
+    desired_replicas,
+    render_children,
+    render_replicas_patch,
+    selector_string,
+)
+from .settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
+from .spec import SecretKeyRef, SpecError, VoiceAgentSpec, parse_spec
+from .status import Observation, Problem, Reason, compute_status, ready_condition, status_changed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    body: dict[str, Any] | None = None  # the VoiceAgent (None: it is gone)
+    status: dict[str, Any] | None = None
+    problem: Problem | None = None
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.status) and ready_condition(self.status or {}).get("status") == "True"
+
+
+def va_path(namespace: str, name: str) -> str:
+    return path(API_VERSION, KIND, namespace, name)
+
+
+def check_secrets(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
+    """Each referenced Secret exists and has the key; values are never looked at."""
+    refs: list[tuple[SecretKeyRef, str]] = [
+        (spec.livekit.api_key_ref, "spec.livekit.apiKeyKey"),
+        (spec.livekit.api_secret_ref, "spec.livekit.apiSecretKey"),
+        (spec.apiKeySecret, "spec.model.apiKeySecret.key"),
+    ]
+    seen: dict[str, dict[str, Any] | None] = {}
+    for ref, key_field in refs:
+        secret_field = (
+            "spec.model.apiKeySecret.name"
+            if key_field.startswith("spec.model")
+            else "spec.livekit.credentialsSecret"
+        )
+        if ref.name not in seen:
+            try:
+                seen[ref.name] = kube.get(path("v1", "Secret", spec.namespace, ref.name))
+            except KubeError as e:
+                if e.transient:
+                    raise
+                return Problem(
+                    Reason.SECRET_UNREADABLE,
+                    f"cannot read Secret {ref.name!r} ({secret_field}): {e.status} {e.reason}",
+                )
+        secret = seen[ref.name]
+        if secret is None:
+            return Problem(
+                Reason.SECRET_NOT_FOUND,
+                f"Secret {ref.name!r} ({secret_field}) does not exist in namespace "
+                f"{spec.namespace!r}",
+            )
+        keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+        if ref.key not in keys:
+            return Problem(
+                Reason.SECRET_KEY_MISSING,
+                f"Secret {ref.name!r} has no key {ref.key!r} ({key_field}); "
+                f"it has: {', '.join(sorted(keys)) or 'no keys'}",
+            )
+    return None
+
+
+def _problem_events(previous: Mapping[str, Any], problem: Problem | None) -> list[Event]:
+    """Warn when a problem appears or changes, say so when it clears; never repeat."""
+    before = ready_condition(previous)
+    was_problem = before.get("reason") in _PROBLEM_REASONS
+    if problem is not None:
+        if before.get("reason") != problem.reason or before.get("message") != problem.message:
+            return [Event("Warning", problem.reason, problem.message)]
+        return []
+    if was_problem:
+        return [Event("Normal", "Resolved", f"{before.get('reason')} is resolved")]
+    return []
+
+
+_PROBLEM_REASONS = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.SECRET_NOT_FOUND,
+        Reason.SECRET_KEY_MISSING,
+        Reason.SECRET_UNREADABLE,
+        Reason.APPLY_FAILED,
+    }
+)
+
+
+def _apply_children(
+    kube: KubeApi,
+    spec: VoiceAgentSpec,
+    owner: Owner,
+    settings: Settings,
+    current: dict[str, Any] | None,
+    previous: Mapping[str, Any],
+    generation: int,
+) -> tuple[dict[str, Any], str, list[Event]]:
+    children = render_children(spec, owner, settings)
+    current_replicas = None if current is None else current.get("spec", {}).get("replicas")
+    replicas = desired_replicas(spec, None if current is None else int(current_replicas or 0))
+    events: list[Event] = []
+    for obj in children.in_apply_order()[:-1]:
+        kube.apply(obj, FIELD_MANAGER)
+    dep_body = children.deployment
+    if current is None:
+        # Creating: the main apply carries the initial replicas (else the Deployment
+        # would start at 1); the replicas manager then co-owns them, so the next main
+        # apply, which omits them, drops only its own claim, not the value.
+        if replicas is not None:
+            dep_body = {**dep_body, "spec": {**dep_body["spec"], "replicas": replicas}}
+        deployment = kube.apply(dep_body, FIELD_MANAGER)
+        if replicas is not None:
+            deployment = kube.apply(render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER)
+        verb = "Recreated" if previous.get("observedGeneration") else "Created"
+        events.append(Event("Normal", verb, f"{verb} Deployment {spec.name}"))
+    else:
+        if replicas is not None:
+            kube.apply(render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER)
+        deployment = kube.apply(dep_body, FIELD_MANAGER)
+        before = current.get("metadata", {}).get("generation")
+        after = deployment.get("metadata", {}).get("generation")
+        if before != after:
+            events.append(
+                _deployment_change_event(spec, children.config_hash, previous, generation)
+            )
+    return deployment, children.config_hash, events
+
+
+def _deployment_change_event(
+    spec: VoiceAgentSpec, hash_: str, previous: Mapping[str, Any], generation: int
+) -> Event:
+    old_hash = previous.get("configHash")
+    if old_hash and old_hash != hash_:
+        return Event(
+            "Normal",
+            "ConfigChanged",
+            f"agent.json changed ({old_hash} -> {hash_}); rolling workers",
+        )
+    if previous.get("observedGeneration") == generation:
+        return Event(
+            "Normal",
+            "DriftRepaired",
+            f"Deployment {spec.name} was changed outside the operator; restored",
+        )
+    return Event("Normal", "Updated", f"Updated Deployment {spec.name}")
+
+
+def reconcile(
+    kube: KubeApi,
+    settings: Settings,
+    namespace: str,
+    name: str,
+    *,
+    active_sessions: int | None = None,
+) -> Outcome:
+    """Converge one VoiceAgent. Raises `KubeError` only for transient API errors."""
+    body = kube.get(va_path(namespace, name))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return Outcome()  # children go with it (owner references)
+    meta = body["metadata"]
+    generation = int(meta.get("generation", 0))
+    previous: dict[str, Any] = body.get("status") or {}
+    raw_spec = body.get("spec") or {}
+    names = ChildNames.of(name)
+    current = kube.get(path("apps/v1", "Deployment", namespace, names.deployment))
+
+    problem: Problem | None = None
+    spec: VoiceAgentSpec | None = None
+    hash_: str | None = None
+    events: list[Event] = []
+    deployment = current
+    desired: int | None = None
+    try:
+        spec = parse_spec(name, namespace, raw_spec)
+    except SpecError as e:
+        problem = Problem(Reason.INVALID_SPEC, str(e))
+    if spec is not None:
+        problem = check_secrets(kube, spec)
+    if spec is not None and problem is None:
+        try:
+            deployment, hash_, events = _apply_children(
+                kube, spec, Owner.from_body(body), settings, current, previous, generation
+            )
+        except SpecError as e:
+            problem = Problem(Reason.INVALID_SPEC, str(e))
+        except KubeError as e:
+            if e.transient:
+                raise
+            # Rejected by the API server (a bad affinity, quota, admission): the spec is
+            # wrong in a way only the server could tell. Report; retry on the next change.
+            problem = Problem(Reason.APPLY_FAILED, f"{e.status} {e.reason}: {e.message}")
+        replicas = (deployment or {}).get("spec", {}).get("replicas")
+        desired = replicas if isinstance(replicas, int) else None
+
+    pods: list[dict[str, Any]] = []
+    dstatus = (deployment or {}).get("status", {})
+    if deployment is not None and (dstatus.get("readyReplicas") or 0) < (
+        deployment.get("spec", {}).get("replicas") or 0
+    ):
+        # Only a fleet short of ready workers needs the pods' reasons.
+        pods = kube.list(path("v1", "Pod", namespace), selector_string(name))
+
+    agent_name = spec.agent_name if spec else str(raw_spec.get("agentName") or name)
+    per_worker = (
+        spec.max_per_worker
+        if spec
+        else int((raw_spec.get("sessions") or {}).get("maxPerWorker") or 10)
+    )
+    status = compute_status(
+        Observation(
+            name=name,
+            generation=generation,
+            agent_name=agent_name,
+            max_per_worker=per_worker,
+            deployment=deployment,
+            desired_replicas=desired,
+            problem=problem,
+            config_hash=hash_,
+            pods=pods,
+            active_sessions=active_sessions,
+            previous=previous,
+        )
+    )
+    events = _problem_events(previous, problem) + events
+    if status_changed(previous, status):
+        kube.patch_status(va_path(namespace, name), status)
+    return Outcome(body=body, status=status, problem=problem, events=events)

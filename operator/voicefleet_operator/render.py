@@ -1,0 +1,339 @@
+"""Pure rendering: a parsed VoiceAgent spec and the operator's settings -> desired objects.
+
+Every object carries the VoiceAgent as its controller owner reference (deleting the
+VoiceAgent garbage-collects it) and the `app.kubernetes.io/*` labels. The Deployment is
+rendered *without* `spec.replicas`: who owns replicas depends on the autoscaling mode
+(`desired_replicas`), and the handlers apply them under a separate field manager.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+from voicefleet_contract import (
+    ANNOTATION_CONFIG_HASH,
+    API_VERSION,
+    APP_NAME,
+    CONFIG_FILE_KEY,
+    CONFIG_MOUNT_PATH,
+    HEALTH_PORT,
+    HEALTH_PORT_NAME,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    MANAGED_BY,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    Env,
+)
+
+from .settings import Settings
+from .spec import DRAIN_MARGIN_SECONDS, SpecError, VoiceAgentSpec
+
+CONTAINER_NAME: Final = "agent"
+CONFIG_VOLUME: Final = "agent-config"
+DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
+MAX_SURGE: Final = "25%"  # a percentage rounds up, so a rollout always surges >= 1 pod
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The VoiceAgent that owns the rendered objects."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> Owner:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    deployment: str
+    configmap: str
+    service: str
+    pdb: str
+
+    @classmethod
+    def of(cls, name: str) -> ChildNames:
+        return cls(deployment=name, configmap=f"{name}-config", service=f"{name}-workers", pdb=name)
+
+
+@dataclass(frozen=True)
+class Children:
+    configmap: dict[str, Any]
+    service: dict[str, Any]
+    pdb: dict[str, Any]
+    deployment: dict[str, Any]
+    config_hash: str
+
+    def in_apply_order(self) -> tuple[dict[str, Any], ...]:
+        # The ConfigMap first: new pods mount it.
+        return (self.configmap, self.service, self.pdb, self.deployment)
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: "voicefleet",
+    }
+
+
+def agent_json(spec: VoiceAgentSpec) -> str:
+    return spec.config.to_json()
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _meta(spec: VoiceAgentSpec, owner: Owner, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": labels(spec.name, component),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def render_configmap(spec: VoiceAgentSpec, owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(spec, owner, ChildNames.of(spec.name).configmap, "config"),
+        "data": {CONFIG_FILE_KEY: agent_json(spec)},
+    }
+
+
+def render_service(spec: VoiceAgentSpec, owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(spec, owner, ChildNames.of(spec.name).service, "metrics"),
+        "spec": {
+            # Headless: Prometheus and the autoscaler address each worker, never a VIP.
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # a starting or draining worker still reports
+            "selector": selector_labels(spec.name),
+            "ports": [
+                {
+                    "name": METRICS_PORT_NAME,
+                    "port": METRICS_PORT,
+                    "targetPort": METRICS_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def render_pdb(spec: VoiceAgentSpec, owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(spec, owner, ChildNames.of(spec.name).pdb, "worker"),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(spec.name)},
+            "maxUnavailable": spec.disruption.maxUnavailable,
+            # A crash-looping worker serves no calls; let node drains evict it.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]:
+    lk = spec.livekit
+    env: list[dict[str, Any]] = [
+        {"name": Env.CONFIG_FILE, "value": f"{CONFIG_MOUNT_PATH}/{CONFIG_FILE_KEY}"},
+        _field_env(Env.POD_NAME, "metadata.name"),
+        _field_env(Env.POD_NAMESPACE, "metadata.namespace"),
+        _field_env(Env.POD_IP, "status.podIP"),
+        {"name": Env.METRICS_PORT, "value": str(METRICS_PORT)},
+        {"name": Env.HEALTH_PORT, "value": str(HEALTH_PORT)},
+        {"name": Env.LOG_FORMAT, "value": settings.worker_log_format},
+        {"name": Env.LIVEKIT_URL, "value": lk.url},
+        _secret_env(Env.LIVEKIT_API_KEY, lk.api_key_ref.name, lk.api_key_ref.key),
+        _secret_env(Env.LIVEKIT_API_SECRET, lk.api_secret_ref.name, lk.api_secret_ref.key),
+        _secret_env(Env.OPENAI_API_KEY, spec.apiKeySecret.name, spec.apiKeySecret.key),
+    ]
+    user = [dict(e) for e in spec.template.env]
+    if settings.otlp_endpoint and all(e["name"] != Env.OTLP_ENDPOINT for e in user):
+        env.append({"name": Env.OTLP_ENDPOINT, "value": settings.otlp_endpoint})
+    return env + user
+
+
+def _probe(period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": "/", "port": HEALTH_PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) -> dict[str, Any]:
+    t = spec.template
+    image = t.image or settings.default_image
+    if not image:
+        raise SpecError(
+            "spec.template.image", "no image: set it, or the operator's --default-image"
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "env": render_env(spec, settings),
+        "ports": [
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": HEALTH_PORT_NAME, "containerPort": HEALTH_PORT, "protocol": "TCP"},
+        ],
+        # Start-up (warm job processes, first LiveKit registration) may take a while;
+        # liveness only starts counting once the worker came up.
+        "startupProbe": _probe(2, 150),
+        "readinessProbe": _probe(5, 2),
+        # Generous: livekit-agents reconnects to LiveKit with backoff for ~2 minutes before
+        # its health turns 503; a restart would drop every call the worker still serves.
+        "livenessProbe": _probe(10, 12),
+        "resources": t.resources if t.resources is not None else DEFAULT_RESOURCES,
+        "securityContext": t.containerSecurityContext
+        or {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True}],
+    }
+    pull_policy = t.imagePullPolicy or settings.image_pull_policy
+    if pull_policy:
+        container["imagePullPolicy"] = pull_policy
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+        **t.annotations,
+        ANNOTATION_CONFIG_HASH: hash_,
+    }
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            {
+                "name": CONFIG_VOLUME,
+                "configMap": {"name": ChildNames.of(spec.name).configmap},
+            }
+        ],
+        # The worker drains its sessions on SIGTERM for up to drainTimeoutSeconds; the
+        # margin covers shutdown after the last session ends.
+        "terminationGracePeriodSeconds": spec.drain_timeout_seconds + DRAIN_MARGIN_SECONDS,
+        "enableServiceLinks": False,
+        # Workers need no Kubernetes API; mount a token only for an explicit account.
+        "automountServiceAccountToken": t.serviceAccountName is not None,
+    }
+    optional = {
+        "serviceAccountName": t.serviceAccountName,
+        "priorityClassName": t.priorityClassName,
+        "nodeSelector": t.nodeSelector or None,
+        "tolerations": list(t.tolerations) or None,
+        "affinity": t.affinity,
+        "topologySpreadConstraints": list(t.topologySpreadConstraints) or None,
+        "securityContext": t.securityContext,
+        "imagePullSecrets": [{"name": n} for n in t.imagePullSecrets] or None,
+    }
+    pod.update({k: v for k, v in optional.items() if v is not None})
+    return {
+        "metadata": {
+            "labels": {**t.labels, **labels(spec.name, "worker")},
+            "annotations": annotations,
+        },
+        "spec": pod,
+    }
+
+
+def render_deployment(
+    spec: VoiceAgentSpec, owner: Owner, settings: Settings, hash_: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(spec, owner, ChildNames.of(spec.name).deployment, "worker"),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(spec.name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                # Never take a worker away before its replacement is Ready.
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE},
+            },
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": 600,
+            "template": render_pod_template(spec, settings, hash_),
+        },
+    }
+
+
+def render_children(spec: VoiceAgentSpec, owner: Owner, settings: Settings) -> Children:
+    hash_ = config_hash(agent_json(spec))
+    return Children(
+        configmap=render_configmap(spec, owner),
+        service=render_service(spec, owner),
+        pdb=render_pdb(spec, owner),
+        deployment=render_deployment(spec, owner, settings, hash_),
+        config_hash=hash_,
+    )
+
+
+def desired_replicas(spec: VoiceAgentSpec, current: int | None) -> int | None:
+    """Deployment replicas the operator applies, or None when it must not own them.
+
+    - none: `spec.replicas` (what `kubectl scale va` writes), else minReplicas.
+    - builtin: the same, clamped to [minReplicas, maxReplicas]; the session autoscaler
+      will decide here later.
+    - hpa/keda: the external autoscaler owns replicas; the operator only seeds
+      minReplicas when the Deployment does not exist yet (`current` is None).
+    """
+    a = spec.autoscaling
+    wanted = spec.replicas if spec.replicas is not None else a.minReplicas
+    if a.mode == "none":
+        return wanted
+    if a.mode == "builtin":
+        return max(a.minReplicas, min(a.maxReplicas, wanted))
+    return a.minReplicas if current is None else None
+
+
+def render_replicas_patch(spec: VoiceAgentSpec, replicas: int) -> dict[str, Any]:
+    """The apply body of the replicas field manager: nothing but spec.replicas."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": ChildNames.of(spec.name).deployment, "namespace": spec.namespace},
+        "spec": {"replicas": replicas},
+    }

@@ -1,0 +1,29 @@
+"""The operator's own configuration (what `cmd.py` parses from flags and env)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+LogFormat = Literal["json", "text"]
+DEFAULT_IMAGE: Final = "ghcr.io/voicefleet/worker:0.1.0"
+FIELD_MANAGER: Final = "voicefleet-operator"
+# A second field manager that owns nothing but the Deployment's spec.replicas, so the
+# operator can let go of replicas (hpa/keda modes) without the main apply deleting them.
+REPLICAS_FIELD_MANAGER: Final = "voicefleet-operator-replicas"
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster-wide)
+    default_image: str = DEFAULT_IMAGE
+    image_pull_policy: str | None = None  # None: Kubernetes' default for the tag
+    log_format: LogFormat = "json"  # the operator's own logs
+    worker_log_format: LogFormat = "json"  # VOICEFLEET_LOG_FORMAT on workers
+    bind_address: str = "0.0.0.0"
+    metrics_port: int = 8080  # operator's /metrics
+    health_port: int = 8081  # kopf's liveness endpoint /healthz
+    resync_seconds: float = 60.0  # the timer backstop per VoiceAgent
+    otlp_endpoint: str | None = None  # passed to workers as OTEL_EXPORTER_OTLP_ENDPOINT
+    kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
+    standalone: bool = True  # one operator replica; no kopf peering objects needed

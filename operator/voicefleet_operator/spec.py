@@ -1,0 +1,520 @@
+"""The VoiceAgent spec as typed data, with defaults.
+
+`parse_spec` takes the object's metadata name/namespace and its `spec` (plain JSON data,
+as the API server returns it after defaulting) and returns a `VoiceAgentSpec`, or raises
+`SpecError(field, message)` naming the field by its full path (`spec.model.voice`).
+
+The API server already rejects most bad input through the CRD schema and CEL rules
+(`crd.py`); this module re-checks what a render depends on, so the operator never crashes
+on an object that slipped past an older CRD, and judges what CEL cannot (label syntax,
+quantities, reserved names spelled in ways the schema cannot see). The agent
+configuration part (model, tools, sessions, failover, observability) is validated by the
+contract's own `parse_config`, so the operator and the worker accept the same things.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, cast
+
+from voicefleet_contract import (
+    LABEL_INSTANCE,
+    LABEL_NAME,
+    SECRET_ENV,
+    Env,
+)
+from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
+
+AutoscalingMode = Literal["builtin", "hpa", "keda", "none"]
+AUTOSCALING_MODES: Final[tuple[AutoscalingMode, ...]] = ("builtin", "hpa", "keda", "none")
+PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
+
+# OpenAI Realtime voices as of gpt-realtime (2025-08). Enforced only when `model.baseURL`
+# is unset, i.e. when talking to OpenAI itself: a typo there would fail every call at
+# session start, while compatible endpoints (Azure, self-hosted, the testbed) may offer
+# other voices.
+OPENAI_VOICES: Final = (
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
+VOICE_RE: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+
+# 32 KiB of characters. System prompts are a few KB in practice; the Realtime API re-sends
+# them with every session and every token costs latency. The hard limits above this one:
+# kopf keeps the last handled spec in an annotation and all annotations of an object
+# share 256 KiB; 32 Ki characters are at most 128 KiB of UTF-8, which leaves room.
+MAX_INSTRUCTIONS: Final = 32_768
+MAX_TOOLS: Final = 64
+MAX_REPLICAS: Final = 1000
+# Children are named `<name>` plus a suffix of up to 8 characters (`-workers`); a
+# Service name must be a DNS-1035 label of at most 63 characters.
+MAX_NAME: Final = 55
+DRAIN_MARGIN_SECONDS: Final = 30
+
+# Env vars the operator sets itself; a template env entry may not shadow them.
+RESERVED_ENV: Final = frozenset(
+    {
+        Env.CONFIG_FILE,
+        Env.POD_NAME,
+        Env.POD_NAMESPACE,
+        Env.POD_IP,
+        Env.METRICS_PORT,
+        Env.HEALTH_PORT,
+        Env.LOG_FORMAT,
+        Env.LIVEKIT_URL,
+    }
+    | SECRET_ENV
+)
+# Pod labels the selector depends on: a template label may not override them.
+RESERVED_LABELS: Final = frozenset({LABEL_INSTANCE, LABEL_NAME})
+
+DNS1035_RE: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN_RE: Final = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+AGENT_NAME_RE: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
+SECRET_KEY_RE: Final = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+ENV_NAME_RE: Final = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]{0,254}$")
+# No bounded repeat: RE2 (the API server) caps repeat counts at 1000; maxLength bounds it.
+IMAGE_RE: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/:@+-]*$")
+QUANTITY_RE: Final = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+LABEL_NAME_RE: Final = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE_RE: Final = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+PERCENT_RE: Final = re.compile(r"^[0-9]{1,3}%$")
+
+
+class SpecError(ValueError):
+    """A VoiceAgent spec the operator cannot render; `field` is the full path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class LiveKit:
+    url: str
+    credentialsSecret: str
+    apiKeyKey: str = "apiKey"
+    apiSecretKey: str = "apiSecret"
+
+    @property
+    def api_key_ref(self) -> SecretKeyRef:
+        return SecretKeyRef(self.credentialsSecret, self.apiKeyKey)
+
+    @property
+    def api_secret_ref(self) -> SecretKeyRef:
+        return SecretKeyRef(self.credentialsSecret, self.apiSecretKey)
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    mode: AutoscalingMode = "builtin"
+    minReplicas: int = 1
+    maxReplicas: int = 10
+    targetUtilization: float = 0.7
+    bufferSessions: int = 0
+    scaleUpStabilizationSeconds: int = 0
+    scaleDownStabilizationSeconds: int = 300
+
+
+@dataclass(frozen=True)
+class Disruption:
+    maxUnavailable: int | str = 1
+
+
+@dataclass(frozen=True)
+class Template:
+    image: str | None = None
+    imagePullPolicy: str | None = None
+    imagePullSecrets: tuple[str, ...] = ()
+    resources: dict[str, Any] | None = None
+    env: tuple[dict[str, Any], ...] = ()
+    nodeSelector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+    topologySpreadConstraints: tuple[dict[str, Any], ...] = ()
+    serviceAccountName: str | None = None
+    priorityClassName: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    securityContext: dict[str, Any] | None = None
+    containerSecurityContext: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VoiceAgentSpec:
+    name: str
+    namespace: str
+    livekit: LiveKit
+    apiKeySecret: SecretKeyRef
+    config: AgentConfig  # exactly what the worker reads (agent.json)
+    replicas: int | None = None
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    disruption: Disruption = field(default_factory=Disruption)
+    template: Template = field(default_factory=Template)
+
+    @property
+    def agent_name(self) -> str:
+        return self.config.agentName
+
+    @property
+    def max_per_worker(self) -> int:
+        return self.config.sessions.maxPerWorker
+
+    @property
+    def drain_timeout_seconds(self) -> int:
+        return self.config.sessions.drainTimeoutSeconds
+
+
+# --- a small typed reader ---------------------------------------------------------------
+
+
+def _obj(value: Any, path: str, *, required: bool = False) -> dict[str, Any]:
+    if value is None:
+        if required:
+            raise SpecError(path, "is required")
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(path, f"must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _str(
+    d: Mapping[str, Any],
+    key: str,
+    path: str,
+    *,
+    required: bool = False,
+    pattern: re.Pattern[str] | None = None,
+    max_len: int | None = None,
+) -> str | None:
+    value = d.get(key)
+    p = f"{path}.{key}"
+    if value is None or value == "":
+        if required:
+            raise SpecError(p, "is required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(p, f"must be a string, got {type(value).__name__}")
+    if max_len is not None and len(value) > max_len:
+        raise SpecError(p, f"must be at most {max_len} characters; got {len(value)}")
+    if pattern is not None and not pattern.match(value):
+        raise SpecError(p, f"must match {pattern.pattern}; got {value!r}")
+    return value
+
+
+def _int(
+    d: Mapping[str, Any], key: str, path: str, default: int | None, lo: int, hi: int
+) -> int | None:
+    value = d.get(key)
+    p = f"{path}.{key}"
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(p, f"must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise SpecError(p, f"must be between {lo} and {hi}; got {value}")
+    return value
+
+
+def _num(d: Mapping[str, Any], key: str, path: str, default: float, lo: float, hi: float) -> float:
+    value = d.get(key)
+    p = f"{path}.{key}"
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(p, f"must be a number, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise SpecError(p, f"must be between {lo} and {hi}; got {value}")
+    return float(value)
+
+
+def _list(d: Mapping[str, Any], key: str, path: str, max_items: int) -> list[Any]:
+    value = d.get(key)
+    p = f"{path}.{key}"
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(p, f"must be a list, got {type(value).__name__}")
+    if len(value) > max_items:
+        raise SpecError(p, f"must have at most {max_items} items; got {len(value)}")
+    return value
+
+
+def _str_map(d: Mapping[str, Any], key: str, path: str, *, labels: bool) -> dict[str, str]:
+    raw = _obj(d.get(key), f"{path}.{key}")
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        p = f"{path}.{key}[{k}]"
+        if not isinstance(v, str):
+            raise SpecError(p, f"must be a string, got {type(v).__name__}")
+        if not _qualified_name(k):
+            raise SpecError(p, "is not a valid key (an optional DNS prefix/ and a name)")
+        if labels and (len(v) > 63 or not LABEL_VALUE_RE.match(v)):
+            raise SpecError(p, f"is not a valid label value: {v!r}")
+        out[k] = v
+    return out
+
+
+def _qualified_name(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or len(prefix) > 253 or not DNS1123_SUBDOMAIN_RE.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(LABEL_NAME_RE.match(name))
+
+
+def _dict_items(items: list[Any], path: str) -> tuple[dict[str, Any], ...]:
+    return tuple(_obj(item, f"{path}[{i}]", required=True) for i, item in enumerate(items))
+
+
+# --- parts ------------------------------------------------------------------------------
+
+
+def _livekit(raw: Any) -> LiveKit:
+    path = "spec.livekit"
+    d = _obj(raw, path, required=True)
+    url = cast(str, _str(d, "url", path, required=True, max_len=2048))
+    if not re.match(r"^(wss?|https?)://[^/\s]+", url):
+        raise SpecError(f"{path}.url", f"must be a ws, wss, http or https URL; got {url!r}")
+    secret = cast(
+        str,
+        _str(
+            d, "credentialsSecret", path, required=True, pattern=DNS1123_SUBDOMAIN_RE, max_len=253
+        ),
+    )
+    return LiveKit(
+        url=url,
+        credentialsSecret=secret,
+        apiKeyKey=_str(d, "apiKeyKey", path, pattern=SECRET_KEY_RE) or "apiKey",
+        apiSecretKey=_str(d, "apiSecretKey", path, pattern=SECRET_KEY_RE) or "apiSecret",
+    )
+
+
+def _secret_ref(raw: Any, path: str, default_key: str) -> SecretKeyRef:
+    d = _obj(raw, path, required=True)
+    name = _str(d, "name", path, required=True, pattern=DNS1123_SUBDOMAIN_RE, max_len=253)
+    key = _str(d, "key", path, pattern=SECRET_KEY_RE) or default_key
+    return SecretKeyRef(cast(str, name), key)
+
+
+def _check_model(model: dict[str, Any]) -> None:
+    path = "spec.model"
+    instructions = model.get("instructions")
+    if isinstance(instructions, str) and len(instructions) > MAX_INSTRUCTIONS:
+        raise SpecError(
+            f"{path}.instructions",
+            f"must be at most {MAX_INSTRUCTIONS} characters; got {len(instructions)}",
+        )
+    voice = _str(model, "voice", path, pattern=VOICE_RE)
+    base_url = model.get("baseURL")
+    if voice is not None and not base_url and voice not in OPENAI_VOICES:
+        raise SpecError(
+            f"{path}.voice",
+            f"unknown voice {voice!r}; OpenAI Realtime voices are {', '.join(OPENAI_VOICES)} "
+            "(any voice is accepted when model.baseURL names a compatible endpoint)",
+        )
+    td = _obj(model.get("turnDetection"), f"{path}.turnDetection")
+    if td.get("eagerness") is not None and td.get("type", "server_vad") != "semantic_vad":
+        raise SpecError(f"{path}.turnDetection.eagerness", "is only valid with type semantic_vad")
+
+
+def _config(name: str, namespace: str, spec: Mapping[str, Any], livekit_url: str) -> AgentConfig:
+    model = _obj(spec.get("model"), "spec.model", required=True)
+    _check_model(model)
+    tools = _list(spec, "tools", "spec", MAX_TOOLS)
+    agent_name = _str(spec, "agentName", "spec", pattern=AGENT_NAME_RE) or name
+    data = {
+        "namespace": namespace,
+        "voiceAgent": name,
+        "agentName": agent_name,
+        "livekitURL": livekit_url,
+        "model": {k: v for k, v in model.items() if k != "apiKeySecret"},
+        "tools": tools,
+        "sessions": spec.get("sessions"),
+        "failover": spec.get("failover"),
+        "observability": spec.get("observability"),
+    }
+    try:
+        return parse_config(data)
+    except ConfigError as e:
+        raise SpecError(_spec_path(e.field), e.message) from None
+
+
+def _spec_path(config_field: str) -> str:
+    """The spec path of an agent.json field: they share names but for these few."""
+    renames = {
+        "livekitURL": "spec.livekit.url",
+        "voiceAgent": "metadata.name",
+        "namespace": "metadata.namespace",
+    }
+    return renames.get(config_field, f"spec.{config_field}")
+
+
+def _autoscaling(raw: Any) -> Autoscaling:
+    path = "spec.autoscaling"
+    d = _obj(raw, path)
+    mode = d.get("mode", "builtin")
+    if mode not in AUTOSCALING_MODES:
+        raise SpecError(
+            f"{path}.mode", f"must be one of {', '.join(AUTOSCALING_MODES)}; got {mode!r}"
+        )
+    a = Autoscaling(
+        mode=mode,
+        minReplicas=cast(int, _int(d, "minReplicas", path, 1, 0, MAX_REPLICAS)),
+        maxReplicas=cast(int, _int(d, "maxReplicas", path, 10, 1, MAX_REPLICAS)),
+        targetUtilization=_num(d, "targetUtilization", path, 0.7, 0.1, 1.0),
+        bufferSessions=cast(int, _int(d, "bufferSessions", path, 0, 0, 100_000)),
+        scaleUpStabilizationSeconds=cast(
+            int, _int(d, "scaleUpStabilizationSeconds", path, 0, 0, 3600)
+        ),
+        scaleDownStabilizationSeconds=cast(
+            int, _int(d, "scaleDownStabilizationSeconds", path, 300, 0, 3600)
+        ),
+    )
+    if a.minReplicas > a.maxReplicas:
+        raise SpecError(
+            f"{path}.minReplicas",
+            f"must be <= maxReplicas; got minReplicas={a.minReplicas} maxReplicas={a.maxReplicas}",
+        )
+    if a.mode == "hpa" and a.minReplicas < 1:
+        raise SpecError(f"{path}.minReplicas", "must be >= 1 in hpa mode (HPA cannot scale to 0)")
+    return a
+
+
+def _disruption(raw: Any) -> Disruption:
+    path = "spec.disruptionBudget"
+    d = _obj(raw, path)
+    value = d.get("maxUnavailable", 1)
+    if isinstance(value, bool) or not (
+        (isinstance(value, int) and 0 <= value <= MAX_REPLICAS)
+        or (isinstance(value, str) and PERCENT_RE.match(value) and int(value[:-1]) <= 100)
+    ):
+        raise SpecError(
+            f"{path}.maxUnavailable", f"must be an integer >= 0 or a percentage; got {value!r}"
+        )
+    return Disruption(maxUnavailable=value)
+
+
+def _env(items: list[Any]) -> tuple[dict[str, Any], ...]:
+    path = "spec.template.env"
+    out = _dict_items(items, path)
+    for i, e in enumerate(out):
+        p = f"{path}[{i}]"
+        name = _str(e, "name", p, required=True, pattern=ENV_NAME_RE)
+        if name in SECRET_ENV:
+            raise SpecError(
+                f"{p}.name",
+                f"{name} carries a secret and is set by the operator from "
+                "spec.livekit.credentialsSecret or spec.model.apiKeySecret; "
+                "it cannot be set in spec.template.env, least of all as a literal value",
+            )
+        if name in RESERVED_ENV:
+            raise SpecError(f"{p}.name", f"{name} is set by the operator and cannot be overridden")
+        if "value" in e and "valueFrom" in e:
+            raise SpecError(p, "set value or valueFrom, not both")
+        if "value" in e and not isinstance(e["value"], str):
+            raise SpecError(f"{p}.value", "must be a string")
+        if "valueFrom" in e:
+            _obj(e["valueFrom"], f"{p}.valueFrom", required=True)
+    return out
+
+
+def _resources(raw: Any) -> dict[str, Any] | None:
+    path = "spec.template.resources"
+    if raw is None:
+        return None
+    d = _obj(raw, path)
+    for part in ("requests", "limits"):
+        for k, v in _obj(d.get(part), f"{path}.{part}").items():
+            if isinstance(v, bool) or not (
+                (isinstance(v, int) and v >= 0) or (isinstance(v, str) and QUANTITY_RE.match(v))
+            ):
+                raise SpecError(f"{path}.{part}.{k}", f"is not a quantity: {v!r}")
+    unknown = set(d) - {"requests", "limits"}
+    if unknown:
+        raise SpecError(path, f"unknown fields {sorted(unknown)}")
+    return d
+
+
+def _template(raw: Any) -> Template:
+    path = "spec.template"
+    d = _obj(raw, path)
+    pull = _str(d, "imagePullPolicy", path)
+    if pull is not None and pull not in PULL_POLICIES:
+        raise SpecError(f"{path}.imagePullPolicy", f"must be one of {', '.join(PULL_POLICIES)}")
+    pull_secrets = []
+    for i, s in enumerate(_list(d, "imagePullSecrets", path, 16)):
+        ref = _obj(s, f"{path}.imagePullSecrets[{i}]", required=True)
+        pull_secrets.append(
+            cast(
+                str,
+                _str(ref, "name", f"{path}.imagePullSecrets[{i}]", required=True,
+                     pattern=DNS1123_SUBDOMAIN_RE, max_len=253),
+            )
+        )  # fmt: skip
+    labels = _str_map(d, "labels", path, labels=True)
+    for key in labels:
+        if key in RESERVED_LABELS:
+            raise SpecError(f"{path}.labels[{key}]", "is set by the operator (the pod selector)")
+    for key in ("affinity", "securityContext", "containerSecurityContext"):
+        _obj(d.get(key), f"{path}.{key}")
+    return Template(
+        image=_str(d, "image", path, pattern=IMAGE_RE, max_len=1024),
+        imagePullPolicy=pull,
+        imagePullSecrets=tuple(pull_secrets),
+        resources=_resources(d.get("resources")),
+        env=_env(_list(d, "env", path, 128)),
+        nodeSelector=_str_map(d, "nodeSelector", path, labels=True),
+        tolerations=_dict_items(_list(d, "tolerations", path, 64), f"{path}.tolerations"),
+        affinity=d.get("affinity") or None,
+        topologySpreadConstraints=_dict_items(
+            _list(d, "topologySpreadConstraints", path, 16), f"{path}.topologySpreadConstraints"
+        ),
+        serviceAccountName=_str(
+            d, "serviceAccountName", path, pattern=DNS1123_SUBDOMAIN_RE, max_len=253
+        ),
+        priorityClassName=_str(
+            d, "priorityClassName", path, pattern=DNS1123_SUBDOMAIN_RE, max_len=253
+        ),
+        annotations=_str_map(d, "annotations", path, labels=False),
+        labels=labels,
+        securityContext=d.get("securityContext") or None,
+        containerSecurityContext=d.get("containerSecurityContext") or None,
+    )
+
+
+def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
+    """Validate a VoiceAgent's spec into typed data, or raise `SpecError`."""
+    if not isinstance(name, str) or len(name) > MAX_NAME or not DNS1035_RE.match(name):
+        raise SpecError(
+            "metadata.name",
+            f"must be a DNS-1035 label of at most {MAX_NAME} characters "
+            "(it names the worker Deployment and its Service)",
+        )
+    d = _obj(spec, "spec", required=True)
+    livekit = _livekit(d.get("livekit"))
+    model = _obj(d.get("model"), "spec.model", required=True)
+    api_key = _secret_ref(model.get("apiKeySecret"), "spec.model.apiKeySecret", "apiKey")
+    return VoiceAgentSpec(
+        name=name,
+        namespace=namespace,
+        livekit=livekit,
+        apiKeySecret=api_key,
+        config=_config(name, namespace, d, livekit.url),
+        replicas=_int(d, "replicas", "spec", None, 0, MAX_REPLICAS),
+        autoscaling=_autoscaling(d.get("autoscaling")),
+        disruption=_disruption(d.get("disruptionBudget")),
+        template=_template(d.get("template")),
+    )

@@ -1,0 +1,187 @@
+"""Helpers for the operator's cluster tests: install the CRD and RBAC, run the operator as a
+process under its own ServiceAccount (not as admin), wait for things."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from voicefleet_contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from voicefleet_testbed import controlplane as cp
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.ports import free_port
+from voicefleet_testbed.stack import Stack
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_IMAGE = "voicefleet.dev/test/fake-agent:1"
+CRASH_IMAGE = "voicefleet.dev/test/crash-agent:1"
+OPERATOR_NS = "voicefleet-system"
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as e:  # an API blip while waiting is not the test's failure
+            last = e
+        if last and not isinstance(last, Exception):
+            return last  # type: ignore[no-any-return]
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def install_crd(kube: Kube) -> None:
+    crd = yaml.safe_load((REPO / "crds" / "voiceagent.yaml").read_text())
+    kube.apply(crd)
+
+    def established() -> bool:
+        got = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", f"{PLURAL}.{GROUP}")
+        conds = (got or {}).get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    wait_for(established, 30, "CRD established")
+    # Discovery caches of the dynamic client learn the new kind.
+    kube.__dict__.pop("dynamic", None)
+
+
+def install_images(stack: Stack) -> None:
+    """Image-table rules for the tests' workers, put before any existing override."""
+    python = "{python}"
+    ours: list[dict[str, Any]] = [
+        {"image": "voicefleet.dev/test/fake-agent*", "entrypoint": [python, str(REPO / "tests/operator/fake_agent.py")],
+         "env": {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "contract")}},
+        {"image": "voicefleet.dev/test/crash-agent*", "entrypoint": [python, "-c", "import sys; sys.exit(3)"]},
+    ]  # fmt: skip
+    path = stack.image_override
+    existing: list[dict[str, Any]] = yaml.safe_load(path.read_text()) if path.exists() else []
+    rules = ours + [r for r in existing or [] if r.get("image") not in {o["image"] for o in ours}]
+    path.write_text(yaml.safe_dump(rules))
+
+
+def install_rbac(kube: Kube) -> str:
+    """The operator's ServiceAccount bound to operator/rbac's ClusterRole; returns a token."""
+    if kube.get("v1", "Namespace", OPERATOR_NS) is None:
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
+    for f in ("clusterrole.yaml", "clusterrolebinding.yaml"):
+        kube.apply(yaml.safe_load((REPO / "operator/rbac" / f).read_text()))
+    return kube.mint_token(OPERATOR_NS, "voicefleet-operator", seconds=6 * 3600)
+
+
+class OperatorProcess:
+    def __init__(self, stack: Stack, token: str, workdir: Path) -> None:
+        self.kubeconfig = workdir / "operator.kubeconfig"
+        self.kubeconfig.write_text(
+            cp.kubeconfig_yaml(
+                stack.api_server, stack.pki.ca_cert, token, user="voicefleet-operator"
+            )
+        )
+        self.log = workdir / "operator.log"
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "voicefleet_operator",
+            f"--kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            f"--health-port={self.health_port}",
+            f"--default-image={FAKE_IMAGE}",
+            "--resync-seconds=5",
+            "--log-format=text",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_for(self.healthy, 60, "operator liveness endpoint")
+
+    def healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited {self.proc.returncode}: {self.tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def secrets(kube: Kube, namespace: str) -> None:
+    for name, data in (
+        ("livekit", {"apiKey": "devkey", "apiSecret": "s" * 32}),
+        ("openai", {"apiKey": "sk-test"}),
+    ):
+        kube.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "stringData": data,
+            }
+        )
+
+
+def voiceagent(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def get_va(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get(API_VERSION, KIND, name, namespace)
+
+
+def condition(va: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((va or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def table(kube: Kube, namespace: str) -> dict[str, Any]:
+    """What `kubectl get va` prints: the server-side Table with the printer columns."""
+    resp = kube.api.call_api(
+        *kube.api.param_serialize(
+            "GET",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
+            header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+            auth_settings=["BearerToken"],
+        )
+    )
+    return dict(json.loads(resp.read()))  # type: ignore[no-untyped-call]

@@ -1,0 +1,447 @@
+"""The operator against the testbed's real API server and controllers (issue 3).
+
+The operator runs as a process under its own ServiceAccount bound to operator/rbac's
+ClusterRole, never as admin; its workers are a tiny fake agent (tests/operator/fake_agent.py)
+that loads the rendered agent.json with the contract's loader and serves the health port.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from voicefleet_contract import ANNOTATION_CONFIG_HASH, API_VERSION, GROUP, KIND, PLURAL, VERSION
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
+
+from .cluster import (
+    CRASH_IMAGE,
+    OperatorProcess,
+    condition,
+    get_va,
+    install_crd,
+    install_images,
+    install_rbac,
+    secrets,
+    table,
+    voiceagent,
+    wait_for,
+)
+from .util import LIVEKIT_URL, OPENAI_BASE_URL
+
+pytestmark = pytest.mark.cluster
+SELECTOR = "app.kubernetes.io/instance={},app.kubernetes.io/name=voicefleet-worker"
+
+
+@pytest.fixture(scope="session")
+def operator(
+    stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    install_crd(kube)
+    install_images(stack)
+    op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log tail:\n{op.tail()}")
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "livekit": {"url": LIVEKIT_URL, "credentialsSecret": "livekit"},
+        "model": {
+            "apiKeySecret": {"name": "openai"},
+            "baseURL": OPENAI_BASE_URL,
+            "instructions": "You are a test agent.",
+        },
+        "sessions": {"drainTimeoutSeconds": 5},
+        "autoscaling": {"mode": "none"},
+        "replicas": 1,
+    }
+    s.update(extra)
+    return s
+
+
+def ready(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    va = get_va(kube, ns, name)
+    gen = (va or {}).get("metadata", {}).get("generation")
+    c = condition(va, "Ready")
+    if c.get("status") == "True" and (va or {}).get("status", {}).get("observedGeneration") == gen:
+        return va
+    return None
+
+
+def children(kube: Kube, ns: str, name: str) -> dict[str, dict[str, Any] | None]:
+    return {
+        "Deployment": kube.get("apps/v1", "Deployment", name, ns),
+        "ConfigMap": kube.get("v1", "ConfigMap", f"{name}-config", ns),
+        "Service": kube.get("v1", "Service", f"{name}-workers", ns),
+        "PodDisruptionBudget": kube.get("policy/v1", "PodDisruptionBudget", name, ns),
+    }
+
+
+def events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in kube.list("v1", "Event", ns)
+        if e["involvedObject"]["kind"] == KIND and e["involvedObject"]["name"] == name
+    ]
+
+
+def test_apply_creates_owned_children_and_becomes_ready(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    created = kube.create(voiceagent("support", namespace, spec()))
+    va = wait_for(lambda: ready(kube, namespace, "support"), 90, "Ready")
+    for kind, obj in children(kube, namespace, "support").items():
+        assert obj is not None, kind
+        refs = obj["metadata"]["ownerReferences"]
+        assert refs == [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": "support",
+                "uid": created["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ], kind
+    st = va["status"]
+    assert st["readyReplicas"] == 1 and st["workers"] == "1/1" and st["capacity"] == 10
+    assert st["selector"] == SELECTOR.format("support")
+    assert st["agentName"] == "support"
+    # `kubectl get va`: the printer columns.
+    t = table(kube, namespace)
+    cols = [c["name"] for c in t["columnDefinitions"]]
+    assert cols[:4] == ["Name", "Agent", "Ready", "Sessions"] and "Age" in cols
+    row = t["rows"][0]["cells"]
+    assert row[:4] == ["support", "support", "1/1", "0/10"]
+    assert any(e["reason"] == "Created" for e in events(kube, namespace, "support"))
+    assert 'voiceagent="support"' in operator.metrics()
+
+
+def test_instructions_change_rolls_without_dropping_ready_workers(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    kube.create(voiceagent("roll", namespace, spec(replicas=2)))
+    wait_for(lambda: ready(kube, namespace, "roll"), 90, "Ready")
+    dep = kube.get("apps/v1", "Deployment", "roll", namespace)
+    assert dep is not None
+    old_hash = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
+    old_pods = {
+        p["metadata"]["name"] for p in kube.list("v1", "Pod", namespace, SELECTOR.format("roll"))
+    }
+
+    patched = spec(replicas=2)
+    patched["model"]["instructions"] = "You are a changed test agent."
+    kube.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "roll",
+        {"spec": {"model": {"instructions": patched["model"]["instructions"]}}},
+    )
+    min_ready = 99
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pods = kube.list("v1", "Pod", namespace, SELECTOR.format("roll"))
+        ready_pods = [
+            p for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
+        ]  # fmt: skip
+        min_ready = min(min_ready, len(ready_pods))
+        names = {p["metadata"]["name"] for p in ready_pods}
+        if len(ready_pods) == 2 and not names & old_pods and len(pods) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("rollout did not finish")
+    assert min_ready >= 2, "a worker was taken away before its replacement was Ready"
+    dep = kube.get("apps/v1", "Deployment", "roll", namespace)
+    assert dep is not None
+    new_hash = dep["spec"]["template"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
+    assert new_hash != old_hash
+    va = wait_for(lambda: ready(kube, namespace, "roll"), 60, "Ready after rollout")
+    assert va["status"]["configHash"] == new_hash
+    cm = kube.get("v1", "ConfigMap", "roll-config", namespace)
+    assert cm is not None and "changed test agent" in cm["data"]["agent.json"]
+
+
+def test_drift_is_repaired(operator: OperatorProcess, kube: Kube, namespace: str) -> None:
+    secrets(kube, namespace)
+    kube.create(voiceagent("drift", namespace, spec()))
+    wait_for(lambda: ready(kube, namespace, "drift"), 90, "Ready")
+    dep = kube.get("apps/v1", "Deployment", "drift", namespace)
+    assert dep is not None
+    image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    kube.apps.patch_namespaced_deployment(
+        "drift", namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "evil:1"}]}}}},
+    )  # fmt: skip
+    wait_for(
+        lambda: (
+            (d := kube.get("apps/v1", "Deployment", "drift", namespace))
+            and d["spec"]["template"]["spec"]["containers"][0]["image"] == image
+        ),
+        30,
+        "image reverted",
+    )
+    uid = dep["metadata"]["uid"]
+    kube.delete("apps/v1", "Deployment", "drift", namespace)
+    wait_for(
+        lambda: (
+            (d := kube.get("apps/v1", "Deployment", "drift", namespace))
+            and d["metadata"]["uid"] != uid
+        ),
+        30,
+        "Deployment recreated",
+    )
+    kube.delete("v1", "ConfigMap", "drift-config", namespace)
+    wait_for(
+        lambda: kube.get("v1", "ConfigMap", "drift-config", namespace), 30, "ConfigMap recreated"
+    )
+    wait_for(lambda: ready(kube, namespace, "drift"), 90, "Ready again")
+    reasons = {e["reason"] for e in events(kube, namespace, "drift")}
+    assert {"DriftRepaired", "Recreated"} <= reasons
+
+
+def test_scale_subresource_in_mode_none(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    kube.create(voiceagent("scaled", namespace, spec()))
+    wait_for(lambda: ready(kube, namespace, "scaled"), 90, "Ready")
+    # What `kubectl scale va/scaled --replicas=3` does.
+    kube.custom.patch_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, PLURAL, "scaled", {"spec": {"replicas": 3}}
+    )
+    wait_for(
+        lambda: (
+            (d := kube.get("apps/v1", "Deployment", "scaled", namespace))
+            and d["spec"]["replicas"] == 3
+        ),
+        30,
+        "Deployment scaled",
+    )
+    va = wait_for(
+        lambda: (v := ready(kube, namespace, "scaled")) and v["status"]["readyReplicas"] == 3 and v,
+        90,
+        "3 ready",
+    )
+    scale: Any = kube.custom.get_namespaced_custom_object_scale(
+        GROUP, VERSION, namespace, PLURAL, "scaled"
+    )
+    assert scale["status"]["replicas"] == 3
+    assert scale["status"]["selector"] == va["status"]["selector"]
+
+
+def test_hpa_mode_leaves_replicas_to_others(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    s = spec(autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 4})
+    kube.create(voiceagent("hpa", namespace, s))
+    wait_for(lambda: ready(kube, namespace, "hpa"), 90, "Ready")
+    # An autoscaler (or a human) scales the Deployment; the operator must not fight it.
+    kube.apps.patch_namespaced_deployment_scale("hpa", namespace, {"spec": {"replicas": 2}})
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "hpa", {"spec": {"model": {"instructions": "v2"}}}
+    )
+    wait_for(lambda: ready(kube, namespace, "hpa"), 90, "Ready after change")
+    time.sleep(6)  # past one resync
+    dep = kube.get("apps/v1", "Deployment", "hpa", namespace)
+    assert dep is not None and dep["spec"]["replicas"] == 2
+
+
+def test_deleting_the_voiceagent_collects_children(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    kube.create(voiceagent("gone", namespace, spec()))
+    wait_for(lambda: ready(kube, namespace, "gone"), 90, "Ready")
+    kube.delete(API_VERSION, KIND, "gone", namespace)
+    wait_for(
+        lambda: all(v is None for v in children(kube, namespace, "gone").values()),
+        60,
+        "children garbage-collected",
+    )
+
+
+def test_missing_secret_and_key_are_conditions_not_crashes(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    kube.create(voiceagent("nosecret", namespace, spec()))
+    va = wait_for(
+        lambda: (v := get_va(kube, namespace, "nosecret")) and condition(v, "Ready").get("reason") == "SecretNotFound" and v,
+        30,
+        "SecretNotFound",
+    )  # fmt: skip
+    assert "spec.livekit.credentialsSecret" in condition(va, "Ready")["message"]
+    assert children(kube, namespace, "nosecret")["Deployment"] is None
+    warnings = [e for e in events(kube, namespace, "nosecret") if e["type"] == "Warning"]
+    assert warnings and warnings[0]["reason"] == "SecretNotFound"
+
+    # A key missing: SecretKeyMissing. Then fixed: Ready, without any edit of the VoiceAgent.
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "livekit", "namespace": namespace}, "stringData": {"apiKey": "k"}})  # fmt: skip
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai", "namespace": namespace}, "stringData": {"apiKey": "k"}})  # fmt: skip
+    va = wait_for(
+        lambda: (v := get_va(kube, namespace, "nosecret")) and condition(v, "Ready").get("reason") == "SecretKeyMissing" and v,
+        30,
+        "SecretKeyMissing",
+    )  # fmt: skip
+    assert "apiSecret" in condition(va, "Ready")["message"]
+    secrets(kube, namespace)
+    wait_for(lambda: ready(kube, namespace, "nosecret"), 90, "Ready once the Secret is complete")
+
+    # A running fleet whose Secret disappears keeps running, untouched.
+    dep = kube.get("apps/v1", "Deployment", "nosecret", namespace)
+    assert dep is not None
+    kube.delete("v1", "Secret", "openai", namespace)
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "nosecret", {"spec": {"model": {"instructions": "v2"}}}
+    )
+    wait_for(
+        lambda: (
+            condition(get_va(kube, namespace, "nosecret"), "Ready").get("reason")
+            == "SecretNotFound"
+        ),
+        30,
+        "SecretNotFound after deletion",
+    )
+    after = kube.get("apps/v1", "Deployment", "nosecret", namespace)
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == dep["metadata"]["resourceVersion"] or (
+        after["metadata"]["generation"] == dep["metadata"]["generation"]
+    )
+    assert operator.healthy()
+
+
+def test_image_that_never_becomes_ready(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    kube.create(voiceagent("crash", namespace, spec(template={"image": CRASH_IMAGE})))
+    va = wait_for(
+        lambda: (v := get_va(kube, namespace, "crash")) and condition(v, "Degraded").get("status") == "True" and v,
+        90,
+        "Degraded",
+    )  # fmt: skip
+    assert condition(va, "Ready")["status"] == "False"
+    assert (
+        "CrashLoopBackOff" in condition(va, "Degraded")["message"]
+        or "Error" in condition(va, "Degraded")["message"]
+    )
+
+
+def test_operator_restart_churns_nothing(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    kube.create(voiceagent("calm", namespace, spec()))
+    wait_for(lambda: ready(kube, namespace, "calm"), 90, "Ready")
+    time.sleep(2)  # let the last status write land
+
+    def versions() -> dict[str, str]:
+        objs: dict[str, Any] = dict(children(kube, namespace, "calm"))
+        objs["VoiceAgent"] = get_va(kube, namespace, "calm")
+        return {k: v["metadata"]["resourceVersion"] for k, v in objs.items()}
+
+    before = versions()
+    operator.stop()
+    operator.start()
+    # The restarted operator resumes every VoiceAgent and resyncs after 5 s.
+    wait_for(lambda: 'voiceagent="calm"' in operator.metrics(), 30, "calm reconciled")
+    time.sleep(7)
+    assert versions() == before
+
+
+BAD: list[tuple[str, Any, str]] = [
+    ("wrong type", lambda s: s["sessions"].update(maxPerWorker="ten"), "spec.sessions.maxPerWorker"),
+    ("out of range", lambda s: s["sessions"].update(maxPerWorker=0), "spec.sessions.maxPerWorker"),
+    ("min > max", lambda s: s.update(autoscaling={"minReplicas": 5, "maxReplicas": 2}), "spec.autoscaling.minReplicas"),
+    ("unknown voice", lambda s: (s["model"].pop("baseURL"), s["model"].update(voice="marine")), "spec.model.voice"),
+    ("unknown turn detection type", lambda s: s["model"].update(turnDetection={"type": "loud"}), "spec.model.turnDetection.type"),
+    ("duplicate tools", lambda s: s.update(tools=[_tool("a"), _tool("a")]), "spec.tools"),
+    ("bad tool name", lambda s: s.update(tools=[_tool("1-a b")]), "spec.tools[0].name"),
+    ("malformed livekit url", lambda s: s["livekit"].update(url="livekit:7880"), "spec.livekit.url"),
+    ("malformed tool url", lambda s: s.update(tools=[{**_tool("a"), "url": "not a url"}]), "spec.tools[0].url"),
+    ("malformed base url", lambda s: s["model"].update(baseURL="ftp://x"), "spec.model.baseURL"),
+    ("absent livekit", lambda s: s.pop("livekit"), "spec.livekit"),
+    ("absent api key secret", lambda s: s["model"].pop("apiKeySecret"), "spec.model.apiKeySecret"),
+    ("1 MB instructions", lambda s: s["model"].update(instructions="x" * 1_000_000), "spec.model.instructions"),
+    ("literal secret env", lambda s: s.update(template={"env": [{"name": "OPENAI_API_KEY", "value": "sk-1"}]}), "spec.template.env[0].name"),
+    ("overriding operator env", lambda s: s.update(template={"env": [{"name": "POD_IP", "value": "1"}]}), "spec.template.env[0].name"),
+    ("selector label", lambda s: s.update(template={"labels": {"app.kubernetes.io/instance": "x"}}), "spec.template.labels"),
+    ("eagerness with server_vad", lambda s: s["model"].update(turnDetection={"type": "server_vad", "eagerness": "low"}), "spec.model.turnDetection.eagerness"),
+    ("hpa to zero", lambda s: s.update(autoscaling={"mode": "hpa", "minReplicas": 0}), "spec.autoscaling.minReplicas"),
+    ("negative replicas", lambda s: s.update(replicas=-1), "spec.replicas"),
+    ("unknown mode", lambda s: s.update(autoscaling={"mode": "cpu"}), "spec.autoscaling.mode"),
+    ("temperature too hot", lambda s: s["model"].update(temperature=3), "spec.model.temperature"),
+]  # fmt: skip
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"name": name, "description": "d", "url": "http://tools.svc/x"}
+
+
+@pytest.mark.parametrize(("what", "mutate", "field"), BAD, ids=[b[0] for b in BAD])
+def test_invalid_voiceagents_are_rejected_naming_the_field(
+    operator: OperatorProcess, kube: Kube, namespace: str, what: str, mutate: Any, field: str
+) -> None:
+    s = copy.deepcopy(spec())
+    mutate(s)
+    with pytest.raises(client.ApiException) as e:
+        kube.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, voiceagent("bad", namespace, s)
+        )
+    assert e.value.status == 422, e.value.body
+    assert field in str(e.value.body), e.value.body
+
+
+def test_long_names_are_rejected(operator: OperatorProcess, kube: Kube, namespace: str) -> None:
+    with pytest.raises(client.ApiException) as e:
+        kube.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, voiceagent("a" * 60, namespace, spec())
+        )
+    assert e.value.status == 422 and "metadata.name" in str(e.value.body)
+
+
+def test_defaults_from_the_server_match_spec_py(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    from voicefleet_operator import crd
+    from voicefleet_operator.spec import parse_spec
+
+    s = spec()
+    created: Any = kube.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, voiceagent("defaults", namespace, s)
+    )
+    schema = crd.openapi_schema()["properties"]["spec"]
+    assert created["spec"] == crd.apply_defaults(schema, s)
+    assert parse_spec("defaults", namespace, created["spec"]) == parse_spec(
+        "defaults", namespace, s
+    )
+
+
+@pytest.mark.slow
+def test_fifty_voiceagents_all_become_ready(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    secrets(kube, namespace)
+    names = [f"fleet-{i:02d}" for i in range(50)]
+    t0 = time.monotonic()
+    for n in names:
+        kube.create(voiceagent(n, namespace, spec()))
+    wait_for(lambda: all(ready(kube, namespace, n) for n in names), 600, "50 VoiceAgents Ready")
+    print(f"50 VoiceAgents Ready in {time.monotonic() - t0:.1f}s")

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from voicefleet_operator import cmd
+
+
+def test_flags_default_from_env() -> None:
+    env = {
+        "VOICEFLEET_OPERATOR_NAMESPACES": "a, b",
+        "VOICEFLEET_OPERATOR_DEFAULT_IMAGE": "img:1",
+        "VOICEFLEET_OPERATOR_METRICS_PORT": "9000",
+        "VOICEFLEET_OPERATOR_LOG_FORMAT": "text",
+    }
+    s = cmd.parse([], env)
+    assert s.namespaces == ("a", "b")
+    assert s.default_image == "img:1" and s.metrics_port == 9000 and s.log_format == "text"
+    assert cmd.parse(["--metrics-port", "9100"], env).metrics_port == 9100
+    assert cmd.parse([], {}).namespaces == ()

@@ -1,0 +1,191 @@
+"""render.py: the desired objects for a spec."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from voicefleet_contract import (
+    ANNOTATION_CONFIG_HASH,
+    API_VERSION,
+    CONFIG_FILE_KEY,
+    HEALTH_PORT,
+    KIND,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    SECRET_ENV,
+    Env,
+)
+from voicefleet_operator.render import (
+    Owner,
+    desired_replicas,
+    render_children,
+)
+from voicefleet_operator.settings import Settings
+from voicefleet_operator.spec import DRAIN_MARGIN_SECONDS, SpecError, parse_spec
+
+from .util import body, full_spec, minimal_spec
+
+OWNER = Owner("support", "voice", "uid-1")
+SETTINGS = Settings(default_image="ghcr.io/voicefleet/worker:test")
+
+
+def _children(spec: dict[str, Any], settings: Settings = SETTINGS) -> Any:
+    return render_children(parse_spec("support", "voice", spec), OWNER, settings)
+
+
+def _container(children: Any) -> dict[str, Any]:
+    return children.deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_every_child_is_owned_and_labelled() -> None:
+    c = _children(full_spec())
+    for obj in c.in_apply_order():
+        meta = obj["metadata"]
+        assert meta["namespace"] == "voice"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": "support",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["labels"][LABEL_INSTANCE] == "support"
+        assert meta["labels"][LABEL_MANAGED_BY] == "voicefleet-operator"
+    kinds = [o["kind"] for o in c.in_apply_order()]
+    assert kinds == ["ConfigMap", "Service", "PodDisruptionBudget", "Deployment"]
+
+
+def test_secrets_are_secret_key_refs_never_literal() -> None:
+    env = {e["name"]: e for e in _container(_children(full_spec()))["env"]}
+    assert env[Env.LIVEKIT_API_KEY]["valueFrom"]["secretKeyRef"] == {
+        "name": "livekit",
+        "key": "key",
+    }
+    assert env[Env.LIVEKIT_API_SECRET]["valueFrom"]["secretKeyRef"] == {
+        "name": "livekit",
+        "key": "apiSecret",
+    }
+    assert env[Env.OPENAI_API_KEY]["valueFrom"]["secretKeyRef"] == {
+        "name": "openai",
+        "key": "token",
+    }
+    for name in SECRET_ENV:
+        assert "value" not in env[name]
+    assert env[Env.POD_IP]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env[Env.LIVEKIT_URL]["value"] == "ws://127.0.0.1:7880"
+    assert env["EXTRA"] == {"name": "EXTRA", "value": "1"}
+
+
+def test_rollout_never_removes_a_worker_first_and_grace_covers_drain() -> None:
+    spec = full_spec()
+    d = _children(spec).deployment["spec"]
+    assert d["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "25%"}
+    grace = d["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == spec["sessions"]["drainTimeoutSeconds"] + DRAIN_MARGIN_SECONDS
+    assert "replicas" not in d  # owned per autoscaling mode, not by the main apply
+
+
+def test_probes_hit_the_health_server() -> None:
+    c = _container(_children(minimal_spec()))
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/", "port": "health"}
+    assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in c["ports"]
+    assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] >= 60
+
+
+def test_configmap_holds_the_contract_json_and_its_hash_rolls_pods() -> None:
+    spec = parse_spec("support", "voice", full_spec())
+    c = render_children(spec, OWNER, SETTINGS)
+    assert c.configmap["data"][CONFIG_FILE_KEY] == spec.config.to_json()
+    annotations = c.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[ANNOTATION_CONFIG_HASH] == c.config_hash
+
+
+def _hash(spec: dict[str, Any]) -> str:
+    return str(_children(spec).config_hash)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s["model"].update(instructions="Something else."),
+        lambda s: s["model"].update(voice="my-voice"),
+        lambda s: s.update(tools=[]),
+        lambda s: s["sessions"].update(maxPerWorker=5),
+        lambda s: s["livekit"].update(url="wss://lk.example.com"),
+        lambda s: s.update(agentName="other"),
+    ],
+)
+def test_hash_changes_with_the_agent_config(mutate: Any) -> None:
+    spec = full_spec()
+    changed = copy.deepcopy(spec)
+    mutate(changed)
+    assert _hash(spec) != _hash(changed)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda s: s["autoscaling"].update(maxReplicas=40),
+        lambda s: s.update(replicas=7),
+        lambda s: s["template"].update(image="registry.example/agent:1.3"),
+        lambda s: s["template"]["labels"].update(extra="1"),
+        lambda s: s["livekit"].update(credentialsSecret="other"),  # a secret, not config
+    ],
+)
+def test_hash_ignores_what_is_not_agent_config(mutate: Any) -> None:
+    spec = full_spec()
+    changed = copy.deepcopy(spec)
+    mutate(changed)
+    assert _hash(spec) == _hash(changed)
+
+
+def test_hash_is_stable() -> None:
+    assert _hash(full_spec()) == _hash(full_spec())
+
+
+def test_image_defaults_to_the_operators() -> None:
+    assert _container(_children(minimal_spec()))["image"] == "ghcr.io/voicefleet/worker:test"
+    with pytest.raises(SpecError) as e:
+        _children(minimal_spec(), Settings(default_image=""))
+    assert e.value.field == "spec.template.image"
+
+
+def test_user_labels_cannot_break_the_selector() -> None:
+    d = _children(full_spec()).deployment["spec"]
+    selector = d["selector"]["matchLabels"]
+    pod_labels = d["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert pod_labels["team"] == "support"
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "replicas", "current", "expected"),
+    [
+        ({"mode": "none"}, 3, 1, 3),
+        ({"mode": "none"}, None, 1, 1),
+        ({"mode": "none", "minReplicas": 0}, 0, 2, 0),
+        ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, None, 1, 2),
+        ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, 9, 1, 4),
+        ({"mode": "hpa", "minReplicas": 2}, 9, None, 2),  # seeds a new Deployment
+        ({"mode": "hpa", "minReplicas": 2}, 9, 5, None),  # then lets go
+        ({"mode": "keda", "minReplicas": 0}, None, 5, None),
+    ],
+)
+def test_replicas_ownership_per_mode(
+    autoscaling: dict[str, Any], replicas: int | None, current: int | None, expected: int | None
+) -> None:
+    spec = minimal_spec()
+    spec["autoscaling"] = autoscaling
+    if replicas is not None:
+        spec["replicas"] = replicas
+    assert desired_replicas(parse_spec("support", "voice", spec), current) == expected
+
+
+def test_owner_from_body() -> None:
+    assert Owner.from_body(body(minimal_spec())).uid.startswith("1f0e")

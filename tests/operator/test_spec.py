@@ -1,0 +1,111 @@
+"""spec.py: defaults, and SpecError naming the field for what it rejects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from voicefleet_operator.spec import MAX_INSTRUCTIONS, SpecError, parse_spec
+
+from .util import full_spec, minimal_spec
+
+
+def _err(spec: dict[str, Any], name: str = "support") -> SpecError:
+    with pytest.raises(SpecError) as e:
+        parse_spec(name, "voice", spec)
+    return e.value
+
+
+def test_minimal_spec_gets_defaults() -> None:
+    s = parse_spec("support", "voice", minimal_spec())
+    assert s.agent_name == "support"
+    assert s.config.model.voice == "marin"
+    assert s.config.sessions.maxPerWorker == 10
+    assert s.autoscaling.mode == "builtin" and s.autoscaling.minReplicas == 1
+    assert s.livekit.apiKeyKey == "apiKey" and s.apiKeySecret.key == "apiKey"
+
+
+def test_full_spec_parses() -> None:
+    s = parse_spec("support", "voice", full_spec())
+    assert s.agent_name == "support-agent"
+    assert s.config.tools[0].name == "lookup_order"
+    assert s.template.labels == {"team": "support"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda s: s["model"].update(voice="marine"), "spec.model.voice"),
+        (
+            lambda s: s["model"].update(instructions="x" * (MAX_INSTRUCTIONS + 1)),
+            "spec.model.instructions",
+        ),
+        (
+            lambda s: s.update(autoscaling={"minReplicas": 5, "maxReplicas": 2}),
+            "spec.autoscaling.minReplicas",
+        ),
+        (
+            lambda s: s.update(autoscaling={"mode": "hpa", "minReplicas": 0}),
+            "spec.autoscaling.minReplicas",
+        ),
+        (lambda s: s.update(autoscaling={"mode": "cpu"}), "spec.autoscaling.mode"),
+        (lambda s: s["livekit"].update(url="livekit:7880"), "spec.livekit.url"),
+        (lambda s: s["livekit"].pop("credentialsSecret"), "spec.livekit.credentialsSecret"),
+        (lambda s: s["model"].pop("apiKeySecret"), "spec.model.apiKeySecret"),
+        (lambda s: s.pop("livekit"), "spec.livekit"),
+        (lambda s: s["model"].update(baseURL="not a url"), "spec.model.baseURL"),
+        (lambda s: s["model"].update(temperature="hot"), "spec.model.temperature"),
+        (lambda s: s.update(sessions={"maxPerWorker": 0}), "spec.sessions.maxPerWorker"),
+        (
+            lambda s: s["model"].update(turnDetection={"type": "server_vad", "eagerness": "low"}),
+            "spec.model.turnDetection.eagerness",
+        ),
+        (
+            lambda s: s.update(tools=[_tool("a"), _tool("a")]),
+            "spec.tools[1].name",
+        ),
+        (lambda s: s.update(tools=[_tool("1bad")]), "spec.tools[0].name"),
+        (lambda s: s.update(tools=[{**_tool("a"), "url": "ftp://x"}]), "spec.tools[0].url"),
+        (
+            lambda s: s.update(template={"env": [{"name": "OPENAI_API_KEY", "value": "sk-123"}]}),
+            "spec.template.env[0].name",
+        ),
+        (
+            lambda s: s.update(template={"env": [{"name": "POD_IP", "value": "1.2.3.4"}]}),
+            "spec.template.env[0].name",
+        ),
+        (
+            lambda s: s.update(template={"labels": {"app.kubernetes.io/instance": "x"}}),
+            "spec.template.labels[app.kubernetes.io/instance]",
+        ),
+        (lambda s: s.update(template={"labels": {"team": "a b"}}), "spec.template.labels[team]"),
+        (
+            lambda s: s.update(template={"resources": {"limits": {"cpu": "lots"}}}),
+            "spec.template.resources.limits.cpu",
+        ),
+        (lambda s: s.update(replicas=-1), "spec.replicas"),
+        (
+            lambda s: s.update(disruptionBudget={"maxUnavailable": "x%"}),
+            "spec.disruptionBudget.maxUnavailable",
+        ),
+    ],
+)
+def test_bad_specs_name_the_field(mutate: Any, field: str) -> None:
+    spec = minimal_spec()
+    mutate(spec)
+    assert _err(spec).field == field
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"name": name, "description": "d", "url": "http://tools.svc/x"}
+
+
+def test_any_voice_with_a_compatible_endpoint() -> None:
+    spec = minimal_spec()
+    spec["model"].update(voice="my-voice", baseURL="http://127.0.0.1:8765/v1")
+    assert parse_spec("support", "voice", spec).config.model.voice == "my-voice"
+
+
+@pytest.mark.parametrize("name", ["Support", "a" * 56, "1abc", "a.b"])
+def test_names_that_cannot_name_children(name: str) -> None:
+    assert _err(minimal_spec(), name).field == "metadata.name"
