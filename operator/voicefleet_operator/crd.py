@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 import yaml
+
 from voicefleet_contract import GROUP, KIND, PLURAL, SECRET_ENV, VERSION
 from voicefleet_contract.config import (
     EAGERNESS,

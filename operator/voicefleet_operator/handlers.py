@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
+
 from voicefleet_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 from . import reconcile as rc

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from kubernetes import client, config
+
 from voicefleet_contract import API_VERSION, KIND, PLURAL
 
 APPLY_PATCH: Final = "application/apply-patch+yaml"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from voicefleet_contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_testbed import controlplane as cp
 from voicefleet_testbed.kube import Kube

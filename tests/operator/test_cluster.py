@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
 from voicefleet_contract import ANNOTATION_CONFIG_HASH, API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from voicefleet_operator import crd
 from voicefleet_operator.spec import MAX_INSTRUCTIONS, parse_spec
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from voicefleet_contract.config import parse_config
 from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+
 from voicefleet_operator.kube import KubeError, path_of
 from voicefleet_operator.reconcile import reconcile, va_path
 from voicefleet_operator.settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings

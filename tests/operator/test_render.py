@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+
 from voicefleet_contract import (
     ANNOTATION_CONFIG_HASH,
     API_VERSION,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from voicefleet_operator.spec import MAX_INSTRUCTIONS, SpecError, parse_spec
 
 from .util import full_spec, minimal_spec
