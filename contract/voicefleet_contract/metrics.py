@@ -85,3 +85,59 @@ OPERATOR_METRICS: Final[tuple[MetricSpec, ...]] = (
     OPERATOR_RECONCILE_ERRORS,
     OPERATOR_VOICEAGENT_READY,
 )
+
+# --- the built-in autoscaler (served by the operator) -----------------------------------
+_VA = ("namespace", "voiceagent")
+AUTOSCALER_DESIRED: Final = MetricSpec(
+    "voicefleet_autoscaler_desired_replicas", "gauge", "Workers the autoscaler wants.", _VA
+)
+AUTOSCALER_CURRENT: Final = MetricSpec(
+    "voicefleet_autoscaler_current_replicas", "gauge", "The worker Deployment's replicas.", _VA
+)
+AUTOSCALER_SESSIONS: Final = MetricSpec(
+    "voicefleet_autoscaler_sessions",
+    "gauge",
+    "Live sessions the autoscaler counted (a worker that did not answer counts as full).",
+    _VA,
+)
+AUTOSCALER_CAPACITY: Final = MetricSpec(
+    "voicefleet_autoscaler_capacity_sessions",
+    "gauge",
+    "Sessions the ready, non-draining workers accept.",
+    _VA,
+)
+AUTOSCALER_DECISIONS: Final = MetricSpec(
+    "voicefleet_autoscaler_decisions_total",
+    "counter",
+    "Replica changes the autoscaler applied, by direction (up, down).",
+    (*_VA, "direction"),
+)
+AUTOSCALER_LIMITED: Final = MetricSpec(
+    "voicefleet_autoscaler_limited_by_max",
+    "gauge",
+    "1 while demand needs more workers than maxReplicas allows.",
+    _VA,
+)
+AUTOSCALER_SCRAPE_FAILURES: Final = MetricSpec(
+    "voicefleet_autoscaler_scrape_failures_total",
+    "counter",
+    "Worker /sessions reads that failed, by error (timeout, refused, ...).",
+    (*_VA, "error"),
+)
+AUTOSCALER_TICK: Final = MetricSpec(
+    "voicefleet_autoscaler_tick_duration_seconds",
+    "histogram",
+    "One autoscaler tick for one VoiceAgent: read every worker, decide, apply.",
+    _VA,
+    RECONCILE_BUCKETS,
+)
+AUTOSCALER_METRICS: Final[tuple[MetricSpec, ...]] = (
+    AUTOSCALER_DESIRED,
+    AUTOSCALER_CURRENT,
+    AUTOSCALER_SESSIONS,
+    AUTOSCALER_CAPACITY,
+    AUTOSCALER_DECISIONS,
+    AUTOSCALER_LIMITED,
+    AUTOSCALER_SCRAPE_FAILURES,
+    AUTOSCALER_TICK,
+)

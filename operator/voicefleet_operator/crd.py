@@ -681,6 +681,22 @@ def status_schema() -> Schema:
             "configHash": string("Hash of the rendered agent.json the workers run."),
             "workers": string("ready/desired, for kubectl get."),
             "sessions": string("activeSessions/capacity, for kubectl get."),
+            "autoscaler": obj(
+                "The built-in autoscaler's last decision (mode builtin).",
+                {
+                    "mode": string("The autoscaling mode that decided."),
+                    "desiredReplicas": integer("Workers it wants."),
+                    "neededReplicas": integer("Workers demand asks for, before bounds and steps."),
+                    "sessions": integer("Sessions counted (an unanswering worker counts as full)."),
+                    "capacity": integer("Sessions the ready, non-draining workers accept."),
+                    "unansweredWorkers": integer("Workers whose /sessions did not answer in time."),
+                    "limitedByMax": {
+                        "type": "boolean",
+                        "description": "Demand needs more than maxReplicas.",
+                    },
+                    "reason": string("Why, in words.", maxLength=1024),
+                },
+            ),
         },
     )
 

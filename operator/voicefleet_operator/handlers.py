@@ -23,12 +23,23 @@ from typing import Any, cast
 
 import kopf
 
-from voicefleet_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from voicefleet_contract import (
+    APP_NAME,
+    GROUP,
+    KIND,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    PLURAL,
+    VERSION,
+)
 
 from . import reconcile as rc
+from .autoscale_loop import TICK_SECONDS, Autoscaler, index_pod
 from .kube import KubeApi, KubeError
 from .metrics import OperatorMetrics
 from .settings import Settings
+from .spec import SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping annotations live under voicefleet.dev/
@@ -139,12 +150,23 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
         # Server-side filtering: the operator caches only the objects it manages.
         key = (group, plural) if group else plural
         settings.watching.label_selectors[key] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    # The autoscaler's pod index: worker pods only.
+    settings.watching.label_selectors["pods"] = (
+        f"{LABEL_NAME}={APP_NAME},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Settings) -> None:
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    ours: Settings,
+    autoscaler: Autoscaler | None = None,
+) -> None:
     """Register every handler on `registry` (no module-level state: tests build their own)."""
+    if autoscaler is not None:
+        register_autoscaler(registry, autoscaler)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -199,3 +221,72 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, ours: Sett
                 return
             with contextlib.suppress(kopf.TemporaryError):  # logged; the timer retries
                 await reconciler.reconcile(namespace, owner, f"{body.get('kind')} {type}")
+
+
+def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler) -> None:
+    """The built-in autoscaler: indexes of worker pods and Deployment replicas (one watch
+    each for the whole operator), and a daemon per VoiceAgent ticking once a second."""
+
+    @kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={LABEL_NAME: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY},
+        registry=registry,
+    )
+    def worker_pods(
+        namespace: str | None,
+        name: str,
+        labels: kopf.Labels,
+        status: kopf.Status,
+        meta: kopf.Meta,
+        **_: Any,
+    ) -> Any:
+        return index_pod(namespace, name, labels, status, meta)
+
+    @kopf.index(
+        "apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry
+    )
+    def deployment_replicas(
+        namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any
+    ) -> Any:
+        owner = owner_name(body)
+        if owner is None or not namespace:
+            return None
+        return {(namespace, owner): int(spec.get("replicas", 1))}
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, id="autoscaler", cancellation_timeout=5, registry=registry)
+    async def _autoscale(
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        spec: kopf.Spec,
+        stopped: kopf.DaemonStopped,
+        **kwargs: Any,
+    ) -> None:
+        ns = namespace or ""
+        # kopf passes each index by its function's name.
+        worker_pods: kopf.Index[tuple[str, str], Any] = kwargs["worker_pods"]
+        deployment_replicas: kopf.Index[tuple[str, str], int] = kwargs["deployment_replicas"]
+
+        def post(kind: str, reason: str, message: str) -> None:
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, _ref(body))), type=kind, reason=reason, message=message
+            )
+
+        try:
+            while not stopped:
+                try:
+                    parsed = parse_spec(name, ns, dict(spec))  # spec is a live view
+                except SpecError:
+                    parsed = None  # the reconciler reports it; nothing to scale
+                if parsed is not None and parsed.autoscaling.mode == "builtin":
+                    replicas = list(deployment_replicas.get((ns, name), []))
+                    pods = list(worker_pods.get((ns, name), []))
+                    try:
+                        await autoscaler.tick(parsed, pods, replicas[0] if replicas else None, post)
+                    except KubeError as e:
+                        log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
+                await stopped.wait(TICK_SECONDS)
+        finally:
+            autoscaler.forget(ns, name)

@@ -70,6 +70,8 @@ class KubeApi(Protocol):
 
     def patch_status(self, path: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
 
+    def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
 
 class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
@@ -150,3 +152,6 @@ class Kube:
         return self.request(
             "PATCH", f"{path}/status", body={"status": dict(status)}, content_type=MERGE_PATCH
         )
+
+    def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", path, body=dict(body), content_type=MERGE_PATCH)

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 import kopf
 
 from . import cmd
+from .autoscale_loop import Autoscaler
 from .handlers import Reconciler, register
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .scrape import Scraper
 from .settings import Settings
 
 
@@ -55,7 +57,9 @@ def run(settings: Settings) -> None:
     metrics = OperatorMetrics()
     metrics.serve(settings.bind_address, settings.metrics_port)
     registry = kopf.OperatorRegistry()
-    register(registry, Reconciler(Kube.connect(settings.kubeconfig), settings, metrics), settings)
+    kube = Kube.connect(settings.kubeconfig)
+    autoscaler = Autoscaler(kube, Scraper(timeout=0.5), metrics)
+    register(registry, Reconciler(kube, settings, metrics), settings, autoscaler)
     host = settings.bind_address
     kopf.run(
         registry=registry,

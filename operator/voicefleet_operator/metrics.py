@@ -26,6 +26,14 @@ class OperatorMetrics:
         self.duration: Histogram = _build(m.OPERATOR_RECONCILE_DURATION, self.registry)
         self.errors: Counter = _build(m.OPERATOR_RECONCILE_ERRORS, self.registry)
         self.ready: Gauge = _build(m.OPERATOR_VOICEAGENT_READY, self.registry)
+        self.as_desired: Gauge = _build(m.AUTOSCALER_DESIRED, self.registry)
+        self.as_current: Gauge = _build(m.AUTOSCALER_CURRENT, self.registry)
+        self.as_sessions: Gauge = _build(m.AUTOSCALER_SESSIONS, self.registry)
+        self.as_capacity: Gauge = _build(m.AUTOSCALER_CAPACITY, self.registry)
+        self.as_decisions: Counter = _build(m.AUTOSCALER_DECISIONS, self.registry)
+        self.as_limited: Gauge = _build(m.AUTOSCALER_LIMITED, self.registry)
+        self.as_scrape_failures: Counter = _build(m.AUTOSCALER_SCRAPE_FAILURES, self.registry)
+        self.as_tick: Histogram = _build(m.AUTOSCALER_TICK, self.registry)
 
     def observe(
         self, namespace: str, name: str, seconds: float, result: str, reason: str | None
@@ -40,7 +48,20 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted VoiceAgent's series (they would otherwise live forever)."""
-        for metric in (self.reconciles, self.duration, self.errors, self.ready):
+        for metric in (
+            self.reconciles,
+            self.duration,
+            self.errors,
+            self.ready,
+            self.as_desired,
+            self.as_current,
+            self.as_sessions,
+            self.as_capacity,
+            self.as_decisions,
+            self.as_limited,
+            self.as_scrape_failures,
+            self.as_tick,
+        ):
             for labels in list(_label_sets(metric)):
                 if labels[:2] == (namespace, name):
                     metric.remove(*labels)

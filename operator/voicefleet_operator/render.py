@@ -315,8 +315,9 @@ def desired_replicas(spec: VoiceAgentSpec, current: int | None) -> int | None:
     """Deployment replicas the operator applies, or None when it must not own them.
 
     - none: `spec.replicas` (what `kubectl scale va` writes), else minReplicas.
-    - builtin: the same, clamped to [minReplicas, maxReplicas]; the session autoscaler
-      will decide here later.
+    - builtin: the session autoscaler (autoscale_loop) owns replicas once the Deployment
+      exists; the reconciler seeds the start value and enforces [minReplicas, maxReplicas]
+      when the bounds change under it.
     - hpa/keda: the external autoscaler owns replicas; the operator only seeds
       minReplicas when the Deployment does not exist yet (`current` is None).
     """
@@ -325,7 +326,10 @@ def desired_replicas(spec: VoiceAgentSpec, current: int | None) -> int | None:
     if a.mode == "none":
         return wanted
     if a.mode == "builtin":
-        return max(a.minReplicas, min(a.maxReplicas, wanted))
+        if current is None:
+            return max(a.minReplicas, min(a.maxReplicas, wanted))
+        clamped = max(a.minReplicas, min(a.maxReplicas, current))
+        return clamped if clamped != current else None
     return a.minReplicas if current is None else None
 
 

@@ -22,7 +22,7 @@ from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_IMAGE = "voicefleet.dev/test/fake-agent:1"
+FAKE_IMAGE = "voicefleet.dev/testbed/fake-worker:1"  # testbed/images.yaml maps it
 CRASH_IMAGE = "voicefleet.dev/test/crash-agent:1"
 OPERATOR_NS = "voicefleet-system"
 T = TypeVar("T")
@@ -60,8 +60,6 @@ def install_images(stack: Stack) -> None:
     """Image-table rules for the tests' workers, put before any existing override."""
     python = "{python}"
     ours: list[dict[str, Any]] = [
-        {"image": "voicefleet.dev/test/fake-agent*", "entrypoint": [python, str(REPO / "tests/operator/fake_agent.py")],
-         "env": {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO / "contract")}},
         {"image": "voicefleet.dev/test/crash-agent*", "entrypoint": [python, "-c", "import sys; sys.exit(3)"]},
     ]  # fmt: skip
     path = stack.image_override

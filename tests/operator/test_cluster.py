@@ -1,7 +1,7 @@
 """The operator against the testbed's real API server and controllers (issue 3).
 
 The operator runs as a process under its own ServiceAccount bound to operator/rbac's
-ClusterRole, never as admin; its workers are a tiny fake agent (tests/operator/fake_agent.py)
+ClusterRole, never as admin; its workers are the testbed's fake worker (voicefleet_testbed.fake_worker)
 that loads the rendered agent.json with the contract's loader and serves the health port.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,16 +16,12 @@ from kubernetes import client
 
 from voicefleet_contract import ANNOTATION_CONFIG_HASH, API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_testbed.kube import Kube
-from voicefleet_testbed.stack import Stack
 
 from .cluster import (
     CRASH_IMAGE,
     OperatorProcess,
     condition,
     get_va,
-    install_crd,
-    install_images,
-    install_rbac,
     secrets,
     table,
     voiceagent,
@@ -36,21 +31,6 @@ from .util import LIVEKIT_URL, OPENAI_BASE_URL
 
 pytestmark = pytest.mark.cluster
 SELECTOR = "app.kubernetes.io/instance={},app.kubernetes.io/name=voicefleet-worker"
-
-
-@pytest.fixture(scope="session")
-def operator(
-    stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    install_crd(kube)
-    install_images(stack)
-    op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"))
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
-        print(f"operator log tail:\n{op.tail()}")
 
 
 def spec(**extra: Any) -> dict[str, Any]:

@@ -57,6 +57,9 @@ class FakeKube:
         self.objects[path]["status"] = dict(status)
         return self.objects[path]
 
+    def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError(f"the reconciler does not merge-patch ({path})")
+
 
 def _setup(spec: dict[str, Any] | None = None, secrets: bool = True) -> FakeKube:
     k = FakeKube()

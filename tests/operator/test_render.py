@@ -172,7 +172,9 @@ def test_user_labels_cannot_break_the_selector() -> None:
         ({"mode": "none"}, None, 1, 1),
         ({"mode": "none", "minReplicas": 0}, 0, 2, 0),
         ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, None, 1, 2),
-        ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, 9, 1, 4),
+        ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, 9, None, 4),  # seeds, clamped
+        ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, 9, 1, 2),  # bounds win
+        ({"mode": "builtin", "minReplicas": 2, "maxReplicas": 4}, None, 3, None),  # autoscaler owns
         ({"mode": "hpa", "minReplicas": 2}, 9, None, 2),  # seeds a new Deployment
         ({"mode": "hpa", "minReplicas": 2}, 9, 5, None),  # then lets go
         ({"mode": "keda", "minReplicas": 0}, None, 5, None),

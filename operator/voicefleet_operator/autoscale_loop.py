@@ -1,0 +1,203 @@
+"""The built-in autoscaler's loop: once a second per VoiceAgent (mode `builtin`), read every
+ready worker's `/sessions`, call `autoscaler.decide`, and apply the replica count.
+
+A thin shell: the pods come from a kopf index (one pod watch for the whole operator), the
+reads from the shared `Scraper`, the decision from a pure function. What it writes:
+- the Deployment's `spec.replicas`, under the replicas field manager, only on a change;
+- right before lowering replicas, `controller.kubernetes.io/pod-deletion-cost` on each
+  worker from its live sessions, so the ReplicaSet removes idle workers first;
+- an Event on the VoiceAgent for each change, metrics every tick, and the VoiceAgent's
+  status (`activeSessions`, `desiredReplicas`, `autoscaler`) when something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME, POD_DELETION_COST
+
+from .autoscaler import Decision, PodSample, Policy, Recommendation, decide, deletion_costs
+from .kube import KubeApi, path
+from .metrics import OperatorMetrics
+from .reconcile import va_path
+from .render import ChildNames, render_replicas_patch
+from .scrape import Scraper, Target
+from .settings import REPLICAS_FIELD_MANAGER
+from .spec import VoiceAgentSpec
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerPod:
+    name: str
+    ip: str
+    ready: bool
+    deleting: bool
+
+
+def index_pod(
+    namespace: str | None,
+    name: str,
+    labels: Mapping[str, str],
+    status: Mapping[str, Any],
+    meta: Mapping[str, Any],
+) -> dict[tuple[str, str], WorkerPod] | None:
+    """The pods index entry: (namespace, VoiceAgent) -> this worker pod. Pure."""
+    if labels.get(LABEL_NAME) != APP_NAME or not namespace or not labels.get(LABEL_INSTANCE):
+        return None
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    pod = WorkerPod(
+        name, str(status.get("podIP") or ""), ready, bool(meta.get("deletionTimestamp"))
+    )
+    return {(namespace, labels[LABEL_INSTANCE]): pod}
+
+
+def policy_for(spec: VoiceAgentSpec, current: int) -> Policy:
+    a = spec.autoscaling
+    return Policy(
+        min_replicas=a.minReplicas,
+        max_replicas=a.maxReplicas,
+        max_per_worker=spec.max_per_worker,
+        target_utilization=a.targetUtilization,
+        buffer_sessions=a.bufferSessions,
+        # Up: at most double (or +4) per second; down: a tenth (at least one) per step.
+        scale_up_step=max(4, current),
+        scale_down_step=max(1, current // 10),
+        stabilization_seconds=float(a.scaleDownStabilizationSeconds),
+    )
+
+
+def samples_of(
+    pods: Sequence[WorkerPod], scraped: Mapping[str, Any], capacity: int
+) -> list[PodSample]:
+    """One sample per ready, non-terminating worker; a failed read is None (full)."""
+    out = []
+    for p in pods:
+        if not p.ready or p.deleting or not p.ip:
+            continue
+        report = scraped.get(p.name)
+        out.append(
+            PodSample(
+                p.name,
+                report.activeSessions if report else None,
+                report.capacity if report else capacity,
+                bool(report and report.draining),
+            )
+        )
+    return out
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        kube: KubeApi,
+        scraper: Scraper,
+        metrics: OperatorMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.scraper = scraper
+        self.metrics = metrics
+        self.clock = clock
+        self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
+        self.last: dict[tuple[str, str], Decision] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.history.pop((namespace, name), None)
+        self.last.pop((namespace, name), None)
+
+    async def tick(
+        self,
+        spec: VoiceAgentSpec,
+        pods: Sequence[WorkerPod],
+        current: int | None,
+        post_event: Callable[[str, str, str], None] = lambda *_: None,
+    ) -> Decision | None:
+        """One decision for one VoiceAgent; None when its Deployment does not exist yet."""
+        if current is None:
+            return None
+        ns, name = spec.namespace, spec.name
+        t0 = time.perf_counter()
+        live = [p for p in pods if p.ready and not p.deleting and p.ip]
+        results = await self.scraper.all([Target(f"{ns}/{p.name}", p.ip) for p in live])
+        reports = {}
+        for r in results:
+            pod = r.target.key.split("/", 1)[1]
+            reports[pod] = r.report
+            if r.report is None:
+                self.metrics.as_scrape_failures.labels(ns, name, r.error.split(":")[0]).inc()
+        samples = samples_of(pods, reports, spec.max_per_worker)
+        d = decide(
+            self.clock(),
+            samples,
+            current,
+            policy_for(spec, current),
+            self.history.get((ns, name), ()),
+        )
+        self.history[(ns, name)] = d.history
+        if d.desired != current:
+            await asyncio.to_thread(self._apply, spec, samples, current, d)
+            self.metrics.as_decisions.labels(ns, name, d.direction).inc()
+            post_event("Normal", "Scaled", f"workers {current} -> {d.desired}: {d.reason}")
+            log.info("autoscale %s/%s: %d -> %d (%s)", ns, name, current, d.desired, d.reason)
+        previous = self.last.get((ns, name))
+        self.last[(ns, name)] = d
+        if previous is None or _status_view(previous) != _status_view(d):
+            await asyncio.to_thread(self._write_status, spec, d)
+        m = self.metrics
+        m.as_desired.labels(ns, name).set(d.desired)
+        m.as_current.labels(ns, name).set(current)
+        m.as_sessions.labels(ns, name).set(d.sessions)
+        m.as_capacity.labels(ns, name).set(d.capacity)
+        m.as_limited.labels(ns, name).set(1 if d.limited_by_max else 0)
+        m.as_tick.labels(ns, name).observe(time.perf_counter() - t0)
+        return d
+
+    def _apply(
+        self, spec: VoiceAgentSpec, samples: Sequence[PodSample], current: int, d: Decision
+    ) -> None:
+        if d.desired < current:
+            # Right before a scale-down, not on every tick (each write wakes the RS controller).
+            for pod, cost in deletion_costs(samples).items():
+                self.kube.merge_patch(
+                    path("v1", "Pod", spec.namespace, pod),
+                    {"metadata": {"annotations": {POD_DELETION_COST: str(cost)}}},
+                )
+        self.kube.apply(render_replicas_patch(spec, d.desired), REPLICAS_FIELD_MANAGER)
+
+    def _write_status(self, spec: VoiceAgentSpec, d: Decision) -> None:
+        self.kube.patch_status(
+            va_path(spec.namespace, spec.name),
+            {
+                "activeSessions": d.sessions,
+                "desiredReplicas": d.desired,
+                "autoscaler": {
+                    "mode": "builtin",
+                    "desiredReplicas": d.desired,
+                    "neededReplicas": d.needed,
+                    "sessions": d.sessions,
+                    "capacity": d.capacity,
+                    "unansweredWorkers": d.unanswered,
+                    "limitedByMax": d.limited_by_max,
+                    "reason": d.reason,
+                },
+            },
+        )
+
+
+def _status_view(d: Decision) -> tuple[Any, ...]:
+    return (d.desired, d.sessions, d.capacity, d.unanswered, d.limited_by_max, d.direction)
+
+
+def deployment_name(spec: VoiceAgentSpec) -> str:
+    return ChildNames.of(spec.name).deployment

@@ -1,0 +1,27 @@
+"""Fixtures for the operator's cluster tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
+
+from .cluster import OperatorProcess, install_crd, install_images, install_rbac
+
+
+@pytest.fixture(scope="session")
+def operator(
+    stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    install_crd(kube)
+    install_images(stack)
+    op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log tail:\n{op.tail()}")
