@@ -43,10 +43,99 @@ WORKER_DRAINING: Final = MetricSpec(
     "voicefleet_worker_draining", "gauge", "1 while the worker drains after SIGTERM, else 0."
 )
 
+WORKER_REGISTERED: Final = MetricSpec(
+    "voicefleet_worker_registered",
+    "gauge",
+    "1 while the worker is registered with the LiveKit server for dispatch, else 0.",
+)
+WORKER_SESSIONS_STARTED: Final = MetricSpec(
+    "voicefleet_worker_sessions_started_total", "counter", "Sessions (jobs) this worker accepted."
+)
+WORKER_SESSIONS_ENDED: Final = MetricSpec(
+    "voicefleet_worker_sessions_ended_total",
+    "counter",
+    "Sessions that ended, by outcome: completed (the agent or the caller ended it), "
+    "caller_gone, error, drain_timeout.",
+    ("outcome",),
+)
+WORKER_SESSION_DURATION: Final = MetricSpec(
+    "voicefleet_worker_session_duration_seconds",
+    "histogram",
+    "How long a session lasted, from the agent joining to the session ending.",
+    (),
+    DURATION_BUCKETS,
+)
+WORKER_DISPATCH_LATENCY: Final = MetricSpec(
+    "voicefleet_worker_dispatch_latency_seconds",
+    "histogram",
+    "From the job being offered to this worker to the agent being ready in the room.",
+    (),
+    LATENCY_BUCKETS,
+)
+WORKER_TURN_LATENCY: Final = MetricSpec(
+    "voicefleet_worker_turn_latency_seconds",
+    "histogram",
+    "From the caller stopping speaking (the model's VAD) to the first agent audio frame "
+    "sent into the room.",
+    (),
+    LATENCY_BUCKETS,
+)
+WORKER_FIRST_AUDIO_LATENCY: Final = MetricSpec(
+    "voicefleet_worker_model_first_audio_seconds",
+    "histogram",
+    "From a model response starting to its first audio delta arriving (the model's share "
+    "of turn latency).",
+    (),
+    LATENCY_BUCKETS,
+)
+WORKER_TOOL_CALLS: Final = MetricSpec(
+    "voicefleet_worker_tool_calls_total",
+    "counter",
+    "Tool (function) calls, by tool and outcome: ok, http_error, timeout, error.",
+    ("tool", "outcome"),
+)
+WORKER_TOOL_LATENCY: Final = MetricSpec(
+    "voicefleet_worker_tool_call_duration_seconds",
+    "histogram",
+    "Time a tool's HTTP endpoint took to answer.",
+    ("tool",),
+    LATENCY_BUCKETS,
+)
+WORKER_RECONNECTIONS: Final = MetricSpec(
+    "voicefleet_worker_reconnections_total",
+    "counter",
+    "Reconnections, by link: livekit (worker to the LiveKit server), realtime (session to "
+    "the Realtime API), room (the agent's room connection).",
+    ("link",),
+)
+WORKER_INTERRUPTIONS: Final = MetricSpec(
+    "voicefleet_worker_interruptions_total",
+    "counter",
+    "Agent answers cut short because the caller spoke over them.",
+)
+WORKER_MODEL_ERRORS: Final = MetricSpec(
+    "voicefleet_worker_model_errors_total",
+    "counter",
+    "Errors the Realtime API reported, by whether the session recovered (recoverable).",
+    ("recoverable",),
+)
+
 WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_ACTIVE_SESSIONS,
     WORKER_CAPACITY,
     WORKER_DRAINING,
+    WORKER_REGISTERED,
+    WORKER_SESSIONS_STARTED,
+    WORKER_SESSIONS_ENDED,
+    WORKER_SESSION_DURATION,
+    WORKER_DISPATCH_LATENCY,
+    WORKER_TURN_LATENCY,
+    WORKER_FIRST_AUDIO_LATENCY,
+    WORKER_TOOL_CALLS,
+    WORKER_TOOL_LATENCY,
+    WORKER_RECONNECTIONS,
+    WORKER_INTERRUPTIONS,
+    WORKER_MODEL_ERRORS,
 )
 
 # --- operator metrics (served by the operator on its --metrics-port) --------------------
@@ -141,3 +230,47 @@ AUTOSCALER_METRICS: Final[tuple[MetricSpec, ...]] = (
     AUTOSCALER_SCRAPE_FAILURES,
     AUTOSCALER_TICK,
 )
+
+# --- failover (served by the operator) -------------------------------------------------
+FAILOVERS: Final = MetricSpec(
+    "voicefleet_failovers_total",
+    "counter",
+    "Orphaned sessions handled, by outcome: redispatched (a new agent was dispatched), "
+    "caller_gone (nobody left to serve), gave_up (attempts exhausted).",
+    (*_VA, "outcome"),
+)
+FAILOVER_LATENCY: Final = MetricSpec(
+    "voicefleet_failover_latency_seconds",
+    "histogram",
+    "From an agent being lost to a new agent joining the same room.",
+    _VA,
+    (*LATENCY_BUCKETS, 10.0, 20.0, 30.0, 60.0),
+)
+ORPHANS_FOUND: Final = MetricSpec(
+    "voicefleet_failover_orphans_found_total",
+    "counter",
+    "Orphaned sessions found, by what noticed first: webhook, worker (the per-second view of "
+    "each worker), pod (a worker pod deleted or gone), sweep (the periodic LiveKit API sweep).",
+    (*_VA, "source"),
+)
+WEBHOOK_REQUESTS: Final = MetricSpec(
+    "voicefleet_webhook_requests_total",
+    "counter",
+    "LiveKit webhook requests received, by result: accepted, bad_signature, unknown_key, "
+    "stale, malformed.",
+    ("result",),
+)
+FAILOVER_METRICS: Final[tuple[MetricSpec, ...]] = (
+    FAILOVERS,
+    FAILOVER_LATENCY,
+    ORPHANS_FOUND,
+    WEBHOOK_REQUESTS,
+)
+
+ALL_METRICS: Final[tuple[MetricSpec, ...]] = (
+    *WORKER_METRICS,
+    *OPERATOR_METRICS,
+    *AUTOSCALER_METRICS,
+    *FAILOVER_METRICS,
+)
+"""Every metric voicefleet serves: docs/metrics.md, dashboards and alerts are checked against it."""
