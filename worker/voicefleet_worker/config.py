@@ -1,0 +1,121 @@
+"""Worker settings: the operator-rendered `agent.json` plus the pod's environment.
+
+`load_settings(env)` is pure (it reads only the mapping and the file it names) and raises
+`ConfigError` naming the bad field (`model.voice`, or an env var like `LIVEKIT_API_KEY`).
+Secrets live in `Secrets`, whose repr never shows them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from voicefleet_contract import HEALTH_PORT, METRICS_PORT, Env
+from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
+
+OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"
+LOG_FORMATS: Final = ("json", "text")
+
+
+@dataclass(frozen=True)
+class Secrets:
+    livekit_api_key: str = field(repr=False)
+    livekit_api_secret: str = field(repr=False)
+    openai_api_key: str = field(repr=False)
+
+    def values(self) -> tuple[str, ...]:
+        return (self.livekit_api_key, self.livekit_api_secret, self.openai_api_key)
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: AgentConfig
+    secrets: Secrets
+    livekit_url: str
+    pod_ip: str
+    metrics_port: int
+    health_port: int
+    log_format: str = "text"
+    pod_name: str = ""
+    pod_namespace: str = ""
+    openai_base_url: str | None = None  # config.model.baseURL, else OPENAI_BASE_URL
+    otlp_endpoint: str | None = None
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(name, "environment variable is required")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a port number; got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(name, f"must be a port number (0-65535); got {port}")
+    return port
+
+
+def _pod_ip(env: Mapping[str, str]) -> str:
+    raw = env.get(Env.POD_IP, "").strip() or "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(raw)
+    except ValueError:
+        raise ConfigError(Env.POD_IP, f"must be an IP address; got {raw!r}") from None
+    if addr.is_unspecified:
+        # every server in a pod binds to the pod's own address, never to all interfaces
+        raise ConfigError(Env.POD_IP, f"must be the pod's own address, not {raw}")
+    return raw
+
+
+def read_config_file(path: str) -> AgentConfig:
+    """Read and validate agent.json; file and JSON errors name `VOICEFLEET_CONFIG`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(Env.CONFIG_FILE, f"file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(Env.CONFIG_FILE, f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(Env.CONFIG_FILE, f"{path} is not valid JSON: {e}") from None
+    return parse_config(data)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    config = read_config_file(_required(env, Env.CONFIG_FILE))
+    secrets = Secrets(
+        livekit_api_key=_required(env, Env.LIVEKIT_API_KEY),
+        livekit_api_secret=_required(env, Env.LIVEKIT_API_SECRET),
+        openai_api_key=_required(env, Env.OPENAI_API_KEY),
+    )
+    log_format = env.get(Env.LOG_FORMAT, "").strip() or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(
+            Env.LOG_FORMAT, f"must be one of {', '.join(LOG_FORMATS)}; got {log_format!r}"
+        )
+    return Settings(
+        config=config,
+        secrets=secrets,
+        # the env var (the operator's spec.livekit.url) wins; the config carries the same URL
+        livekit_url=env.get(Env.LIVEKIT_URL, "").strip() or config.livekitURL,
+        pod_ip=_pod_ip(env),
+        metrics_port=_port(env, Env.METRICS_PORT, METRICS_PORT),
+        health_port=_port(env, Env.HEALTH_PORT, HEALTH_PORT),
+        log_format=log_format,
+        pod_name=env.get(Env.POD_NAME, ""),
+        pod_namespace=env.get(Env.POD_NAMESPACE, "") or config.namespace,
+        openai_base_url=config.model.baseURL or env.get(OPENAI_BASE_URL_ENV, "").strip() or None,
+        otlp_endpoint=env.get(Env.OTLP_ENDPOINT, "").strip() or None,
+    )

@@ -1,0 +1,47 @@
+"""`python -m voicefleet_worker` / `voicefleet-worker`, and `run()` for custom agents.
+
+Exit codes: 0 after a clean stop or drain, 1 when the worker failed (e.g. LiveKit
+unreachable after every retry), 2 for invalid configuration (one line on stderr naming
+the field; no secret is ever printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from typing import NoReturn
+
+from voicefleet_contract.config import ConfigError
+
+from .config import Settings, load_settings
+from .logs import setup_logging
+from .runtime import Entrypoint, Runtime, realtime_agent, serve
+from .tracing import setup_tracing
+
+EXIT_CONFIG = 2
+
+
+def load_or_exit(env: Mapping[str, str] | None = None) -> Settings:
+    try:
+        return load_settings(env)
+    except ConfigError as e:
+        print(f"voicefleet-worker: invalid configuration: {e.field}: {e.message}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def run(entrypoint: Entrypoint | None = None, env: Mapping[str, str] | None = None) -> NoReturn:
+    """Run a voicefleet worker with `entrypoint(job)` as each session's code.
+
+    The default entrypoint is the configured Realtime agent. A custom one gets the same
+    configuration loading, session-based load, metrics, /sessions, draining and health.
+    """
+    settings = load_or_exit(env)
+    setup_logging(settings.log_format, secrets=settings.secrets.values())
+    runtime = Runtime(settings, tracer=setup_tracing(settings))
+    code = asyncio.run(serve(runtime, entrypoint or realtime_agent))
+    sys.exit(code)
+
+
+def main() -> NoReturn:
+    run()

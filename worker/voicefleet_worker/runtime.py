@@ -1,0 +1,302 @@
+"""The worker runtime: one `AgentServer` registered with LiveKit under the config's
+agent name, jobs run by an entrypoint (the stock Realtime agent or custom code), and the
+voicefleet additions around it: session-based load, the metrics endpoint, draining.
+
+Jobs run in threads (`JobExecutorType.THREAD`), not in livekit-agents' default job
+processes: one Python process per pod keeps memory to one interpreter (a job process
+costs ~100-200 MB; a thread costs an event loop), and every session's metrics land in one
+in-process Prometheus registry served by one endpoint, with no multiprocess directory or
+IPC. The price is isolation: a job that blocks its loop or crashes the interpreter
+affects its neighbours, which the Realtime agent (all I/O, audio handled by the native
+WebRTC library) does not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit.agents import AgentServer, JobContext, JobExecutorType, llm
+from livekit.agents.voice import Agent, AgentSession
+from opentelemetry import trace
+
+from .config import Settings
+from .load import LOAD_THRESHOLD, idle_processes, session_load
+from .metrics import WorkerMetrics
+from .model import ObservedRealtimeModel, realtime_kwargs
+from .observe import SessionObserver
+from .sessions import SessionRegistry
+from .tools import HEADER_JOB, HEADER_ROOM, make_tools
+
+log = logging.getLogger("voicefleet.worker")
+
+REGISTRATION_POLL_S = 0.5
+
+
+@dataclass
+class Runtime:
+    """Process-wide state shared by every job thread."""
+
+    settings: Settings
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    tracer: trace.Tracer | None = None
+    sessions: SessionRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = SessionRegistry(self.settings.config.sessions.maxPerWorker, self.metrics)
+        for t in self.settings.config.tools:
+            self.metrics.init_tool(t.name)
+
+
+class Job:
+    """What an entrypoint gets for one session: the livekit `JobContext` plus the
+    worker's configuration and ready-made, observed building blocks."""
+
+    def __init__(self, ctx: JobContext, runtime: Runtime, observer: SessionObserver) -> None:
+        self.ctx = ctx
+        self.runtime = runtime
+        self.observer = observer
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def config(self) -> Any:
+        return self.runtime.settings.config
+
+    def realtime_model(self, **overrides: Any) -> ObservedRealtimeModel:
+        """The configured `openai.realtime.RealtimeModel`; `overrides` win over the config."""
+        s = self.settings
+        kw = realtime_kwargs(
+            s.config.model, api_key=s.secrets.openai_api_key, base_url=s.openai_base_url
+        )
+        kw.update(overrides)
+        return ObservedRealtimeModel(on_session=self.observer.attach_realtime, **kw)
+
+    def tools(self) -> list[llm.RawFunctionTool[..., Any]]:
+        """The configured HTTP tools as function tools (calls are counted and timed)."""
+
+        def headers() -> Mapping[str, str]:
+            return {HEADER_ROOM: self.ctx.job.room.name, HEADER_JOB: self.ctx.job.id}
+
+        return make_tools(self.settings.config.tools, self.runtime.metrics, headers)
+
+    def observe(self, session: AgentSession[Any]) -> AgentSession[Any]:
+        """Hook a session into the worker's metrics (turn latency, interruptions,
+        readiness, outcome). `agent_session()` does this already."""
+        self.observer.attach_session(session)
+        return session
+
+    def agent_session(self, **kwargs: Any) -> AgentSession[Any]:
+        """An observed `AgentSession` on the configured Realtime model."""
+        kwargs.setdefault("llm", self.realtime_model())
+        return self.observe(AgentSession(**kwargs))
+
+    def agent(self, **kwargs: Any) -> Agent:
+        """An `Agent` with the configured instructions and tools (kwargs win)."""
+        kwargs.setdefault("instructions", self.config.model.instructions)
+        kwargs.setdefault("tools", self.tools())
+        return Agent(**kwargs)
+
+
+Entrypoint = Callable[[Job], Awaitable[None]]
+
+
+async def realtime_agent(job: Job) -> None:
+    """The stock entrypoint: the CR-configured Realtime agent."""
+    session = job.agent_session()
+    await session.start(agent=job.agent(), room=job.ctx.room)
+
+
+def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext], Awaitable[None]]:
+    settings = runtime.settings
+
+    async def job_main(ctx: JobContext) -> None:
+        job_id, room = ctx.job.id, ctx.job.room.name
+        identity = ""
+        with suppress(Exception):
+            identity = ctx.local_participant_identity
+        runtime.sessions.start(job_id, room, identity)
+        span = runtime.tracer.start_span("voicefleet.session") if runtime.tracer else None
+        if span is not None:
+            span.set_attributes({"lk.job_id": job_id, "lk.room_name": room})
+        ended = False
+
+        def end(outcome: str) -> None:
+            nonlocal ended
+            if ended:
+                return
+            ended = True
+            runtime.sessions.end(job_id, outcome)
+            if span is not None:
+                span.set_attribute("voicefleet.outcome", outcome)
+                span.end()
+
+        def on_close(outcome: str) -> None:
+            end(outcome)
+            ctx.shutdown(reason=f"session closed ({outcome})")
+
+        observer = SessionObserver(
+            metrics=runtime.metrics,
+            job_id=job_id,
+            room=room,
+            log_transcripts=settings.config.observability.logTranscripts,
+            received_at=getattr(ctx._info, "received_at", 0.0),
+            on_close=on_close,
+        )
+        observer.attach_room(ctx.room)
+
+        async def on_shutdown(reason: str) -> None:
+            end("completed")
+
+        ctx.add_shutdown_callback(on_shutdown)
+        log.info("session starting", extra={"job_id": job_id, "room": room})
+        try:
+            await entrypoint(Job(ctx, runtime, observer))
+        except Exception:
+            log.exception("session entrypoint failed", extra={"job_id": job_id, "room": room})
+            end("error")
+            ctx.shutdown(reason="entrypoint failed")
+
+    return job_main
+
+
+def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
+    s = runtime.settings
+    capacity = s.config.sessions.maxPerWorker
+
+    def load_fnc(server: AgentServer) -> float:
+        # the jobs livekit-agents runs, so its per-job estimate matches (see load.py)
+        return session_load(len(server.active_jobs), capacity)
+
+    server = AgentServer(
+        job_executor_type=JobExecutorType.THREAD,
+        load_threshold=LOAD_THRESHOLD,
+        drain_timeout=s.config.sessions.drainTimeoutSeconds,
+        num_idle_processes=idle_processes(capacity),
+        ws_url=s.livekit_url,
+        api_key=s.secrets.livekit_api_key,
+        api_secret=s.secrets.livekit_api_secret,
+        host=s.pod_ip,
+        port=s.health_port,
+        load_fnc=load_fnc,
+        log_level="INFO",
+    )
+    server.rtc_session(_job_main(runtime, entrypoint), agent_name=s.config.agentName)
+    return server
+
+
+async def watch_registration(server: AgentServer, metrics: WorkerMetrics) -> None:
+    """`voicefleet_worker_registered` and livekit reconnections. livekit-agents 1.8.9 emits
+    `worker_registered` on each (re)registration but nothing on a lost connection, so the
+    gauge follows the server's connection state (`_connecting`, `_connection_failed`)."""
+    registrations = 0
+
+    def on_registered(worker_id: str, *_: Any) -> None:
+        nonlocal registrations
+        registrations += 1
+        if registrations > 1:
+            metrics.reconnections.labels(link="livekit").inc()
+        metrics.registered.set(1)
+
+    server.on("worker_registered", on_registered)
+    try:
+        while True:
+            connected = (
+                registrations > 0
+                and not getattr(server, "_connecting", True)
+                and not getattr(server, "_connection_failed", False)
+            )
+            metrics.registered.set(1 if connected else 0)
+            await asyncio.sleep(REGISTRATION_POLL_S)
+    finally:
+        metrics.registered.set(0)
+
+
+async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
+    """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
+    from .endpoint import MetricsServer, make_app
+
+    s = runtime.settings
+    server = build_server(runtime, entrypoint)
+    endpoint = MetricsServer(make_app(runtime.metrics, runtime.sessions), s.pod_ip, s.metrics_port)
+    await endpoint.start()
+    log.info(
+        "voicefleet worker starting",
+        extra={
+            "agent_name": s.config.agentName,
+            "livekit_url": s.livekit_url,
+            "pod_ip": s.pod_ip,
+            "metrics_port": endpoint.port,
+            "health_port": s.health_port,
+            "capacity": s.config.sessions.maxPerWorker,
+        },
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting at once", extra={"signal": sig.name})
+            os._exit(1)
+        log.info("signal received: draining", extra={"signal": sig.name})
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    run_task = asyncio.create_task(server.run(devmode=False), name="agent_server")
+    watch_task = asyncio.create_task(watch_registration(server, runtime.metrics))
+    stop_task = asyncio.create_task(stop.wait())
+    code = 0
+    try:
+        await asyncio.wait({run_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if run_task.done():
+            exc = run_task.exception()
+            log.error("worker stopped: %s", exc or "the agent server returned")
+            code = 1
+        else:
+            await drain(server, runtime)
+    finally:
+        stop_task.cancel()
+        await server.aclose()
+        watch_task.cancel()
+        with suppress(asyncio.CancelledError):
+            await watch_task
+        if not run_task.done():
+            run_task.cancel()
+        with suppress(BaseException):
+            await run_task
+        await endpoint.aclose()
+        provider = trace.get_tracer_provider()
+        shutdown = getattr(provider, "shutdown", None)
+        if callable(shutdown):
+            with suppress(Exception):
+                shutdown()
+    log.info("voicefleet worker stopped", extra={"exit_code": code})
+    return code
+
+
+async def drain(server: AgentServer, runtime: Runtime) -> None:
+    """No new jobs; live sessions finish; give up after drainTimeoutSeconds."""
+    timeout = runtime.settings.config.sessions.drainTimeoutSeconds
+    runtime.sessions.set_draining()
+    log.info("draining", extra={"active_sessions": runtime.sessions.count(), "timeout": timeout})
+    try:
+        # livekit-agents treats a timeout of 0 as "no timeout"; 0 here means "do not wait"
+        await asyncio.wait_for(server.drain(timeout=None), timeout=max(timeout, 0.001))
+    except TimeoutError:
+        cut = runtime.sessions.end_all("drain_timeout")
+        log.warning("drain timed out", extra={"sessions_cut": cut})
+    else:
+        log.info("drained: no sessions left")

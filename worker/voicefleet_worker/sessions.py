@@ -1,0 +1,90 @@
+"""The sessions this worker serves now: one thread-safe registry behind `/sessions`,
+the session gauges and the drain outcome bookkeeping."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+
+from voicefleet_contract.sessions import RoomSession, SessionsReport
+
+from .metrics import WorkerMetrics
+
+
+@dataclass(frozen=True)
+class Session:
+    job_id: str
+    room: str
+    participant: str = ""
+    started_at: float = 0.0  # unix seconds: the agent joined (or the job started)
+
+
+class SessionRegistry:
+    def __init__(self, capacity: int, metrics: WorkerMetrics) -> None:
+        self.capacity = capacity
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._draining = False
+        metrics.capacity.set(capacity)
+        metrics.active_sessions.set(0)
+        metrics.draining.set(0)
+
+    def start(self, job_id: str, room: str, participant: str = "") -> Session:
+        s = Session(job_id=job_id, room=room, participant=participant, started_at=time.time())
+        with self._lock:
+            self._sessions[job_id] = s
+            self.metrics.active_sessions.set(len(self._sessions))
+        self.metrics.sessions_started.inc()
+        return s
+
+    def update(self, job_id: str, *, participant: str | None = None) -> None:
+        with self._lock:
+            s = self._sessions.get(job_id)
+            if s is not None and participant is not None:
+                self._sessions[job_id] = replace(s, participant=participant)
+
+    def end(self, job_id: str, outcome: str) -> Session | None:
+        """Record a session's end once; later calls for the same job are no-ops."""
+        with self._lock:
+            s = self._sessions.pop(job_id, None)
+            self.metrics.active_sessions.set(len(self._sessions))
+        if s is not None:
+            self.metrics.sessions_ended.labels(outcome=outcome).inc()
+            self.metrics.session_duration.observe(max(0.0, time.time() - s.started_at))
+        return s
+
+    def end_all(self, outcome: str) -> int:
+        with self._lock:
+            ids = list(self._sessions)
+        return sum(1 for j in ids if self.end(j, outcome) is not None)
+
+    def set_draining(self) -> None:
+        with self._lock:
+            self._draining = True
+        self.metrics.draining.set(1)
+
+    @property
+    def draining(self) -> bool:
+        with self._lock:
+            return self._draining
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def report(self) -> SessionsReport:
+        with self._lock:
+            rooms = tuple(
+                RoomSession(
+                    room=s.room, jobId=s.job_id, startedAt=s.started_at, participant=s.participant
+                )
+                for s in sorted(self._sessions.values(), key=lambda s: s.started_at)
+            )
+            return SessionsReport(
+                activeSessions=len(rooms),
+                capacity=self.capacity,
+                draining=self._draining,
+                rooms=rooms,
+            )
