@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
 from voicefleet_contract import metrics as spec
@@ -34,6 +40,9 @@ class WorkerMetrics:
     """Typed handles on every worker metric; `by_name` holds them all by contract name."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `*_created` series double the scrape and no dashboard reads them (process-wide
+        # switch; the worker process serves nothing else)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.by_name: dict[str, Any] = {s.name: _build(s, self.registry) for s in WORKER_METRICS}
         m = self.by_name

@@ -83,7 +83,9 @@ def realtime_kwargs(model: Model, *, api_key: str, base_url: str | None) -> dict
 class ObservedRealtimeModel(realtime.RealtimeModel):
     """`RealtimeModel` that reports each session it opens to `on_session`."""
 
-    def __init__(self, *, on_session: Callable[[llm.RealtimeSession[Any]], None], **kwargs: Any) -> None:
+    def __init__(
+        self, *, on_session: Callable[[llm.RealtimeSession[Any]], None], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._on_session = on_session
 

@@ -1,0 +1,48 @@
+"""Operator -> worker: the pod template the operator renders, resolved the way the kubelet
+does it (env, secretKeyRefs, the ConfigMap mount), is what the worker's loader accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from voicefleet_contract import HEALTH_PORT_NAME, METRICS_PORT_NAME, Env
+from voicefleet_operator.render import Owner, render_children
+from voicefleet_operator.settings import Settings as OperatorSettings
+from voicefleet_operator.spec import parse_spec
+from voicefleet_worker.config import load_settings
+
+from ..operator.test_contract import SECRETS, mounted_files, resolve_env
+from ..operator.util import full_spec, minimal_spec
+
+
+def test_worker_loads_the_rendered_pod(tmp_path: Path) -> None:
+    for i, raw in enumerate((minimal_spec(), full_spec())):
+        spec = parse_spec("support", "voice", raw)
+        c = render_children(spec, Owner("support", "voice", "u"), OperatorSettings())
+        configmaps = {c.configmap["metadata"]["name"]: c.configmap["data"]}
+        pod = c.deployment["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        env = resolve_env(container["env"], configmaps)
+        # the pod's filesystem: mounted files under a per-test root (as the node agent does)
+        root = tmp_path / str(i)
+        for path, text in mounted_files(pod, configmaps).items():
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        env[Env.CONFIG_FILE] = str(root / env[Env.CONFIG_FILE].lstrip("/"))
+
+        s = load_settings(env)
+        assert s.config == spec.config
+        assert s.pod_ip == "127.1.0.5"
+        assert s.livekit_url == spec.config.livekitURL
+        assert s.secrets.openai_api_key in {v for d in SECRETS.values() for v in d.values()}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert s.metrics_port == ports[METRICS_PORT_NAME]
+        assert s.health_port == ports[HEALTH_PORT_NAME]
+        # the probes hit the health server the worker binds (livekit-agents' GET /)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/", "port": HEALTH_PORT_NAME}
+        # the grace period covers the worker's drain
+        assert pod["spec"]["terminationGracePeriodSeconds"] > s.config.sessions.drainTimeoutSeconds
+        if spec.config.model.baseURL:
+            assert s.openai_base_url == spec.config.model.baseURL

@@ -1,0 +1,86 @@
+"""The metrics endpoint serves exactly the contract's worker metrics, and /sessions
+parses with the contract's own parser."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from voicefleet_contract.metrics import WORKER_METRICS
+from voicefleet_contract.sessions import parse_sessions
+from voicefleet_worker.endpoint import MetricsServer, make_app
+from voicefleet_worker.metrics import WorkerMetrics
+from voicefleet_worker.sessions import SessionRegistry
+
+
+def _families(text: str) -> dict[str, str]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        out[name] = fam.type
+    return out
+
+
+def test_metric_names_and_kinds_match_the_contract() -> None:
+    from prometheus_client import generate_latest
+
+    m = WorkerMetrics()
+    fams = _families(generate_latest(m.registry).decode())
+    assert fams == {s.name: s.kind for s in WORKER_METRICS}
+
+
+def test_histogram_buckets_and_labels_from_specs() -> None:
+    m = WorkerMetrics()
+    for s in WORKER_METRICS:
+        metric = m.by_name[s.name]
+        assert tuple(metric._labelnames) == s.labels
+        if s.kind == "histogram":
+            assert tuple(metric._upper_bounds[:-1]) == tuple(float(b) for b in s.buckets)
+
+
+def test_registry_counts_and_outcomes() -> None:
+    m = WorkerMetrics()
+    reg = SessionRegistry(3, m)
+    reg.start("j1", "room-1", "agent-j1")
+    reg.start("j2", "room-2")
+    reg.update("j2", participant="agent-j2")
+    v = m.registry.get_sample_value
+    assert v("voicefleet_worker_active_sessions") == 2
+    assert v("voicefleet_worker_capacity_sessions") == 3
+    assert reg.end("j1", "caller_gone") is not None
+    assert reg.end("j1", "completed") is None  # the first outcome wins
+    assert v("voicefleet_worker_sessions_ended_total", {"outcome": "caller_gone"}) == 1
+    assert v("voicefleet_worker_sessions_ended_total", {"outcome": "completed"}) == 0
+    reg.set_draining()
+    assert reg.end_all("drain_timeout") == 1
+    assert v("voicefleet_worker_sessions_ended_total", {"outcome": "drain_timeout"}) == 1
+    assert v("voicefleet_worker_draining") == 1
+    assert v("voicefleet_worker_sessions_started_total") == 2
+    assert v("voicefleet_worker_session_duration_seconds_count") == 2
+
+
+async def test_endpoint_serves_metrics_and_sessions() -> None:
+    m = WorkerMetrics()
+    reg = SessionRegistry(2, m)
+    reg.start("job-a", "room-a", "agent-a")
+    server = MetricsServer(make_app(m, reg), "127.0.0.1", 0)
+    await server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/sessions") as r:
+                assert r.status == 200
+                report = parse_sessions(json.loads(await r.text()))
+            async with http.get(f"{base}/metrics") as r:
+                assert r.status == 200
+                text = await r.text()
+    finally:
+        await server.aclose()
+    assert (report.activeSessions, report.capacity, report.draining) == (1, 2, False)
+    assert [(x.room, x.jobId, x.participant) for x in report.rooms] == [
+        ("room-a", "job-a", "agent-a")
+    ]
+    assert report.rooms[0].startedAt > 0
+    assert set(_families(text)) == {s.name for s in WORKER_METRICS}

@@ -1,0 +1,45 @@
+"""Shared helpers for worker tests: agent.json files and a worker environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from voicefleet_contract import Env
+
+SECRET = "a-livekit-secret-that-is-long-enough-1234"
+OPENAI_KEY = "sk-test-not-a-real-key-5678"
+
+
+def agent_config(**over: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "namespace": "voice",
+        "voiceAgent": "support",
+        "agentName": "support-agent",
+        "livekitURL": "ws://127.0.0.1:7880",
+        "sessions": {"maxPerWorker": 2, "drainTimeoutSeconds": 30},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def write_config(tmp: Path, cfg: dict[str, Any]) -> Path:
+    path = tmp / "agent.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def worker_env(config_path: Path, **over: str) -> dict[str, str]:
+    env = {
+        Env.CONFIG_FILE: str(config_path),
+        Env.LIVEKIT_URL: "ws://127.0.0.1:7880",
+        Env.LIVEKIT_API_KEY: "devkey",
+        Env.LIVEKIT_API_SECRET: SECRET,
+        Env.OPENAI_API_KEY: OPENAI_KEY,
+        Env.POD_IP: "127.0.0.1",
+        Env.METRICS_PORT: "0",
+        Env.HEALTH_PORT: "0",
+    }
+    env.update(over)
+    return env
