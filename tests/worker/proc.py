@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
 from voicefleet_contract import Env
 from voicefleet_contract.sessions import SessionsReport, parse_sessions
 from voicefleet_testbed.ports import free_port

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from voicefleet_contract import Env
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
