@@ -114,6 +114,10 @@ class SessionObserver:
 
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
+            if self.turns.agent_speaking:
+                # the caller talks over the agent's answer (the model's VAD): with
+                # interruptResponse the answer is cut short
+                self.metrics.interruptions.inc()
             self.turns.user_started()
         elif ev.old_state == "speaking" and ev.new_state == "listening":
             self.turns.user_stopped(ev.created_at)
@@ -122,8 +126,6 @@ class SessionObserver:
         item = ev.item
         if not isinstance(item, llm.ChatMessage):
             return
-        if item.role == "assistant" and item.interrupted:
-            self.metrics.interruptions.inc()
         if self.log_transcripts:
             log.info(
                 "transcript",

@@ -1,0 +1,289 @@
+"""End to end: real LiveKit, real WebRTC callers, worker processes, the Realtime stand-in
+(the one double). Each test names its own agent and stand-in scenario, so workers of
+other tests are never dispatched to its rooms."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from voicefleet_contract.metrics import WORKER_METRICS
+from voicefleet_testbed.caller import Caller
+from voicefleet_testbed.realtime import StandInClient
+from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+
+from .proc import WorkerProc, worker_proc
+from .test_integration import livekit_env
+from .util import agent_config
+
+pytestmark = [pytest.mark.livekit, pytest.mark.slow]
+
+MODEL_DELAY_MS = 200
+SILENCE_MS = 300
+
+
+async def until(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `check()` (sync) until truthy; fail naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class ToolEndpoint:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.url = ""
+
+
+@pytest.fixture(scope="module")
+async def tool_endpoint() -> AsyncIterator[ToolEndpoint]:
+    ep = ToolEndpoint()
+
+    async def lookup(req: web.Request) -> web.Response:
+        body = await req.json()
+        ep.calls.append({"args": body, "room": req.headers.get("X-Voicefleet-Room")})
+        return web.json_response({"status": "shipped", "orderId": body.get("orderId")})
+
+    app = web.Application()
+    app.router.add_post("/lookup", lookup)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    ep.url = f"http://127.0.0.1:{runner.addresses[0][1]}/lookup"
+    yield ep
+    await runner.cleanup()
+
+
+class Agent:
+    """One agent name, its stand-in scenario and its worker processes."""
+
+    def __init__(self, stack: Stack, directory: Path, tool_url: str, max_per_worker: int) -> None:
+        self.stack = stack
+        self.dir = directory
+        self.name = f"e2e-{uuid.uuid4().hex[:6]}"
+        self.standin = StandInClient(stack.realtime_url, scenario=self.name)
+        self.config = agent_config(
+            agentName=self.name,
+            livekitURL=stack.livekit_url,
+            model={
+                "instructions": "You are a test agent.",
+                "turnDetection": {"type": "server_vad", "silenceDurationMs": SILENCE_MS},
+            },
+            tools=[
+                {
+                    "name": "lookup_order",
+                    "description": "Look up an order by id",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"orderId": {"type": "string"}},
+                        "required": ["orderId"],
+                    },
+                    "url": tool_url,
+                    "timeoutSeconds": 5,
+                }
+            ],
+            sessions={"maxPerWorker": max_per_worker, "drainTimeoutSeconds": 120},
+        )
+        self.workers: list[WorkerProc] = []
+
+    def worker(self) -> WorkerProc:
+        w = worker_proc(
+            self.dir / f"w{len(self.workers)}",
+            self.config,
+            livekit_env(self.stack),
+            OPENAI_BASE_URL=self.standin.base_url,
+        )
+        self.workers.append(w)
+        w.start()
+        return w
+
+    def caller(self, room: str | None = None) -> Caller:
+        return Caller(
+            self.stack.livekit_url,
+            LIVEKIT_KEY,
+            self.stack.livekit_secret,
+            room=room or f"{self.name}-{uuid.uuid4().hex[:6]}",
+            agent_name=self.name,
+        )
+
+    def kill(self) -> None:
+        for w in self.workers:
+            w.kill()
+
+
+@pytest.fixture
+def make_agent(stack: Stack, tmp_path: Path, tool_endpoint: ToolEndpoint) -> Iterator[Any]:
+    agents: list[Agent] = []
+
+    def make(max_per_worker: int = 2) -> Agent:
+        a = Agent(stack, tmp_path / f"a{len(agents)}", tool_endpoint.url, max_per_worker)
+        agents.append(a)
+        return a
+
+    yield make
+    for a in agents:
+        a.kill()
+
+
+async def _joined(caller: Caller, timeout: float = 30) -> None:
+    await caller.connect()
+    assert await caller.wait_agent(timeout), "no agent joined the room"
+
+
+def _sessions_rooms(w: WorkerProc) -> set[str]:
+    return {r.room for r in w.sessions().rooms}
+
+
+async def test_call_turns_interruption_tool_reconnect_and_metrics(
+    make_agent: Any, tool_endpoint: ToolEndpoint
+) -> None:
+    agent: Agent = make_agent()
+    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=1200)
+    w = agent.worker()
+    await asyncio.to_thread(w.wait_registered)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        # the worker reports the room and the agent's identity
+        report = await until(
+            lambda: w.sessions().activeSessions == 1 and w.sessions(), 10, "/sessions"
+        )
+        assert report.rooms[0].room == caller.room_name
+        assert report.rooms[0].participant in caller.agents
+
+        # a turn: the caller speaks, the agent answers with audio
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the agent never answered"
+        overhead = turn.latency_s - (SILENCE_MS + MODEL_DELAY_MS) / 1000
+        print(
+            f"\nturn latency {turn.latency_s * 1000:.0f} ms; minus VAD silence and model delay: {overhead * 1000:.0f} ms"
+        )
+        assert 0 < turn.latency_s < 10  # sanity only
+        await until(
+            lambda: w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1,
+            10,
+            "turn latency observed",
+        )
+
+        # interruption: a long answer, the caller talks over it, the agent stops
+        await agent.standin.configure(responseMs=6000)
+        await caller.speak_turn(1.0)
+        assert await caller.wait_agent_audio(20) is not None
+        stopped = await caller.interrupt(0.8, timeout=10)
+        assert stopped is not None, "the agent kept talking over the caller"
+        await until(
+            lambda: w.metric("voicefleet_worker_interruptions_total") >= 1,
+            15,
+            "interruption counted",
+        )
+        await caller.wait_agent_quiet(30)
+        await agent.standin.configure(responseMs=1200)
+
+        # a tool call reaches the local HTTP endpoint with the model's arguments
+        before = len(tool_endpoint.calls)
+        await agent.standin.configure(
+            nextToolCall={"name": "lookup_order", "arguments": {"orderId": "A-17"}}
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None
+        await until(lambda: len(tool_endpoint.calls) > before, 10, "tool endpoint called")
+        call = tool_endpoint.calls[-1]
+        assert call == {"args": {"orderId": "A-17"}, "room": caller.room_name}
+        stats = await agent.standin.stats()
+        assert any("shipped" in o.get("output", "") for o in stats["functionOutputs"]), stats[
+            "functionOutputs"
+        ]
+        assert w.metric('voicefleet_worker_tool_calls_total{outcome="ok",tool="lookup_order"}') == 1
+
+        # the stand-in drops the Realtime connection: the session reconnects and goes on
+        await agent.standin.configure(dropNow=True)
+        await until(
+            lambda: w.metric('voicefleet_worker_reconnections_total{link="realtime"}') >= 1,
+            30,
+            "realtime reconnection counted",
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "no answer after the Realtime reconnection"
+    finally:
+        await caller.close()
+
+    await until(lambda: w.sessions().activeSessions == 0, 20, "session ended")
+    m = w.metrics()
+    assert m['voicefleet_worker_sessions_ended_total{outcome="completed"}'] == 1
+    assert m["voicefleet_worker_sessions_started_total"] == 1
+    assert m["voicefleet_worker_dispatch_latency_seconds_count"] == 1
+    assert m["voicefleet_worker_model_first_audio_seconds_count"] >= 1
+    assert m["voicefleet_worker_session_duration_seconds_count"] == 1
+    assert m["voicefleet_worker_registered"] == 1
+    names = {k.split("{")[0] for k in m}
+    for spec in WORKER_METRICS:
+        base = spec.name
+        assert base in names or f"{base}_count" in names, f"{base} missing from /metrics"
+
+
+async def test_full_worker_refuses_and_another_worker_serves(make_agent: Any) -> None:
+    agent: Agent = make_agent(max_per_worker=2)
+    a = agent.worker()
+    await asyncio.to_thread(a.wait_registered)
+    callers = [agent.caller() for _ in range(3)]
+    try:
+        for c in callers[:2]:
+            await _joined(c)
+        await until(lambda: a.sessions().activeSessions == 2, 15, "worker A full")
+        assert a.health() == 200  # full is not unhealthy: the worker stays Ready
+        b = agent.worker()
+        await asyncio.to_thread(b.wait_registered)
+        await _joined(callers[2])
+        await until(
+            lambda: callers[2].room_name in _sessions_rooms(b), 15, "worker B serves the third call"
+        )
+        assert _sessions_rooms(a) == {c.room_name for c in callers[:2]}
+        assert a.sessions().activeSessions == 2
+    finally:
+        for c in callers:
+            await c.close()
+
+
+async def test_sigterm_drains_live_sessions_then_exits(make_agent: Any) -> None:
+    agent: Agent = make_agent(max_per_worker=4)
+    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=800)
+    a = agent.worker()
+    await asyncio.to_thread(a.wait_registered)
+    live = agent.caller()
+    late = agent.caller()
+    try:
+        await _joined(live)
+        await until(lambda: a.sessions().activeSessions == 1, 15, "live session")
+        b = agent.worker()
+        await asyncio.to_thread(b.wait_registered)
+
+        a.terminate()
+        await until(lambda: a.sessions().draining, 10, "worker A draining")
+        assert a.health() == 200
+        # a new call goes to B, never to the draining A
+        await _joined(late)
+        await until(lambda: late.room_name in _sessions_rooms(b), 15, "B serves the new call")
+        assert _sessions_rooms(a) == {live.room_name}
+        # the live call goes on
+        turn = await live.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the draining worker stopped answering"
+        assert a.alive()
+    finally:
+        await live.close()
+    # the last session ended: A exits cleanly
+    assert await asyncio.to_thread(a.wait, 30) == 0
+    log = a.log.read_text()
+    assert "drained: no sessions left" in log
+    await late.close()
