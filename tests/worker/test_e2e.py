@@ -287,3 +287,53 @@ async def test_sigterm_drains_live_sessions_then_exits(make_agent: Any) -> None:
     log = a.log.read_text()
     assert "drained: no sessions left" in log
     await late.close()
+
+
+async def test_drain_timeout_cuts_sessions_and_exits(make_agent: Any) -> None:
+    agent: Agent = make_agent()
+    agent.config["sessions"]["drainTimeoutSeconds"] = 2
+    a = agent.worker()
+    await asyncio.to_thread(a.wait_registered)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        await until(lambda: a.sessions().activeSessions == 1, 15, "live session")
+        a.terminate()
+        assert await asyncio.to_thread(a.wait, 60) == 0
+    finally:
+        await caller.close()
+    assert "drain timed out" in a.log.read_text()
+
+
+async def test_custom_agent_example_runs_on_the_runtime(make_agent: Any) -> None:
+    """examples/custom-agent: custom code, same config, load, /sessions and metrics."""
+    agent: Agent = make_agent()
+    example = Path(__file__).resolve().parents[2] / "examples" / "custom-agent" / "my_agent.py"
+    w = worker_proc(
+        agent.dir / "custom",
+        agent.config,
+        livekit_env(agent.stack),
+        OPENAI_BASE_URL=agent.standin.base_url,
+    )
+    w.args = [str(example)]
+    agent.workers.append(w)
+    w.start()
+    await asyncio.to_thread(w.wait_registered)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        # the example greets the caller first
+        await caller.changes.wait_for(lambda: caller.report.first_audio_s is not None, 20)
+        assert caller.report.first_audio_s is not None, "no greeting from the custom agent"
+        report = w.sessions()
+        assert report.activeSessions == 1 and report.rooms[0].room == caller.room_name
+        # livekit-agents ignores the caller for its first 3 s of speech (AEC warm-up),
+        # so speech over the greeting would go unheard: let the greeting finish
+        assert await caller.wait_agent_quiet(20)
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, await agent.standin.stats()
+    finally:
+        await caller.close()
+    await until(lambda: w.sessions().activeSessions == 0, 20, "session ended")
+    assert w.metric('voicefleet_worker_sessions_ended_total{outcome="completed"}') == 1
+    assert w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1
