@@ -38,7 +38,7 @@ def run(entrypoint: Entrypoint | None = None, env: Mapping[str, str] | None = No
     """
     settings = load_or_exit(env)
     setup_logging(settings.log_format, secrets=settings.secrets.values())
-    runtime = Runtime(settings, tracer=setup_tracing(settings))
+    runtime = Runtime(settings, tracer_provider=setup_tracing(settings))
     code = asyncio.run(serve(runtime, entrypoint or realtime_agent))
     sys.exit(code)
 

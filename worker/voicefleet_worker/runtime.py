@@ -25,6 +25,7 @@ from typing import Any
 from livekit.agents import AgentServer, JobContext, JobExecutorType, llm
 from livekit.agents.voice import Agent, AgentSession
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from .config import Settings
 from .load import LOAD_THRESHOLD, idle_processes, session_load
@@ -45,10 +46,13 @@ class Runtime:
 
     settings: Settings
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-    tracer: trace.Tracer | None = None
+    tracer_provider: TracerProvider | None = None
     sessions: SessionRegistry = field(init=False)
+    tracer: trace.Tracer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        if self.tracer_provider is not None:
+            self.tracer = self.tracer_provider.get_tracer("voicefleet.worker")
         self.sessions = SessionRegistry(self.settings.config.sessions.maxPerWorker, self.metrics)
         for t in self.settings.config.tools:
             self.metrics.init_tool(t.name)
@@ -278,11 +282,9 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
         with suppress(BaseException):
             await run_task
         await endpoint.aclose()
-        provider = trace.get_tracer_provider()
-        shutdown = getattr(provider, "shutdown", None)
-        if callable(shutdown):
+        if runtime.tracer_provider is not None:
             with suppress(Exception):
-                shutdown()
+                await asyncio.to_thread(runtime.tracer_provider.shutdown)
     log.info("voicefleet worker stopped", extra={"exit_code": code})
     return code
 

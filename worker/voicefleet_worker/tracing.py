@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import logging
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -21,7 +20,7 @@ from .config import Settings
 log = logging.getLogger("voicefleet.worker")
 
 
-def setup_tracing(settings: Settings) -> trace.Tracer | None:
+def setup_tracing(settings: Settings) -> TracerProvider | None:
     if not settings.otlp_endpoint:
         return None
     try:
@@ -49,4 +48,4 @@ def setup_tracing(settings: Settings) -> trace.Tracer | None:
     # the exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and _HEADERS) itself
     provider.add_span_processor(BatchSpanProcessor(exporter_mod.OTLPSpanExporter()))
     telemetry.set_tracer_provider(provider, allow_pii=cfg.observability.logTranscripts)
-    return provider.get_tracer("voicefleet.worker")
+    return provider
