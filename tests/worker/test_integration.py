@@ -44,6 +44,13 @@ def test_registers_serves_and_exits_cleanly_on_sigterm(worker: WorkerProc, stack
     assert "registered worker" in log
     assert stack.livekit_secret not in log  # secrets never reach the logs
 
+    # memory stays modest: one interpreter, job threads, no local inference models
+    assert worker.proc is not None
+    status = Path(f"/proc/{worker.proc.pid}/status").read_text()
+    rss_mb = int(status.split("VmRSS:")[1].split()[0]) / 1024
+    print(f"\nidle worker RSS {rss_mb:.0f} MB")
+    assert rss_mb < 300
+
     worker.terminate()
     assert worker.wait(timeout=30) == 0
     assert "drained: no sessions left" in worker.log.read_text()

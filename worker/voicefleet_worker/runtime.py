@@ -38,6 +38,11 @@ from .tools import HEADER_JOB, HEADER_ROOM, make_tools
 log = logging.getLogger("voicefleet.worker")
 
 REGISTRATION_POLL_S = 0.5
+# livekit-agents' warm-up loads its local VAD and end-of-turn model (~250 MB) in every
+# process without a multiprocessing parent, which includes a thread-executor worker. The
+# Realtime model detects turns server-side, so the worker skips them (160 MB instead of
+# 410 MB idle). A custom agent using the local turn detector can set the variable to 1.
+PRELOAD_LOCAL_INFERENCE_ENV = "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"
 
 
 @dataclass
@@ -175,6 +180,7 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
 def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
     s = runtime.settings
     capacity = s.config.sessions.maxPerWorker
+    os.environ.setdefault(PRELOAD_LOCAL_INFERENCE_ENV, "0")
 
     def load_fnc(server: AgentServer) -> float:
         # the jobs livekit-agents runs, so its per-job estimate matches (see load.py)
