@@ -84,6 +84,7 @@ class Connection:
         self, type_: str, code: str, message: str, event_id: str | None = None
     ) -> None:
         self.stats.errors_sent += 1
+        self.stats.errors[:] = [*self.stats.errors[-49:], {"code": code, "message": message}]
         await self.send(p.error(type_, code, message, event_id))
 
     async def drop(self, mode: str = "abort") -> None:
