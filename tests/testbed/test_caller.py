@@ -229,3 +229,33 @@ async def test_run_callers_summary(
     assert summary.ok(), s
     assert s["calls"] == 2 and s["answered"] == 4 and s["agentJoined"] == 2
     assert 0.2 <= s["latency"]["p50"] < 3.0
+
+
+async def test_cli_prints_turns_and_a_summary(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    import json
+    import os
+    import sys
+
+    prefix = f"cli-{uuid.uuid4().hex[:6]}"
+    cleanup(await EchoAgent(stack, f"{prefix}-0", delay_s=0.2, answer_s=0.5).start())
+    env = {**os.environ, **{k: v for k, v in stack.env().items() if k.startswith("LIVEKIT_")}}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "voicefleet_testbed.caller",
+        "--agent=echo",
+        "--callers=1",
+        "--turns=2",
+        "--speech-seconds=0.8",
+        f"--room-prefix={prefix}",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert f"{prefix}-0 turn 1: latency " in text and f"{prefix}-0 turn 2: latency " in text
+    summary = json.loads(text[text.index("{") :])
+    assert summary["answered"] == 2 and summary["dropped"] == 0
