@@ -133,6 +133,10 @@ class Stack:
     @property
     def realtime_url(self) -> str:
         """The Realtime API stand-in's control URL (`/control`, `/stats`, `/s/<scenario>/...`)."""
+        if "realtime" not in self.state.ports:
+            raise RuntimeError(
+                f"the stack in {self.dir} predates the Realtime stand-in: make down && make up"
+            )
         return f"http://127.0.0.1:{self.state.ports['realtime']}"
 
     def openai_base_url(self, scenario: str | None = None) -> str:

@@ -81,6 +81,7 @@ class Caller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._speech_end: float | None = None
         self._turn: TurnResult | None = None
+        self._heard: set[str] = set()  # agent audio tracks being metered
 
     # --- tokens and dispatch ---------------------------------------------------------------
     def token(self) -> str:
@@ -189,7 +190,10 @@ class Caller:
     def _on_track_subscribed(
         self, track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
     ) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO and self._is_agent(p):
+        # the event and connect() may both report a track: meter it once
+        audio = track.kind == rtc.TrackKind.KIND_AUDIO
+        if audio and self._is_agent(p) and track.sid not in self._heard:
+            self._heard.add(track.sid)
             self._spawn(self._listen(track))
 
     async def _listen(self, track: rtc.Track) -> None:

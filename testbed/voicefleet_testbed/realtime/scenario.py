@@ -38,6 +38,7 @@ class Stats:
     audio_in_ms: float = 0.0
     audio_out_ms: float = 0.0
     errors_sent: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)  # the last 50 sent
     function_calls: list[dict[str, str]] = field(default_factory=list)
     function_outputs: list[dict[str, str]] = field(default_factory=list)
     client_events: Counter[str] = field(default_factory=Counter)
@@ -62,6 +63,7 @@ class Stats:
             "audioInMs": round(self.audio_in_ms),
             "audioOutMs": round(self.audio_out_ms),
             "errorsSent": self.errors_sent,
+            "errors": list(self.errors),
             "functionCalls": list(self.function_calls),
             "functionOutputs": list(self.function_outputs),
             "clientEvents": dict(self.client_events),

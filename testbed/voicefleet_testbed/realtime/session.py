@@ -84,6 +84,8 @@ class Connection:
         self, type_: str, code: str, message: str, event_id: str | None = None
     ) -> None:
         self.stats.errors_sent += 1
+        log.info("scenario %s: error event %s: %s", self.scenario.name, code, message)
+        self.stats.errors[:] = [*self.stats.errors[-49:], {"code": code, "message": message}]
         await self.send(p.error(type_, code, message, event_id))
 
     async def drop(self, mode: str = "abort") -> None:
@@ -92,6 +94,7 @@ class Connection:
             return
         self._closed = True
         self.scenario.dropped()
+        log.info("scenario %s: dropping a connection (%s)", self.scenario.name, mode)
         if self.response is not None:
             self.response.cancel("dropped")
         if mode == "close":
@@ -102,6 +105,8 @@ class Connection:
     # --- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
         self.scenario.opened(self)
+        peer = self.request.remote
+        log.info("scenario %s: connection from %s opened", self.scenario.name, peer)
         try:
             await self.send(p.event("session.created", session=self.session))
             async for msg in self.ws:
@@ -118,6 +123,7 @@ class Connection:
             if self.response is not None:
                 self.response.cancel("connection closed")
             self.scenario.closed(self)
+            log.info("scenario %s: connection from %s closed", self.scenario.name, peer)
 
     async def handle(self, ev: dict[str, Any]) -> None:
         kind = str(ev.get("type"))
