@@ -216,6 +216,16 @@ async def test_call_turns_interruption_tool_reconnect_and_metrics(
         )
         turn = await caller.turn(1.0, timeout=20)
         assert turn.latency_s is not None, "no answer after the Realtime reconnection"
+
+        # the model reports an error: counted, and the session goes on
+        await agent.standin.configure(errorNow=True)
+        await until(
+            lambda: w.metric('voicefleet_worker_model_errors_total{recoverable="true"}') >= 1,
+            15,
+            "model error counted",
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "no answer after a model error"
     finally:
         await caller.close()
 
