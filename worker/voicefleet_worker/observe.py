@@ -44,7 +44,8 @@ def session_outcome(close_reason: str, caller_disconnect_reason: int | None) -> 
 
 @dataclass
 class TurnTimer:
-    """Turn latency: the caller stopped speaking (the model's VAD) -> first agent audio.
+    """Turn latency: the caller stopped speaking (the model's VAD) -> first agent audio;
+    and interruptions: the agent's audio stops while the caller is speaking.
 
     Only a speaking start that follows a caller's stop counts (an agent's greeting or a
     second answer to the same turn has no turn latency).
@@ -52,11 +53,14 @@ class TurnTimer:
 
     user_stopped_at: float | None = None
     agent_speaking: bool = False
+    user_speaking: bool = False
 
     def user_stopped(self, at: float) -> None:
+        self.user_speaking = False
         self.user_stopped_at = at
 
     def user_started(self) -> None:
+        self.user_speaking = True
         self.user_stopped_at = None
 
     def agent_started(self, at: float) -> float | None:
@@ -66,8 +70,11 @@ class TurnTimer:
             return None
         return at - stopped
 
-    def agent_stopped(self) -> None:
-        self.agent_speaking = False
+    def agent_stopped(self) -> bool:
+        """The agent stopped speaking; True when it was cut short by the caller (the
+        caller is speaking as the agent's audio stops)."""
+        was, self.agent_speaking = self.agent_speaking, False
+        return was and self.user_speaking
 
 
 @dataclass
@@ -109,15 +116,12 @@ class SessionObserver:
             if latency is not None:
                 self.metrics.turn_latency.observe(latency)
                 log.info("turn", extra=self._extra(turn_latency=round(latency, 4)))
-        elif ev.old_state == "speaking":
-            self.turns.agent_stopped()
+        elif ev.old_state == "speaking" and self.turns.agent_stopped():
+            self.metrics.interruptions.inc()
+            log.info("interrupted by the caller", extra=self._extra())
 
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
-            if self.turns.agent_speaking:
-                # the caller talks over the agent's answer (the model's VAD): with
-                # interruptResponse the answer is cut short
-                self.metrics.interruptions.inc()
             self.turns.user_started()
         elif ev.old_state == "speaking" and ev.new_state == "listening":
             self.turns.user_stopped(ev.created_at)
