@@ -347,3 +347,25 @@ async def test_custom_agent_example_runs_on_the_runtime(make_agent: Any) -> None
     await until(lambda: w.sessions().activeSessions == 0, 20, "session ended")
     assert w.metric('voicefleet_worker_sessions_ended_total{outcome="completed"}') == 1
     assert w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1
+
+
+async def test_unreachable_model_ends_the_session_as_error_and_the_worker_lives(
+    make_agent: Any,
+) -> None:
+    agent: Agent = make_agent()
+    await agent.standin.configure(refuseConnections=1000)
+    w = agent.worker()
+    await asyncio.to_thread(w.wait_registered)
+    caller = agent.caller()
+    try:
+        await caller.connect()
+        await until(
+            lambda: w.metric('voicefleet_worker_sessions_ended_total{outcome="error"}') == 1,
+            90,
+            "the session ended as an error",
+        )
+        assert w.sessions().activeSessions == 0
+        assert w.health() == 200 and w.metric("voicefleet_worker_registered") == 1
+        assert w.alive()
+    finally:
+        await caller.close()

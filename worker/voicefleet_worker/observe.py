@@ -16,6 +16,7 @@ from livekit.agents.voice.events import (
     AgentStateChangedEvent,
     CloseEvent,
     ConversationItemAddedEvent,
+    ErrorEvent,
     UserStateChangedEvent,
 )
 
@@ -103,6 +104,7 @@ class SessionObserver:
         session.on("user_state_changed", self._on_user_state)
         session.on("conversation_item_added", self._on_item)
         session.on("close", self._on_close)
+        session.on("error", self._on_session_error)
 
     def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
         if self.ready_at is None and ev.new_state in ("listening", "thinking", "speaking"):
@@ -135,6 +137,15 @@ class SessionObserver:
                 "transcript",
                 extra=self._extra(role=item.role, text=item.text_content or ""),
             )
+
+    def _on_session_error(self, ev: ErrorEvent) -> None:
+        # An unrecoverable error closes the AgentSession, but livekit-agents 1.8.9 may
+        # raise out of that close (the Realtime connection error again) and never emit
+        # `close`: end the session here so the job does not linger with a dead model.
+        if getattr(ev.error, "recoverable", True) is False:
+            log.error("session failed", extra=self._extra(error=str(ev.error)[:300]))
+            if self.on_close is not None:
+                self.on_close("error")
 
     def _on_close(self, ev: CloseEvent) -> None:
         reason = ev.reason.value if hasattr(ev.reason, "value") else str(ev.reason)
