@@ -27,6 +27,8 @@ from livekit.agents.voice import Agent, AgentSession
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from voicefleet_contract.config import AgentConfig
+
 from .config import Settings
 from .load import LOAD_THRESHOLD, idle_processes, session_load
 from .metrics import WorkerMetrics
@@ -77,7 +79,7 @@ class Job:
         return self.runtime.settings
 
     @property
-    def config(self) -> Any:
+    def config(self) -> AgentConfig:
         return self.runtime.settings.config
 
     def realtime_model(self, **overrides: Any) -> ObservedRealtimeModel:
