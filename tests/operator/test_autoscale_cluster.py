@@ -148,13 +148,14 @@ def test_unanswering_worker_counts_as_full_and_blocks_scale_down(
     operator: OperatorProcess, kube: Kube, namespace: str
 ) -> None:
     secrets(kube, namespace)
-    kube.create(voiceagent("hang", namespace, spec(window=2, bufferSessions=0)))
+    kube.create(voiceagent("hang", namespace, spec(window=2, bufferSessions=1)))
     (first,) = wait_for(lambda: n_ready(kube, namespace, "hang", 1), 90, "one ready worker")
-    control(first, activeSessions=4)
+    control(first, activeSessions=4)  # 4 + 1 buffer at 4 per worker need 2
     wait_for(lambda: n_ready(kube, namespace, "hang", 2), 60, "scale up to 2")
 
     # The busy worker's metrics endpoint hangs and its sessions "drop" to zero behind it:
-    # the autoscaler cannot know, so it must keep counting it as full (4 sessions).
+    # the autoscaler cannot know, so it must keep counting it as full (4 sessions + 1
+    # buffer still need 2 workers; counted as empty, 1 would do).
     control(first, activeSessions=0, hang=True)
 
     def unanswered() -> dict[str, Any] | None:
@@ -181,7 +182,7 @@ def test_max_replicas_limits_and_is_reported(
     secrets(kube, namespace)
     kube.create(voiceagent("cap", namespace, spec(maxReplicas=2, bufferSessions=0)))
     (first,) = wait_for(lambda: n_ready(kube, namespace, "cap", 1), 90, "one ready worker")
-    control(first, activeSessions=4)
+    control(first, activeSessions=5)
     pods = wait_for(lambda: n_ready(kube, namespace, "cap", 2), 60, "scale up to 2")
     for p in pods:
         control(p, activeSessions=4)  # 8 sessions need 2; 12 would need 3 > max
