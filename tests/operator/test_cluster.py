@@ -193,8 +193,20 @@ def test_drift_is_repaired(operator: OperatorProcess, kube: Kube, namespace: str
         lambda: kube.get("v1", "ConfigMap", "drift-config", namespace), 30, "ConfigMap recreated"
     )
     wait_for(lambda: ready(kube, namespace, "drift"), 90, "Ready again")
-    reasons = {e["reason"] for e in events(kube, namespace, "drift")}
-    assert {"DriftRepaired", "Recreated"} <= reasons
+
+    # kopf posts Events in the background: wait for them rather than read once.
+    def reported() -> dict[str, list[str]] | None:
+        by_reason: dict[str, list[str]] = {}
+        for e in events(kube, namespace, "drift"):
+            by_reason.setdefault(e["reason"], []).append(e["message"])
+        return by_reason if {"DriftRepaired", "Recreated"} <= set(by_reason) else None
+
+    by_reason = wait_for(reported, 30, "DriftRepaired and Recreated events")
+    # The deleted Deployment and the deleted ConfigMap are each reported as re-created,
+    # never as a first creation (one Created event, from the VoiceAgent's creation).
+    recreated = " ".join(by_reason["Recreated"])
+    assert "Deployment drift" in recreated and "ConfigMap drift-config" in recreated
+    assert len(by_reason.get("Created", [])) == 1, by_reason
 
 
 def test_scale_subresource_in_mode_none(
