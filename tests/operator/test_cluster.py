@@ -12,13 +12,16 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from voicefleet_contract import ANNOTATION_CONFIG_HASH, API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
 
 from .cluster import (
     CRASH_IMAGE,
+    REPO,
     OperatorProcess,
     condition,
     get_va,
@@ -106,6 +109,37 @@ def test_apply_creates_owned_children_and_becomes_ready(
     assert row[:4] == ["support", "support", "1/1", "0/10"]
     assert any(e["reason"] == "Created" for e in events(kube, namespace, "support"))
     assert 'voiceagent="support"' in operator.metrics()
+
+
+def test_the_example_becomes_ready_as_is(
+    operator: OperatorProcess, stack: Stack, kube: Kube, namespace: str
+) -> None:
+    """examples/voiceagent.yaml, applied as a user would (`kubectl apply -n`), becomes
+    Ready. Its LiveKit credentials are the testbed's own (devkey and the fixed dev
+    secret); the only substitution is the LiveKit URL, because a test stack takes a free
+    port where `make up` puts LiveKit on 7880. The workers run the fake worker (the
+    operator's --default-image here), which loads the rendered agent.json."""
+    text = (REPO / "examples" / "voiceagent.yaml").read_text()
+    assert "ws://127.0.0.1:7880" in text
+    docs = list(yaml.safe_load_all(text.replace("ws://127.0.0.1:7880", stack.livekit_url)))
+    for d in docs:
+        kube.create(d, namespace=namespace)
+    (va,) = [d for d in docs if d["kind"] == KIND]
+    secret = next(
+        d for d in docs if d["metadata"]["name"] == va["spec"]["livekit"]["credentialsSecret"]
+    )
+    assert secret["stringData"] == {"apiKey": "devkey", "apiSecret": stack.livekit_secret}
+    name = va["metadata"]["name"]
+    got = wait_for(lambda: ready(kube, namespace, name), 90, "the example Ready")
+    assert got["status"]["agentName"] == va["spec"]["agentName"]
+    assert got["status"]["readyReplicas"] >= va["spec"]["autoscaling"]["minReplicas"]
+    dep = kube.get("apps/v1", "Deployment", name, namespace)
+    assert dep is not None
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LIVEKIT_URL"]["value"] == stack.livekit_url
+    assert (
+        env["LIVEKIT_API_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    )
 
 
 def test_instructions_change_rolls_without_dropping_ready_workers(
