@@ -232,6 +232,9 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
         "v1",
         "pods",
         labels={LABEL_NAME: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY},
+        # kopf passes an index by its id, which defaults to the qualified name
+        # (register_autoscaler.<locals>.worker_pods): name it explicitly.
+        id="worker_pods",
         registry=registry,
     )
     def worker_pods(
@@ -245,7 +248,12 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
         return index_pod(namespace, name, labels, status, meta)
 
     @kopf.index(
-        "apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry
+        "apps",
+        "v1",
+        "deployments",
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
+        id="deployment_replicas",
+        registry=registry,
     )
     def deployment_replicas(
         namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any

@@ -140,6 +140,13 @@ def test_the_example_becomes_ready_as_is(
     assert (
         env["LIVEKIT_API_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
     )
+    # Its autoscaling mode is builtin: the autoscaler's daemon decides and reports.
+    wait_for(
+        lambda: (get_va(kube, namespace, name) or {}).get("status", {}).get("autoscaler", {}).get("mode") == "builtin",
+        30,
+        "the built-in autoscaler's status",
+    )  # fmt: skip
+    assert "Traceback" not in operator.tail(400), operator.tail(400)
 
 
 def test_instructions_change_rolls_without_dropping_ready_workers(
