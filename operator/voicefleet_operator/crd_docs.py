@@ -339,6 +339,9 @@ def render(crd: Schema) -> str:
         "| `Scaled` | Normal | the built-in autoscaler changed the worker count |",
         "| the problem's reason | Warning | a problem appeared or changed (once, not repeated) |",
         "| `Resolved` | Normal | the problem went away |",
+        "| `WorkersFailing`, `ProgressDeadlineExceeded` | Warning | workers crash-loop, cannot "
+        "pull their image, or a rollout stalls (once per reason) |",
+        "| `Recovered` | Normal | the workers stopped failing |",
         "",
     ]
     return "\n".join(out)

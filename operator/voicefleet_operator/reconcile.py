@@ -113,6 +113,28 @@ def _problem_events(previous: Mapping[str, Any], problem: Problem | None) -> lis
     return []
 
 
+def _degraded_events(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Event]:
+    """Warn when the workers start failing (crash loop, image pull, a stalled rollout) and
+    say when they recover. Once per change of reason, not per pod or per reconcile; a
+    blocking problem has its own Event (`_problem_events`)."""
+    before = _condition(previous, "Degraded")
+    after = _condition(status, "Degraded")
+    was = before.get("status") == "True" and before.get("reason") not in _PROBLEM_REASONS
+    now = after.get("status") == "True" and after.get("reason") not in _PROBLEM_REASONS
+    if now and (not was or before.get("reason") != after.get("reason")):
+        return [Event("Warning", str(after["reason"]), str(after.get("message", "")))]
+    if was and not now and after.get("reason") == Reason.AS_EXPECTED:
+        return [Event("Normal", "Recovered", f"{before.get('reason')} is over")]
+    return []
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == type_:
+            return c  # type: ignore[no-any-return]
+    return {}
+
+
 _PROBLEM_REASONS = frozenset(
     {
         Reason.INVALID_SPEC,
@@ -308,7 +330,7 @@ def reconcile(
             previous=previous,
         )
     )
-    events = _problem_events(previous, problem) + events
+    events = _problem_events(previous, problem) + _degraded_events(previous, status) + events
     if status_changed(previous, status):
         kube.patch_status(va_path(namespace, name), status)
     return Outcome(body=body, status=status, problem=problem, events=events)

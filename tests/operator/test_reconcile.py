@@ -257,3 +257,22 @@ def test_a_deployment_being_deleted_is_left_alone() -> None:
     out = reconcile(k, Settings(), NS, "support")
     assert ("Deployment", FIELD_MANAGER) not in k.applies
     assert out.events == []
+
+
+def test_failing_workers_are_a_warning_event_once_and_recovery_is_reported() -> None:
+    k = _setup()
+    reconcile(k, Settings(), NS, "support")
+    crash = {
+        "metadata": {"name": "support-abc"},
+        "status": {"containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+    }
+    k.objects[DEP]["status"] = {"replicas": 1, "readyReplicas": 0, "updatedReplicas": 1}
+    k.list = lambda path, label_selector: [crash]  # type: ignore[method-assign]
+    out = reconcile(k, Settings(), NS, "support")
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "WorkersFailing")]
+    assert "support-abc: CrashLoopBackOff" in out.events[0].message
+    assert reconcile(k, Settings(), NS, "support").events == []  # not repeated
+    k.objects[DEP]["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    k.list = lambda path, label_selector: []  # type: ignore[method-assign]
+    out = reconcile(k, Settings(), NS, "support")
+    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Recovered")]
