@@ -46,6 +46,10 @@ def test_registry_counts_and_outcomes() -> None:
     reg.start("j1", "room-1", "agent-j1")
     reg.start("j2", "room-2")
     reg.update("j2", participant="agent-j2")
+    before = reg.report().rooms[1].startedAt
+    reg.joined("j2")
+    assert reg.report().rooms[1].startedAt >= before
+    assert reg.report().rooms[1].participant == "agent-j2"
     v = m.registry.get_sample_value
     assert v("voicefleet_worker_active_sessions") == 2
     assert v("voicefleet_worker_capacity_sessions") == 3

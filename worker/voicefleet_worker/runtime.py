@@ -160,6 +160,7 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             room=room,
             log_transcripts=settings.config.observability.logTranscripts,
             received_at=getattr(ctx._info, "received_at", 0.0),
+            on_ready=lambda: runtime.sessions.joined(job_id),
             on_close=on_close,
         )
         observer.attach_room(ctx.room)

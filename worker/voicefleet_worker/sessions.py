@@ -17,7 +17,7 @@ class Session:
     job_id: str
     room: str
     participant: str = ""
-    started_at: float = 0.0  # unix seconds: the agent joined (or the job started)
+    started_at: float = 0.0  # unix seconds: the job started, then the agent joined
 
 
 class SessionRegistry:
@@ -39,11 +39,22 @@ class SessionRegistry:
         self.metrics.sessions_started.inc()
         return s
 
-    def update(self, job_id: str, *, participant: str | None = None) -> None:
+    def update(
+        self, job_id: str, *, participant: str | None = None, started_at: float | None = None
+    ) -> None:
         with self._lock:
             s = self._sessions.get(job_id)
-            if s is not None and participant is not None:
-                self._sessions[job_id] = replace(s, participant=participant)
+            if s is None:
+                return
+            if participant is not None:
+                s = replace(s, participant=participant)
+            if started_at is not None:
+                s = replace(s, started_at=started_at)
+            self._sessions[job_id] = s
+
+    def joined(self, job_id: str) -> None:
+        """The agent is ready in the room: the session's duration counts from here."""
+        self.update(job_id, started_at=time.time())
 
     def end(self, job_id: str, outcome: str) -> Session | None:
         """Record a session's end once; later calls for the same job are no-ops."""
