@@ -96,6 +96,11 @@ class WorkerProc:
     def health(self) -> int:
         return self._get(self.health_url)[0]
 
+    def worker_info(self) -> dict[str, Any]:
+        """livekit-agents' own `GET /worker` (load, active jobs) on the health port."""
+        info: dict[str, Any] = json.loads(self._get(self.health_url + "worker")[1])
+        return info
+
     def metrics(self) -> dict[str, float]:
         """Every sample as `name{label="v",...}` -> value (labels sorted)."""
         _, text = self._get(self.metrics_url + "/metrics")

@@ -252,6 +252,8 @@ async def test_full_worker_refuses_and_another_worker_serves(make_agent: Any) ->
         for c in callers[:2]:
             await _joined(c)
         await until(lambda: a.sessions().activeSessions == 2, 15, "worker A full")
+        # the load livekit-agents reports to LiveKit is sessions / maxPerWorker
+        await until(lambda: a.worker_info().get("worker_load") == 1.0, 10, "A reports load 1.0")
         assert a.health() == 200  # full is not unhealthy: the worker stays Ready
         b = agent.worker()
         await asyncio.to_thread(b.wait_registered)
@@ -261,6 +263,10 @@ async def test_full_worker_refuses_and_another_worker_serves(make_agent: Any) ->
         )
         assert _sessions_rooms(a) == {c.room_name for c in callers[:2]}
         assert a.sessions().activeSessions == 2
+        # a call ends: A has room again
+        await callers[0].close()
+        await until(lambda: a.sessions().activeSessions == 1, 20, "A down to one session")
+        await until(lambda: a.worker_info().get("worker_load") == 0.5, 10, "A reports load 0.5")
     finally:
         for c in callers:
             await c.close()
