@@ -677,12 +677,13 @@ def operator() -> Dashboard:
                 (
                     Query(
                         'count by (namespace, voiceagent) (up{job="voicefleet-worker", '
-                        f"{f}}} == 0)",
+                        f"{f}}} == 0) or sum by (namespace, voiceagent) "
+                        f'(0 * up{{job="voicefleet-worker", {f}}})',
                         VA,
                     ),
                 ),
                 width=8,
-                description="Worker pods Prometheus cannot scrape.",
+                description="Worker pods Prometheus cannot scrape (0 when every worker answers).",
             ),
         ),
     )

@@ -176,7 +176,10 @@ def register(
             info = kopf.login_with_service_account(**kwargs)
             if info is not None:
                 return info
-        return kopf.login_with_kubeconfig(**kwargs)
+        # Through the kubernetes client, which reads every kubeconfig form (`tokenFile` as
+        # a projected ServiceAccount token, exec plugins); kopf's own kubeconfig parser
+        # reads inline tokens and certificates only, and would log in as anonymous.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
