@@ -61,6 +61,11 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("otlp-endpoint", env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
         help="OTLP endpoint passed to workers",
     )
+    p.add_argument(
+        "--prometheus-url",
+        default=default("prometheus-url", d.prometheus_url),
+        help="Prometheus that KEDA's trigger queries (autoscaling mode keda)",
+    )
     p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
     return p
 
@@ -79,5 +84,6 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         health_port=args.health_port,
         resync_seconds=args.resync_seconds,
         otlp_endpoint=args.otlp_endpoint or None,
+        prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,
     )

@@ -1,5 +1,6 @@
 """The local stack: real etcd, kube-apiserver, kube-controller-manager and LiveKit server,
-plus the node agent, started in the background on free loopback ports.
+plus the node agent and the OpenAI Realtime API stand-in, started in the background on
+free loopback ports.
 
 State lives in one directory (`.testbed/` for `make up`, a temporary one per test run):
 `state.json` (ports, PIDs), `env` (shell exports), `kubeconfig`, `logs/`, `pods/`.
@@ -130,6 +131,19 @@ class Stack:
         return f"http://127.0.0.1:{self.state.ports['prometheus']}"
 
     @property
+    def realtime_url(self) -> str:
+        """The Realtime API stand-in's control URL (`/control`, `/stats`, `/s/<scenario>/...`)."""
+        if "realtime" not in self.state.ports:
+            raise RuntimeError(
+                f"the stack in {self.dir} predates the Realtime stand-in: make down && make up"
+            )
+        return f"http://127.0.0.1:{self.state.ports['realtime']}"
+
+    def openai_base_url(self, scenario: str | None = None) -> str:
+        """The OpenAI base URL of the stand-in; a scenario isolates a test's settings and stats."""
+        return f"{self.realtime_url}/s/{scenario}/v1" if scenario else f"{self.realtime_url}/v1"
+
+    @property
     def livekit_secret(self) -> str:
         return self.state.livekit_secret
 
@@ -144,6 +158,9 @@ class Stack:
             "VOICEFLEET_TESTBED": str(self.dir),
             "PATH": f"{b.kubectl.parent}:{b.helm.parent}:{Path(sys.executable).parent}:$PATH",
         }
+        if "realtime" in self.state.ports:  # absent in a stack started by an older checkout
+            env["OPENAI_BASE_URL"] = self.openai_base_url()
+            env["VOICEFLEET_REALTIME_URL"] = self.realtime_url
         env.update(self.state.extra_env)
         return env
 
@@ -218,6 +235,13 @@ class Stack:
                 logs / "livekit-server.log",
             )
 
+        def realtime() -> ProcRef:
+            argv = [
+                sys.executable, "-m", "voicefleet_testbed.realtime",
+                "--host=127.0.0.1", f"--port={s.ports['realtime']}",
+            ]  # fmt: skip
+            return spawn("realtime-standin", argv, logs / "realtime-standin.log", cwd=REPO_DIR)
+
         def prometheus() -> ProcRef:
             assert b.prometheus is not None
             config = self.dir / "prometheus.yml"
@@ -246,6 +270,7 @@ class Stack:
             ),
             Component("node-agent", node_agent, self._node_ready, 30),
             Component("livekit-server", livekit, self._livekit_ready, 30),
+            Component("realtime-standin", realtime, self._realtime_ready, 30),
             *(
                 [Component("prometheus", prometheus, self._prometheus_ready, 30)]
                 if b.prometheus is not None
@@ -262,6 +287,15 @@ class Stack:
 
         try:
             with urllib.request.urlopen(f"{self.prometheus_url}/-/ready", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def _realtime_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.realtime_url}/healthz", timeout=2) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -329,6 +363,7 @@ class Stack:
             "livekit",
             "livekit-rtc-tcp",
             "prometheus",
+            "realtime",
         ]
         # Keep the ports of a previous run when they are still free (stable URLs).
         self.state.ports = {n: pick_port(self.state.ports.get(n)) for n in names}
@@ -396,6 +431,7 @@ class Stack:
                 f"  kube-apiserver  {self.api_server}  (Kubernetes v{v['KUBERNETES_VERSION']})",
                 f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
                 f"  prometheus      {self.prometheus_url}  (discovers worker pods through the API server)",
+                f"  realtime        {self.openai_base_url()}  (OpenAI Realtime API stand-in; OPENAI_BASE_URL)",
                 f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
                 f"  logs            {self.logs_dir}",
                 "next:",

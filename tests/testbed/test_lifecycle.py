@@ -47,11 +47,20 @@ def test_up_twice_status_crash_recover_down(
             "kube-controller-manager",
             "node-agent",
             "livekit-server",
+            "realtime-standin",
         }
         env = (d / "env").read_text()
-        for var in ("KUBECONFIG", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        for var in (
+            "KUBECONFIG",
+            "LIVEKIT_URL",
+            "LIVEKIT_API_KEY",
+            "LIVEKIT_API_SECRET",
+            "OPENAI_BASE_URL",
+        ):
             assert f"export {var}=" in env
         with urllib.request.urlopen(stack.livekit_url.replace("ws://", "http://"), timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"{stack.realtime_url}/healthz", timeout=5) as r:
             assert r.status == 200
 
         # A second up is harmless: same processes.
