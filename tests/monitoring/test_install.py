@@ -104,7 +104,7 @@ def _worker_spec() -> dict[str, Any]:
         "livekit": {"url": LIVEKIT_URL, "credentialsSecret": "livekit"},
         "model": {"apiKeySecret": {"name": "openai"}, "baseURL": OPENAI_BASE_URL},
         "sessions": {"maxPerWorker": 4, "drainTimeoutSeconds": 5},
-        "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 2},
+        "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 2, "bufferSessions": 0},
     }
 
 
