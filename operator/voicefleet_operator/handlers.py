@@ -158,6 +158,33 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.watching.client_timeout = 330
 
 
+def login_with_kubeconfig_file(path: str) -> kopf.ConnectionInfo:
+    """Credentials as the kubernetes client reads them from the kubeconfig at `path`: every
+    form it knows (inline or `tokenFile` token, as a projected ServiceAccount token is
+    given; client certificates; exec plugins). kopf's own kubeconfig parser reads inline
+    tokens and certificates only, and would log in as anonymous. Called again on a 401, so
+    a rotated token file is re-read."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").strip().rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
 def register(
     registry: kopf.OperatorRegistry,
     reconciler: Reconciler,
@@ -172,14 +199,10 @@ def register(
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # A private registry has none of kopf's default login handlers: in a pod the
         # ServiceAccount, else the kubeconfig ($KUBECONFIG, set from --kubeconfig).
-        if ours.kubeconfig is None:
-            info = kopf.login_with_service_account(**kwargs)
-            if info is not None:
-                return info
-        # Through the kubernetes client, which reads every kubeconfig form (`tokenFile` as
-        # a projected ServiceAccount token, exec plugins); kopf's own kubeconfig parser
-        # reads inline tokens and certificates only, and would log in as anonymous.
-        return kopf.login_via_client(**kwargs)
+        if ours.kubeconfig is not None:
+            return login_with_kubeconfig_file(ours.kubeconfig)
+        info = kopf.login_with_service_account(**kwargs)
+        return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
