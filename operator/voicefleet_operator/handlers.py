@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import time
 from collections.abc import Mapping
@@ -143,6 +144,13 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.posting.reporting_instance = socket.gethostname()
     settings.posting.event_name_prefix = "voicefleet-"
     settings.peering.standalone = ours.standalone
+    if ours.peering is not None:
+        # Mandatory: a missing peering object is an error, not a silent second active
+        # replica. Distinct priorities: with equal ones every replica would pause.
+        settings.peering.name = ours.peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = not ours.namespaces
+        settings.peering.priority = random.SystemRandom().randrange(1, 2**31)
     # Resources and namespaces are known at start: no list/watch of CRDs and namespaces
     # (and no RBAC for them).
     settings.scanning.disabled = True

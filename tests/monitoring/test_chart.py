@@ -23,6 +23,7 @@ MODES: dict[str, dict[str, str]] = {
     "webhook-off": {"webhook.enabled": "false"},
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # monitoring.coreos.com
+PEERING_KINDS = {"KopfPeering", "ClusterKopfPeering"}  # kopf.dev, crds/kopf-peering.yaml
 
 
 def test_chart_version_follows_the_project() -> None:
@@ -45,6 +46,13 @@ def test_manifests_validate_against_kubernetes_schemas(mode: str) -> None:
         if doc["kind"] in CRD_KINDS:
             assert doc["apiVersion"] == "monitoring.coreos.com/v1"
             continue  # their shape is checked below
+        if doc["kind"] in PEERING_KINDS:
+            assert doc["apiVersion"] == "kopf.dev/v1" and set(doc) == {
+                "apiVersion",
+                "kind",
+                "metadata",
+            }
+            continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -184,6 +192,22 @@ def test_ha_mode() -> None:
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+    # kopf peering: the operator's --peering (env) names the objects the chart creates,
+    # one per watched namespace (or one cluster-wide); the CRDs come with the chart.
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "VOICEFLEET_OPERATOR_PEERING", "value": "voicefleet"} in c["env"]
+    peerings = by_kind(docs, "KopfPeering")
+    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
+        ("voice", "voicefleet"),
+        ("voice-staging", "voicefleet"),
+    ]
+    crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
+    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= crds
+    (role,) = by_kind(docs, "ClusterRole")
+    assert any("kopfpeerings" in r["resources"] for r in role["rules"])
+    cluster = template({"replicaCount": "3"})
+    assert [p["metadata"]["name"] for p in by_kind(cluster, "ClusterKopfPeering")] == ["voicefleet"]
+    assert not by_kind(template(), "ClusterKopfPeering")
 
 
 def _restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
