@@ -149,7 +149,7 @@ def _variable(v: Variable) -> JSON:
         "type": "query",
         "datasource": DATASOURCE,
         "definition": v.query,
-        "query": {"query": v.query, "refId": f"{v.name}-query"},
+        "query": v.query,  # the string form: every Grafana version reads it
         "refresh": 2,  # on time range change: new VoiceAgents appear
         "sort": 1,
         "multi": v.multi,
