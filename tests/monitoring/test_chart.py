@@ -33,9 +33,12 @@ def test_chart_version_follows_the_project() -> None:
     assert chart["appVersion"] == project
 
 
-def test_lint_strict() -> None:
-    out = run_helm("lint", "--strict", str(CHART), check=False)
+@pytest.mark.parametrize("mode", ["defaults", "all-modes"])
+def test_lint_strict(mode: str) -> None:
+    sets = [f"--set={k}={v}" for k, v in MODES[mode].items()]
+    out = run_helm("lint", "--strict", str(CHART), *sets, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
 
 
 @pytest.mark.parametrize("mode", MODES)
