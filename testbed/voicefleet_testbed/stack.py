@@ -27,6 +27,13 @@ from .prometheus import prometheus_config
 
 Progress = Callable[[str], None]
 LIVEKIT_KEY = "devkey"
+# A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack is
+# loopback-only, and a fixed one lets examples/voiceagent.yaml carry it as-is.
+LIVEKIT_SECRET = "voicefleet-testbed-livekit-dev-secret"
+# The checkout's own stack (`make up`) puts LiveKit on its usual port when free, so the
+# example's ws://127.0.0.1:7880 works as-is; test stacks take free ports.
+LIVEKIT_DEFAULT_PORT = 7880
+OPERATOR = "voicefleet-operator"
 
 
 @dataclass
@@ -37,6 +44,7 @@ class StackState:
     livekit_secret: str = ""
     pod_net: int = 0  # pods get 127.<pod_net>.x.y
     extra_env: dict[str, str] = field(default_factory=dict)
+    operator: bool = False  # runs the voicefleet operator from this checkout
 
     @property
     def file(self) -> Path:
@@ -50,6 +58,7 @@ class StackState:
             "livekit_secret": self.livekit_secret,
             "pod_net": self.pod_net,
             "extra_env": self.extra_env,
+            "operator": self.operator,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -72,6 +81,7 @@ class StackState:
             livekit_secret=data.get("livekit_secret", ""),
             pod_net=int(data.get("pod_net", 0)),
             extra_env=dict(data.get("extra_env", {})),
+            operator=bool(data.get("operator", False)),
         )
 
 
@@ -257,6 +267,21 @@ class Stack:
             ]
             return spawn("prometheus", argv, logs / "prometheus.log")
 
+        def operator() -> ProcRef:
+            from . import operator_proc
+            from .kube import Kube
+
+            kubeconfig = operator_proc.prepare(Kube.admin(self), self.api_server, pki, self.dir)
+            argv = operator_proc.argv(
+                kubeconfig, s.ports["operator-metrics"], s.ports["operator-health"]
+            )
+            return spawn(OPERATOR, argv, logs / f"{OPERATOR}.log", cwd=REPO_DIR)
+
+        def operator_healthy() -> bool:
+            from . import operator_proc
+
+            return operator_proc.healthy(s.ports["operator-health"])
+
         return [
             Component("etcd", etcd, lambda: cp.etcd_healthy(s.ports["etcd"]), 30),
             Component(
@@ -276,11 +301,14 @@ class Stack:
                 if b.prometheus is not None
                 else []
             ),
+            *([Component(OPERATOR, operator, operator_healthy, 60)] if s.operator else []),
         ]
 
     def extra_scrape_targets(self) -> dict[str, str]:
         """job name -> host:port of processes the testbed runs outside pods (the operator)."""
-        return {}
+        if not self.state.operator:
+            return {}
+        return {OPERATOR: f"127.0.0.1:{self.state.ports['operator-metrics']}"}
 
     def _prometheus_ready(self) -> bool:
         import urllib.request
@@ -320,12 +348,27 @@ class Stack:
     def running(self) -> dict[str, bool]:
         return {name: ref.alive() for name, ref in self.state.procs.items()}
 
-    def up(self) -> Stack:
-        """Start whatever is not running; a stack that is fully up is left alone."""
+    def up(self, operator: bool = False) -> Stack:
+        """Start whatever is not running; a stack that is fully up is left alone.
+
+        `operator`: also install the CRD and RBAC and run the operator from this checkout
+        under its own ServiceAccount (`make up`); tests run their own and leave it off.
+        """
         b = Binaries.locate().require()
         alive = self.running()
-        if alive and all(alive.values()):
+        if alive and all(alive.values()) and (OPERATOR in alive) == operator:
             self.progress(f"testbed already up ({self.dir})")
+            return self
+        if alive and all(alive.values()) and operator:
+            self.progress("  adding the operator to the running testbed ...")
+            self.state.operator = True
+            for n in ("operator-metrics", "operator-health"):
+                self.state.ports[n] = pick_port(self.state.ports.get(n))
+            self._start(self._components(b)[-1])
+            self.write_env_file()
+            return self
+        if alive and all(alive.values()):
+            self.progress(f"testbed already up, with the operator ({self.dir})")
             return self
         if alive:
             dead = [n for n, ok in alive.items() if not ok]
@@ -333,22 +376,33 @@ class Stack:
                 f"recovering a stale testbed in {self.dir} (not running: {', '.join(dead)})"
             )
             self.down(quiet=True)
+        self.state.operator = operator
         self._prepare()
         t0 = time.monotonic()
         for comp in self._components(b):
-            self.progress(f"  starting {comp.name} ...")
-            ref = comp.start()
-            self.state.procs[comp.name] = ref
-            self.state.save()
-            try:
-                _wait_ready(comp, ref)
-            except (Timeout, Abort) as e:
-                self.down(quiet=True)
-                raise RuntimeError(f"{comp.name} did not start: {e}") from None
-        self._bootstrap()
+            if comp.name == OPERATOR:
+                self._bootstrap()  # the operator's ServiceAccount needs the token controller
+            self._start(comp)
+        if not operator:
+            self._bootstrap()
         self.write_env_file()
         self.progress(f"testbed up in {time.monotonic() - t0:.1f}s")
         return self
+
+    def _start(self, comp: Component) -> None:
+        self.progress(f"  starting {comp.name} ...")
+        try:
+            ref = comp.start()
+        except Exception as e:
+            self.down(quiet=True)
+            raise RuntimeError(f"{comp.name} did not start: {e}") from None
+        self.state.procs[comp.name] = ref
+        self.state.save()
+        try:
+            _wait_ready(comp, ref)
+        except (Timeout, Abort) as e:
+            self.down(quiet=True)
+            raise RuntimeError(f"{comp.name} did not start: {e}") from None
 
     def _prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -364,11 +418,16 @@ class Stack:
             "livekit-rtc-tcp",
             "prometheus",
             "realtime",
+            "operator-metrics",
+            "operator-health",
         ]
         # Keep the ports of a previous run when they are still free (stable URLs).
-        self.state.ports = {n: pick_port(self.state.ports.get(n)) for n in names}
+        preferred = dict(self.state.ports)
+        if self.dir == default_dir().resolve():
+            preferred["livekit"] = LIVEKIT_DEFAULT_PORT
+        self.state.ports = {n: pick_port(preferred.get(n)) for n in names}
         self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
-        self.state.livekit_secret = self.state.livekit_secret or secrets.token_urlsafe(32)
+        self.state.livekit_secret = LIVEKIT_SECRET
         # A /16 of loopback per stack, so stacks side by side never hand out the same pod IP.
         self.state.pod_net = self.state.pod_net or _pick_pod_net(self.dir)
         self.state.procs = {}
@@ -434,6 +493,16 @@ class Stack:
                 f"  realtime        {self.openai_base_url()}  (OpenAI Realtime API stand-in; OPENAI_BASE_URL)",
                 f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
                 f"  logs            {self.logs_dir}",
+                *(
+                    [
+                        f"  operator        from this checkout, as ServiceAccount "
+                        f"voicefleet-system/{OPERATOR}; log {self.logs_dir / (OPERATOR + '.log')}",
+                        "  try             kubectl apply -f examples/voiceagent.yaml && "
+                        "kubectl get va -w",
+                    ]
+                    if self.state.operator
+                    else []
+                ),
                 "next:",
                 f"  . {self.dir / 'env'} && kubectl get nodes",
                 "  make status   # what runs, what is unhealthy",
