@@ -70,11 +70,17 @@ def prometheus_config(pod_targets: Path, static: Mapping[str, str]) -> str:
             ],
         }
 
+    # Job names are unique per config; the `job` label comes from each target's labels.
     jobs: list[JSON] = [
-        pods("voicefleet-operator", "keep", honor_labels=True),
+        pods("voicefleet-operator-pods", "keep", honor_labels=True),
         pods("voicefleet-pods", "drop", honor_labels=False),
     ]
-    jobs += [{"job_name": n, "static_configs": [{"targets": [t]}]} for n, t in static.items()]
+    # Processes outside pods (the operator `make up` runs): labelled as the operator's
+    # ServiceMonitor labels it, job=<name>, its own namespace/voiceagent labels kept.
+    jobs += [
+        {"job_name": n, "honor_labels": True, "static_configs": [{"targets": [t]}]}
+        for n, t in static.items()
+    ]
     return json.dumps(
         {"global": {"scrape_interval": "2s", "evaluation_interval": "2s"}, "scrape_configs": jobs},
         indent=2,
