@@ -9,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries up down status demo test lint typecheck unit bench clean
+.PHONY: help setup binaries up down status demo test lint typecheck unit bench dashboards clean
 
 help:
 	@echo "make demo      start the local stack and show voice calls (does all set-up)"
@@ -58,6 +58,10 @@ unit: setup
 test: setup binaries lint typecheck
 	@echo "==> pytest (starts its own stack on free loopback ports)"
 	@$(RUN) pytest $(PYTEST_ARGS)
+
+# Grafana dashboards and docs/metrics.md from dashboards/generate.py (a test checks they match).
+dashboards: setup
+	@$(RUN) python -m dashboards.generate
 
 bench: setup binaries
 	@$(RUN) python -m bench

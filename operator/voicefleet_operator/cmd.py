@@ -67,6 +67,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="Prometheus that KEDA's trigger queries (autoscaling mode keda)",
     )
     p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
+    p.add_argument(
+        "--peering",
+        default=default("peering", ""),
+        help="HA: the kopf peering object's name (KopfPeering per watched namespace, or "
+        "ClusterKopfPeering cluster-wide); one replica is active, the others stand by. "
+        "Empty: standalone",
+    )
     return p
 
 
@@ -86,4 +93,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         otlp_endpoint=args.otlp_endpoint or None,
         prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,
+        peering=args.peering or None,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import time
 from collections.abc import Mapping
@@ -143,6 +144,13 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.posting.reporting_instance = socket.gethostname()
     settings.posting.event_name_prefix = "voicefleet-"
     settings.peering.standalone = ours.standalone
+    if ours.peering is not None:
+        # Mandatory: a missing peering object is an error, not a silent second active
+        # replica. Distinct priorities: with equal ones every replica would pause.
+        settings.peering.name = ours.peering
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = not ours.namespaces
+        settings.peering.priority = random.SystemRandom().randrange(1, 2**31)
     # Resources and namespaces are known at start: no list/watch of CRDs and namespaces
     # (and no RBAC for them).
     settings.scanning.disabled = True
@@ -156,6 +164,33 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+
+
+def login_with_kubeconfig_file(path: str) -> kopf.ConnectionInfo:
+    """Credentials as the kubernetes client reads them from the kubeconfig at `path`: every
+    form it knows (inline or `tokenFile` token, as a projected ServiceAccount token is
+    given; client certificates; exec plugins). kopf's own kubeconfig parser reads inline
+    tokens and certificates only, and would log in as anonymous. Called again on a 401, so
+    a rotated token file is re-read."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").strip().rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
 
 
 def register(
@@ -172,11 +207,10 @@ def register(
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # A private registry has none of kopf's default login handlers: in a pod the
         # ServiceAccount, else the kubeconfig ($KUBECONFIG, set from --kubeconfig).
-        if ours.kubeconfig is None:
-            info = kopf.login_with_service_account(**kwargs)
-            if info is not None:
-                return info
-        return kopf.login_with_kubeconfig(**kwargs)
+        if ours.kubeconfig is not None:
+            return login_with_kubeconfig_file(ours.kubeconfig)
+        info = kopf.login_with_service_account(**kwargs)
+        return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:

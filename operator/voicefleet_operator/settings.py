@@ -28,4 +28,11 @@ class Settings:
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
     # Where KEDA's Prometheus trigger (autoscaling mode keda) reads the sessions metric.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    standalone: bool = True  # one operator replica; no kopf peering objects needed
+    # kopf peering (HA): the name of the KopfPeering (namespaced) or ClusterKopfPeering
+    # (cluster-wide) object the replicas share; one is active, the others stand by.
+    # None: standalone, one operator replica, no peering objects needed.
+    peering: str | None = None
+
+    @property
+    def standalone(self) -> bool:
+        return self.peering is None

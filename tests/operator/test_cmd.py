@@ -15,3 +15,9 @@ def test_flags_default_from_env() -> None:
     assert s.default_image == "img:1" and s.metrics_port == 9000 and s.log_format == "text"
     assert cmd.parse(["--metrics-port", "9100"], env).metrics_port == 9100
     assert cmd.parse([], {}).namespaces == ()
+
+
+def test_peering_from_the_charts_env() -> None:
+    s = cmd.parse([], {"VOICEFLEET_OPERATOR_PEERING": "voicefleet"})
+    assert s.peering == "voicefleet" and not s.standalone
+    assert cmd.parse([], {}).standalone

@@ -103,6 +103,18 @@ def test_command_replaces_entrypoint_and_args_follow() -> None:
         plan_process({"name": "c"}, ImageRule("*"), env, [], "/cwd")
 
 
+def test_host_paths_in_env_are_not_translated_even_under_a_mount() -> None:
+    """A stack in /tmp and a pod mounting an emptyDir at /tmp: the node agent's own
+    KUBECONFIG/HOME must stay host paths, the container's own /tmp paths move."""
+    mounts = [("/tmp", "/tmp/stack/pods/ns/p/volumes/tmp")]
+    env = {"KUBECONFIG": "/tmp/stack/pods/ns/p/kubeconfig", "CACHE": "/tmp/cache"}
+    plan = plan_process(
+        {"args": ["x"]}, ImageRule("img", ("run",)), env, mounts, "/cwd", frozenset({"KUBECONFIG"})
+    )
+    assert plan.env["KUBECONFIG"] == "/tmp/stack/pods/ns/p/kubeconfig"
+    assert plan.env["CACHE"] == "/tmp/stack/pods/ns/p/volumes/tmp/cache"
+
+
 def test_probe_named_port_and_defaults() -> None:
     container = {"ports": [{"name": "health", "containerPort": 8081}]}
     probe = parse_probe({"httpGet": {"port": "health"}}, container, "127.1.0.2")

@@ -170,7 +170,12 @@ class PodWorker:
         rule = match_image(container["image"], self.ctx.image_table())
         base = self._base_env(rule, volume_dirs, container)
         env = resolve_env(container, facts, secrets, configmaps, base)
-        plan = plan_process(container, rule, env, mount_map(container, volume_dirs), str(self.dir))
+        host_paths = frozenset(
+            k for k in ("HOME", "TMPDIR", "KUBECONFIG") if env.get(k) == base.get(k)
+        )
+        plan = plan_process(
+            container, rule, env, mount_map(container, volume_dirs), str(self.dir), host_paths
+        )
         probes = Probes(
             startup=parse_probe(container.get("startupProbe"), container, self.pod_ip),
             readiness=parse_probe(container.get("readinessProbe"), container, self.pod_ip),

@@ -267,9 +267,12 @@ def plan_process(
     env: Mapping[str, str],
     mounts: Sequence[tuple[str, str]],
     default_cwd: str,
+    host_paths: frozenset[str] = frozenset(),
 ) -> ProcessPlan:
     """argv as the runtime builds it: `command` replaces the image entrypoint, `args` follow;
-    `$(VAR)` expanded; paths under mounts translated."""
+    `$(VAR)` expanded; paths under mounts translated, except in the env vars `host_paths`
+    (the node agent's own HOME, TMPDIR, KUBECONFIG: already host paths, which may lie under
+    a mountPath such as /tmp when the stack lives in /tmp)."""
     command = container.get("command")
     args = container.get("args") or []
     argv = [expand(a, env) for a in command] if command else list(rule.entrypoint)
@@ -280,7 +283,7 @@ def plan_process(
             f"container {container['name']!r}: no command and the image table gives no entrypoint",
         )
     argv = [translate_path(a, mounts) for a in argv]
-    full_env = {k: translate_path(v, mounts) for k, v in env.items()}
+    full_env = {k: v if k in host_paths else translate_path(v, mounts) for k, v in env.items()}
     cwd = container.get("workingDir")
     return ProcessPlan(tuple(argv), full_env, translate_path(cwd, mounts) if cwd else default_cwd)
 

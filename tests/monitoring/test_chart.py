@@ -1,0 +1,305 @@
+"""The Helm chart, rendered by the real helm: lint, Kubernetes schemas (offline, the
+API server's own OpenAPI through kubernetes-validate), the values schema, the version,
+Pod Security `restricted`, each mode, and the packaged chart being self-contained."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from .chart import ALL_MODES, CHART, REPO, by_kind, run_helm, template
+
+K8S_VERSION = "1.36.0"  # the testbed's kube-apiserver minor
+MODES: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "all-modes": ALL_MODES,
+    "webhook-off": {"webhook.enabled": "false"},
+}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # monitoring.coreos.com
+PEERING_KINDS = {"KopfPeering", "ClusterKopfPeering"}  # kopf.dev, crds/kopf-peering.yaml
+
+
+def test_chart_version_follows_the_project() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == project
+    assert chart["appVersion"] == project
+
+
+@pytest.mark.parametrize("mode", ["defaults", "all-modes"])
+def test_lint_strict(mode: str) -> None:
+    sets = [f"--set={k}={v}" for k, v in MODES[mode].items()]
+    out = run_helm("lint", "--strict", str(CHART), *sets, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_manifests_validate_against_kubernetes_schemas(mode: str) -> None:
+    docs = template(MODES[mode])
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            continue  # their shape is checked below
+        if doc["kind"] in PEERING_KINDS:
+            assert doc["apiVersion"] == "kopf.dev/v1" and set(doc) == {
+                "apiVersion",
+                "kind",
+                "metadata",
+            }
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {e.message} at {list(e.path)}")
+
+
+def test_default_render_has_no_monitoring_objects_and_a_webhook_service() -> None:
+    docs = template()
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & CRD_KINDS
+    assert "ConfigMap" not in kinds and "PodDisruptionBudget" not in kinds
+    assert {d["metadata"]["name"] for d in by_kind(docs, "ClusterRoleBinding")} == {"voicefleet"}
+    (hook,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "voicefleet-webhook"]
+    assert hook["spec"]["ports"] == [{"name": "webhook", "port": 8090, "targetPort": "webhook"}]
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "webhook", "containerPort": 8090} in c["ports"]
+    assert {"name": "VOICEFLEET_OPERATOR_WEBHOOK_PORT", "value": "8090"} in c["env"]
+
+
+def test_webhook_port_from_values() -> None:
+    docs = template({"webhook.port": "9443", "webhook.service.port": "443"})
+    (hook,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "voicefleet-webhook"]
+    assert hook["spec"]["ports"][0]["port"] == 443
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "webhook", "containerPort": 9443} in c["ports"]
+    assert {"name": "VOICEFLEET_OPERATOR_WEBHOOK_PORT", "value": "9443"} in c["env"]
+
+
+def test_monitoring_objects_render_only_when_the_cluster_has_their_kinds() -> None:
+    docs = template(ALL_MODES, apis=False)
+    assert not {d["kind"] for d in docs} & CRD_KINDS
+    assert by_kind(docs, "ConfigMap")  # dashboards need no CRD
+
+
+def test_service_monitor_shape() -> None:
+    docs = template(ALL_MODES)
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    spec = sm["spec"]
+    assert spec["jobLabel"] == "app.kubernetes.io/name"
+    assert spec["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "voicefleet-operator",
+        "app.kubernetes.io/instance": "voicefleet",
+        "app.kubernetes.io/component": "operator",
+    }
+    (ep,) = spec["endpoints"]
+    assert ep == {"port": "metrics", "interval": "15s", "honorLabels": True}
+    # It selects exactly the metrics Service, which has the named port.
+    selected = [
+        s
+        for s in by_kind(docs, "Service")
+        if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert [s["metadata"]["name"] for s in selected] == ["voicefleet"]
+    assert "metrics" in {p["name"] for p in selected[0]["spec"]["ports"]}
+    assert selected[0]["metadata"]["labels"]["app.kubernetes.io/name"] == "voicefleet-operator"
+
+
+def test_pod_monitor_shape_matches_what_the_operator_renders() -> None:
+    from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME, METRICS_PORT_NAME
+
+    (pm,) = by_kind(template(ALL_MODES), "PodMonitor")
+    spec = pm["spec"]
+    assert spec["selector"] == {"matchLabels": {LABEL_NAME: APP_NAME}}
+    assert spec["jobLabel"] == LABEL_NAME  # job="voicefleet-worker"
+    assert spec["namespaceSelector"] == {"matchNames": ["voice", "voice-staging"]}
+    (ep,) = spec["podMetricsEndpoints"]
+    assert ep["port"] == METRICS_PORT_NAME
+    relabel = {r["targetLabel"]: r["sourceLabels"] for r in ep["relabelings"]}
+    meta = "__meta_kubernetes_pod_label_" + LABEL_INSTANCE.replace(".", "_").replace("/", "_")
+    assert relabel == {
+        "voiceagent": [meta],
+        "namespace": ["__meta_kubernetes_namespace"],
+        "pod": ["__meta_kubernetes_pod_name"],
+    }
+    assert "honorLabels" not in ep  # workers label nothing themselves
+    default = by_kind(template({"monitoring.podMonitor.enabled": "true"}), "PodMonitor")
+    assert default[0]["spec"]["namespaceSelector"] == {"any": True}
+
+
+def test_prometheus_rule_is_the_alerts_file() -> None:
+    (rule,) = by_kind(template(ALL_MODES), "PrometheusRule")
+    source = yaml.safe_load((REPO / "alerts" / "voicefleet.rules.yaml").read_text())
+    assert rule["spec"]["groups"] == source["groups"]
+    assert all(g["rules"] for g in rule["spec"]["groups"])
+
+
+def test_dashboard_configmaps_for_the_grafana_sidecar() -> None:
+    cms = by_kind(template(ALL_MODES), "ConfigMap")
+    files = sorted((REPO / "dashboards").glob("*.json"))
+    assert len(cms) == len(files) == 3
+    for cm in cms:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((key, text),) = cm["data"].items()
+        assert json.loads(text) == json.loads((REPO / "dashboards" / key).read_text())
+    other = by_kind(
+        template(
+            {
+                "monitoring.dashboards.enabled": "true",
+                "monitoring.dashboards.namespace": "grafana",
+                "monitoring.dashboards.label": "grafana_dashboard",
+                "monitoring.dashboards.labelValue": "voicefleet",
+            }
+        ),
+        "ConfigMap",
+    )
+    assert {c["metadata"]["namespace"] for c in other} == {"grafana"}
+    assert {c["metadata"]["labels"]["grafana_dashboard"] for c in other} == {"voicefleet"}
+
+
+def test_namespace_scoped_rbac_mode() -> None:
+    docs = template(ALL_MODES)
+    assert not by_kind(docs, "ClusterRoleBinding")
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["voice", "voice-staging"]
+    for b in bindings:
+        assert b["subjects"] == [
+            {"kind": "ServiceAccount", "name": "voicefleet", "namespace": "voicefleet-system"}
+        ]
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--namespaces=voice,voice-staging" in c["args"]
+    # The rules are operator/rbac's, the one source.
+    (role,) = by_kind(docs, "ClusterRole")
+    source = yaml.safe_load((REPO / "operator" / "rbac" / "clusterrole.yaml").read_text())
+    assert role["rules"] == source["rules"]
+
+
+def test_ha_mode() -> None:
+    docs = template(ALL_MODES)
+    (dep,) = by_kind(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+    # kopf peering: the operator's --peering (env) names the objects the chart creates,
+    # one per watched namespace (or one cluster-wide); the CRDs come with the chart.
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "VOICEFLEET_OPERATOR_PEERING", "value": "voicefleet"} in c["env"]
+    peerings = by_kind(docs, "KopfPeering")
+    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
+        ("voice", "voicefleet"),
+        ("voice-staging", "voicefleet"),
+    ]
+    crds = {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")}
+    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= crds
+    (role,) = by_kind(docs, "ClusterRole")
+    assert any("kopfpeerings" in r["resources"] for r in role["rules"])
+    cluster = template({"replicaCount": "3"})
+    assert [p["metadata"]["name"] for p in by_kind(cluster, "ClusterKopfPeering")] == ["voicefleet"]
+    assert not by_kind(template(), "ClusterKopfPeering")
+
+
+def _restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
+    """Pod Security Standards `restricted` (v1.36), the checks a pod template can fail."""
+    bad = []
+    psc = pod_spec.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(flag):
+            bad.append(flag)
+    for v in pod_spec.get("volumes") or []:
+        allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}  # fmt: skip
+        if not set(v) - {"name"} <= allowed:
+            bad.append(f"volume {v['name']}")
+    for c in pod_spec.get("initContainers", []) + pod_spec["containers"]:
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            bad.append(f"{c['name']}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{c['name']}: allowPrivilegeEscalation must be false")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            bad.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append(f"{c['name']}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{c['name']}: seccompProfile")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            bad.append(f"{c['name']}: capabilities must drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{c['name']}: capabilities add")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            bad.append(f"{c['name']}: hostPort")
+    return bad
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pods_pass_pod_security_restricted(mode: str) -> None:
+    docs = template(MODES[mode])
+    (dep,) = by_kind(docs, "Deployment")
+    assert _restricted_violations(dep["spec"]["template"]["spec"]) == []
+    sc = dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    for pod in by_kind(docs, "Pod"):  # the helm test pod
+        assert _restricted_violations(pod["spec"]) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": "0"}, "at '/replicaCount': minimum: got 0, want 1"),
+        ({"webhook.port": "80"}, "at '/webhook/port': minimum: got 80, want 1,024"),
+        ({"webhook.port": "http"}, "at '/webhook/port': got string, want integer"),
+        ({"image.pullPolicy": "Sometimes"}, "at '/image/pullPolicy'"),
+        ({"monitoring.podMonitor.interval": "5 seconds"}, "at '/monitoring/podMonitor/interval'"),
+        ({"watchNamespaces[0]": "Voice_NS"}, "at '/watchNamespaces/0'"),
+        ({"operator.logFormat": "xml"}, "at '/operator/logFormat'"),
+        ({"replicas": "3"}, "additional properties 'replicas' not allowed"),
+    ],
+)
+def test_values_schema_rejects_wrong_values(values: dict[str, str], message: str) -> None:
+    args = ["template", "voicefleet", str(CHART)]
+    for k, v in values.items():
+        args += ["--set" if k != "webhook.port" or v != "http" else "--set-string", f"{k}={v}"]
+    out = run_helm(*args, check=False)
+    assert out.returncode != 0
+    assert "values don't meet the specifications of the schema" in out.stderr, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
+    """files/ links to alerts/, dashboards/ and operator/rbac/ (one source each); the
+    packaged chart carries their contents as regular files."""
+    run_helm("package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("voicefleet-*.tgz")
+    with tarfile.open(tgz) as t:
+        members = {m.name: m for m in t.getmembers()}
+        for name in (
+            "voicefleet/files/alerts/voicefleet.rules.yaml",
+            "voicefleet/files/dashboards/fleet.json",
+            "voicefleet/files/dashboards/voiceagent.json",
+            "voicefleet/files/dashboards/operator.json",
+            "voicefleet/files/rbac/clusterrole.yaml",
+            "voicefleet/crds/voiceagent.yaml",
+        ):
+            assert name in members and members[name].isfile(), name
+        f = t.extractfile("voicefleet/files/dashboards/fleet.json")
+        assert f is not None
+        assert f.read() == (REPO / "dashboards" / "fleet.json").read_bytes()
+    # The packaged chart renders the same as the directory.
+    out = run_helm("template", "voicefleet", str(tgz), "--namespace", "voicefleet-system")
+    assert out.returncode == 0
