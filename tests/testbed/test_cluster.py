@@ -309,7 +309,11 @@ def test_missing_secret_keeps_container_waiting(kube: Kube, namespace: str) -> N
                 return cs.state.waiting.reason
         return None
 
-    assert wait_for(waiting_reason, 30, "a waiting reason") == "CreateContainerConfigError"
+    def settled_reason() -> str | None:
+        reason = waiting_reason()
+        return None if reason in (None, "ContainerCreating") else reason  # passes on the way
+
+    assert wait_for(settled_reason, 30, "a waiting reason") == "CreateContainerConfigError"
 
 
 def test_rbac_forbids_what_a_restricted_identity_may_not_do(
