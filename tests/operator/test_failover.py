@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from voicefleet_operator.failover import (
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_RUNNING,
+    JOB_SUCCESS,
     KIND_AGENT,
+    KIND_SIP,
     KIND_STANDARD,
     Case,
     Dispatch,
@@ -12,11 +21,14 @@ from voicefleet_operator.failover import (
     Policy,
     RoomView,
     WorkerRoom,
+    confirm_vanished,
+    dispatch_metadata,
     loss_from_webhook,
     losses_from_workers,
     merge_loss,
     orphans_from_sweep,
     step,
+    vanished_rooms,
 )
 
 P = Policy(max_attempts=3, backoff_seconds=1, join_timeout_seconds=10, sweep_grace_seconds=5)
@@ -107,3 +119,112 @@ def test_first_notice_wins() -> None:
     assert merge_loss(cases, later) is None
     closed = {("r1", "support"): Case(LOSS, outcome="redispatched")}
     assert merge_loss(closed, later) == Case(later)
+
+
+def replace_status(d: Dispatch, status: int) -> Dispatch:
+    return replace(d, job_status=status)
+
+
+# --- no second dispatch for one loss, whoever noticed it and whenever -----------------------
+FIRST = Dispatch("support", created_at=10, metadata="m", id="d1", job_status=JOB_RUNNING)
+# The worker view noticed the crash at 100 and dispatched at 100.5 (d2); LiveKit's webhook
+# for the same crash arrives at 120, when d2's agent may or may not have joined yet.
+REDISPATCH = Dispatch("support", created_at=100.5, metadata="m", id="d2", job_status=JOB_PENDING)
+LATE = Loss("r1", "support", at=120, source="webhook", lost_identity="agent-old", lost_joined_at=11)
+
+
+@pytest.mark.parametrize(
+    ("participants", "dispatches", "now", "kind", "outcome"),
+    [
+        # the redispatched agent is in the room: nothing to do, not a failover of its own
+        ((CALLER, Participant("agent-new", KIND_AGENT, "support", joined_at=102)),
+         (FIRST, REDISPATCH), 120, "done", "ended"),
+        # its dispatch is still pending (made before the webhook arrived): wait
+        ((CALLER,), (FIRST, REDISPATCH), 105, "wait", None),
+        # nothing after the loss, the job FAILED: dispatch
+        ((CALLER,), (replace_status(FIRST, JOB_FAILED),), 120, "dispatch", None),
+        # the job ended on purpose (the agent hung up; caller still there): no dispatch
+        ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), 120, "done", "ended"),
+        # a SIP caller counts as a caller
+        ((Participant("sip", KIND_SIP),), (FIRST,), 120, "dispatch", None),
+        # only other agents (not ours) left: nobody to serve
+        ((Participant("x", KIND_AGENT, "other", joined_at=1),), (FIRST,), 120, "done",
+         "caller_gone"),
+    ],
+)  # fmt: skip
+def test_late_notice_of_the_same_loss(
+    participants: tuple[Participant, ...],
+    dispatches: tuple[Dispatch, ...],
+    now: float,
+    kind: str,
+    outcome: str | None,
+) -> None:
+    a = step(Case(LATE), view(*participants, dispatches=dispatches), now=now, policy=P)
+    assert (a.kind, a.case.outcome) == (kind, outcome)
+
+
+def test_attempts_are_counted_in_livekit_across_restarts() -> None:
+    # Three dispatches after the loss, none joined: a fresh case (restart) gives up.
+    after = tuple(Dispatch("support", created_at=t, id=f"d{t}") for t in (101, 112, 125))
+    a = step(Case(LOSS), view(CALLER, dispatches=after), now=200, policy=P)
+    assert (a.kind, a.case.outcome) == ("done", "gave_up")
+    # One dispatch after the loss, timed out: the next one is attempt 2, after backoff.
+    one = (Dispatch("support", created_at=101),)
+    a = step(Case(LOSS), view(CALLER, dispatches=one), now=112, policy=P)
+    assert (a.kind, a.case.attempts) == ("dispatch", 2)
+
+
+def test_per_room_bound_on_dispatches() -> None:
+    many = tuple(Dispatch("support", created_at=i) for i in range(10))
+    a = step(Case(LOSS), view(CALLER, dispatches=many), now=200, policy=P)
+    assert (a.kind, a.case.outcome) == ("done", "gave_up")
+    losses, _ = orphans_from_sweep(
+        [RoomView("r1", True, (CALLER,), many)], ["support"], {("r1", "support"): 0}, 200, P
+    )
+    assert losses == []
+
+
+def test_sweep_skips_jobs_that_ended_on_purpose() -> None:
+    ended = RoomView("r1", True, (CALLER,), (replace_status(FIRST, JOB_SUCCESS),))
+    assert orphans_from_sweep([ended], ["support"], {("r1", "support"): 0}, 100, P)[0] == []
+
+
+def test_dispatch_metadata_falls_back_to_the_rooms_latest_dispatch() -> None:
+    v = view(CALLER, dispatches=(Dispatch("support", 1, "old"), Dispatch("support", 5, "new")))
+    assert dispatch_metadata(Case(replace(LOSS, metadata="")), v) == "new"
+    assert dispatch_metadata(Case(LOSS), v) == '{"x":1}'
+
+
+def test_vanished_rooms_only_from_workers_that_answered() -> None:
+    previous = {
+        "ns/w1": [WorkerRoom("r1", "support", "a1"), WorkerRoom("r2", "support", "a2")],
+        "ns/w2": [WorkerRoom("r3", "support", "a3")],
+    }
+    current = {"ns/w1": [WorkerRoom("r2", "support", "a2")]}  # w2 did not answer
+    assert [r.room for r in vanished_rooms(previous, current)] == ["r1"]
+
+
+SUSPECT = WorkerRoom("r1", "support", "agent-old", "", started_at=11)
+
+
+@pytest.mark.parametrize(
+    ("participants", "dispatches", "confirmed"),
+    [
+        ((CALLER,), (FIRST,), True),  # agent gone, caller stays, job not ended: lost
+        ((CALLER, GHOST), (replace_status(FIRST, JOB_FAILED),), True),  # crashed, lingering
+        ((CALLER, GHOST), (FIRST,), False),  # still leaving: look again
+        ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), False),  # hung up on purpose
+        ((GHOST,), (FIRST,), False),  # caller gone
+        ((CALLER, Participant("agent-new", KIND_AGENT, "support", joined_at=50)), (FIRST,),
+         False),  # someone else serves it
+    ],
+)  # fmt: skip
+def test_confirm_vanished(
+    participants: tuple[Participant, ...], dispatches: tuple[Dispatch, ...], confirmed: bool
+) -> None:
+    got = confirm_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, 101)
+    assert (got is not None) == confirmed
+    if got is not None:
+        assert (got.source, got.lost_identity, got.metadata, got.since) == (
+            "worker", "agent-old", "m", 11.001,
+        )  # fmt: skip
