@@ -61,6 +61,18 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("otlp-endpoint", env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
         help="OTLP endpoint passed to workers",
     )
+    p.add_argument(
+        "--webhook-port",
+        type=int,
+        default=int(default("webhook-port", d.webhook_port)),
+        help="port for LiveKit webhooks (POST /livekit/webhook) on --bind-address; 0: off",
+    )
+    p.add_argument(
+        "--failover-sweep-seconds",
+        type=float,
+        default=float(default("failover-sweep-seconds", d.failover_sweep_seconds)),
+        help="how often failover lists LiveKit rooms as the backstop for lost sessions",
+    )
     p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
     return p
 
@@ -80,4 +92,6 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         resync_seconds=args.resync_seconds,
         otlp_endpoint=args.otlp_endpoint or None,
         kubeconfig=args.kubeconfig or None,
+        webhook_port=args.webhook_port,
+        failover_sweep_seconds=args.failover_sweep_seconds,
     )

@@ -27,3 +27,5 @@ class Settings:
     otlp_endpoint: str | None = None  # passed to workers as OTEL_EXPORTER_OTLP_ENDPOINT
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
     standalone: bool = True  # one operator replica; no kopf peering objects needed
+    webhook_port: int = 8090  # LiveKit webhooks (POST /livekit/webhook); 0: none
+    failover_sweep_seconds: float = 10.0  # the LiveKit API sweep, failover's backstop
