@@ -495,7 +495,17 @@ def register_failover(
         await server.stop()
         await failover.close()
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, id="failover", cancellation_timeout=5, registry=registry)
+    # backoff: kopf may start a daemon before the pod index exists (its kwargs are a
+    # snapshot); the daemon then restarts a second later instead of after a minute.
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="failover",
+        cancellation_timeout=5,
+        backoff=1,
+        registry=registry,
+    )
     async def _failover(
         namespace: str | None,
         name: str,
@@ -505,7 +515,9 @@ def register_failover(
         **kwargs: Any,
     ) -> None:
         ns = namespace or ""
-        worker_pods: kopf.Index[tuple[str, str], Any] | None = kwargs.get("worker_pods")
+        if "worker_pods" not in kwargs:  # register_autoscaler's index, not there yet
+            raise kopf.TemporaryError("waiting for the worker pod index", delay=1)
+        worker_pods: kopf.Index[tuple[str, str], Any] = kwargs["worker_pods"]
         ref = kopf.Body(
             cast(
                 kopf.RawBody,
@@ -527,7 +539,7 @@ def register_failover(
                 except SpecError:
                     parsed = None  # the reconciler reports it
                 if parsed is not None:
-                    pods = list(worker_pods.get((ns, name), [])) if worker_pods else []
+                    pods = list(worker_pods.get((ns, name), []))
                     try:
                         await failover.tick(parsed, pods, post)
                     except KubeError as e:

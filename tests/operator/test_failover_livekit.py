@@ -247,6 +247,10 @@ async def test_killed_agent_is_redispatched_exactly_once(
         second = (await until(new_agent, 30, "a new agent in the room"))[0]
         latency = time.monotonic() - t0
         dispatches = await f.dispatches(room)
+        print(
+            "dispatch states:",
+            [(d.state.created_at, [j.state.status for j in d.state.jobs]) for d in dispatches],
+        )
         assert len(dispatches) == 2, dispatches
         assert dispatches[1].metadata == '{"caller": "+15550100"}'
         # The dead agent lingers until LiveKit times it out (~20 s) and then LiveKit sends
@@ -264,6 +268,12 @@ async def test_killed_agent_is_redispatched_exactly_once(
         labels = {"namespace": namespace, "voiceagent": "crashy"}
         assert metric(operator, "voicefleet_failovers_total", outcome="redispatched", **labels) == 1
         assert metric(operator, "voicefleet_failover_orphans_found_total", **labels) == 1
+        # The per-second worker view saw the worker die, long before LiveKit's webhook.
+        found = metric(
+            operator, "voicefleet_failover_orphans_found_total", source="worker", **labels
+        )
+        assert found == 1
+        assert latency < 15, latency
         assert metric(operator, "voicefleet_failover_latency_seconds_count", **labels) == 1
         assert await asyncio.to_thread(f.events, "FailedOver")
         print(f"failover: new agent {second} {latency:.1f}s after the kill")
