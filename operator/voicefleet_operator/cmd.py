@@ -73,6 +73,11 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=float(default("failover-sweep-seconds", d.failover_sweep_seconds)),
         help="how often failover lists LiveKit rooms as the backstop for lost sessions",
     )
+    p.add_argument(
+        "--prometheus-url",
+        default=default("prometheus-url", d.prometheus_url),
+        help="Prometheus that KEDA's trigger queries (autoscaling mode keda)",
+    )
     p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
     return p
 
@@ -91,6 +96,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         health_port=args.health_port,
         resync_seconds=args.resync_seconds,
         otlp_endpoint=args.otlp_endpoint or None,
+        prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,
         webhook_port=args.webhook_port,
         failover_sweep_seconds=args.failover_sweep_seconds,

@@ -227,11 +227,16 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
     """The built-in autoscaler: indexes of worker pods and Deployment replicas (one watch
     each for the whole operator), and a daemon per VoiceAgent ticking once a second."""
 
+    @kopf.on.cleanup(registry=registry)
+    async def _close_scraper(**_: Any) -> None:
+        await autoscaler.scraper.close()
+
     @kopf.index(
         "",
         "v1",
         "pods",
         labels={LABEL_NAME: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY},
+        id="worker_pods",  # kopf passes an index to handlers under its id
         registry=registry,
     )
     def worker_pods(
@@ -245,7 +250,12 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
         return index_pod(namespace, name, labels, status, meta)
 
     @kopf.index(
-        "apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry
+        "apps",
+        "v1",
+        "deployments",
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
+        id="deployment_replicas",
+        registry=registry,
     )
     def deployment_replicas(
         namespace: str | None, body: kopf.Body, spec: kopf.Spec, **_: Any
@@ -265,7 +275,7 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
         **kwargs: Any,
     ) -> None:
         ns = namespace or ""
-        # kopf passes each index by its function's name.
+        # kopf passes each index by its id.
         worker_pods: kopf.Index[tuple[str, str], Any] = kwargs["worker_pods"]
         deployment_replicas: kopf.Index[tuple[str, str], int] = kwargs["deployment_replicas"]
 

@@ -28,6 +28,8 @@ PLURALS: Final = {
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     (API_VERSION, KIND): PLURAL,
 }
 
@@ -71,6 +73,8 @@ class KubeApi(Protocol):
     def patch_status(self, path: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def delete(self, path: str) -> None: ...
 
 
 class Kube:
@@ -155,3 +159,11 @@ class Kube:
 
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", path, body=dict(body), content_type=MERGE_PATCH)
+
+    def delete(self, path: str) -> None:
+        """Delete; an object already gone is fine."""
+        try:
+            self.request("DELETE", path)
+        except KubeError as e:
+            if e.status != 404:
+                raise

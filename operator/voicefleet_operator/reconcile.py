@@ -29,6 +29,13 @@ from .render import (
     render_replicas_patch,
     selector_string,
 )
+from .render_autoscaler import (
+    HPA_API,
+    KEDA_API,
+    KEDA_GROUP_PATH,
+    render_hpa,
+    render_scaled_object,
+)
 from .settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
 from .spec import SecretKeyRef, SpecError, VoiceAgentSpec, parse_spec
 from .status import Observation, Problem, Reason, compute_status, ready_condition, status_changed
@@ -100,6 +107,34 @@ def check_secrets(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
     return None
 
 
+def check_autoscaler_api(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
+    """Mode keda needs KEDA's API in the cluster; say so instead of half-applying."""
+    if spec.autoscaling.mode == "keda" and kube.get(KEDA_GROUP_PATH) is None:
+        return Problem(
+            Reason.AUTOSCALER_UNAVAILABLE,
+            "spec.autoscaling.mode is keda, but the cluster has no keda.sh/v1alpha1 API "
+            "(install KEDA, or use mode builtin)",
+        )
+    return None
+
+
+def _apply_autoscaler(
+    kube: KubeApi, spec: VoiceAgentSpec, owner: Owner, settings: Settings
+) -> None:
+    """The HPA or ScaledObject the mode asks for; the other one, left from an earlier
+    mode, is removed (the Deployment's replicas stay where they are)."""
+    name = ChildNames.of(spec.name).deployment
+    mode = spec.autoscaling.mode
+    if mode == "hpa":
+        kube.apply(render_hpa(spec, owner), FIELD_MANAGER)
+    else:
+        kube.delete(path(HPA_API, "HorizontalPodAutoscaler", spec.namespace, name))
+    if mode == "keda":
+        kube.apply(render_scaled_object(spec, owner, settings.prometheus_url), FIELD_MANAGER)
+    elif kube.get(KEDA_GROUP_PATH) is not None:
+        kube.delete(path(KEDA_API, "ScaledObject", spec.namespace, name))
+
+
 def _problem_events(previous: Mapping[str, Any], problem: Problem | None) -> list[Event]:
     """Warn when a problem appears or changes, say so when it clears; never repeat."""
     before = ready_condition(previous)
@@ -120,6 +155,7 @@ _PROBLEM_REASONS = frozenset(
         Reason.SECRET_KEY_MISSING,
         Reason.SECRET_UNREADABLE,
         Reason.APPLY_FAILED,
+        Reason.AUTOSCALER_UNAVAILABLE,
     }
 )
 
@@ -213,12 +249,14 @@ def reconcile(
     except SpecError as e:
         problem = Problem(Reason.INVALID_SPEC, str(e))
     if spec is not None:
-        problem = check_secrets(kube, spec)
+        problem = check_secrets(kube, spec) or check_autoscaler_api(kube, spec)
     if spec is not None and problem is None:
         try:
+            owner = Owner.from_body(body)
             deployment, hash_, events = _apply_children(
-                kube, spec, Owner.from_body(body), settings, current, previous, generation
+                kube, spec, owner, settings, current, previous, generation
             )
+            _apply_autoscaler(kube, spec, owner, settings)
         except SpecError as e:
             problem = Problem(Reason.INVALID_SPEC, str(e))
         except KubeError as e:

@@ -26,6 +26,8 @@ class Settings:
     resync_seconds: float = 60.0  # the timer backstop per VoiceAgent
     otlp_endpoint: str | None = None  # passed to workers as OTEL_EXPORTER_OTLP_ENDPOINT
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
+    # Where KEDA's Prometheus trigger (autoscaling mode keda) reads the sessions metric.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     standalone: bool = True  # one operator replica; no kopf peering objects needed
     webhook_port: int = 8090  # LiveKit webhooks (POST /livekit/webhook); 0: none
     failover_sweep_seconds: float = 10.0  # the LiveKit API sweep, failover's backstop

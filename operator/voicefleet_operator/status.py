@@ -36,6 +36,7 @@ class Reason:
     SECRET_KEY_MISSING: Final = "SecretKeyMissing"
     SECRET_UNREADABLE: Final = "SecretUnreadable"
     APPLY_FAILED: Final = "ApplyFailed"
+    AUTOSCALER_UNAVAILABLE: Final = "AutoscalerUnavailable"
     DEPLOYMENT_MISSING: Final = "DeploymentMissing"
     WORKERS_READY: Final = "WorkersReady"
     WORKERS_NOT_READY: Final = "WorkersNotReady"

@@ -25,6 +25,7 @@ class FakeKube:
         self.applies: list[tuple[str, str]] = []
         self.status_patches = 0
         self.rv = 0
+        self.deleted: list[str] = []
 
     def put(self, p: str, obj: dict[str, Any]) -> None:
         self.objects[p] = obj
@@ -59,6 +60,10 @@ class FakeKube:
 
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         raise AssertionError(f"the reconciler does not merge-patch ({path})")
+
+    def delete(self, path: str) -> None:
+        self.deleted.append(path)
+        self.objects.pop(path, None)
 
 
 def _setup(spec: dict[str, Any] | None = None, secrets: bool = True) -> FakeKube:
@@ -132,13 +137,39 @@ def test_hpa_mode_lets_go_of_replicas() -> None:
     spec["autoscaling"] = {"mode": "hpa", "minReplicas": 2, "maxReplicas": 5}
     k = _setup(spec)
     reconcile(k, Settings(), NS, "support")
-    assert k.applies[-1] == ("Deployment", REPLICAS_FIELD_MANAGER)  # seeded at creation
+    assert k.applies[-2:] == [
+        ("Deployment", REPLICAS_FIELD_MANAGER),  # seeded at creation
+        ("HorizontalPodAutoscaler", FIELD_MANAGER),
+    ]
     dep_path = f"/apis/apps/v1/namespaces/{NS}/deployments/support"
     k.objects[dep_path]["spec"]["replicas"] = 4  # the HPA scaled
     k.applies.clear()
     reconcile(k, Settings(), NS, "support")
     assert ("Deployment", REPLICAS_FIELD_MANAGER) not in k.applies
     assert k.objects[dep_path]["spec"]["replicas"] == 4
+    # Back to builtin: the HPA goes, the replicas stay for the autoscaler to take over.
+    hpa_path = f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/support"
+    assert hpa_path in k.objects
+    va = k.objects[va_path(NS, "support")]
+    va["spec"]["autoscaling"]["mode"] = "builtin"
+    reconcile(k, Settings(), NS, "support")
+    assert hpa_path in k.deleted and k.objects[dep_path]["spec"]["replicas"] == 4
+
+
+def test_keda_mode_without_keda_is_a_condition_and_changes_nothing() -> None:
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "keda", "minReplicas": 0, "maxReplicas": 5}
+    k = _setup(spec)
+    out = reconcile(k, Settings(), NS, "support")
+    ready = _ready(out.status or {})
+    assert ready["reason"] == "AutoscalerUnavailable" and "keda.sh" in ready["message"]
+    assert "spec.autoscaling.mode" in ready["message"]
+    assert k.applies == []
+    # KEDA installed: the ScaledObject is applied with the operator's Prometheus URL.
+    k.put("/apis/keda.sh/v1alpha1", {"kind": "APIResourceList"})
+    reconcile(k, Settings(prometheus_url="http://127.0.0.1:9090"), NS, "support")
+    so = k.objects[f"/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledobjects/support"]
+    assert so["spec"]["triggers"][0]["metadata"]["serverAddress"] == "http://127.0.0.1:9090"
 
 
 def test_rejected_apply_is_a_condition_and_transient_errors_raise() -> None:
