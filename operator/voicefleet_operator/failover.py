@@ -137,6 +137,10 @@ class Policy:
     max_dispatches_per_room: int = 10
     # A room that vanished from a live worker's /sessions is re-checked for this long.
     suspect_seconds: float = 30.0
+    # ... and is lost if the agent is still in the room this long after: an agent that
+    # ends its job leaves within a second, a crashed one lingers until LiveKit's ~20 s
+    # timeout (and a worker restarted by the kubelet lists no rooms at all).
+    vanish_grace_seconds: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -316,10 +320,17 @@ def vanished_rooms(
 
 
 def confirm_vanished(
-    suspect: WorkerRoom, view: RoomView, noticed_at: float, now: float
+    suspect: WorkerRoom,
+    view: RoomView,
+    noticed_at: float,
+    now: float,
+    policy: Policy = Policy(),
 ) -> Loss | None:
     """A loss when the room still has callers, no agent of ours other than the lost one is
-    there, and the job did not end on purpose; None while it is undecided or not a loss."""
+    there, and the job did not end on purpose; None while it is undecided or not a loss.
+    Decided only `vanish_grace_seconds` after the room vanished (an agent ending its job
+    leaves the room, then reports JS_SUCCESS: give both time to reach LiveKit), unless
+    LiveKit already has the job as FAILED."""
     if not view.exists or not view.callers() or view.ended_on_purpose(suspect.agent_name):
         return None
     mine = view.dispatches_of(suspect.agent_name)
@@ -327,9 +338,8 @@ def confirm_vanished(
     others = [a for a in view.agents(suspect.agent_name) if a.identity != suspect.participant]
     if others:
         return None
-    lingering = any(a.identity == suspect.participant for a in view.agents(suspect.agent_name))
-    if lingering and not failed:
-        return None  # still leaving (or about to time out): look again next tick
+    if not failed and now - noticed_at < policy.vanish_grace_seconds:
+        return None  # maybe still leaving: look again next tick
     return Loss(
         suspect.room,
         suspect.agent_name,

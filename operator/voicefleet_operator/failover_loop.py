@@ -387,7 +387,7 @@ class Failover:
             if (room, s.target.agent_name) in s.cases:
                 del s.suspects[room]
                 continue
-            loss = fo.confirm_vanished(suspect, await rooms.view(room), noticed, now)
+            loss = fo.confirm_vanished(suspect, await rooms.view(room), noticed, now, self.policy)
             if loss is not None:
                 s.incoming.append(loss)
             if loss is not None or now - noticed > self.policy.suspect_seconds:

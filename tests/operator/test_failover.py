@@ -121,6 +121,14 @@ def test_first_notice_wins() -> None:
     assert merge_loss(closed, later) == Case(later)
 
 
+def test_vanished_room_with_a_lingering_agent_is_lost_after_the_grace() -> None:
+    # A crashed worker restarted by the kubelet: the room is gone from its /sessions, the
+    # dead agent lingers in LiveKit (its job still RUNNING there) until LiveKit times it out.
+    lingering = view(CALLER, GHOST, dispatches=(FIRST,))
+    assert confirm_vanished(SUSPECT, lingering, 100, 102.9, P) is None
+    assert confirm_vanished(SUSPECT, lingering, 100, 103, P) is not None
+
+
 def replace_status(d: Dispatch, status: int) -> Dispatch:
     return replace(d, job_status=status)
 
@@ -212,7 +220,6 @@ SUSPECT = WorkerRoom("r1", "support", "agent-old", "", started_at=11)
     [
         ((CALLER,), (FIRST,), True),  # agent gone, caller stays, job not ended: lost
         ((CALLER, GHOST), (replace_status(FIRST, JOB_FAILED),), True),  # crashed, lingering
-        ((CALLER, GHOST), (FIRST,), False),  # still leaving: look again
         ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), False),  # hung up on purpose
         ((GHOST,), (FIRST,), False),  # caller gone
         ((CALLER, Participant("agent-new", KIND_AGENT, "support", joined_at=50)), (FIRST,),
@@ -222,8 +229,11 @@ SUSPECT = WorkerRoom("r1", "support", "agent-old", "", started_at=11)
 def test_confirm_vanished(
     participants: tuple[Participant, ...], dispatches: tuple[Dispatch, ...], confirmed: bool
 ) -> None:
-    got = confirm_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, 101)
+    got = confirm_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, 103, P)
     assert (got is not None) == confirmed
+    early = confirm_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, 101, P)
+    failed = any(d.job_status == JOB_FAILED for d in dispatches)
+    assert (early is not None) == (confirmed and failed)
     if got is not None:
         assert (got.source, got.lost_identity, got.metadata, got.since) == (
             "worker", "agent-old", "m", 11.001,
