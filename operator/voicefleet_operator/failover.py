@@ -99,6 +99,18 @@ class RoomView:
         mine = self.dispatches_of(agent_name)
         return bool(mine) and mine[-1].job_status == JOB_SUCCESS
 
+    def job_over(self, agent_name: str, now: float, policy: Policy) -> bool:
+        """LiveKit no longer runs a job of `agent_name` here: the latest dispatch's job
+        succeeded, or LiveKit lists no job for it any more (it drops finished jobs from the
+        dispatch; a worker that died leaves its job RUNNING) and it is not a fresh one."""
+        mine = self.dispatches_of(agent_name)
+        if not mine:
+            return True
+        last = mine[-1]
+        if last.job_status == JOB_SUCCESS:
+            return True
+        return last.job_status is None and now - last.created_at >= policy.join_timeout_seconds
+
     def metadata_of(self, agent_name: str) -> str:
         """The metadata of the latest dispatch of `agent_name` (what to dispatch again)."""
         mine = self.dispatches_of(agent_name)
@@ -278,7 +290,7 @@ def orphans_from_sweep(
         if not view.exists or not view.callers():
             continue
         for name in {d.agent_name for d in view.dispatches} & names:
-            if view.agents(name) or view.ended_on_purpose(name):
+            if view.agents(name) or view.job_over(name, now, policy):
                 continue
             if len(view.dispatches_of(name)) >= policy.max_dispatches_per_room:
                 continue
@@ -331,10 +343,14 @@ def confirm_vanished(
     Decided only `vanish_grace_seconds` after the room vanished (an agent ending its job
     leaves the room, then reports JS_SUCCESS: give both time to reach LiveKit), unless
     LiveKit already has the job as FAILED."""
-    if not view.exists or not view.callers() or view.ended_on_purpose(suspect.agent_name):
+    if not view.exists or not view.callers():
         return None
     mine = view.dispatches_of(suspect.agent_name)
-    failed = bool(mine) and mine[-1].job_status == JOB_FAILED
+    # The worker ran this job, so LiveKit listed it: a job no longer listed (LiveKit drops
+    # finished ones) or JS_SUCCESS ended; a dead worker's job stays RUNNING (or FAILED).
+    if not mine or mine[-1].job_status in (None, JOB_SUCCESS):
+        return None
+    failed = mine[-1].job_status == JOB_FAILED
     others = [a for a in view.agents(suspect.agent_name) if a.identity != suspect.participant]
     if others:
         return None

@@ -54,11 +54,13 @@ async def until(fn: Callable[[], Awaitable[T | None]], timeout: float, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-async def stays(fn: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    """Absence can only be observed over a window: `fn` must hold throughout."""
+async def stays(fn: Callable[[], Awaitable[Any]], seconds: float, what: str) -> None:
+    """Absence can only be observed over a window: `fn` must hold throughout (it returns
+    True, or a falsy value / a description of what it found instead)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        assert await fn(), what
+        got = await fn()
+        assert got is True, f"{what}: {got!r}"
         await asyncio.sleep(0.5)
 
 
@@ -179,6 +181,9 @@ class Fleet:
         ]
 
     async def serving_pod(self, room: str) -> dict[str, Any]:
+        return await until(lambda: self._serving(room), 10, f"a pod serving {room}")
+
+    async def _serving(self, room: str) -> dict[str, Any] | None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             for p in self.pods():
                 ip = p["status"].get("podIP")
@@ -191,7 +196,7 @@ class Fleet:
                     continue
                 if room in rooms:
                     return p
-        raise AssertionError(f"no pod serves {room}")
+        return None
 
     async def control(self, pod: dict[str, Any], what: str) -> None:
         url = f"http://{pod['status']['podIP']}:9464/control/{what}"
@@ -261,8 +266,9 @@ async def test_killed_agent_is_redispatched_exactly_once(
         accepted = metric(operator, "voicefleet_webhook_requests_total", result="accepted")
         assert accepted > 0
 
-        async def one_agent_two_dispatches() -> bool:
-            return await f.agents(room) == [second] and len(await f.dispatches(room)) == 2
+        async def one_agent_two_dispatches() -> Any:
+            agents, dispatches = await f.agents(room), await f.dispatches(room)
+            return True if agents == [second] and len(dispatches) == 2 else (agents, dispatches)
 
         await stays(one_agent_two_dispatches, 8, "exactly one new dispatch and one new agent")
         labels = {"namespace": namespace, "voiceagent": "crashy"}
@@ -300,8 +306,9 @@ async def test_deliberate_end_and_hang_up_are_not_failed_over(
         await f.control(pod, "crash")
         before = metric(operator, "voicefleet_webhook_requests_total", result="accepted")
 
-        async def nothing_dispatched() -> bool:
-            return len(await f.dispatches(ended)) == 1 and len(await f.dispatches(hung_up)) <= 1
+        async def nothing_dispatched() -> Any:
+            a, b = await f.dispatches(ended), await f.dispatches(hung_up)
+            return True if len(a) <= 1 and len(b) <= 1 else (a, b)
 
         await stays(nothing_dispatched, 12, "no re-dispatch")
         assert await f.agents(ended) == []
@@ -349,8 +356,9 @@ async def test_forged_webhook_changes_nothing(
         after = metric(operator, "voicefleet_webhook_requests_total", result="bad_signature")
         assert after == before + 1
 
-        async def unchanged() -> bool:
-            return await f.agents(room) == [agent] and len(await f.dispatches(room)) == 1
+        async def unchanged() -> Any:
+            agents, dispatches = await f.agents(room), await f.dispatches(room)
+            return True if agents == [agent] and len(dispatches) == 1 else (agents, dispatches)
 
         await stays(unchanged, 5, "a forged webhook must not dispatch")
 
