@@ -99,18 +99,6 @@ class RoomView:
         mine = self.dispatches_of(agent_name)
         return bool(mine) and mine[-1].job_status == JOB_SUCCESS
 
-    def job_over(self, agent_name: str, now: float, policy: Policy) -> bool:
-        """LiveKit no longer runs a job of `agent_name` here: the latest dispatch's job
-        succeeded, or LiveKit lists no job for it any more (it drops finished jobs from the
-        dispatch; a worker that died leaves its job RUNNING) and it is not a fresh one."""
-        mine = self.dispatches_of(agent_name)
-        if not mine:
-            return True
-        last = mine[-1]
-        if last.job_status == JOB_SUCCESS:
-            return True
-        return last.job_status is None and now - last.created_at >= policy.join_timeout_seconds
-
     def metadata_of(self, agent_name: str) -> str:
         """The metadata of the latest dispatch of `agent_name` (what to dispatch again)."""
         mine = self.dispatches_of(agent_name)
@@ -290,7 +278,7 @@ def orphans_from_sweep(
         if not view.exists or not view.callers():
             continue
         for name in {d.agent_name for d in view.dispatches} & names:
-            if view.agents(name) or view.job_over(name, now, policy):
+            if view.agents(name) or view.ended_on_purpose(name):
                 continue
             if len(view.dispatches_of(name)) >= policy.max_dispatches_per_room:
                 continue
@@ -331,40 +319,60 @@ def vanished_rooms(
     return out
 
 
-def confirm_vanished(
+Verdict = Literal["lost", "ended", "wait", "moot"]
+
+
+def judge_vanished(
     suspect: WorkerRoom,
     view: RoomView,
     noticed_at: float,
     now: float,
     policy: Policy = Policy(),
-) -> Loss | None:
-    """A loss when the room still has callers, no agent of ours other than the lost one is
-    there, and the job did not end on purpose; None while it is undecided or not a loss.
-    Decided only `vanish_grace_seconds` after the room vanished (an agent ending its job
-    leaves the room, then reports JS_SUCCESS: give both time to reach LiveKit), unless
-    LiveKit already has the job as FAILED."""
+) -> tuple[Verdict, Loss | None]:
+    """What it means that a worker that still answers no longer lists `suspect`'s room.
+
+    - `moot`: no caller left, or another agent of ours serves the room;
+    - `ended`: the agent left the room within `vanish_grace_seconds` of the room vanishing
+      (an agent ending its call disconnects at once; LiveKit keeps the job RUNNING in
+      ListDispatch either way, so the job status cannot tell);
+    - `lost`: the agent is still in the room after the grace (a dead job's participant
+      lingers until LiveKit's ~20 s timeout), or LiveKit has the job as FAILED;
+    - `wait`: look again next tick."""
     if not view.exists or not view.callers():
-        return None
-    mine = view.dispatches_of(suspect.agent_name)
-    # The worker ran this job, so LiveKit listed it: a job no longer listed (LiveKit drops
-    # finished ones) or JS_SUCCESS ended; a dead worker's job stays RUNNING (or FAILED).
-    if not mine or mine[-1].job_status in (None, JOB_SUCCESS):
-        return None
-    failed = mine[-1].job_status == JOB_FAILED
-    others = [a for a in view.agents(suspect.agent_name) if a.identity != suspect.participant]
-    if others:
-        return None
-    if not failed and now - noticed_at < policy.vanish_grace_seconds:
-        return None  # maybe still leaving: look again next tick
-    return Loss(
+        return "moot", None
+    name = suspect.agent_name
+    if any(a.identity != suspect.participant for a in view.agents(name)):
+        return "moot", None
+    mine = view.dispatches_of(name)
+    failed = bool(mine) and mine[-1].job_status == JOB_FAILED
+    lingering = any(a.identity == suspect.participant for a in view.agents(name))
+    within = now - noticed_at < policy.vanish_grace_seconds
+    if not failed and mine and mine[-1].job_status == JOB_SUCCESS:
+        return "ended", None
+    if not failed and within:
+        return ("wait", None) if lingering else ("ended", None)
+    loss = Loss(
         suspect.room,
-        suspect.agent_name,
+        name,
         noticed_at,
         "worker",
         suspect.participant,
-        suspect.metadata or view.metadata_of(suspect.agent_name),
+        suspect.metadata or view.metadata_of(name),
         suspect.started_at,
     )
+    return "lost", loss
+
+
+def deliberate_leave(
+    event: str, participant_kind: int, attributes: Mapping[str, str], disconnect_reason: int
+) -> str | None:
+    """The agent name of an agent that left its room on purpose (a `participant_left`
+    webhook with a deliberate reason), else None."""
+    if event != "participant_left" or participant_kind != KIND_AGENT:
+        return None
+    if disconnect_reason not in DELIBERATE_REASONS:
+        return None
+    return attributes.get(AGENT_NAME_ATTRIBUTE) or None
 
 
 def joined_after(view: RoomView, case: Case) -> Participant | None:

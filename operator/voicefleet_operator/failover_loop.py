@@ -79,6 +79,8 @@ class Rooms(Protocol):
 
     async def dispatch(self, room: str, agent_name: str, metadata: str) -> str: ...
 
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -159,6 +161,9 @@ class LiveKitRooms:
         d = await self._client().agent_dispatch.create_dispatch(req)
         return str(d.id)
 
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
+        await self._client().agent_dispatch.delete_dispatch(dispatch_id, room)
+
     async def close(self) -> None:
         if self._api is not None:
             await self._api.aclose()
@@ -198,6 +203,9 @@ class _State:
     incoming: list[fo.Loss] = field(default_factory=list)
     suspects: dict[str, tuple[fo.WorkerRoom, float]] = field(default_factory=dict)
     absent: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Rooms whose agent ended the call on purpose while callers stayed (not orphans).
+    ended: dict[str, float] = field(default_factory=dict)
+    ended_pending: list[str] = field(default_factory=list)  # to record (webhook, vanish)
     next_sweep: float = 0.0
     secret_read_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -266,6 +274,10 @@ class Failover:
                     self.clock(),
                     p.joined_at_ms / 1000 if p.joined_at_ms else float(p.joined_at),
                 )
+                if fo.deliberate_leave(
+                    event.event, int(p.kind), dict(p.attributes), int(p.disconnect_reason)
+                ):
+                    s.ended_pending.append(event.room.name)
                 if loss is not None:
                     log.info(
                         "%s/%s: agent %s left room %s (reason %d)",
@@ -334,6 +346,7 @@ class Failover:
         rooms = self.client(s.target)
         try:
             await self._confirm_suspects(s, rooms, now)
+            await self._record_ended(s, rooms, now)
             if now >= s.next_sweep:
                 await self._sweep(s, rooms, now)
                 s.next_sweep = now + self.sweep_seconds
@@ -387,14 +400,39 @@ class Failover:
             if (room, s.target.agent_name) in s.cases:
                 del s.suspects[room]
                 continue
-            loss = fo.confirm_vanished(suspect, await rooms.view(room), noticed, now, self.policy)
+            verdict, loss = fo.judge_vanished(
+                suspect, await rooms.view(room), noticed, now, self.policy
+            )
             if loss is not None:
                 s.incoming.append(loss)
-            if loss is not None or now - noticed > self.policy.suspect_seconds:
+            elif verdict == "ended":
+                s.ended_pending.append(room)
+            if verdict != "wait" or now - noticed > self.policy.suspect_seconds:
                 del s.suspects[room]
 
+    async def _record_ended(self, s: _State, rooms: Rooms, now: float) -> None:
+        """The agent ended its call on purpose: remember it, and delete its dispatch in
+        LiveKit, so that neither this sweep nor one after an operator restart takes the
+        room (callers still in it) for an orphan."""
+        while s.ended_pending:
+            room = s.ended_pending[0]
+            view = await rooms.view(room)
+            name = s.target.agent_name
+            if view.exists and not view.agents(name):
+                for d in view.dispatches_of(name):
+                    if d.id:
+                        await rooms.delete_dispatch(room, d.id)
+                s.ended[room] = now
+                log.info(
+                    "%s/%s: the agent ended the call in room %s on purpose",
+                    s.target.namespace, s.target.name, room,
+                )  # fmt: skip
+            s.ended_pending.pop(0)
+
     async def _sweep(self, s: _State, rooms: Rooms, now: float) -> None:
-        views = [await rooms.view(r) for r in await rooms.rooms()]
+        names = await rooms.rooms()
+        s.ended = {r: t for r, t in s.ended.items() if r in names}
+        views = [await rooms.view(r) for r in names if r not in s.ended]
         losses, s.absent = fo.orphans_from_sweep(
             views, [s.target.agent_name], s.absent, now, self.policy
         )
@@ -426,8 +464,9 @@ class Failover:
                 )  # fmt: skip
             if action.kind == "dispatch":
                 metadata = fo.dispatch_metadata(case, view)
-                dispatch_id = await rooms.dispatch(case.loss.room, t.agent_name, metadata)
+                # Recorded first: a dispatch whose answer is lost may still have landed.
                 s.cases[key] = action.case
+                dispatch_id = await rooms.dispatch(case.loss.room, t.agent_name, metadata)
                 log.info(
                     "%s/%s: dispatched %s to room %s (%s; %s)",
                     t.namespace, t.name, t.agent_name, case.loss.room, dispatch_id, action.reason,

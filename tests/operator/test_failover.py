@@ -21,8 +21,9 @@ from voicefleet_operator.failover import (
     Policy,
     RoomView,
     WorkerRoom,
-    confirm_vanished,
+    deliberate_leave,
     dispatch_metadata,
+    judge_vanished,
     loss_from_webhook,
     losses_from_workers,
     merge_loss,
@@ -122,14 +123,6 @@ def test_first_notice_wins() -> None:
     assert merge_loss(closed, later) == Case(later)
 
 
-def test_vanished_room_with_a_lingering_agent_is_lost_after_the_grace() -> None:
-    # A crashed worker restarted by the kubelet: the room is gone from its /sessions, the
-    # dead agent lingers in LiveKit (its job still RUNNING there) until LiveKit times it out.
-    lingering = view(CALLER, GHOST, dispatches=(FIRST,))
-    assert confirm_vanished(SUSPECT, lingering, 100, 102.9, P) is None
-    assert confirm_vanished(SUSPECT, lingering, 100, 103, P) is not None
-
-
 def replace_status(d: Dispatch, status: int | None) -> Dispatch:
     return replace(d, job_status=status)
 
@@ -194,10 +187,11 @@ def test_per_room_bound_on_dispatches() -> None:
 
 
 def test_sweep_skips_jobs_that_ended_on_purpose() -> None:
-    # JS_SUCCESS, or (as measured on LiveKit 1.13) the finished job dropped from the dispatch.
-    for ended in (replace_status(FIRST, JOB_SUCCESS), replace_status(FIRST, None)):
-        room = RoomView("r1", True, (CALLER,), (ended,))
-        assert orphans_from_sweep([room], ["support"], {("r1", "support"): 0}, 100, P)[0] == []
+    room = RoomView("r1", True, (CALLER,), (replace_status(FIRST, JOB_SUCCESS),))
+    assert orphans_from_sweep([room], ["support"], {("r1", "support"): 0}, 100, P)[0] == []
+    # A dispatch the operator deleted after a deliberate end is not there at all.
+    room = RoomView("r1", True, (CALLER,), ())
+    assert orphans_from_sweep([room], ["support"], {("r1", "support"): 0}, 100, P)[0] == []
 
 
 def test_dispatch_metadata_falls_back_to_the_rooms_latest_dispatch() -> None:
@@ -216,29 +210,46 @@ def test_vanished_rooms_only_from_workers_that_answered() -> None:
 
 
 SUSPECT = WorkerRoom("r1", "support", "agent-old", "", started_at=11)
+NEW = Participant("agent-new", KIND_AGENT, "support", joined_at=50)
 
 
 @pytest.mark.parametrize(
-    ("participants", "dispatches", "confirmed"),
+    ("participants", "dispatches", "now", "verdict"),
     [
-        ((CALLER,), (FIRST,), True),  # agent gone, caller stays, job not ended: lost
-        ((CALLER, GHOST), (replace_status(FIRST, JOB_FAILED),), True),  # crashed, lingering
-        ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), False),  # hung up on purpose
-        ((CALLER,), (replace(FIRST, job_status=None),), False),  # LiveKit dropped the done job
-        ((GHOST,), (FIRST,), False),  # caller gone
-        ((CALLER, Participant("agent-new", KIND_AGENT, "support", joined_at=50)), (FIRST,),
-         False),  # someone else serves it
+        # the agent left at once: it ended the call on purpose (its job stays RUNNING)
+        ((CALLER,), (FIRST,), 100, "ended"),
+        ((CALLER,), (FIRST,), 102, "ended"),
+        # still in the room right after: maybe leaving; still there after the grace: lost
+        ((CALLER, GHOST), (FIRST,), 101, "wait"),
+        ((CALLER, GHOST), (FIRST,), 103, "lost"),
+        ((CALLER,), (FIRST,), 104, "lost"),  # lingered past the grace, then timed out
+        ((CALLER, GHOST), (replace_status(FIRST, JOB_FAILED),), 100, "lost"),
+        ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), 104, "ended"),
+        ((GHOST,), (FIRST,), 104, "moot"),  # the caller is gone
+        ((CALLER, NEW), (FIRST,), 104, "moot"),  # someone else serves it
     ],
-)  # fmt: skip
-def test_confirm_vanished(
-    participants: tuple[Participant, ...], dispatches: tuple[Dispatch, ...], confirmed: bool
+)
+def test_judge_vanished(
+    participants: tuple[Participant, ...],
+    dispatches: tuple[Dispatch, ...],
+    now: float,
+    verdict: str,
 ) -> None:
-    got = confirm_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, 103, P)
-    assert (got is not None) == confirmed
-    early = confirm_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, 101, P)
-    failed = any(d.job_status == JOB_FAILED for d in dispatches)
-    assert (early is not None) == (confirmed and failed)
-    if got is not None:
-        assert (got.source, got.lost_identity, got.metadata, got.since) == (
-            "worker", "agent-old", "m", 11.001,
-        )  # fmt: skip
+    got, loss = judge_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, now, P)
+    assert got == verdict
+    assert (loss is not None) == (verdict == "lost")
+    if loss is not None:
+        assert (loss.source, loss.lost_identity, loss.metadata, loss.since) == (
+            "worker",
+            "agent-old",
+            "m",
+            11.001,
+        )
+
+
+def test_deliberate_leave_from_webhook() -> None:
+    attrs = {"lk.agent.name": "support"}
+    assert deliberate_leave("participant_left", KIND_AGENT, attrs, 1) == "support"
+    assert deliberate_leave("participant_left", KIND_AGENT, attrs, 14) is None
+    assert deliberate_leave("participant_left", KIND_STANDARD, attrs, 1) is None
+    assert deliberate_leave("participant_joined", KIND_AGENT, attrs, 1) is None
