@@ -15,3 +15,15 @@ def test_flags_default_from_env() -> None:
     assert s.default_image == "img:1" and s.metrics_port == 9000 and s.log_format == "text"
     assert cmd.parse(["--metrics-port", "9100"], env).metrics_port == 9100
     assert cmd.parse([], {}).namespaces == ()
+
+
+def test_failover_flags() -> None:
+    s = cmd.parse([], {})
+    assert (s.webhook_port, s.failover_sweep_seconds) == (8090, 10.0)
+    env = {
+        "VOICEFLEET_OPERATOR_WEBHOOK_PORT": "0",
+        "VOICEFLEET_OPERATOR_FAILOVER_SWEEP_SECONDS": "15",
+    }
+    s = cmd.parse([], env)
+    assert (s.webhook_port, s.failover_sweep_seconds) == (0, 15.0)
+    assert cmd.parse(["--webhook-port=9443"], env).webhook_port == 9443
