@@ -527,7 +527,10 @@ def register_failover(
         for result in RESULTS:  # every series exists from the start (rates need a zero)
             failover.metrics.webhooks.labels(result)
         if webhook_port:
-            await server.start(host, webhook_port)
+            try:
+                await server.start(host, webhook_port)
+            except OSError as e:  # the rest of the operator must run; the sweep covers
+                log.error("cannot serve LiveKit webhooks on %s:%d: %s", host, webhook_port, e)
 
     @kopf.on.cleanup(registry=registry)
     async def _stop_webhooks(**_: Any) -> None:
