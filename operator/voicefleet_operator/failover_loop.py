@@ -299,6 +299,8 @@ class Failover:
             except KubeError as e:
                 log.warning("failover %s/%s: cannot read the LiveKit Secret: %s", *key, e)
                 creds = None
+            if s is not None:
+                s.secret_read_at = now  # also after a failure: at most one read per 30 s
             if creds is not None:
                 t = FleetTarget(
                     spec.namespace, spec.name, spec.agent_name, spec.livekit.url, *creds
