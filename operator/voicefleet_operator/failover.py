@@ -182,6 +182,10 @@ def step(case: Case, view: RoomView, now: float, policy: Policy) -> Action:
         return Action(
             "done", replace(case, outcome=outcome), f"agent {new.identity} is in the room"
         )
+    if not view.dispatches_of(loss.agent_name):
+        # Our agents only come by explicit dispatch: with none left in the room (deleted
+        # after a deliberate end, or by the application) nobody wants an agent here.
+        return Action("done", replace(case, outcome="ended"), "no dispatch of the agent left")
     after = [d for d in view.dispatches_of(loss.agent_name) if d.created_at >= loss.since]
     if view.ended_on_purpose(loss.agent_name):
         outcome = "redispatched" if after else "ended"
@@ -344,10 +348,12 @@ def judge_vanished(
     if any(a.identity != suspect.participant for a in view.agents(name)):
         return "moot", None
     mine = view.dispatches_of(name)
-    failed = bool(mine) and mine[-1].job_status == JOB_FAILED
+    if not mine:
+        return "moot", None  # its dispatch is gone: nobody wants an agent here
+    failed = mine[-1].job_status == JOB_FAILED
     lingering = any(a.identity == suspect.participant for a in view.agents(name))
     within = now - noticed_at < policy.vanish_grace_seconds
-    if not failed and mine and mine[-1].job_status == JOB_SUCCESS:
+    if not failed and mine[-1].job_status == JOB_SUCCESS:
         return "ended", None
     if not failed and within:
         return ("wait", None) if lingering else ("ended", None)

@@ -389,7 +389,11 @@ class Failover:
         for loss in fo.losses_from_workers(s.previous, refused, gone, now):
             s.incoming.append(loss)
         for suspect in fo.vanished_rooms(s.previous, current):
-            s.suspects.setdefault(suspect.room, (suspect, now))
+            if suspect.room not in s.ended:
+                s.suspects.setdefault(suspect.room, (suspect, now))
+        for served in current.values():  # served again: a new call in a reused room
+            for w in served:
+                s.ended.pop(w.room, None)
         # What each worker serves now; a dead one's rooms were turned into losses above.
         for k in gone:
             s.previous.pop(k, None)
@@ -441,7 +445,7 @@ class Failover:
         s.incoming += losses
 
     def _open(self, s: _State, loss: fo.Loss) -> None:
-        if loss.agent_name != s.target.agent_name:
+        if loss.agent_name != s.target.agent_name or loss.room in s.ended:
             return
         case = fo.merge_loss(s.cases, loss)
         if case is not None:

@@ -45,10 +45,19 @@ def view(
 
 
 def test_orphan_is_dispatched_even_while_the_dead_agent_lingers() -> None:
-    a = step(Case(LOSS), view(CALLER, GHOST), now=100.5, policy=P)
+    original = (Dispatch("support", created_at=0.5, metadata="m"),)
+    a = step(Case(LOSS), view(CALLER, GHOST, dispatches=original), now=100.5, policy=P)
     assert a.kind == "dispatch"
     assert a.case.attempts == 1
     assert "noticed by worker" in a.reason
+
+
+def test_no_dispatch_left_means_nobody_wants_an_agent() -> None:
+    # Deleted after a deliberate end (or by the application): no dispatch, no failover.
+    a = step(Case(LOSS), view(CALLER, GHOST), now=100.5, policy=P)
+    assert (a.kind, a.case.outcome) == ("done", "ended")
+    verdict, loss = judge_vanished(SUSPECT, view(CALLER, GHOST), 100, 110, P)
+    assert (verdict, loss) == ("moot", None)
 
 
 def test_pending_dispatch_is_not_repeated_and_survives_operator_restart() -> None:

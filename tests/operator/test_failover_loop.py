@@ -249,3 +249,35 @@ async def test_deliberate_end_with_the_caller_still_there_is_not_an_orphan() -> 
         )
         == 0
     )
+
+
+async def test_deliberate_end_seen_late_by_the_worker_view_and_by_webhook() -> None:
+    from livekit.protocol.models import DisconnectReason, ParticipantInfo, Room
+    from livekit.protocol.webhook import WebhookEvent
+
+    f, lk, scraper, clock, spec, _ = setup()
+    f.sweep_seconds = 0
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    await tick(f, lk, clock, spec)
+    scraper.rooms["w1"] = []
+    lk.participants = [CALLER]
+    await f.on_webhook(
+        WebhookEvent(
+            event="participant_left",
+            id="EV",
+            created_at=int(clock.t),
+            room=Room(name="r1"),
+            participant=ParticipantInfo(
+                identity="agent-old",
+                kind=ParticipantInfo.Kind.AGENT,
+                attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
+                disconnect_reason=DisconnectReason.CLIENT_INITIATED,
+            ),
+        ),
+        secret_id("k", "s" * 32),
+    )
+    # A slow operator: the next ticks come after the vanish grace.
+    for _ in range(5):
+        await tick(f, lk, clock, spec, dt=5)
+    assert lk.dispatches == []
