@@ -5,6 +5,8 @@ Why Python: the schema shares its limits (lengths, ranges, reserved names, voice
 gets a description through the same small helpers. `python -m voicefleet_operator.crd`
 prints the YAML; `tests/operator/test_crd.py` fails when the checked-in file differs, and
 checks that the schema's defaults are the ones `spec.py` and the contract assume.
+`python -m voicefleet_operator.crd --docs` prints the field reference, docs/voiceagent.md
+(`crd_docs.py`), from the same schema.
 """
 
 from __future__ import annotations
@@ -838,8 +840,16 @@ def openapi_schema() -> Schema:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
 
 
-def main() -> None:
-    sys.stdout.write(render_yaml())
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--docs"]:
+        from .crd_docs import render
+
+        sys.stdout.write(render(build_crd()))
+    elif args:
+        sys.exit("usage: python -m voicefleet_operator.crd [--docs]")
+    else:
+        sys.stdout.write(render_yaml())
 
 
 if __name__ == "__main__":

@@ -236,7 +236,9 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
         "v1",
         "pods",
         labels={LABEL_NAME: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY},
-        id="worker_pods",  # kopf passes an index to handlers under its id
+        # kopf passes an index by its id, which defaults to the qualified name
+        # (register_autoscaler.<locals>.worker_pods): name it explicitly.
+        id="worker_pods",
         registry=registry,
     )
     def worker_pods(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from kubernetes import client, config
@@ -61,6 +62,19 @@ def path_of(obj: Mapping[str, Any]) -> str:
     return path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
 
 
+@dataclass(frozen=True)
+class Applied:
+    """The object after a server-side apply, and whether the apply created it (HTTP 201).
+
+    The answer is the only race-free way to tell a create from an update: an object read
+    before the apply may be deleted (by hand, by a namespace going away) before the apply
+    lands, and the apply then creates it.
+    """
+
+    obj: dict[str, Any]
+    created: bool
+
+
 class KubeApi(Protocol):
     """What the reconciler needs; tests provide a fake."""
 
@@ -68,7 +82,7 @@ class KubeApi(Protocol):
 
     def list(self, path: str, label_selector: str) -> list[dict[str, Any]]: ...
 
-    def apply(self, obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]: ...
+    def apply(self, obj: Mapping[str, Any], field_manager: str) -> Applied: ...
 
     def patch_status(self, path: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
 
@@ -99,6 +113,18 @@ class Kube:
         body: Any = None,
         content_type: str | None = None,
     ) -> dict[str, Any]:
+        return self.exchange(method, path, query=query, body=body, content_type=content_type)[1]
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """One request: (HTTP status, JSON body); a non-2xx answer raises `KubeError`."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -127,7 +153,7 @@ class Kube:
             except ValueError:
                 pass
             raise KubeError(status, reason, message)
-        return json.loads(text) if text else {}
+        return status, (json.loads(text) if text else {})
 
     def get(self, path: str) -> dict[str, Any] | None:
         try:
@@ -141,16 +167,17 @@ class Kube:
         items = self.request("GET", path, query={"labelSelector": label_selector})["items"]
         return list(items)
 
-    def apply(self, obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], field_manager: str) -> Applied:
         # force: every field in an apply body is one the operator owns by design; a human
         # editing them (drift) is exactly what must be reverted.
-        return self.request(
+        status, result = self.exchange(
             "PATCH",
             path_of(obj),
             query={"fieldManager": field_manager, "force": "true"},
             body=dict(obj),
             content_type=APPLY_PATCH,
         )
+        return Applied(result, created=status == 201)
 
     def patch_status(self, path: str, status: Mapping[str, Any]) -> dict[str, Any]:
         return self.request(

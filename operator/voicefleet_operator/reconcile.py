@@ -148,6 +148,28 @@ def _problem_events(previous: Mapping[str, Any], problem: Problem | None) -> lis
     return []
 
 
+def _degraded_events(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Event]:
+    """Warn when the workers start failing (crash loop, image pull, a stalled rollout) and
+    say when they recover. Once per change of reason, not per pod or per reconcile; a
+    blocking problem has its own Event (`_problem_events`)."""
+    before = _condition(previous, "Degraded")
+    after = _condition(status, "Degraded")
+    was = before.get("status") == "True" and before.get("reason") not in _PROBLEM_REASONS
+    now = after.get("status") == "True" and after.get("reason") not in _PROBLEM_REASONS
+    if now and (not was or before.get("reason") != after.get("reason")):
+        return [Event("Warning", str(after["reason"]), str(after.get("message", "")))]
+    if was and not now and after.get("reason") == Reason.AS_EXPECTED:
+        return [Event("Normal", "Recovered", f"{before.get('reason')} is over")]
+    return []
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == type_:
+            return c  # type: ignore[no-any-return]
+    return {}
+
+
 _PROBLEM_REASONS = frozenset(
     {
         Reason.INVALID_SPEC,
@@ -168,36 +190,85 @@ def _apply_children(
     current: dict[str, Any] | None,
     previous: Mapping[str, Any],
     generation: int,
-) -> tuple[dict[str, Any], str, list[Event]]:
+) -> tuple[dict[str, Any] | None, str, list[Event]]:
+    """Apply every child; the events say what was created, re-created or repaired.
+
+    Whether a child was created comes from the apply's own answer (HTTP 201), never from
+    a read before it: a child deleted by hand between that read and the apply is created
+    by the apply, and must be reported as re-created, not as drift on the old object.
+    """
     children = render_children(spec, owner, settings)
-    current_replicas = None if current is None else current.get("spec", {}).get("replicas")
-    replicas = desired_replicas(spec, None if current is None else int(current_replicas or 0))
-    events: list[Event] = []
+    dep_path = path("apps/v1", "Deployment", spec.namespace, spec.name)
+    created: list[str] = []
     for obj in children.in_apply_order()[:-1]:
-        kube.apply(obj, FIELD_MANAGER)
-    dep_body = children.deployment
+        if kube.apply(obj, FIELD_MANAGER).created:
+            created.append(f"{obj['kind']} {obj['metadata']['name']}")
+    events: list[Event] = []
+    deployment: dict[str, Any] | None
+    if current is not None and current["metadata"].get("deletionTimestamp"):
+        # Going away (a foreground deletion waits for its pods): an apply would only edit
+        # a dying object. Its DELETED event brings the reconcile that re-creates it.
+        deployment = current
+    else:
+        deployment, dep_created = _apply_deployment(
+            kube, spec, children.deployment, current, dep_path
+        )
+        if dep_created:
+            created.append(f"Deployment {spec.name}")
+        elif current is not None and current.get("metadata", {}).get("generation") != (
+            deployment.get("metadata", {}).get("generation")
+        ):
+            events.append(
+                _deployment_change_event(spec, children.config_hash, previous, generation)
+            )
+    if created:
+        # configHash is written only after children were applied: this VoiceAgent had
+        # them before, so whatever was created now had been deleted outside the operator.
+        verb = "Recreated" if previous.get("configHash") else "Created"
+        why = " (deleted outside the operator)" if verb == "Recreated" else ""
+        events.insert(0, Event("Normal", verb, f"{verb} {', '.join(created)}{why}"))
+    return deployment, children.config_hash, events
+
+
+def _apply_deployment(
+    kube: KubeApi,
+    spec: VoiceAgentSpec,
+    body: dict[str, Any],
+    current: dict[str, Any] | None,
+    dep_path: str,
+) -> tuple[dict[str, Any], bool]:
+    """Apply the Deployment and its replicas (by the replicas field manager); returns it
+    and whether this call created it."""
+    if current is not None:
+        replicas = desired_replicas(spec, int(current.get("spec", {}).get("replicas") or 0))
+        if replicas is not None:
+            # Before the main apply, which omits replicas: the replicas manager must own
+            # them first, or the main manager letting go would reset them to 1.
+            try:
+                kube.apply(render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER)
+            except KubeError as e:
+                # A replicas-only apply cannot create a Deployment: if it was deleted
+                # after our read, create it below; any other refusal is real.
+                if e.transient or kube.get(dep_path) is not None:
+                    raise
+                current = None
     if current is None:
         # Creating: the main apply carries the initial replicas (else the Deployment
         # would start at 1); the replicas manager then co-owns them, so the next main
         # apply, which omits them, drops only its own claim, not the value.
+        replicas = desired_replicas(spec, None)
         if replicas is not None:
-            dep_body = {**dep_body, "spec": {**dep_body["spec"], "replicas": replicas}}
-        deployment = kube.apply(dep_body, FIELD_MANAGER)
+            body = {**body, "spec": {**body["spec"], "replicas": replicas}}
+    applied = kube.apply(body, FIELD_MANAGER)
+    deployment = applied.obj
+    if applied.created:
+        # Also when it was deleted between the read and this apply: seed its replicas.
+        replicas = desired_replicas(spec, None)
         if replicas is not None:
-            deployment = kube.apply(render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER)
-        verb = "Recreated" if previous.get("observedGeneration") else "Created"
-        events.append(Event("Normal", verb, f"{verb} Deployment {spec.name}"))
-    else:
-        if replicas is not None:
-            kube.apply(render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER)
-        deployment = kube.apply(dep_body, FIELD_MANAGER)
-        before = current.get("metadata", {}).get("generation")
-        after = deployment.get("metadata", {}).get("generation")
-        if before != after:
-            events.append(
-                _deployment_change_event(spec, children.config_hash, previous, generation)
-            )
-    return deployment, children.config_hash, events
+            deployment = kube.apply(
+                render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER
+            ).obj
+    return deployment, applied.created
 
 
 def _deployment_change_event(
@@ -297,7 +368,7 @@ def reconcile(
             previous=previous,
         )
     )
-    events = _problem_events(previous, problem) + events
+    events = _problem_events(previous, problem) + _degraded_events(previous, status) + events
     if status_changed(previous, status):
         kube.patch_status(va_path(namespace, name), status)
     return Outcome(body=body, status=status, problem=problem, events=events)

@@ -20,7 +20,12 @@ def main(argv: list[str] | None = None) -> int:
         help="state directory (default: .testbed/ in the checkout, or $VOICEFLEET_TESTBED)",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="start the stack in the background (harmless when already up)")
+    up = sub.add_parser("up", help="start the stack in the background (harmless when already up)")
+    up.add_argument(
+        "--no-operator",
+        action="store_true",
+        help="without the VoiceAgent CRD and operator (to run the operator tests against it)",
+    )
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="what runs and what is unhealthy (exit 1 if anything is down)")
     sub.add_parser("env", help="print the shell exports for the stack")
@@ -29,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(args.dir)
     try:
         if args.cmd == "up":
-            stack.up()
+            stack.up(operator=not args.no_operator)
             print(stack.summary())
         elif args.cmd == "down":
             stack.down()

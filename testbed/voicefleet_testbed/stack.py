@@ -1,5 +1,6 @@
 """The local stack: real etcd, kube-apiserver, kube-controller-manager and LiveKit server,
-plus the node agent, started in the background on free loopback ports.
+plus the node agent and the OpenAI Realtime API stand-in, started in the background on
+free loopback ports.
 
 State lives in one directory (`.testbed/` for `make up`, a temporary one per test run):
 `state.json` (ports, PIDs), `env` (shell exports), `kubeconfig`, `logs/`, `pods/`.
@@ -26,6 +27,13 @@ from .prometheus import prometheus_config
 
 Progress = Callable[[str], None]
 LIVEKIT_KEY = "devkey"
+# A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack is
+# loopback-only, and a fixed one lets examples/voiceagent.yaml carry it as-is.
+LIVEKIT_SECRET = "voicefleet-testbed-livekit-dev-secret"
+# The checkout's own stack (`make up`) puts LiveKit on its usual port when free, so the
+# example's ws://127.0.0.1:7880 works as-is; test stacks take free ports.
+LIVEKIT_DEFAULT_PORT = 7880
+OPERATOR = "voicefleet-operator"
 
 
 @dataclass
@@ -36,6 +44,7 @@ class StackState:
     livekit_secret: str = ""
     pod_net: int = 0  # pods get 127.<pod_net>.x.y
     extra_env: dict[str, str] = field(default_factory=dict)
+    operator: bool = False  # runs the voicefleet operator from this checkout
 
     @property
     def file(self) -> Path:
@@ -49,6 +58,7 @@ class StackState:
             "livekit_secret": self.livekit_secret,
             "pod_net": self.pod_net,
             "extra_env": self.extra_env,
+            "operator": self.operator,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -71,6 +81,7 @@ class StackState:
             livekit_secret=data.get("livekit_secret", ""),
             pod_net=int(data.get("pod_net", 0)),
             extra_env=dict(data.get("extra_env", {})),
+            operator=bool(data.get("operator", False)),
         )
 
 
@@ -140,6 +151,19 @@ class Stack:
         return f"http://127.0.0.1:{self.state.ports['prometheus']}"
 
     @property
+    def realtime_url(self) -> str:
+        """The Realtime API stand-in's control URL (`/control`, `/stats`, `/s/<scenario>/...`)."""
+        if "realtime" not in self.state.ports:
+            raise RuntimeError(
+                f"the stack in {self.dir} predates the Realtime stand-in: make down && make up"
+            )
+        return f"http://127.0.0.1:{self.state.ports['realtime']}"
+
+    def openai_base_url(self, scenario: str | None = None) -> str:
+        """The OpenAI base URL of the stand-in; a scenario isolates a test's settings and stats."""
+        return f"{self.realtime_url}/s/{scenario}/v1" if scenario else f"{self.realtime_url}/v1"
+
+    @property
     def livekit_secret(self) -> str:
         return self.state.livekit_secret
 
@@ -154,6 +178,9 @@ class Stack:
             "VOICEFLEET_TESTBED": str(self.dir),
             "PATH": f"{b.kubectl.parent}:{b.helm.parent}:{Path(sys.executable).parent}:$PATH",
         }
+        if "realtime" in self.state.ports:  # absent in a stack started by an older checkout
+            env["OPENAI_BASE_URL"] = self.openai_base_url()
+            env["VOICEFLEET_REALTIME_URL"] = self.realtime_url
         env.update(self.state.extra_env)
         return env
 
@@ -231,6 +258,13 @@ class Stack:
                 logs / "livekit-server.log",
             )
 
+        def realtime() -> ProcRef:
+            argv = [
+                sys.executable, "-m", "voicefleet_testbed.realtime",
+                "--host=127.0.0.1", f"--port={s.ports['realtime']}",
+            ]  # fmt: skip
+            return spawn("realtime-standin", argv, logs / "realtime-standin.log", cwd=REPO_DIR)
+
         def prometheus() -> ProcRef:
             assert b.prometheus is not None
             config = self.dir / "prometheus.yml"
@@ -246,6 +280,24 @@ class Stack:
             ]
             return spawn("prometheus", argv, logs / "prometheus.log")
 
+        def operator() -> ProcRef:
+            from . import operator_proc
+            from .kube import Kube
+
+            kubeconfig = operator_proc.prepare(Kube.admin(self), self.api_server, pki, self.dir)
+            argv = operator_proc.argv(
+                kubeconfig,
+                s.ports["operator-metrics"],
+                s.ports["operator-health"],
+                self.webhook_port,
+            )
+            return spawn(OPERATOR, argv, logs / f"{OPERATOR}.log", cwd=REPO_DIR)
+
+        def operator_healthy() -> bool:
+            from . import operator_proc
+
+            return operator_proc.healthy(s.ports["operator-health"])
+
         return [
             Component("etcd", etcd, lambda: cp.etcd_healthy(s.ports["etcd"]), 30),
             Component(
@@ -259,22 +311,35 @@ class Stack:
             ),
             Component("node-agent", node_agent, self._node_ready, 30),
             Component("livekit-server", livekit, self._livekit_ready, 30),
+            Component("realtime-standin", realtime, self._realtime_ready, 30),
             *(
                 [Component("prometheus", prometheus, self._prometheus_ready, 30)]
                 if b.prometheus is not None
                 else []
             ),
+            *([Component(OPERATOR, operator, operator_healthy, 60)] if s.operator else []),
         ]
 
     def extra_scrape_targets(self) -> dict[str, str]:
         """job name -> host:port of processes the testbed runs outside pods (the operator)."""
-        return {}
+        if not self.state.operator:
+            return {}
+        return {OPERATOR: f"127.0.0.1:{self.state.ports['operator-metrics']}"}
 
     def _prometheus_ready(self) -> bool:
         import urllib.request
 
         try:
             with urllib.request.urlopen(f"{self.prometheus_url}/-/ready", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def _realtime_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.realtime_url}/healthz", timeout=2) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -299,12 +364,27 @@ class Stack:
     def running(self) -> dict[str, bool]:
         return {name: ref.alive() for name, ref in self.state.procs.items()}
 
-    def up(self) -> Stack:
-        """Start whatever is not running; a stack that is fully up is left alone."""
+    def up(self, operator: bool = False) -> Stack:
+        """Start whatever is not running; a stack that is fully up is left alone.
+
+        `operator`: also install the CRD and RBAC and run the operator from this checkout
+        under its own ServiceAccount (`make up`); tests run their own and leave it off.
+        """
         b = Binaries.locate().require()
         alive = self.running()
-        if alive and all(alive.values()):
+        if alive and all(alive.values()) and (OPERATOR in alive) == operator:
             self.progress(f"testbed already up ({self.dir})")
+            return self
+        if alive and all(alive.values()) and operator:
+            self.progress("  adding the operator to the running testbed ...")
+            self.state.operator = True
+            for n in ("operator-metrics", "operator-health"):
+                self.state.ports[n] = pick_port(self.state.ports.get(n))
+            self._start(self._components(b)[-1])
+            self.write_env_file()
+            return self
+        if alive and all(alive.values()):
+            self.progress(f"testbed already up, with the operator ({self.dir})")
             return self
         if alive:
             dead = [n for n, ok in alive.items() if not ok]
@@ -312,22 +392,33 @@ class Stack:
                 f"recovering a stale testbed in {self.dir} (not running: {', '.join(dead)})"
             )
             self.down(quiet=True)
+        self.state.operator = operator
         self._prepare()
         t0 = time.monotonic()
         for comp in self._components(b):
-            self.progress(f"  starting {comp.name} ...")
-            ref = comp.start()
-            self.state.procs[comp.name] = ref
-            self.state.save()
-            try:
-                _wait_ready(comp, ref)
-            except (Timeout, Abort) as e:
-                self.down(quiet=True)
-                raise RuntimeError(f"{comp.name} did not start: {e}") from None
-        self._bootstrap()
+            if comp.name == OPERATOR:
+                self._bootstrap()  # the operator's ServiceAccount needs the token controller
+            self._start(comp)
+        if not operator:
+            self._bootstrap()
         self.write_env_file()
         self.progress(f"testbed up in {time.monotonic() - t0:.1f}s")
         return self
+
+    def _start(self, comp: Component) -> None:
+        self.progress(f"  starting {comp.name} ...")
+        try:
+            ref = comp.start()
+        except Exception as e:
+            self.down(quiet=True)
+            raise RuntimeError(f"{comp.name} did not start: {e}") from None
+        self.state.procs[comp.name] = ref
+        self.state.save()
+        try:
+            _wait_ready(comp, ref)
+        except (Timeout, Abort) as e:
+            self.down(quiet=True)
+            raise RuntimeError(f"{comp.name} did not start: {e}") from None
 
     def _prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -342,12 +433,18 @@ class Stack:
             "livekit",
             "livekit-rtc-tcp",
             "prometheus",
+            "realtime",
+            "operator-metrics",
+            "operator-health",
             "operator-webhook",
         ]
         # Keep the ports of a previous run when they are still free (stable URLs).
-        self.state.ports = {n: pick_port(self.state.ports.get(n)) for n in names}
+        preferred = dict(self.state.ports)
+        if self.dir == default_dir().resolve():
+            preferred["livekit"] = LIVEKIT_DEFAULT_PORT
+        self.state.ports = {n: pick_port(preferred.get(n)) for n in names}
         self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
-        self.state.livekit_secret = self.state.livekit_secret or secrets.token_urlsafe(32)
+        self.state.livekit_secret = LIVEKIT_SECRET
         # A /16 of loopback per stack, so stacks side by side never hand out the same pod IP.
         self.state.pod_net = self.state.pod_net or _pick_pod_net(self.dir)
         self.state.procs = {}
@@ -410,8 +507,19 @@ class Stack:
                 f"  kube-apiserver  {self.api_server}  (Kubernetes v{v['KUBERNETES_VERSION']})",
                 f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
                 f"  prometheus      {self.prometheus_url}  (discovers worker pods through the API server)",
+                f"  realtime        {self.openai_base_url()}  (OpenAI Realtime API stand-in; OPENAI_BASE_URL)",
                 f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
                 f"  logs            {self.logs_dir}",
+                *(
+                    [
+                        f"  operator        from this checkout, as ServiceAccount "
+                        f"voicefleet-system/{OPERATOR}; log {self.logs_dir / (OPERATOR + '.log')}",
+                        "  try             kubectl apply -f examples/voiceagent.yaml && "
+                        "kubectl get va -w",
+                    ]
+                    if self.state.operator
+                    else []
+                ),
                 "next:",
                 f"  . {self.dir / 'env'} && kubectl get nodes",
                 "  make status   # what runs, what is unhealthy",

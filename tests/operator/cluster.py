@@ -130,6 +130,29 @@ class OperatorProcess:
         ) as r:
             return str(r.read().decode())
 
+    def reconciles(self, namespace: str, name: str) -> int:
+        """Reconciles this operator process finished for one VoiceAgent (any result)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if (
+                line.startswith("voicefleet_operator_reconciles_total{")
+                and f'namespace="{namespace}"' in line
+                and f'voiceagent="{name}"' in line
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    def wait_reconciled(
+        self, namespace: str, name: str, more: int = 1, timeout: float = 30
+    ) -> None:
+        """Until `more` reconciles (a resync, at the latest) finish after this call."""
+        start = self.reconciles(namespace, name)
+        wait_for(
+            lambda: self.reconciles(namespace, name) >= start + more,
+            timeout,
+            f"{more} more reconcile(s) of {namespace}/{name}",
+        )
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -16,6 +16,12 @@ from .cluster import OperatorProcess, install_crd, install_images, install_rbac
 def operator(
     stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
+    if stack.running().get("voicefleet-operator"):
+        pytest.exit(
+            "the reused testbed runs its own operator (make up); these tests run theirs: "
+            "restart it with `testbed up --no-operator`, or run them without VOICEFLEET_TESTBED",
+            returncode=2,
+        )
     install_crd(kube)
     install_images(stack)
     op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"))

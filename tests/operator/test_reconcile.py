@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from voicefleet_operator.kube import KubeError, path_of
+from voicefleet_operator.kube import Applied, KubeError, path_of
 from voicefleet_operator.reconcile import reconcile, va_path
 from voicefleet_operator.settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
 
@@ -26,6 +26,7 @@ class FakeKube:
         self.status_patches = 0
         self.rv = 0
         self.deleted: list[str] = []
+        self.uid = 0
 
     def put(self, p: str, obj: dict[str, Any]) -> None:
         self.objects[p] = obj
@@ -37,7 +38,7 @@ class FakeKube:
     def list(self, path: str, label_selector: str) -> list[dict[str, Any]]:
         return []
 
-    def apply(self, obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], field_manager: str) -> Applied:
         p = path_of(obj)
         self.applies.append((obj["kind"], field_manager))
         current = self.objects.get(p)
@@ -50,8 +51,11 @@ class FakeKube:
         gen = (current or {}).get("metadata", {}).get("generation", 0)
         changed = current is None or current.get("spec") != new.get("spec")
         new["metadata"] = {**new.get("metadata", {}), "generation": gen + 1 if changed else gen}
+        if current is None:
+            self.uid += 1
+            new["metadata"]["uid"] = f"uid-{self.uid}"
         self.objects[p] = new
-        return copy.deepcopy(new)
+        return Applied(copy.deepcopy(new), created=current is None)
 
     def patch_status(self, path: str, status: Mapping[str, Any]) -> dict[str, Any]:
         self.status_patches += 1
@@ -175,14 +179,14 @@ def test_keda_mode_without_keda_is_a_condition_and_changes_nothing() -> None:
 def test_rejected_apply_is_a_condition_and_transient_errors_raise() -> None:
     k = _setup()
 
-    def reject(obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+    def reject(obj: Mapping[str, Any], field_manager: str) -> Applied:
         raise KubeError(422, "Invalid", "spec.template.spec.affinity: Invalid value")
 
     k.apply = reject  # type: ignore[method-assign]
     out = reconcile(k, Settings(), NS, "support")
     assert _ready(out.status or {})["reason"] == "ApplyFailed"
 
-    def unavailable(obj: Mapping[str, Any], field_manager: str) -> dict[str, Any]:
+    def unavailable(obj: Mapping[str, Any], field_manager: str) -> Applied:
         raise KubeError(503, "ServiceUnavailable", "etcd")
 
     k.apply = unavailable  # type: ignore[method-assign]
@@ -193,3 +197,113 @@ def test_rejected_apply_is_a_condition_and_transient_errors_raise() -> None:
 
 def test_gone_voiceagent_is_a_no_op() -> None:
     assert reconcile(FakeKube(), Settings(), NS, "support").body is None
+
+
+DEP = f"/apis/apps/v1/namespaces/{NS}/deployments/support"
+CM = f"/api/v1/namespaces/{NS}/configmaps/support-config"
+
+
+def test_first_creation_is_created_even_after_a_blocked_reconcile() -> None:
+    k = _setup(secrets=False)
+    blocked = reconcile(k, Settings(), NS, "support")
+    assert _ready(blocked.status or {})["reason"] == "SecretNotFound"
+    assert (blocked.status or {})["observedGeneration"] == 1
+    k.put(f"/api/v1/namespaces/{NS}/secrets/livekit", {"data": {"apiKey": "", "apiSecret": ""}})
+    k.put(f"/api/v1/namespaces/{NS}/secrets/openai", {"data": {"apiKey": ""}})
+    out = reconcile(k, Settings(), NS, "support")
+    assert [e.reason for e in out.events] == ["Resolved", "Created"]
+
+
+def test_deleted_children_are_recreated_and_reported_so() -> None:
+    k = _setup()
+    reconcile(k, Settings(), NS, "support")
+    del k.objects[DEP]
+    del k.objects[CM]
+    out = reconcile(k, Settings(), NS, "support")
+    assert [e.reason for e in out.events] == ["Recreated"]
+    assert "Deployment support" in out.events[0].message
+    assert "ConfigMap support-config" in out.events[0].message
+    assert k.objects[DEP]["spec"]["replicas"] == 1
+    assert reconcile(k, Settings(), NS, "support").events == []
+
+
+def test_deployment_deleted_between_read_and_apply_is_recreated_not_drift() -> None:
+    """The race behind a flaky cluster test: the reconcile read the Deployment, a human
+    deleted it, then the apply created it. Only the apply's answer can tell."""
+    k = _setup()
+    reconcile(k, Settings(), NS, "support")
+    k.objects[DEP]["metadata"]["generation"] = 7  # edits by hand and rollouts before
+    real_get = k.get
+
+    def get_then_delete(path: str) -> dict[str, Any] | None:
+        got = real_get(path)
+        if path == DEP:
+            k.objects.pop(DEP, None)  # deleted right after the reconcile read it
+        return got
+
+    k.get = get_then_delete  # type: ignore[method-assign]
+    out = reconcile(k, Settings(), NS, "support")
+    assert [e.reason for e in out.events] == ["Recreated"]
+    assert "Deployment support" in out.events[0].message
+    assert k.objects[DEP]["spec"]["replicas"] == 1
+
+
+def test_replicas_apply_on_a_vanished_deployment_creates_it() -> None:
+    """mode none applies replicas first; on a Deployment gone since the read that apply
+    is refused (it cannot create one), and the reconcile creates it instead."""
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "none"}
+    spec["replicas"] = 3
+    k = _setup(spec)
+    reconcile(k, Settings(), NS, "support")
+    k.objects[DEP]["spec"]["replicas"] = 2  # someone scaled the Deployment itself
+    real_apply, real_get = k.apply, k.get
+    state = {"read": False}
+
+    def get(path: str) -> dict[str, Any] | None:
+        got = real_get(path)
+        if path == DEP and not state["read"]:
+            state["read"] = True
+            k.objects.pop(DEP, None)
+        return got
+
+    def apply(obj: Mapping[str, Any], field_manager: str) -> Applied:
+        if path_of(obj) == DEP and DEP not in k.objects and "template" not in obj["spec"]:
+            raise KubeError(422, "Invalid", "spec.selector: Required value")
+        return real_apply(obj, field_manager)
+
+    k.get = get  # type: ignore[method-assign]
+    k.apply = apply  # type: ignore[method-assign]
+    out = reconcile(k, Settings(), NS, "support")
+    assert out.problem is None
+    assert [e.reason for e in out.events] == ["Recreated"]
+    assert k.objects[DEP]["spec"]["replicas"] == 3
+
+
+def test_a_deployment_being_deleted_is_left_alone() -> None:
+    k = _setup()
+    reconcile(k, Settings(), NS, "support")
+    k.objects[DEP]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    k.applies.clear()
+    out = reconcile(k, Settings(), NS, "support")
+    assert ("Deployment", FIELD_MANAGER) not in k.applies
+    assert out.events == []
+
+
+def test_failing_workers_are_a_warning_event_once_and_recovery_is_reported() -> None:
+    k = _setup()
+    reconcile(k, Settings(), NS, "support")
+    crash = {
+        "metadata": {"name": "support-abc"},
+        "status": {"containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+    }
+    k.objects[DEP]["status"] = {"replicas": 1, "readyReplicas": 0, "updatedReplicas": 1}
+    k.list = lambda path, label_selector: [crash]  # type: ignore[method-assign]
+    out = reconcile(k, Settings(), NS, "support")
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "WorkersFailing")]
+    assert "support-abc: CrashLoopBackOff" in out.events[0].message
+    assert reconcile(k, Settings(), NS, "support").events == []  # not repeated
+    k.objects[DEP]["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    k.list = lambda path, label_selector: []  # type: ignore[method-assign]
+    out = reconcile(k, Settings(), NS, "support")
+    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Recovered")]

@@ -33,6 +33,61 @@ def processes_under(directory: Path) -> list[int]:
     return found
 
 
+def check_operator(stack: Stack) -> None:
+    """`make up`'s operator runs from this checkout under its ServiceAccount, with the
+    CRD installed, and turns the example VoiceAgent into a Ready fleet."""
+    import yaml
+
+    from voicefleet_testbed.binaries import REPO_DIR
+    from voicefleet_testbed.kube import Kube
+
+    kubeconfig = yaml.safe_load((stack.dir / "operator.kubeconfig").read_text())
+    token = kubeconfig["users"][0]["user"]["token"]
+    assert token != stack.pki.admin_token()
+    op = Kube.with_token(stack, token)
+    review = op.api.call_api(
+        *op.api.param_serialize(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+    )
+    who = yaml.safe_load(review.read())  # type: ignore[no-untyped-call]
+    username = who["status"]["userInfo"]["username"]
+    assert username == "system:serviceaccount:voicefleet-system:voicefleet-operator"
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as denied:
+        op.core.list_namespace()  # least privilege: not even namespaces
+    assert denied.value.status == 403
+
+    # The example, with the worker image mapped to the fake worker (this checkout may
+    # not have the real one); its LiveKit URL is this stack's (7880 only for .testbed/).
+    stack.image_override.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "image": "ghcr.io/voicefleet/worker*",
+                    "entrypoint": ["{python}", "-m", "voicefleet_testbed.fake_worker"],
+                }
+            ]
+        )
+    )
+    admin = Kube.admin(stack)
+    text = (REPO_DIR / "examples" / "voiceagent.yaml").read_text()
+    for doc in yaml.safe_load_all(text.replace("ws://127.0.0.1:7880", stack.livekit_url)):
+        admin.create(doc, namespace="default")
+
+    def ready() -> bool:
+        va = admin.get("voicefleet.dev/v1alpha1", "VoiceAgent", "support", "default") or {}
+        conds = va.get("status", {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    wait_for(ready, 90, "the example VoiceAgent Ready under make up's operator")
+
+
 def test_up_twice_status_crash_recover_down(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -47,12 +102,25 @@ def test_up_twice_status_crash_recover_down(
             "kube-controller-manager",
             "node-agent",
             "livekit-server",
+            "realtime-standin",
         }
         env = (d / "env").read_text()
-        for var in ("KUBECONFIG", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        for var in (
+            "KUBECONFIG",
+            "LIVEKIT_URL",
+            "LIVEKIT_API_KEY",
+            "LIVEKIT_API_SECRET",
+            "OPENAI_BASE_URL",
+        ):
             assert f"export {var}=" in env
         with urllib.request.urlopen(stack.livekit_url.replace("ws://", "http://"), timeout=5) as r:
             assert r.status == 200
+        with urllib.request.urlopen(f"{stack.realtime_url}/healthz", timeout=5) as r:
+            assert r.status == 200
+
+        # The operator (what `make up` adds): the CRD, its own least-privilege identity.
+        assert "voicefleet-operator" in pids
+        check_operator(stack)
 
         # A second up is harmless: same processes.
         assert cli(["--dir", str(d), "up"]) == 0

@@ -1,0 +1,261 @@
+"""The simulated caller against the testbed's REAL LiveKit server and a tiny echo agent.
+
+The echo agent is a participant of kind AGENT written here with the rtc SDK: it hears the
+caller's speech end (energy VAD), waits a known delay, then plays a tone; it falls silent
+when the caller talks over it. The caller's measured latency must be at least that delay
+and within a sane bound of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from livekit import api, rtc
+
+from voicefleet_testbed.audio import Tone
+from voicefleet_testbed.caller import Caller, run_callers
+from voicefleet_testbed.caller.core import http_url
+from voicefleet_testbed.caller.pump import AudioPump
+from voicefleet_testbed.realtime.vad import EnergyVad
+from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+
+pytestmark = pytest.mark.livekit
+RATE = 48000
+SILENCE_MS = 300  # the echo agent's end-of-speech silence
+
+
+class EchoAgent:
+    def __init__(self, stack: Stack, room: str, delay_s: float, answer_s: float = 1.0) -> None:
+        self.stack = stack
+        self.room_name = room
+        self.delay_s = delay_s
+        self.answer_s = answer_s
+        self.identity = f"echo-{uuid.uuid4().hex[:6]}"
+        self.room = rtc.Room()
+        self.interrupted = 0
+        self.vad_events: list[tuple[str, int]] = []
+        self._heard: set[str] = set()
+        self.answers = 0
+        self._pump: AudioPump | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._answer: asyncio.Task[None] | None = None
+
+    def _spawn(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> EchoAgent:
+        token = (
+            api.AccessToken(LIVEKIT_KEY, self.stack.livekit_secret)
+            .with_identity(self.identity)
+            .with_kind("agent")
+            .with_grants(api.VideoGrants(room_join=True, room=self.room_name))
+            .to_jwt()
+        )
+        self.room.on("track_subscribed", self._on_track)
+        await self.room.connect(self.stack.livekit_url, token)
+        source = rtc.AudioSource(RATE, 1, queue_size_ms=100)
+        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+        self._pump = AudioPump(source)
+        self._pump.start()
+        for p in self.room.remote_participants.values():
+            for pub in p.track_publications.values():
+                if pub.track is not None:
+                    self._on_track(pub.track, pub, p)
+        return self
+
+    def _on_track(
+        self, track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and track.sid not in self._heard:
+            self._heard.add(track.sid)
+            self._spawn(self._hear(track))
+
+    async def _hear(self, track: rtc.Track) -> None:
+        vad = EnergyVad(RATE, threshold_db=-40, min_speech_ms=60, silence_ms=SILENCE_MS)
+        async for ev in rtc.AudioStream(track, sample_rate=RATE, num_channels=1):
+            for v in vad.push(bytes(ev.frame.data)):
+                self.vad_events.append((v.kind, v.audio_ms))
+                if v.kind == "start":
+                    if self._answer is not None:
+                        self._answer.cancel()
+                    assert self._pump is not None
+                    if self._pump.stop():
+                        self.interrupted += 1
+                else:
+                    self._answer = self._spawn(self._reply())
+
+    async def _reply(self) -> None:
+        await asyncio.sleep(self.delay_s)  # the agent's "thinking" time under test
+        assert self._pump is not None
+        self.answers += 1
+        self._pump.play(Tone(RATE, 440, 0.3).next, self.answer_s)
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            await self._pump.aclose()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+
+@pytest.fixture
+async def cleanup() -> AsyncIterator[Callable[[EchoAgent | Caller], None]]:
+    things: list[EchoAgent | Caller] = []
+    yield things.append
+    for t in reversed(things):
+        await (t.stop() if isinstance(t, EchoAgent) else t.close())
+
+
+def caller_for(stack: Stack, room: str, **kw: object) -> Caller:
+    return Caller(
+        stack.livekit_url,
+        LIVEKIT_KEY,
+        stack.livekit_secret,
+        room,
+        agent_name=kw.pop("agent_name", "echo"),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_turn_latency_against_an_echo_agent(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    room, delay = f"lat-{uuid.uuid4().hex[:6]}", 0.5
+    caller = caller_for(stack, room)
+    cleanup(caller)
+    await caller.connect()
+    agent = await EchoAgent(stack, room, delay_s=delay, answer_s=1.0).start()  # "dispatched"
+    cleanup(agent)
+    assert await caller.wait_agent(10)
+    assert caller.report.dispatch_s is not None and caller.report.dispatch_s < 10
+    for _ in range(2):
+        t = await caller.turn(0.8, timeout=10)
+        assert t.latency_s is not None, caller.report
+        # the echo agent answers `delay` after it hears SILENCE_MS of quiet; WebRTC adds a bit
+        assert delay <= t.latency_s < delay + SILENCE_MS / 1000 + 1.5, caller.report
+        assert t.answer_s is not None and 0.5 < t.answer_s < 2.0, caller.report
+    assert caller.report.first_audio_s is not None
+    assert agent.answers == 2, (agent.vad_events, caller.report)
+    assert not caller.report.dropped and caller.report.unanswered == 0
+
+
+async def test_interrupt_stops_the_agent(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    room = f"int-{uuid.uuid4().hex[:6]}"
+    agent = await EchoAgent(stack, room, delay_s=0.1, answer_s=30.0).start()
+    cleanup(agent)
+    caller = caller_for(stack, room, dispatch="none")
+    cleanup(caller)
+    await caller.connect()
+    assert await caller.wait_agent(10)
+    await caller.speak_turn(0.8)
+    assert await caller.wait_agent_audio(10) is not None
+    stopped = await caller.interrupt(0.8, timeout=5)
+    assert stopped is not None and stopped < 3.0, caller.report
+    assert agent.interrupted == 1
+    # the interruption is a turn of its own, and gets its answer
+    assert await caller.wait_agent_audio(10) is not None
+    assert [t.interrupted for t in caller.report.turns] == [False, True]
+
+
+async def test_token_and_api_dispatch_reach_livekit(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    async with api.LiveKitAPI(http_url(stack.livekit_url), LIVEKIT_KEY, stack.livekit_secret) as lk:
+        for mode in ("token", "api"):
+            room = f"disp-{mode}-{uuid.uuid4().hex[:6]}"
+            caller = caller_for(stack, room, agent_name=f"agent-{mode}", dispatch=mode)
+            cleanup(caller)
+            await caller.connect()
+            dispatches = await lk.agent_dispatch.list_dispatch(room)
+            # a room created without agents in its configuration also gets LiveKit's
+            # default dispatch (agent name "") for unnamed agents
+            assert f"agent-{mode}" in [d.agent_name for d in dispatches]
+
+
+async def test_agent_leaving_is_a_failover_or_a_drop(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    room = f"drop-{uuid.uuid4().hex[:6]}"
+    first = await EchoAgent(stack, room, delay_s=0.1).start()
+    caller = caller_for(stack, room, dispatch="none", drop_window_s=1.0)
+    cleanup(caller)
+    await caller.connect()
+    assert await caller.wait_agent(10)
+    await first.stop()  # the worker dies
+    assert await caller.changes.wait_for(lambda: caller.report.agent_leaves == 1, 10)
+    second = await EchoAgent(stack, room, delay_s=0.1).start()  # re-dispatched
+    cleanup(second)
+    assert await caller.changes.wait_for(lambda: caller.report.agent_joins == 2, 10)
+    assert len(caller.report.failover_gaps_s) == 1 and not caller.report.dropped
+    t = await caller.turn(0.8, timeout=10)
+    assert t.latency_s is not None
+    await second.stop()
+    assert await caller.changes.wait_for(lambda: caller.report.dropped, 10)
+
+
+async def test_run_callers_summary(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    prefix = f"fleet-{uuid.uuid4().hex[:6]}"
+    for i in range(2):
+        cleanup(await EchoAgent(stack, f"{prefix}-{i}", delay_s=0.2, answer_s=0.6).start())
+    summary = await run_callers(
+        2,
+        2,
+        url=stack.livekit_url,
+        api_key=LIVEKIT_KEY,
+        api_secret=stack.livekit_secret,
+        agent_name="echo",
+        speech_s=0.8,
+        answer_timeout=10,
+        join_timeout=10,
+        room_prefix=prefix,
+    )
+    s = summary.to_dict()
+    assert summary.ok(), s
+    assert s["calls"] == 2 and s["answered"] == 4 and s["agentJoined"] == 2
+    assert 0.2 <= s["latency"]["p50"] < 3.0
+
+
+async def test_cli_prints_turns_and_a_summary(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    import json
+    import os
+    import sys
+
+    prefix = f"cli-{uuid.uuid4().hex[:6]}"
+    cleanup(await EchoAgent(stack, f"{prefix}-0", delay_s=0.2, answer_s=0.5).start())
+    env = {**os.environ, **{k: v for k, v in stack.env().items() if k.startswith("LIVEKIT_")}}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "voicefleet_testbed.caller",
+        "--agent=echo",
+        "--callers=1",
+        "--turns=2",
+        "--speech-seconds=0.8",
+        f"--room-prefix={prefix}",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert f"{prefix}-0 turn 1: latency " in text and f"{prefix}-0 turn 2: latency " in text
+    summary = json.loads(text[text.index("{") :])
+    assert summary["answered"] == 2 and summary["dropped"] == 0
