@@ -376,7 +376,8 @@ class Failover:
         live = {p.name: p for p in pods if p.ip}
         results = await self.scraper.all([Target(p.name, p.ip) for p in live.values()])
         current: dict[str, list[fo.WorkerRoom]] = {}
-        refused = []
+        # A pod without an IP (its container restarting) has no process serving anything.
+        refused = [p.name for p in pods if not p.ip]
         for r in results:
             if r.report is not None:
                 current[r.target.key] = [
@@ -385,7 +386,8 @@ class Failover:
                 ]
             elif r.error == "refused":
                 refused.append(r.target.key)
-        gone = [k for k in s.previous if k not in live]
+        present = {p.name for p in pods}
+        gone = [k for k in s.previous if k not in present]
         for loss in fo.losses_from_workers(s.previous, refused, gone, now):
             s.incoming.append(loss)
         for suspect in fo.vanished_rooms(s.previous, current):
