@@ -5,7 +5,9 @@ Run as a worker pod through the node agent's image table: it reads what the oper
 in the pod (LIVEKIT_URL/_API_KEY/_API_SECRET, POD_IP, VOICEFLEET_CONFIG) and serves the
 contract's `/sessions` on POD_IP:9464, plus test controls:
 - `POST /control/crash`: SIGKILL this process (jobs run in threads, so they die with it);
-- `POST /control/end?room=R`: the agent ends the call on purpose (leaves the room).
+- `POST /control/end?room=R`: the agent ends the call on purpose (leaves the room);
+- `GET /control/seen?room=R`: how many `/sessions` reads (other than the test's own,
+  `?test=1`) listed R: the test's proof that the operator has seen the session.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ with open(os.environ[Env.CONFIG_FILE]) as f:
     AGENT_NAME = str(json.load(f)["agentName"])
 CAPACITY = 10
 jobs: dict[str, tuple[JobContext, asyncio.AbstractEventLoop, float]] = {}
+seen: dict[str, int] = {}
 lock = threading.Lock()
 
 server = AgentServer(
@@ -56,8 +59,11 @@ async def entry(ctx: JobContext) -> None:
     ctx.add_shutdown_callback(gone)
 
 
-async def sessions(_: web.Request) -> web.Response:
+async def sessions(request: web.Request) -> web.Response:
     with lock:
+        if "test" not in request.query:
+            for room in jobs:
+                seen[room] = seen.get(room, 0) + 1
         rooms = [
             {
                 "room": room,
@@ -69,6 +75,11 @@ async def sessions(_: web.Request) -> web.Response:
         ]
     body: dict[str, Any] = {"activeSessions": len(rooms), "capacity": CAPACITY, "rooms": rooms}
     return web.json_response(body)
+
+
+async def seen_by_others(request: web.Request) -> web.Response:
+    with lock:
+        return web.json_response({"seen": seen.get(request.query["room"], 0)})
 
 
 async def crash(_: web.Request) -> web.Response:
@@ -90,6 +101,7 @@ async def main() -> None:
     app = web.Application()
     app.router.add_get("/sessions", sessions)
     app.router.add_post("/control/crash", crash)
+    app.router.add_get("/control/seen", seen_by_others)
     app.router.add_post("/control/end", end)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -190,13 +190,21 @@ class Fleet:
                 if not ip:
                     continue
                 try:
-                    async with http.get(f"http://{ip}:9464/sessions") as r:
+                    async with http.get(f"http://{ip}:9464/sessions?test=1") as r:
                         rooms = [x["room"] for x in (await r.json())["rooms"]]
                 except (aiohttp.ClientError, OSError):
                     continue
                 if room in rooms:
                     return p
         return None
+
+    async def seen_by_operator(self, pod: dict[str, Any], room: str) -> bool:
+        url = f"http://{pod['status']['podIP']}:9464/control/seen?room={room}"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+            http.get(url) as r,
+        ):
+            return bool((await r.json())["seen"] > 0)
 
     async def control(self, pod: dict[str, Any], what: str) -> None:
         url = f"http://{pod['status']['podIP']}:9464/control/{what}"
@@ -243,6 +251,8 @@ async def test_killed_agent_is_redispatched_exactly_once(
         room = f"call-{namespace}"
         _, first = await f.call(room, '{"caller": "+15550100"}')
         pod = await f.serving_pod(room)
+        # The operator's per-second read of the worker has listed the call.
+        await until(lambda: f.seen_by_operator(pod, room), 10, "the operator to see the call")
         await f.control(pod, "crash")  # SIGKILL mid-call
         t0 = time.monotonic()
 
