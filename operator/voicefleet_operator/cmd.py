@@ -62,6 +62,18 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="OTLP endpoint passed to workers",
     )
     p.add_argument(
+        "--webhook-port",
+        type=int,
+        default=int(default("webhook-port", d.webhook_port)),
+        help="port for LiveKit webhooks (POST /livekit/webhook) on --bind-address; 0: off",
+    )
+    p.add_argument(
+        "--failover-sweep-seconds",
+        type=float,
+        default=float(default("failover-sweep-seconds", d.failover_sweep_seconds)),
+        help="how often failover lists LiveKit rooms as the backstop for lost sessions",
+    )
+    p.add_argument(
         "--prometheus-url",
         default=default("prometheus-url", d.prometheus_url),
         help="Prometheus that KEDA's trigger queries (autoscaling mode keda)",
@@ -94,4 +106,6 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,
         peering=args.peering or None,
+        webhook_port=args.webhook_port,
+        failover_sweep_seconds=args.failover_sweep_seconds,
     )

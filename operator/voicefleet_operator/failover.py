@@ -30,6 +30,13 @@ KIND_STANDARD: Final = 0
 KIND_SIP: Final = 3
 KIND_AGENT: Final = 4
 CALLER_KINDS: Final = frozenset({KIND_STANDARD, KIND_SIP})
+# livekit.protocol.agent.JobStatus: a job its worker reported as finished without error
+# ended on purpose (the agent hung up); FAILED or still RUNNING after the worker is gone
+# means it was lost.
+JOB_PENDING: Final = 0
+JOB_RUNNING: Final = 1
+JOB_SUCCESS: Final = 2
+JOB_FAILED: Final = 3
 # Reasons that mean someone meant the agent to go: no failover.
 DELIBERATE_REASONS: Final = frozenset(
     {
@@ -62,6 +69,8 @@ class Dispatch:
     agent_name: str
     created_at: float  # unix seconds
     metadata: str = ""
+    id: str = ""
+    job_status: int | None = None  # the status of its latest job; None: no job yet
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,22 @@ class RoomView:
     def agents(self, agent_name: str) -> list[Participant]:
         return [p for p in self.participants if p.kind == KIND_AGENT and p.agent_name == agent_name]
 
+    def dispatches_of(self, agent_name: str) -> list[Dispatch]:
+        """Dispatches of `agent_name`, oldest first."""
+        return sorted(
+            (d for d in self.dispatches if d.agent_name == agent_name), key=lambda d: d.created_at
+        )
+
+    def ended_on_purpose(self, agent_name: str) -> bool:
+        """The latest job of `agent_name` here was reported finished without error."""
+        mine = self.dispatches_of(agent_name)
+        return bool(mine) and mine[-1].job_status == JOB_SUCCESS
+
+    def metadata_of(self, agent_name: str) -> str:
+        """The metadata of the latest dispatch of `agent_name` (what to dispatch again)."""
+        mine = self.dispatches_of(agent_name)
+        return mine[-1].metadata if mine else ""
+
 
 @dataclass(frozen=True)
 class Loss:
@@ -90,6 +115,15 @@ class Loss:
     source: Source
     lost_identity: str = ""  # the dead agent's participant identity, when known
     metadata: str = ""  # the job's dispatch metadata, to dispatch again unchanged
+    # When the lost agent joined, when known. Dispatches and agents newer than this belong
+    # to the recovery: a webhook arrives ~20 s after a crash, so `at` may be later than a
+    # dispatch another source already made for the same loss.
+    lost_joined_at: float = 0.0
+
+    @property
+    def since(self) -> float:
+        """Dispatches and agents at or after this time came after the loss."""
+        return self.lost_joined_at + 0.001 if self.lost_joined_at else self.at - 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,15 @@ class Policy:
     backoff_seconds: float = 1.0  # doubles per attempt
     join_timeout_seconds: float = 10.0  # a dispatch whose agent has not joined by then failed
     sweep_grace_seconds: float = 5.0  # a room without an agent for this long is orphaned
+    # Never more dispatches of one agent into one room than this, counted in LiveKit (so
+    # the bound holds across operator restarts and repeated losses of one long call).
+    max_dispatches_per_room: int = 10
+    # A room that vanished from a live worker's /sessions is re-checked for this long.
+    suspect_seconds: float = 30.0
+    # ... and is lost if the agent is still in the room this long after: an agent that
+    # ends its job leaves within a second, a crashed one lingers until LiveKit's ~20 s
+    # timeout (and a worker restarted by the kubelet lists no rooms at all).
+    vanish_grace_seconds: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -122,44 +165,52 @@ class Action:
 
 
 def step(case: Case, view: RoomView, now: float, policy: Policy) -> Action:
-    """The next thing to do for `case`, given the room as LiveKit shows it now."""
+    """The next thing to do for `case`, given the room as LiveKit shows it now.
+
+    Everything that prevents a second dispatch is read from `view` (LiveKit's state), not
+    from the case: a new agent in the room, a dispatch made after the loss (by this operator
+    before a restart, or by anyone), the number of dispatches already made."""
     loss = case.loss
     if case.outcome is not None:
         return Action("done", case, f"already {case.outcome}")
     if not view.exists or not view.callers():
         return Action("done", replace(case, outcome="caller_gone"), "no caller left in the room")
     # An agent of ours that joined after the loss, other than the lost one: recovered.
-    new_agents = [
-        a
-        for a in view.agents(loss.agent_name)
-        if a.identity != loss.lost_identity and a.joined_at >= loss.at - 1
-    ]
-    if new_agents:
+    new = joined_after(view, case)
+    if new is not None:
         outcome: Outcome = "redispatched" if case.attempts else "ended"
-        why = f"agent {new_agents[0].identity} is in the room"
-        return Action("done", replace(case, outcome=outcome), why)
-    # A dispatch created after the loss (ours before a restart, or anyone's) still in time.
-    recent = [
-        d
-        for d in view.dispatches
-        if d.agent_name == loss.agent_name
-        and d.created_at >= loss.at - 1
-        and now - d.created_at < policy.join_timeout_seconds
-    ]
-    if recent:
-        return Action("wait", case, "a dispatch after the loss is pending; waiting for its agent")
-    if case.attempts >= policy.max_attempts:
         return Action(
-            "done", replace(case, outcome="gave_up"), f"no agent after {case.attempts} dispatches"
+            "done", replace(case, outcome=outcome), f"agent {new.identity} is in the room"
         )
-    if case.attempts and now < case.last_dispatch_at + policy.backoff_seconds * 2 ** (
-        case.attempts - 1
-    ):
+    if not view.dispatches_of(loss.agent_name):
+        # Our agents only come by explicit dispatch: with none left in the room (deleted
+        # after a deliberate end, or by the application) nobody wants an agent here.
+        return Action("done", replace(case, outcome="ended"), "no dispatch of the agent left")
+    after = [d for d in view.dispatches_of(loss.agent_name) if d.created_at >= loss.since]
+    if view.ended_on_purpose(loss.agent_name):
+        outcome = "redispatched" if after else "ended"
+        return Action("done", replace(case, outcome=outcome), "the agent's job ended without error")
+    # A dispatch created after the loss (ours before a restart, or anyone's) still in time.
+    if any(now - d.created_at < policy.join_timeout_seconds for d in after):
+        return Action("wait", case, "a dispatch after the loss is pending; waiting for its agent")
+    attempts = max(case.attempts, len(after))
+    if attempts >= policy.max_attempts:
+        return Action(
+            "done", replace(case, outcome="gave_up"), f"no agent after {attempts} dispatches"
+        )
+    if len(view.dispatches_of(loss.agent_name)) >= policy.max_dispatches_per_room:
+        return Action(
+            "done",
+            replace(case, outcome="gave_up"),
+            f"the room already had {policy.max_dispatches_per_room} dispatches of this agent",
+        )
+    last = max([case.last_dispatch_at, *(d.created_at for d in after)])
+    if attempts and now < last + policy.backoff_seconds * 2 ** (attempts - 1):
         return Action("wait", case, "backing off before the next dispatch")
     return Action(
         "dispatch",
-        replace(case, attempts=case.attempts + 1, last_dispatch_at=now),
-        f"orphaned (noticed by {loss.source}); dispatch {case.attempts + 1}/{policy.max_attempts}",
+        replace(case, attempts=attempts + 1, last_dispatch_at=now),
+        f"orphaned (noticed by {loss.source}); dispatch {attempts + 1}/{policy.max_attempts}",
     )
 
 
@@ -174,6 +225,7 @@ def loss_from_webhook(
     attributes: Mapping[str, str],
     disconnect_reason: int,
     now: float,
+    joined_at: float = 0.0,
 ) -> Loss | None:
     """A `participant_left` of one of our agents that did not leave on purpose."""
     if event != "participant_left" or participant_kind != KIND_AGENT:
@@ -183,7 +235,7 @@ def loss_from_webhook(
     agent_name = attributes.get(AGENT_NAME_ATTRIBUTE, "")
     if not agent_name:
         return None
-    return Loss(room, agent_name, now, "webhook", participant_identity)
+    return Loss(room, agent_name, now, "webhook", participant_identity, "", joined_at)
 
 
 @dataclass(frozen=True)
@@ -192,6 +244,7 @@ class WorkerRoom:
     agent_name: str
     participant: str
     metadata: str = ""
+    started_at: float = 0.0  # when the job started (after its dispatch was made)
 
 
 def losses_from_workers(
@@ -205,7 +258,7 @@ def losses_from_workers(
     sources: list[tuple[str, Source]] = [(k, "pod") for k in gone]
     sources += [(k, "worker") for k in unreachable]
     return [
-        Loss(r.room, r.agent_name, now, source, r.participant, r.metadata)
+        Loss(r.room, r.agent_name, now, source, r.participant, r.metadata, r.started_at)
         for key, source in sources
         for r in previous.get(key, ())
     ]
@@ -229,7 +282,9 @@ def orphans_from_sweep(
         if not view.exists or not view.callers():
             continue
         for name in {d.agent_name for d in view.dispatches} & names:
-            if view.agents(name):
+            if view.agents(name) or view.ended_on_purpose(name):
+                continue
+            if len(view.dispatches_of(name)) >= policy.max_dispatches_per_room:
                 continue
             key = (view.room, name)
             since = empty_since.get(key, now)
@@ -239,8 +294,7 @@ def orphans_from_sweep(
                 for d in view.dispatches
             )
             if not pending and now - since >= policy.sweep_grace_seconds:
-                meta = next((d.metadata for d in view.dispatches if d.agent_name == name), "")
-                losses.append(Loss(view.room, name, since, "sweep", "", meta))
+                losses.append(Loss(view.room, name, since, "sweep", "", view.metadata_of(name)))
     return losses, absent
 
 
@@ -250,3 +304,87 @@ def merge_loss(cases: Mapping[tuple[str, str], Case], loss: Loss) -> Case | None
     if existing is not None and existing.outcome is None:
         return None
     return Case(loss)
+
+
+def dispatch_metadata(case: Case, view: RoomView) -> str:
+    """The metadata to dispatch with: the lost job's, else the room's latest dispatch's."""
+    return case.loss.metadata or view.metadata_of(case.loss.agent_name)
+
+
+def vanished_rooms(
+    previous: Mapping[str, Sequence[WorkerRoom]], current: Mapping[str, Sequence[WorkerRoom]]
+) -> list[WorkerRoom]:
+    """Rooms a worker that still answers no longer serves. Usually the call ended; when a
+    job process crashed, the room still has callers and no agent: `confirm_vanished`."""
+    out = []
+    for key, rooms in current.items():
+        now_serving = {r.room for r in rooms}
+        out += [r for r in previous.get(key, ()) if r.room not in now_serving]
+    return out
+
+
+Verdict = Literal["lost", "ended", "wait", "moot"]
+
+
+def judge_vanished(
+    suspect: WorkerRoom,
+    view: RoomView,
+    noticed_at: float,
+    now: float,
+    policy: Policy = Policy(),
+) -> tuple[Verdict, Loss | None]:
+    """What it means that a worker that still answers no longer lists `suspect`'s room.
+
+    - `moot`: no caller left, or another agent of ours serves the room;
+    - `ended`: the agent left the room within `vanish_grace_seconds` of the room vanishing
+      (an agent ending its call disconnects at once; LiveKit keeps the job RUNNING in
+      ListDispatch either way, so the job status cannot tell);
+    - `lost`: the agent is still in the room after the grace (a dead job's participant
+      lingers until LiveKit's ~20 s timeout), or LiveKit has the job as FAILED;
+    - `wait`: look again next tick."""
+    if not view.exists or not view.callers():
+        return "moot", None
+    name = suspect.agent_name
+    if any(a.identity != suspect.participant for a in view.agents(name)):
+        return "moot", None
+    mine = view.dispatches_of(name)
+    if not mine:
+        return "moot", None  # its dispatch is gone: nobody wants an agent here
+    failed = mine[-1].job_status == JOB_FAILED
+    lingering = any(a.identity == suspect.participant for a in view.agents(name))
+    within = now - noticed_at < policy.vanish_grace_seconds
+    if not failed and mine[-1].job_status == JOB_SUCCESS:
+        return "ended", None
+    if not failed and within:
+        return ("wait", None) if lingering else ("ended", None)
+    loss = Loss(
+        suspect.room,
+        name,
+        noticed_at,
+        "worker",
+        suspect.participant,
+        suspect.metadata or view.metadata_of(name),
+        suspect.started_at,
+    )
+    return "lost", loss
+
+
+def deliberate_leave(
+    event: str, participant_kind: int, attributes: Mapping[str, str], disconnect_reason: int
+) -> str | None:
+    """The agent name of an agent that left its room on purpose (a `participant_left`
+    webhook with a deliberate reason), else None."""
+    if event != "participant_left" or participant_kind != KIND_AGENT:
+        return None
+    if disconnect_reason not in DELIBERATE_REASONS:
+        return None
+    return attributes.get(AGENT_NAME_ATTRIBUTE) or None
+
+
+def joined_after(view: RoomView, case: Case) -> Participant | None:
+    """The new agent of the case's name that joined the room after the loss, if any."""
+    loss = case.loss
+    for a in view.agents(loss.agent_name):
+        if a.identity != loss.lost_identity and a.joined_at >= loss.since:
+            return a
+    return None

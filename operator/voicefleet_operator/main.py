@@ -12,6 +12,7 @@ import kopf
 
 from . import cmd
 from .autoscale_loop import Autoscaler
+from .failover_loop import Failover, FailoverMetrics, register_failover
 from .handlers import Reconciler, register
 from .kube import Kube
 from .metrics import OperatorMetrics
@@ -58,8 +59,13 @@ def run(settings: Settings) -> None:
     metrics.serve(settings.bind_address, settings.metrics_port)
     registry = kopf.OperatorRegistry()
     kube = Kube.connect(settings.kubeconfig)
-    autoscaler = Autoscaler(kube, Scraper(timeout=0.5), metrics)
+    scraper = Scraper(timeout=0.5)
+    autoscaler = Autoscaler(kube, scraper, metrics)
     register(registry, Reconciler(kube, settings, metrics), settings, autoscaler)
+    failover = Failover(
+        kube, scraper, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds
+    )
+    register_failover(registry, failover, settings.bind_address, settings.webhook_port)
     host = settings.bind_address
     kopf.run(
         registry=registry,

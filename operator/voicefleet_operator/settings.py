@@ -28,6 +28,8 @@ class Settings:
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
     # Where KEDA's Prometheus trigger (autoscaling mode keda) reads the sessions metric.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    webhook_port: int = 8090  # LiveKit webhooks (POST /livekit/webhook); 0: none
+    failover_sweep_seconds: float = 10.0  # the LiveKit API sweep, failover's backstop
     # kopf peering (HA): the name of the KopfPeering (namespaced) or ClusterKopfPeering
     # (cluster-wide) object the replicas share; one is active, the others stand by.
     # None: standalone, one operator replica, no peering objects needed.

@@ -62,13 +62,15 @@ def prepare(kube: Kube, api_server: str, pki: Pki, state_dir: Path) -> Path:
     return kubeconfig
 
 
-def argv(kubeconfig: Path, metrics_port: int, health_port: int) -> list[str]:
+def argv(kubeconfig: Path, metrics_port: int, health_port: int, webhook_port: int = 0) -> list[str]:
+    """`webhook_port`: where the stack's LiveKit sends its webhooks (0: none)."""
     return [
         sys.executable, "-m", "voicefleet_operator",
         f"--kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
         f"--metrics-port={metrics_port}",
         f"--health-port={health_port}",
+        f"--webhook-port={webhook_port}",
         "--log-format=text",
         "--worker-log-format=text",
     ]  # fmt: skip

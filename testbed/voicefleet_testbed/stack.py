@@ -137,6 +137,16 @@ class Stack:
         return f"ws://127.0.0.1:{self.state.ports['livekit']}"
 
     @property
+    def webhook_port(self) -> int:
+        """Where LiveKit sends its webhooks: the operator under test listens here
+        (`--webhook-port`); 0 for a stack started before this existed."""
+        return self.state.ports.get("operator-webhook", 0)
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.webhook_port}/livekit/webhook"
+
+    @property
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.state.ports['prometheus']}"
 
@@ -234,6 +244,9 @@ class Stack:
                             "node_ip": "127.0.0.1",
                         },
                         "keys": {LIVEKIT_KEY: s.livekit_secret},
+                        # Signed with the key's secret; nobody listens until an operator
+                        # under test binds the port (LiveKit drops undeliverable ones).
+                        "webhook": {"api_key": LIVEKIT_KEY, "urls": [self.webhook_url]},
                         "logging": {"level": "info"},
                     }
                 )
@@ -273,7 +286,10 @@ class Stack:
 
             kubeconfig = operator_proc.prepare(Kube.admin(self), self.api_server, pki, self.dir)
             argv = operator_proc.argv(
-                kubeconfig, s.ports["operator-metrics"], s.ports["operator-health"]
+                kubeconfig,
+                s.ports["operator-metrics"],
+                s.ports["operator-health"],
+                self.webhook_port,
             )
             return spawn(OPERATOR, argv, logs / f"{OPERATOR}.log", cwd=REPO_DIR)
 
@@ -420,6 +436,7 @@ class Stack:
             "realtime",
             "operator-metrics",
             "operator-health",
+            "operator-webhook",
         ]
         # Keep the ports of a previous run when they are still free (stable URLs).
         preferred = dict(self.state.ports)

@@ -88,6 +88,9 @@ class OperatorProcess:
         self.log = workdir / "operator.log"
         self.metrics_port = free_port()
         self.health_port = free_port()
+        # LiveKit's webhooks go to the stack's fixed webhook port (see Stack.webhook_url).
+        self.webhook_port = stack.webhook_port
+        self.extra_args: list[str] = []  # e.g. ["--webhook-port=0"] for one restart
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -100,6 +103,9 @@ class OperatorProcess:
             f"--default-image={FAKE_IMAGE}",
             "--resync-seconds=5",
             "--log-format=text",
+            f"--webhook-port={self.webhook_port}",
+            "--failover-sweep-seconds=3",
+            *self.extra_args,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         with self.log.open("ab") as log:

@@ -21,3 +21,15 @@ def test_peering_from_the_charts_env() -> None:
     s = cmd.parse([], {"VOICEFLEET_OPERATOR_PEERING": "voicefleet"})
     assert s.peering == "voicefleet" and not s.standalone
     assert cmd.parse([], {}).standalone
+
+
+def test_failover_flags() -> None:
+    s = cmd.parse([], {})
+    assert (s.webhook_port, s.failover_sweep_seconds) == (8090, 10.0)
+    env = {
+        "VOICEFLEET_OPERATOR_WEBHOOK_PORT": "0",
+        "VOICEFLEET_OPERATOR_FAILOVER_SWEEP_SECONDS": "15",
+    }
+    s = cmd.parse([], env)
+    assert (s.webhook_port, s.failover_sweep_seconds) == (0, 15.0)
+    assert cmd.parse(["--webhook-port=9443"], env).webhook_port == 9443

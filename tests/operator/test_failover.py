@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from voicefleet_operator.failover import (
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_RUNNING,
+    JOB_SUCCESS,
     KIND_AGENT,
+    KIND_SIP,
     KIND_STANDARD,
     Case,
     Dispatch,
@@ -12,11 +21,15 @@ from voicefleet_operator.failover import (
     Policy,
     RoomView,
     WorkerRoom,
+    deliberate_leave,
+    dispatch_metadata,
+    judge_vanished,
     loss_from_webhook,
     losses_from_workers,
     merge_loss,
     orphans_from_sweep,
     step,
+    vanished_rooms,
 )
 
 P = Policy(max_attempts=3, backoff_seconds=1, join_timeout_seconds=10, sweep_grace_seconds=5)
@@ -32,10 +45,19 @@ def view(
 
 
 def test_orphan_is_dispatched_even_while_the_dead_agent_lingers() -> None:
-    a = step(Case(LOSS), view(CALLER, GHOST), now=100.5, policy=P)
+    original = (Dispatch("support", created_at=0.5, metadata="m"),)
+    a = step(Case(LOSS), view(CALLER, GHOST, dispatches=original), now=100.5, policy=P)
     assert a.kind == "dispatch"
     assert a.case.attempts == 1
     assert "noticed by worker" in a.reason
+
+
+def test_no_dispatch_left_means_nobody_wants_an_agent() -> None:
+    # Deleted after a deliberate end (or by the application): no dispatch, no failover.
+    a = step(Case(LOSS), view(CALLER, GHOST), now=100.5, policy=P)
+    assert (a.kind, a.case.outcome) == ("done", "ended")
+    verdict, loss = judge_vanished(SUSPECT, view(CALLER, GHOST), 100, 110, P)
+    assert (verdict, loss) == ("moot", None)
 
 
 def test_pending_dispatch_is_not_repeated_and_survives_operator_restart() -> None:
@@ -89,7 +111,8 @@ def test_worker_view_losses_only_for_dead_or_deleted_workers() -> None:
 
 
 def test_sweep_needs_grace_and_no_pending_dispatch() -> None:
-    old = (Dispatch("support", created_at=0, metadata="m"),)
+    # A worker that died leaves its job RUNNING in LiveKit's dispatch.
+    old = (Dispatch("support", created_at=0, metadata="m", job_status=JOB_RUNNING),)
     empty = RoomView("r1", True, (CALLER,), old)
     losses, absent = orphans_from_sweep([empty], ["support"], {}, now=50, policy=P)
     assert losses == []  # first seen empty now: wait for the grace period
@@ -107,3 +130,135 @@ def test_first_notice_wins() -> None:
     assert merge_loss(cases, later) is None
     closed = {("r1", "support"): Case(LOSS, outcome="redispatched")}
     assert merge_loss(closed, later) == Case(later)
+
+
+def replace_status(d: Dispatch, status: int | None) -> Dispatch:
+    return replace(d, job_status=status)
+
+
+# --- no second dispatch for one loss, whoever noticed it and whenever -----------------------
+FIRST = Dispatch("support", created_at=10, metadata="m", id="d1", job_status=JOB_RUNNING)
+# The worker view noticed the crash at 100 and dispatched at 100.5 (d2); LiveKit's webhook
+# for the same crash arrives at 120, when d2's agent may or may not have joined yet.
+REDISPATCH = Dispatch("support", created_at=100.5, metadata="m", id="d2", job_status=JOB_PENDING)
+LATE = Loss("r1", "support", at=120, source="webhook", lost_identity="agent-old", lost_joined_at=11)
+
+
+@pytest.mark.parametrize(
+    ("participants", "dispatches", "now", "kind", "outcome"),
+    [
+        # the redispatched agent is in the room: nothing to do, not a failover of its own
+        ((CALLER, Participant("agent-new", KIND_AGENT, "support", joined_at=102)),
+         (FIRST, REDISPATCH), 120, "done", "ended"),
+        # its dispatch is still pending (made before the webhook arrived): wait
+        ((CALLER,), (FIRST, REDISPATCH), 105, "wait", None),
+        # nothing after the loss, the job FAILED: dispatch
+        ((CALLER,), (replace_status(FIRST, JOB_FAILED),), 120, "dispatch", None),
+        # the job ended on purpose (the agent hung up; caller still there): no dispatch
+        ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), 120, "done", "ended"),
+        # a SIP caller counts as a caller
+        ((Participant("sip", KIND_SIP),), (FIRST,), 120, "dispatch", None),
+        # only other agents (not ours) left: nobody to serve
+        ((Participant("x", KIND_AGENT, "other", joined_at=1),), (FIRST,), 120, "done",
+         "caller_gone"),
+    ],
+)  # fmt: skip
+def test_late_notice_of_the_same_loss(
+    participants: tuple[Participant, ...],
+    dispatches: tuple[Dispatch, ...],
+    now: float,
+    kind: str,
+    outcome: str | None,
+) -> None:
+    a = step(Case(LATE), view(*participants, dispatches=dispatches), now=now, policy=P)
+    assert (a.kind, a.case.outcome) == (kind, outcome)
+
+
+def test_attempts_are_counted_in_livekit_across_restarts() -> None:
+    # Three dispatches after the loss, none joined: a fresh case (restart) gives up.
+    after = tuple(Dispatch("support", created_at=t, id=f"d{t}") for t in (101, 112, 125))
+    a = step(Case(LOSS), view(CALLER, dispatches=after), now=200, policy=P)
+    assert (a.kind, a.case.outcome) == ("done", "gave_up")
+    # One dispatch after the loss, timed out: the next one is attempt 2, after backoff.
+    one = (Dispatch("support", created_at=101),)
+    a = step(Case(LOSS), view(CALLER, dispatches=one), now=112, policy=P)
+    assert (a.kind, a.case.attempts) == ("dispatch", 2)
+
+
+def test_per_room_bound_on_dispatches() -> None:
+    many = tuple(Dispatch("support", created_at=i) for i in range(10))
+    a = step(Case(LOSS), view(CALLER, dispatches=many), now=200, policy=P)
+    assert (a.kind, a.case.outcome) == ("done", "gave_up")
+    losses, _ = orphans_from_sweep(
+        [RoomView("r1", True, (CALLER,), many)], ["support"], {("r1", "support"): 0}, 200, P
+    )
+    assert losses == []
+
+
+def test_sweep_skips_jobs_that_ended_on_purpose() -> None:
+    room = RoomView("r1", True, (CALLER,), (replace_status(FIRST, JOB_SUCCESS),))
+    assert orphans_from_sweep([room], ["support"], {("r1", "support"): 0}, 100, P)[0] == []
+    # A dispatch the operator deleted after a deliberate end is not there at all.
+    room = RoomView("r1", True, (CALLER,), ())
+    assert orphans_from_sweep([room], ["support"], {("r1", "support"): 0}, 100, P)[0] == []
+
+
+def test_dispatch_metadata_falls_back_to_the_rooms_latest_dispatch() -> None:
+    v = view(CALLER, dispatches=(Dispatch("support", 1, "old"), Dispatch("support", 5, "new")))
+    assert dispatch_metadata(Case(replace(LOSS, metadata="")), v) == "new"
+    assert dispatch_metadata(Case(LOSS), v) == '{"x":1}'
+
+
+def test_vanished_rooms_only_from_workers_that_answered() -> None:
+    previous = {
+        "ns/w1": [WorkerRoom("r1", "support", "a1"), WorkerRoom("r2", "support", "a2")],
+        "ns/w2": [WorkerRoom("r3", "support", "a3")],
+    }
+    current = {"ns/w1": [WorkerRoom("r2", "support", "a2")]}  # w2 did not answer
+    assert [r.room for r in vanished_rooms(previous, current)] == ["r1"]
+
+
+SUSPECT = WorkerRoom("r1", "support", "agent-old", "", started_at=11)
+NEW = Participant("agent-new", KIND_AGENT, "support", joined_at=50)
+
+
+@pytest.mark.parametrize(
+    ("participants", "dispatches", "now", "verdict"),
+    [
+        # the agent left at once: it ended the call on purpose (its job stays RUNNING)
+        ((CALLER,), (FIRST,), 100, "ended"),
+        ((CALLER,), (FIRST,), 102, "ended"),
+        # still in the room right after: maybe leaving; still there after the grace: lost
+        ((CALLER, GHOST), (FIRST,), 101, "wait"),
+        ((CALLER, GHOST), (FIRST,), 103, "lost"),
+        ((CALLER,), (FIRST,), 104, "lost"),  # lingered past the grace, then timed out
+        ((CALLER, GHOST), (replace_status(FIRST, JOB_FAILED),), 100, "lost"),
+        ((CALLER,), (replace_status(FIRST, JOB_SUCCESS),), 104, "ended"),
+        ((GHOST,), (FIRST,), 104, "moot"),  # the caller is gone
+        ((CALLER, NEW), (FIRST,), 104, "moot"),  # someone else serves it
+    ],
+)
+def test_judge_vanished(
+    participants: tuple[Participant, ...],
+    dispatches: tuple[Dispatch, ...],
+    now: float,
+    verdict: str,
+) -> None:
+    got, loss = judge_vanished(SUSPECT, view(*participants, dispatches=dispatches), 100, now, P)
+    assert got == verdict
+    assert (loss is not None) == (verdict == "lost")
+    if loss is not None:
+        assert (loss.source, loss.lost_identity, loss.metadata, loss.since) == (
+            "worker",
+            "agent-old",
+            "m",
+            11.001,
+        )
+
+
+def test_deliberate_leave_from_webhook() -> None:
+    attrs = {"lk.agent.name": "support"}
+    assert deliberate_leave("participant_left", KIND_AGENT, attrs, 1) == "support"
+    assert deliberate_leave("participant_left", KIND_AGENT, attrs, 14) is None
+    assert deliberate_leave("participant_left", KIND_STANDARD, attrs, 1) is None
+    assert deliberate_leave("participant_joined", KIND_AGENT, attrs, 1) is None

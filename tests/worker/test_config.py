@@ -100,7 +100,7 @@ def _run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[s
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
     )
 
 

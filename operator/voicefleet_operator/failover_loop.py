@@ -1,0 +1,601 @@
+"""Failover's shell: a loop per VoiceAgent that notices lost sessions and re-dispatches them.
+
+The decisions are `failover.py`'s (pure); this module only gathers evidence and acts:
+
+- once a second it reads every worker pod's `/sessions` (the shared `Scraper`): rooms of a
+  pod that is gone from the index (deleted, force-deleted) or refuses connections (its
+  process died) are losses; a room that vanished from a worker that still answers is a
+  suspect, confirmed against LiveKit (callers still there, no agent, the job did not end
+  on purpose);
+- LiveKit's `participant_left` webhooks (verified by `webhook.py`) arrive through
+  `on_webhook` and become losses of the VoiceAgent whose agent name and credentials match;
+- every `sweep_seconds` it lists the LiveKit deployment's rooms and their dispatches and
+  participants (the backstop, also after an operator restart);
+- each open case is stepped against the room as LiveKit shows it now, and a dispatch is
+  `AgentDispatchService.create_dispatch` with the same agent name and metadata.
+
+A LiveKit API outage only delays this: a failed read leaves the case open for the next
+tick, and since every dispatch decision re-reads the room's dispatches, a request that
+reached LiveKit but whose answer was lost is not repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, cast
+
+import aiohttp
+import kopf
+from livekit import api as lkapi
+from prometheus_client import Counter, Histogram
+
+from voicefleet_contract import GROUP, PLURAL, VERSION
+from voicefleet_contract import metrics as m
+
+from . import failover as fo
+from .autoscale_loop import WorkerPod
+from .kube import KubeApi, KubeError, path
+from .metrics import OperatorMetrics, _build, _label_sets
+from .scrape import Scraper, Target
+from .spec import SpecError, VoiceAgentSpec, parse_spec
+from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
+
+log = logging.getLogger(__name__)
+TICK_SECONDS = 1.0
+SECRET_REFRESH_SECONDS = 30.0
+PostEvent = Callable[[str, str, str], None]
+
+
+class FailoverMetrics:
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        r = metrics.registry
+        self.failovers: Counter = _build(m.FAILOVERS, r)
+        self.latency: Histogram = _build(m.FAILOVER_LATENCY, r)
+        self.orphans: Counter = _build(m.ORPHANS_FOUND, r)
+        self.webhooks: Counter = _build(m.WEBHOOK_REQUESTS, r)
+
+    def forget(self, namespace: str, name: str) -> None:
+        for metric in (self.failovers, self.latency, self.orphans):
+            for labels in _label_sets(metric):
+                if labels[:2] == (namespace, name):
+                    metric.remove(*labels)
+
+
+# --- LiveKit ------------------------------------------------------------------------------
+
+
+class Rooms(Protocol):
+    """What failover reads from and asks of one LiveKit deployment."""
+
+    async def rooms(self) -> list[str]: ...
+
+    async def view(self, room: str) -> fo.RoomView: ...
+
+    async def dispatch(self, room: str, agent_name: str, metadata: str) -> str: ...
+
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def seconds(t: int | float) -> float:
+    """LiveKit timestamps come in s, ms or ns depending on the field: unix seconds."""
+    if t > 1e17:
+        return t / 1e9
+    if t > 1e14:
+        return t / 1e6
+    if t > 1e11:
+        return t / 1e3
+    return float(t)
+
+
+def http_url(url: str) -> str:
+    return "http" + url[2:] if url.startswith("ws") else url
+
+
+class LiveKitRooms:
+    """`Rooms` over livekit-api's Twirp clients (RoomService, AgentDispatchService)."""
+
+    def __init__(self, url: str, api_key: str, api_secret: str, timeout: float = 5.0) -> None:
+        self.url = http_url(url)
+        self._key = api_key
+        self._secret = api_secret
+        self._timeout = timeout
+        self._api: lkapi.LiveKitAPI | None = None
+
+    def _client(self) -> lkapi.LiveKitAPI:
+        if self._api is None:  # created lazily: its aiohttp session needs the running loop
+            self._api = lkapi.LiveKitAPI(
+                self.url,
+                self._key,
+                self._secret,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                failover=False,
+            )
+        return self._api
+
+    async def rooms(self) -> list[str]:
+        resp = await self._client().room.list_rooms(lkapi.ListRoomsRequest())
+        return [r.name for r in resp.rooms]
+
+    async def view(self, room: str) -> fo.RoomView:
+        c = self._client()
+        found = await c.room.list_rooms(lkapi.ListRoomsRequest(names=[room]))
+        if not found.rooms:
+            return fo.RoomView(room, False)
+        people = await c.room.list_participants(lkapi.ListParticipantsRequest(room=room))
+        dispatches = await c.agent_dispatch.list_dispatch(room)
+        return fo.RoomView(
+            room,
+            True,
+            tuple(
+                fo.Participant(
+                    p.identity,
+                    int(p.kind),
+                    p.attributes.get(fo.AGENT_NAME_ATTRIBUTE, ""),
+                    p.joined_at_ms / 1000 if p.joined_at_ms else float(p.joined_at),
+                )
+                for p in people.participants
+                if p.state != lkapi.ParticipantInfo.State.DISCONNECTED
+            ),
+            tuple(
+                fo.Dispatch(
+                    d.agent_name,
+                    seconds(d.state.created_at),
+                    d.metadata,
+                    d.id,
+                    int(d.state.jobs[-1].state.status) if d.state.jobs else None,
+                )
+                for d in dispatches
+            ),
+        )
+
+    async def dispatch(self, room: str, agent_name: str, metadata: str) -> str:
+        req = lkapi.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
+        d = await self._client().agent_dispatch.create_dispatch(req)
+        return str(d.id)
+
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
+        await self._client().agent_dispatch.delete_dispatch(dispatch_id, room)
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+
+
+# --- per VoiceAgent -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetTarget:
+    """What failover needs of one VoiceAgent. The secret is never printed."""
+
+    namespace: str
+    name: str
+    agent_name: str
+    url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    enabled: bool = True
+
+    @property
+    def credentials(self) -> str:
+        return secret_id(self.api_key, self.api_secret)
+
+    @property
+    def deployment(self) -> tuple[str, str]:
+        return (http_url(self.url), self.credentials)
+
+
+@dataclass
+class _State:
+    target: FleetTarget
+    cases: dict[tuple[str, str], fo.Case] = field(default_factory=dict)
+    counted: set[tuple[str, str]] = field(default_factory=set)  # orphans counted
+    previous: dict[str, list[fo.WorkerRoom]] = field(default_factory=dict)  # pod -> rooms
+    incoming: list[fo.Loss] = field(default_factory=list)
+    suspects: dict[str, tuple[fo.WorkerRoom, float]] = field(default_factory=dict)
+    absent: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Rooms whose agent ended the call on purpose while callers stayed (not orphans).
+    ended: dict[str, float] = field(default_factory=dict)
+    ended_pending: list[str] = field(default_factory=list)  # to record (webhook, vanish)
+    next_sweep: float = 0.0
+    secret_read_at: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def read_credentials(kube: KubeApi, spec: VoiceAgentSpec) -> tuple[str, str] | None:
+    """The VoiceAgent's LiveKit API key and secret from its Secret (None: not readable)."""
+    secret = kube.get(path("v1", "Secret", spec.namespace, spec.livekit.credentialsSecret))
+    if secret is None:
+        return None
+    data = secret.get("data") or {}
+    try:
+        key = base64.b64decode(data[spec.livekit.apiKeyKey]).decode().strip()
+        value = base64.b64decode(data[spec.livekit.apiSecretKey]).decode().strip()
+    except (KeyError, ValueError):
+        return None
+    return (key, value) if key and value else None
+
+
+class Failover:
+    def __init__(
+        self,
+        kube: KubeApi,
+        scraper: Scraper,
+        metrics: FailoverMetrics,
+        policy: fo.Policy | None = None,
+        sweep_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        rooms_factory: Callable[[str, str, str], Rooms] = LiveKitRooms,
+    ) -> None:
+        self.kube = kube
+        self.scraper = scraper
+        self.metrics = metrics
+        self.policy = policy or fo.Policy()
+        self.sweep_seconds = sweep_seconds
+        self.clock = clock
+        self.rooms_factory = rooms_factory
+        self._states: dict[tuple[str, str], _State] = {}
+        self._clients: dict[tuple[str, str], Rooms] = {}
+
+    # --- what the webhook receiver needs ------------------------------------------------
+    def known_credentials(self) -> dict[str, set[str]]:
+        """API key -> secrets of every VoiceAgent with failover on."""
+        out: dict[str, set[str]] = {}
+        for s in self._states.values():
+            if s.target.enabled:
+                out.setdefault(s.target.api_key, set()).add(s.target.api_secret)
+        return out
+
+    async def on_webhook(self, event: Any, credentials: str) -> None:
+        """A verified LiveKit webhook: a loss for the matching VoiceAgent, or a nudge."""
+        p = event.participant
+        agent_name = p.attributes.get(fo.AGENT_NAME_ATTRIBUTE, "")
+        for s in self._states.values():
+            t = s.target
+            if not t.enabled or t.credentials != credentials:
+                continue
+            if event.event == "room_finished" or agent_name == t.agent_name:
+                loss = fo.loss_from_webhook(
+                    event.event,
+                    event.room.name,
+                    int(p.kind),
+                    p.identity,
+                    dict(p.attributes),
+                    int(p.disconnect_reason),
+                    self.clock(),
+                    p.joined_at_ms / 1000 if p.joined_at_ms else float(p.joined_at),
+                )
+                if fo.deliberate_leave(
+                    event.event, int(p.kind), dict(p.attributes), int(p.disconnect_reason)
+                ):
+                    s.ended_pending.append(event.room.name)
+                if loss is not None:
+                    log.info(
+                        "%s/%s: agent %s left room %s (reason %d)",
+                        t.namespace, t.name, p.identity, loss.room, p.disconnect_reason,
+                    )  # fmt: skip
+                    s.incoming.append(loss)
+                s.wake.set()  # joins and room ends settle open cases sooner
+
+    # --- the loop -----------------------------------------------------------------------
+    async def configure(self, spec: VoiceAgentSpec) -> _State | None:
+        """Refresh a VoiceAgent's target from its spec and (every 30 s) its Secret."""
+        key = (spec.namespace, spec.name)
+        s = self._states.get(key)
+        now = self.clock()
+        stale = s is None or now - s.secret_read_at > SECRET_REFRESH_SECONDS
+        if stale or (s is not None and s.target.url != spec.livekit.url):
+            try:
+                creds = await asyncio.to_thread(read_credentials, self.kube, spec)
+            except KubeError as e:
+                log.warning("failover %s/%s: cannot read the LiveKit Secret: %s", *key, e)
+                creds = None
+            if s is not None:
+                s.secret_read_at = now  # also after a failure: at most one read per 30 s
+            if creds is not None:
+                t = FleetTarget(
+                    spec.namespace, spec.name, spec.agent_name, spec.livekit.url, *creds
+                )
+                if s is None:
+                    s = self._states[key] = _State(t)
+                s.target = t
+                s.secret_read_at = now
+        if s is None:
+            return None  # the reconciler reports a missing Secret as a condition
+        s.target = replace(
+            s.target,
+            agent_name=spec.agent_name,
+            url=spec.livekit.url,
+            enabled=spec.config.failover.enabled,
+        )
+        if not s.target.enabled:
+            s.cases.clear()
+            s.incoming.clear()
+            s.suspects.clear()
+        return s
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._states.pop((namespace, name), None)
+        self.metrics.forget(namespace, name)
+
+    def client(self, t: FleetTarget) -> Rooms:
+        c = self._clients.get(t.deployment)
+        if c is None:
+            c = self._clients[t.deployment] = self.rooms_factory(t.url, t.api_key, t.api_secret)
+        return c
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+        self._clients.clear()
+
+    async def tick(self, spec: VoiceAgentSpec, pods: Sequence[WorkerPod], post: PostEvent) -> None:
+        s = await self.configure(spec)
+        if s is None or not s.target.enabled:
+            return
+        s.wake.clear()
+        now = self.clock()
+        await self._watch_workers(s, pods, now)
+        rooms = self.client(s.target)
+        try:
+            await self._confirm_suspects(s, rooms, now)
+            await self._record_ended(s, rooms, now)
+            if now >= s.next_sweep:
+                await self._sweep(s, rooms, now)
+                s.next_sweep = now + self.sweep_seconds
+            for loss in s.incoming:
+                self._open(s, loss)
+            s.incoming.clear()
+            await self._step_cases(s, rooms, post)
+        except (lkapi.TwirpError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            # LiveKit unreachable or failing: everything stays open for the next tick.
+            log.warning(
+                "failover %s/%s: LiveKit API: %s; retrying", s.target.namespace, s.target.name, e
+            )
+
+    async def wait(self, namespace: str, name: str, seconds: float) -> None:
+        """Sleep until the next tick, or until a webhook wakes this VoiceAgent."""
+        s = self._states.get((namespace, name))
+        if s is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.wake.wait(), seconds)
+
+    async def _watch_workers(self, s: _State, pods: Sequence[WorkerPod], now: float) -> None:
+        t = s.target
+        live = {p.name: p for p in pods if p.ip}
+        results = await self.scraper.all([Target(p.name, p.ip) for p in live.values()])
+        current: dict[str, list[fo.WorkerRoom]] = {}
+        # A pod without an IP (its container restarting) has no process serving anything.
+        refused = [p.name for p in pods if not p.ip]
+        for r in results:
+            if r.report is not None:
+                current[r.target.key] = [
+                    fo.WorkerRoom(x.room, t.agent_name, x.participant, "", x.startedAt)
+                    for x in r.report.rooms
+                ]
+            elif r.error == "refused":
+                refused.append(r.target.key)
+        present = {p.name for p in pods}
+        gone = [k for k in s.previous if k not in present]
+        for loss in fo.losses_from_workers(s.previous, refused, gone, now):
+            s.incoming.append(loss)
+        for suspect in fo.vanished_rooms(s.previous, current):
+            if suspect.room not in s.ended:
+                s.suspects.setdefault(suspect.room, (suspect, now))
+        for served in current.values():  # served again: a new call in a reused room
+            for w in served:
+                s.ended.pop(w.room, None)
+        # What each worker serves now; a dead one's rooms were turned into losses above.
+        for k in gone:
+            s.previous.pop(k, None)
+        for k in refused:
+            s.previous[k] = []
+        s.previous.update(current)
+
+    async def _confirm_suspects(self, s: _State, rooms: Rooms, now: float) -> None:
+        for room, (suspect, noticed) in list(s.suspects.items()):
+            if (room, s.target.agent_name) in s.cases:
+                del s.suspects[room]
+                continue
+            verdict, loss = fo.judge_vanished(
+                suspect, await rooms.view(room), noticed, now, self.policy
+            )
+            if loss is not None:
+                s.incoming.append(loss)
+            elif verdict == "ended":
+                s.ended_pending.append(room)
+            if verdict != "wait" or now - noticed > self.policy.suspect_seconds:
+                del s.suspects[room]
+
+    async def _record_ended(self, s: _State, rooms: Rooms, now: float) -> None:
+        """The agent ended its call on purpose: remember it, and delete its dispatch in
+        LiveKit, so that neither this sweep nor one after an operator restart takes the
+        room (callers still in it) for an orphan."""
+        while s.ended_pending:
+            room = s.ended_pending[0]
+            view = await rooms.view(room)
+            name = s.target.agent_name
+            if view.exists and not view.agents(name):
+                for d in view.dispatches_of(name):
+                    if d.id:
+                        await rooms.delete_dispatch(room, d.id)
+                s.ended[room] = now
+                log.info(
+                    "%s/%s: the agent ended the call in room %s on purpose",
+                    s.target.namespace, s.target.name, room,
+                )  # fmt: skip
+            s.ended_pending.pop(0)
+
+    async def _sweep(self, s: _State, rooms: Rooms, now: float) -> None:
+        names = await rooms.rooms()
+        s.ended = {r: t for r, t in s.ended.items() if r in names}
+        views = [await rooms.view(r) for r in names if r not in s.ended]
+        losses, s.absent = fo.orphans_from_sweep(
+            views, [s.target.agent_name], s.absent, now, self.policy
+        )
+        s.incoming += losses
+
+    def _open(self, s: _State, loss: fo.Loss) -> None:
+        if loss.agent_name != s.target.agent_name or loss.room in s.ended:
+            return
+        case = fo.merge_loss(s.cases, loss)
+        if case is not None:
+            s.cases[case.key] = case
+            s.counted.discard(case.key)
+
+    async def _step_cases(self, s: _State, rooms: Rooms, post: PostEvent) -> None:
+        t = s.target
+        for key, case in list(s.cases.items()):
+            if case.outcome is not None:
+                continue
+            view = await rooms.view(case.loss.room)
+            now = self.clock()
+            action = fo.step(case, view, now, self.policy)
+            first = key not in s.counted
+            if first and action.case.outcome != "ended":
+                s.counted.add(key)
+                self.metrics.orphans.labels(t.namespace, t.name, case.loss.source).inc()
+                log.info(
+                    "%s/%s: session in room %s orphaned (noticed by %s)",
+                    t.namespace, t.name, case.loss.room, case.loss.source,
+                )  # fmt: skip
+            if action.kind == "dispatch":
+                metadata = fo.dispatch_metadata(case, view)
+                # Recorded first: a dispatch whose answer is lost may still have landed.
+                s.cases[key] = action.case
+                dispatch_id = await rooms.dispatch(case.loss.room, t.agent_name, metadata)
+                log.info(
+                    "%s/%s: dispatched %s to room %s (%s; %s)",
+                    t.namespace, t.name, t.agent_name, case.loss.room, dispatch_id, action.reason,
+                )  # fmt: skip
+                continue
+            s.cases[key] = action.case
+            if action.kind == "done":
+                self._finish(s, action, view, post, counted=key in s.counted)
+
+    def _finish(
+        self, s: _State, action: fo.Action, view: fo.RoomView, post: PostEvent, counted: bool
+    ) -> None:
+        t, case = s.target, action.case
+        outcome = case.outcome
+        del s.cases[case.key]
+        s.counted.discard(case.key)
+        if outcome == "ended" or not counted:
+            log.debug("%s/%s: room %s: %s", t.namespace, t.name, case.loss.room, action.reason)
+            return
+        self.metrics.failovers.labels(t.namespace, t.name, outcome).inc()
+        room = case.loss.room
+        if outcome == "redispatched":
+            new = fo.joined_after(view, case)
+            latency = max(0.0, new.joined_at - case.loss.at) if new else None
+            if latency is not None:
+                self.metrics.latency.labels(t.namespace, t.name).observe(latency)
+            took = f" in {latency:.1f}s" if latency is not None else ""
+            post(
+                "Normal",
+                "FailedOver",
+                f"room {room}: agent lost (noticed by {case.loss.source}); a new agent "
+                f"joined{took} after {case.attempts} dispatch(es)",
+            )
+        elif outcome == "gave_up":
+            post("Warning", "FailoverFailed", f"room {room}: {action.reason}")
+        else:
+            post(
+                "Normal",
+                "FailoverSkipped",
+                f"room {room}: agent lost (noticed by {case.loss.source}) but {action.reason}",
+            )
+        log.info("%s/%s: room %s: %s (%s)", t.namespace, t.name, room, outcome, action.reason)
+
+
+def register_failover(
+    registry: kopf.OperatorRegistry, failover: Failover, host: str, webhook_port: int
+) -> None:
+    """A failover daemon per VoiceAgent, and the webhook receiver for the operator's life
+    (`webhook_port` 0: no receiver; the worker view and the sweep still run)."""
+    server = WebhookServer(
+        WebhookVerifier(failover.known_credentials),
+        failover.on_webhook,
+        lambda result: failover.metrics.webhooks.labels(result).inc(),
+    )
+
+    @kopf.on.startup(registry=registry)
+    async def _start_webhooks(**_: Any) -> None:
+        for result in RESULTS:  # every series exists from the start (rates need a zero)
+            failover.metrics.webhooks.labels(result)
+        if webhook_port:
+            try:
+                await server.start(host, webhook_port)
+            except OSError as e:  # the rest of the operator must run; the sweep covers
+                log.error("cannot serve LiveKit webhooks on %s:%d: %s", host, webhook_port, e)
+
+    @kopf.on.cleanup(registry=registry)
+    async def _stop_webhooks(**_: Any) -> None:
+        await server.stop()
+        await failover.close()
+
+    # backoff: kopf may start a daemon before the pod index exists (its kwargs are a
+    # snapshot); the daemon then restarts a second later instead of after a minute.
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="failover",
+        cancellation_timeout=5,
+        backoff=1,
+        registry=registry,
+    )
+    async def _failover(
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        spec: kopf.Spec,
+        stopped: kopf.DaemonStopped,
+        **kwargs: Any,
+    ) -> None:
+        ns = namespace or ""
+        if "worker_pods" not in kwargs:  # register_autoscaler's index, not there yet
+            raise kopf.TemporaryError("waiting for the worker pod index", delay=1)
+        worker_pods: kopf.Index[tuple[str, str], Any] = kwargs["worker_pods"]
+        ref = kopf.Body(
+            cast(
+                kopf.RawBody,
+                {
+                    "apiVersion": body["apiVersion"],
+                    "kind": body["kind"],
+                    "metadata": {"name": name, "namespace": ns, "uid": body["metadata"]["uid"]},
+                },
+            )
+        )
+
+        def post(kind: str, reason: str, message: str) -> None:
+            kopf.event(ref, type=kind, reason=reason, message=message)
+
+        try:
+            while not stopped:
+                try:
+                    parsed: VoiceAgentSpec | None = parse_spec(name, ns, dict(spec))
+                except SpecError:
+                    parsed = None  # the reconciler reports it
+                if parsed is not None:
+                    pods = list(worker_pods.get((ns, name), []))
+                    try:
+                        await failover.tick(parsed, pods, post)
+                    except KubeError as e:
+                        log.warning("failover %s/%s: %s; retrying", ns, name, e)
+                    except Exception:
+                        log.exception("failover %s/%s: tick failed; retrying", ns, name)
+                await failover.wait(ns, name, TICK_SECONDS)
+        finally:
+            failover.forget(ns, name)

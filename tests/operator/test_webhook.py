@@ -1,0 +1,143 @@
+"""Webhook verification with real signed tokens (livekit-api's AccessToken, as LiveKit signs
+them: HS256 with the API secret, the body's SHA-256 in the claims)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import time
+
+import aiohttp
+import pytest
+from google.protobuf.json_format import MessageToJson
+from livekit.api import AccessToken
+from livekit.protocol.models import ParticipantInfo, Room
+from livekit.protocol.webhook import WebhookEvent
+
+from voicefleet_operator.webhook import WEBHOOK_PATH, WebhookServer, WebhookVerifier, secret_id
+from voicefleet_testbed.ports import free_port
+
+KEY, SECRET = "devkey", "s" * 32
+OTHER_SECRET = "t" * 32  # another LiveKit deployment that also calls its key "devkey"
+NOW = 1_800_000_000.0
+
+
+def event_body(
+    event_id: str = "EV_1", created_at: float = NOW, kind: str = "participant_left"
+) -> bytes:
+    ev = WebhookEvent(
+        event=kind,
+        id=event_id,
+        created_at=int(created_at),
+        room=Room(name="r1"),
+        participant=ParticipantInfo(identity="agent-1", kind=ParticipantInfo.Kind.AGENT),
+    )
+    return MessageToJson(ev).encode()
+
+
+def sign(body: bytes, key: str = KEY, secret: str = SECRET, ttl: float = 300) -> str:
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    token = AccessToken(key, secret).with_sha256(digest)
+    return token.with_ttl(datetime.timedelta(seconds=ttl)).to_jwt()
+
+
+def verifier(clock: float = NOW) -> WebhookVerifier:
+    # The token's exp is checked against the real clock; createdAt against `clock`.
+    return WebhookVerifier(lambda: {KEY: [OTHER_SECRET, SECRET]}, window=300, clock=lambda: clock)
+
+
+def test_valid_webhook_is_accepted_with_its_credentials() -> None:
+    body = event_body()
+    v = verifier().verify(body, sign(body))
+    assert v.result == "accepted", v.why
+    assert v.event is not None and v.event.participant.identity == "agent-1"
+    assert v.credentials == secret_id(KEY, SECRET) != secret_id(KEY, OTHER_SECRET)
+    assert SECRET not in v.credentials
+    # A fresh verifier (no replay memory) also takes the token with a Bearer prefix.
+    assert verifier().verify(body, "Bearer " + sign(body)).result == "accepted"
+    assert verifier().verify(event_body("EV_2"), "Bearer " + sign(event_body("EV_2"))).status == 200
+
+
+@pytest.mark.parametrize(
+    ("auth", "result"),
+    [
+        (None, "bad_signature"),  # unsigned
+        ("", "bad_signature"),
+        ("not-a-jwt", "bad_signature"),
+        ("WRONG_SECRET", "bad_signature"),  # forged: signed with a secret we do not know
+        ("UNKNOWN_KEY", "unknown_key"),
+        ("TAMPERED", "bad_signature"),  # signed for another body
+        ("EXPIRED", "stale"),
+    ],
+)
+def test_refused(auth: str | None, result: str) -> None:
+    body = event_body()
+    token = {
+        "WRONG_SECRET": sign(body, secret="x" * 32),
+        "UNKNOWN_KEY": sign(body, key="otherkey"),
+        "TAMPERED": sign(event_body("EV_other")),
+        "EXPIRED": sign(body, ttl=-120),
+    }.get(auth or "", auth)
+    v = verifier().verify(body, token)
+    assert (v.result, v.event) == (result, None)
+    assert v.status == (400 if result == "malformed" else 401)
+
+
+def test_replays_are_refused() -> None:
+    body = event_body()
+    v = verifier()
+    assert v.verify(body, sign(body)).result == "accepted"
+    # The same request again (a captured one, replayed): refused though validly signed.
+    assert v.verify(body, sign(body)).result == "stale"
+    # An old event re-signed with a fresh token is refused for its age.
+    old = event_body("EV_old", created_at=NOW - 3600)
+    assert v.verify(old, sign(old)).result == "stale"
+    future = event_body("EV_future", created_at=NOW + 3600)
+    assert v.verify(future, sign(future)).result == "stale"
+
+
+def test_malformed_but_signed() -> None:
+    for body in (b"{not json", b'{"event": "participant_left"}', "\xff".encode("latin-1")):
+        v = verifier().verify(body, sign(body))
+        assert (v.result, v.status) == ("malformed", 400), body
+
+
+async def test_server_counts_and_delivers_only_accepted() -> None:
+    port = free_port()
+    got: list[tuple[str, str]] = []
+    counts: dict[str, int] = {}
+
+    async def on_event(event: WebhookEvent, credentials: str) -> None:
+        got.append((event.id, credentials))
+
+    def count(result: str) -> None:
+        counts[result] = counts.get(result, 0) + 1
+
+    server = WebhookServer(
+        WebhookVerifier(lambda: {KEY: [SECRET]}, clock=time.time), on_event, count
+    )
+    await server.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            good = event_body("EV_live", created_at=time.time())
+            forged = event_body("EV_forged", created_at=time.time())
+            for body, token, status in (
+                (good, sign(good), 200),
+                (good, sign(good), 401),  # replay
+                (forged, sign(forged, secret="x" * 32), 401),
+                (forged, None, 401),
+                (b"junk", sign(b"junk"), 400),
+            ):
+                headers = {"Content-Type": "application/webhook+json"}
+                if token:
+                    headers["Authorization"] = token
+                async with http.post(url, data=body, headers=headers) as resp:
+                    assert resp.status == status, await resp.text()
+            async with http.get(url) as resp:
+                assert resp.status == 405
+    finally:
+        await server.stop()
+    assert got == [("EV_live", secret_id(KEY, SECRET))]
+    assert counts == {"accepted": 1, "stale": 1, "bad_signature": 2, "malformed": 1}
