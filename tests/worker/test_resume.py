@@ -7,16 +7,22 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 from livekit import api
+from livekit.agents import JobContext
 
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+from voicefleet_worker.config import load_settings
+from voicefleet_worker.observe import SessionObserver
 from voicefleet_worker.resume import (
     MAX_SUMMARY_BYTES,
     MAX_TEXT_CHARS,
     METADATA_KEY,
+    RESUME_NOTE_ID,
     SummaryWriter,
     Turn,
     append_turn,
@@ -28,7 +34,9 @@ from voicefleet_worker.resume import (
     resume_note,
     section,
 )
-from voicefleet_worker.runtime import RoomMetadataSink
+from voicefleet_worker.runtime import Job, RoomMetadataSink, Runtime
+
+from .util import agent_config, worker_env, write_config
 
 
 # --- pure --------------------------------------------------------------------------------
@@ -186,3 +194,27 @@ async def test_writer_counts_failures_and_never_raises(stack: Stack, room: str) 
         await sink.aclose()
     assert results == [False, False] and writer.writes == 0
     assert json.loads(await _metadata(stack, room)) == {"app": {"ticket": 7}}
+
+
+# --- what a resumed session's agent starts from --------------------------------------------
+def _job(tmp_path: Path, resumed: tuple[Turn, ...]) -> Job:
+    cfg = agent_config(model={"instructions": "Be kind."})
+    settings = load_settings(worker_env(write_config(tmp_path, cfg)))
+    # an entrypoint's Job without a live room: agent() only reads the configuration
+    return Job(cast(JobContext, None), Runtime(settings), cast(SessionObserver, None), resumed)
+
+
+def test_a_resumed_agent_starts_from_the_note_and_continue_instructions(tmp_path: Path) -> None:
+    turns = (Turn("user", "order 17?"), Turn("assistant", "It shipped."))
+    agent = _job(tmp_path, turns).agent()
+    assert agent.instructions == resume_instructions("Be kind.")
+    notes = [m for m in agent.chat_ctx.messages() if m.id == RESUME_NOTE_ID]
+    assert len(notes) == 1 and notes[0].role == "system"
+    assert notes[0].text_content == resume_note(turns)
+
+    fresh = _job(tmp_path, ()).agent()
+    assert fresh.instructions == "Be kind."
+    assert not [m for m in fresh.chat_ctx.messages() if m.id == RESUME_NOTE_ID]
+    # explicit arguments win, the resume addition still applies to given instructions
+    custom = _job(tmp_path, turns).agent(instructions="Custom.")
+    assert custom.instructions == resume_instructions("Custom.")
