@@ -134,14 +134,18 @@ class Job:
         """An `Agent` with the configured instructions and tools (kwargs win). A resumed
         session's agent also starts from the previous agent's turns: a system note in its
         chat context, and instructions to continue rather than greet."""
-        instructions = kwargs.get("instructions", self.config.model.instructions)
+        kwargs["instructions"] = self.resume_instructions(
+            kwargs.get("instructions", self.config.model.instructions)
+        )
         if self.resumed:
-            kwargs["instructions"] = resume_instructions(instructions)
-            if "chat_ctx" not in kwargs:
-                kwargs["chat_ctx"] = self.resume_chat_ctx()
-        kwargs.setdefault("instructions", instructions)
+            kwargs.setdefault("chat_ctx", self.resume_chat_ctx())
         kwargs.setdefault("tools", self.tools())
         return Agent(**kwargs)
+
+    def resume_instructions(self, instructions: str) -> str:
+        """`instructions` plus, on a resumed session, the sentence telling the model it was
+        just reconnected and should continue rather than greet."""
+        return resume_instructions(instructions) if self.resumed else instructions
 
     def resume_chat_ctx(self) -> llm.ChatContext:
         """A chat context holding the previous agent's turns as one system note (empty
