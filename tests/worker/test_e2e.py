@@ -389,7 +389,7 @@ async def _room_metadata(agent: Agent, room: str) -> str:
 
 async def _summary_until(agent: Agent, room: str, check: Any, what: str) -> tuple[Turn, ...]:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
+    deadline = loop.time() + 30
     while True:
         turns = read_summary(await _room_metadata(agent, room))
         if check(turns):
@@ -413,7 +413,7 @@ async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
         modelDelayMs=MODEL_DELAY_MS, responseMs=800, transcript=agent_said, userTranscript=user_said
     )
     a = agent.worker()
-    await asyncio.to_thread(a.wait_registered)
+    await asyncio.to_thread(a.wait_registered, 120)
     caller = agent.caller()
     try:
         await _joined(caller)
@@ -430,7 +430,10 @@ async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
         # the caller's own view of the room carries it too (room metadata is broadcast)
         await until(lambda: "voicefleet" in caller.room.metadata, 10, "caller sees metadata")
 
-        # the worker dies; a new one is dispatched into the same room (the operator's job)
+        # a healthy worker B is ready (started now: the call already went to A); A dies,
+        # and B is dispatched into the same room (the operator's failover does that)
+        b = agent.worker()
+        await asyncio.to_thread(b.wait_registered, 120)
         a.kill()
         await agent.standin.reset()
         await agent.standin.configure(
@@ -439,21 +442,20 @@ async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
             transcript="Back again.",
             userTranscript="Thanks, and my invoice?",
         )
-        b = agent.worker()
-        await asyncio.to_thread(b.wait_registered)
+        assert not _sessions_rooms(b), "B took a session before the failover"
         dispatched_at = asyncio.get_running_loop().time()
         await caller.create_dispatch()
         report = await until(
-            lambda: caller.room_name in _sessions_rooms(b) and b.sessions(), 20, "B serves the room"
+            lambda: caller.room_name in _sessions_rooms(b) and b.sessions(), 30, "B serves the room"
         )
         new_agent = report.rooms[0].participant
-        await caller.changes.wait_for(lambda: new_agent in caller.agents, 20)
+        await caller.changes.wait_for(lambda: new_agent in caller.agents, 30)
         assert new_agent in caller.agents, "the new agent never joined"
 
         # the new session started from the previous turns: a system note in its chat
         # context, instructions to continue, and a resume greeting instead of silence
         stats = await agent.standin.wait_stats(
-            lambda s: any(m["role"] == "system" for m in s["createdMessages"]), 20
+            lambda s: any(m["role"] == "system" for m in s["createdMessages"]), 30
         )
         notes = [m["text"] for m in stats["createdMessages"] if m["role"] == "system"]
         assert len(notes) == 1, stats["createdMessages"]
@@ -465,7 +467,7 @@ async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
 
         # the caller hears the new agent (its resume greeting), then talks with it
         heard = await caller.changes.wait_for(
-            lambda: caller.meter.onset_after(dispatched_at) is not None, 20
+            lambda: caller.meter.onset_after(dispatched_at) is not None, 30
         )
         assert heard, "the caller never heard the new agent"
         assert await caller.wait_agent_quiet(20)
