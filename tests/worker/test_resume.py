@@ -14,6 +14,7 @@ import pytest
 from livekit import api
 from livekit.agents import JobContext
 
+from voicefleet_contract.config import Failover
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 from voicefleet_worker.config import load_settings
@@ -27,6 +28,7 @@ from voicefleet_worker.resume import (
     Turn,
     append_turn,
     clip,
+    enabled,
     http_url,
     merge_metadata,
     read_summary,
@@ -106,6 +108,12 @@ def test_resume_note_and_instructions() -> None:
     assert "Caller: order 17?" in note and "You: It shipped." in note
     assert resume_instructions("Be kind.").startswith("Be kind.\n\n")
     assert "reconnected" in resume_instructions("")
+
+
+def test_enabled_only_with_resume_on_and_turns() -> None:
+    assert enabled(Failover())  # the defaults: on, 6 turns
+    assert not enabled(Failover(resumeConversation=False))
+    assert not enabled(Failover(summaryTurns=0))
 
 
 def test_http_url() -> None:

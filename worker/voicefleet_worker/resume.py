@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from voicefleet_contract.config import Failover
+
 log = logging.getLogger("voicefleet.worker.resume")
 
 METADATA_KEY = "voicefleet"
@@ -55,6 +57,12 @@ RESUME_NOTE_ID = "voicefleet_resume_summary"
 class Turn:
     role: Role
     text: str
+
+
+def enabled(failover: Failover) -> bool:
+    """Summaries are kept and read only with `resumeConversation` and at least one turn:
+    `resumeConversation: false` writes nothing to the room and ignores what is there."""
+    return failover.resumeConversation and failover.summaryTurns > 0
 
 
 def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:

@@ -45,6 +45,9 @@ from .resume import (
     resume_instructions,
     resume_note,
 )
+from .resume import (
+    enabled as resume_enabled,
+)
 from .sessions import SessionRegistry
 from .tools import HEADER_JOB, HEADER_ROOM, make_tools
 
@@ -264,7 +267,7 @@ def _resume(
     summary there. Both off without `failover.resumeConversation` (or with 0 turns)."""
     s = runtime.settings
     fo = s.config.failover
-    if not fo.resumeConversation or fo.summaryTurns <= 0:
+    if not resume_enabled(fo):
         return (), None
     room = ctx.job.room.name
     resumed = read_summary(ctx.job.room.metadata, fo.summaryTurns)
