@@ -35,6 +35,8 @@ WATCH: dict[str, str] = {
     m.WORKER_RECONNECTIONS.name: "Spikes per link fire VoiceFleetReconnectionsSpiking; callers hear gaps.",
     m.WORKER_INTERRUPTIONS.name: "A sudden rise often means latency grew (callers talk over a slow agent) or VAD tuning.",
     m.WORKER_MODEL_ERRORS.name: '`recoverable="false"` ends calls: check the Realtime API status and quota.',
+    m.WORKER_SESSIONS_RESUMED.name: "Compare with failovers redispatched: fewer resumed means summaries are missing (writes failing, or resumeConversation off).",
+    m.WORKER_SUMMARY_WRITES.name: "Any `error` means a re-dispatched call may start without its context: see the worker log (LiveKit API, or non-JSON room metadata).",
     m.OPERATOR_RECONCILES.name: '`result="error"` means retries; `blocked` means a condition on the VoiceAgent explains it.',
     m.OPERATOR_RECONCILE_DURATION.name: "p95 over a few seconds: a slow API server or webhook admission.",
     m.OPERATOR_RECONCILE_ERRORS.name: "Any sustained increase fires VoiceFleetReconcileErrors; the reason label says why.",

@@ -120,6 +120,20 @@ WORKER_MODEL_ERRORS: Final = MetricSpec(
     ("recoverable",),
 )
 
+WORKER_SESSIONS_RESUMED: Final = MetricSpec(
+    "voicefleet_worker_sessions_resumed_total",
+    "counter",
+    "Sessions that started from the conversation summary a previous agent left in the room "
+    "(a re-dispatch after failover, with failover.resumeConversation).",
+)
+WORKER_SUMMARY_WRITES: Final = MetricSpec(
+    "voicefleet_worker_summary_writes_total",
+    "counter",
+    "Writes of the rolling conversation summary to the room metadata, by result: ok, error "
+    "(the LiveKit API failed, or the room's metadata is not a JSON object and is left alone).",
+    ("result",),
+)
+
 WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_ACTIVE_SESSIONS,
     WORKER_CAPACITY,
@@ -136,6 +150,8 @@ WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_RECONNECTIONS,
     WORKER_INTERRUPTIONS,
     WORKER_MODEL_ERRORS,
+    WORKER_SESSIONS_RESUMED,
+    WORKER_SUMMARY_WRITES,
 )
 
 # --- operator metrics (served by the operator on its --metrics-port) --------------------

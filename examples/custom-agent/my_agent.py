@@ -19,8 +19,13 @@ from voicefleet_worker import Job, run
 class Concierge(Agent):
     def __init__(self, job: Job) -> None:
         super().__init__(
-            instructions=job.config.model.instructions
-            + " Always offer to check the opening hours.",
+            # after a failover, job.resumed holds the previous agent's turns: these add
+            # the "you were reconnected" sentence and the conversation so far (no-ops on
+            # a new call)
+            instructions=job.resume_instructions(
+                job.config.model.instructions + " Always offer to check the opening hours."
+            ),
+            chat_ctx=job.resume_chat_ctx(),
             # the VoiceAgent's HTTP tools, plus the Python tool below
             tools=job.tools(),
         )
@@ -36,7 +41,9 @@ async def entrypoint(job: Job) -> None:
     # turn latency, interruptions and reconnections; keyword arguments override it
     session = job.agent_session()
     await session.start(agent=Concierge(job), room=job.ctx.room)
-    await session.generate_reply(instructions="Greet the caller.")
+    # a resumed call gets "I'm back" and carries on; a new one gets a greeting
+    if not job.greet_resumed(session):
+        await session.generate_reply(instructions="Greet the caller.")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from livekit import api
 
 from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+from voicefleet_worker.resume import Turn, http_url, read_summary
 
 from .proc import WorkerProc, worker_proc
 from .test_integration import livekit_env
@@ -373,5 +375,114 @@ async def test_unreachable_model_ends_the_session_as_error_and_the_worker_lives(
         assert w.sessions().activeSessions == 0
         assert w.health() == 200 and w.metric("voicefleet_worker_registered") == 1
         assert w.alive()
+    finally:
+        await caller.close()
+
+
+async def _room_metadata(agent: Agent, room: str) -> str:
+    async with api.LiveKitAPI(
+        http_url(agent.stack.livekit_url), LIVEKIT_KEY, agent.stack.livekit_secret
+    ) as lk:
+        rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+        return str(rooms.rooms[0].metadata) if rooms.rooms else ""
+
+
+async def _summary_until(agent: Agent, room: str, check: Any, what: str) -> tuple[Turn, ...]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        turns = read_summary(await _room_metadata(agent, room))
+        if check(turns):
+            return turns
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; summary: {turns}")
+        await asyncio.sleep(0.2)
+
+
+async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
+    make_agent: Any,
+) -> None:
+    """A call with two turns leaves its summary in the room metadata; the worker is
+    SIGKILLed; a second worker is dispatched into the same room (as the operator's
+    failover does) and its agent starts from the summary and speaks to the caller."""
+    user_said, agent_said = "Where is my order A-17?", "Your order A-17 shipped yesterday."
+    agent: Agent = make_agent()
+    agent.config["failover"] = {"enabled": True, "resumeConversation": True, "summaryTurns": 6}
+    agent.config["model"]["inputAudioTranscription"] = {"model": "whisper-1"}
+    await agent.standin.configure(
+        modelDelayMs=MODEL_DELAY_MS, responseMs=800, transcript=agent_said, userTranscript=user_said
+    )
+    a = agent.worker()
+    await asyncio.to_thread(a.wait_registered, 120)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        for _ in range(2):
+            turn = await caller.turn(1.0, timeout=20)
+            assert turn.latency_s is not None, "the agent never answered"
+        turns = await _summary_until(
+            agent, caller.room_name, lambda t: len(t) >= 4, "two turns in the room metadata"
+        )
+        assert [t.role for t in turns] == ["user", "assistant"] * 2
+        assert {t.text for t in turns} == {user_said, agent_said}
+        assert a.metric('voicefleet_worker_summary_writes_total{result="ok"}') >= 1
+        assert a.metric('voicefleet_worker_summary_writes_total{result="error"}') == 0
+        # the caller's own view of the room carries it too (room metadata is broadcast)
+        await until(lambda: "voicefleet" in caller.room.metadata, 10, "caller sees metadata")
+
+        # a healthy worker B is ready (started now: the call already went to A); A dies,
+        # and B is dispatched into the same room (the operator's failover does that)
+        b = agent.worker()
+        await asyncio.to_thread(b.wait_registered, 120)
+        a.kill()
+        await agent.standin.reset()
+        await agent.standin.configure(
+            modelDelayMs=MODEL_DELAY_MS,
+            responseMs=800,
+            transcript="Back again.",
+            userTranscript="Thanks, and my invoice?",
+        )
+        assert not _sessions_rooms(b), "B took a session before the failover"
+        dispatched_at = asyncio.get_running_loop().time()
+        await caller.create_dispatch()
+        report = await until(
+            lambda: caller.room_name in _sessions_rooms(b) and b.sessions(), 30, "B serves the room"
+        )
+        new_agent = report.rooms[0].participant
+        await caller.changes.wait_for(lambda: new_agent in caller.agents, 30)
+        assert new_agent in caller.agents, "the new agent never joined"
+
+        # the new session started from the previous turns: a system note in its chat
+        # context, instructions to continue, and a resume greeting instead of silence
+        stats = await agent.standin.wait_stats(
+            lambda s: any(m["role"] == "system" for m in s["createdMessages"]), 30
+        )
+        notes = [m["text"] for m in stats["createdMessages"] if m["role"] == "system"]
+        assert len(notes) == 1, stats["createdMessages"]
+        assert notes[0].count(f"Caller: {user_said}") == 2
+        assert notes[0].count(f"You: {agent_said}") == 2
+        assert "reconnected" in stats["lastSessionConfig"]["instructions"]
+        assert stats["lastSessionConfig"]["instructions"].startswith("You are a test agent.")
+        assert b.metric("voicefleet_worker_sessions_resumed_total") == 1
+
+        # the caller hears the new agent (its resume greeting), then talks with it
+        heard = await caller.changes.wait_for(
+            lambda: caller.meter.onset_after(dispatched_at) is not None, 30
+        )
+        assert heard, "the caller never heard the new agent"
+        assert await caller.wait_agent_quiet(20)
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the new agent never answered"
+
+        # B keeps the summary going: the previous turns plus its own
+        turns = await _summary_until(
+            agent,
+            caller.room_name,
+            lambda t: bool(t) and t[-1].text == "Back again." and t[-2].role == "user",
+            "B's turns in the summary",
+        )
+        assert len(turns) == 6
+        assert turns[-2].text == "Thanks, and my invoice?"
+        assert any(t.text == agent_said for t in turns)
     finally:
         await caller.close()

@@ -24,6 +24,7 @@ from voicefleet_contract.metrics import WORKER_METRICS, MetricSpec
 TOOL_OUTCOMES = ("ok", "http_error", "timeout", "error")
 SESSION_OUTCOMES = ("completed", "caller_gone", "error", "drain_timeout")
 LINKS = ("livekit", "realtime", "room")
+SUMMARY_RESULTS = ("ok", "error")
 
 
 def _build(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
@@ -61,6 +62,8 @@ class WorkerMetrics:
         self.reconnections: Counter = m[spec.WORKER_RECONNECTIONS.name]
         self.interruptions: Counter = m[spec.WORKER_INTERRUPTIONS.name]
         self.model_errors: Counter = m[spec.WORKER_MODEL_ERRORS.name]
+        self.sessions_resumed: Counter = m[spec.WORKER_SESSIONS_RESUMED.name]
+        self.summary_writes: Counter = m[spec.WORKER_SUMMARY_WRITES.name]
         # Known label values exist from the start, so a dashboard's rate() sees a zero
         # series before the first event instead of no series at all.
         for outcome in SESSION_OUTCOMES:
@@ -69,6 +72,8 @@ class WorkerMetrics:
             self.reconnections.labels(link=link)
         for recoverable in ("true", "false"):
             self.model_errors.labels(recoverable=recoverable)
+        for result in SUMMARY_RESULTS:
+            self.summary_writes.labels(result=result)
 
     def init_tool(self, tool: str) -> None:
         for outcome in TOOL_OUTCOMES:

@@ -90,6 +90,7 @@ class SessionObserver:
     received_at: float = 0.0  # the job offer reached the worker (unix seconds)
     on_ready: Any = None  # callable() when the agent is ready in the room
     on_close: Any = None  # callable(outcome) when the session closes
+    on_turn: Any = None  # callable(role, text) for each conversation message (the summary)
     turns: TurnTimer = field(default_factory=TurnTimer)
     ready_at: float | None = None
     caller_disconnect_reason: int | None = None
@@ -132,6 +133,11 @@ class SessionObserver:
         item = ev.item
         if not isinstance(item, llm.ChatMessage):
             return
+        if self.on_turn is not None:
+            try:
+                self.on_turn(item.role, item.text_content or "")
+            except Exception:
+                log.exception("conversation summary update failed", extra=self._extra())
         if self.log_transcripts:
             log.info(
                 "transcript",

@@ -22,6 +22,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from livekit import api
 from livekit.agents import AgentServer, JobContext, JobExecutorType, llm
 from livekit.agents.voice import Agent, AgentSession
 from opentelemetry import trace
@@ -34,6 +35,19 @@ from .load import LOAD_THRESHOLD, idle_processes, session_load
 from .metrics import WorkerMetrics
 from .model import ObservedRealtimeModel, realtime_kwargs
 from .observe import SessionObserver
+from .resume import (
+    RESUME_GREETING,
+    RESUME_NOTE_ID,
+    SummaryWriter,
+    Turn,
+    http_url,
+    read_summary,
+    resume_instructions,
+    resume_note,
+)
+from .resume import (
+    enabled as resume_enabled,
+)
 from .sessions import SessionRegistry
 from .tools import HEADER_JOB, HEADER_ROOM, make_tools
 
@@ -69,10 +83,19 @@ class Job:
     """What an entrypoint gets for one session: the livekit `JobContext` plus the
     worker's configuration and ready-made, observed building blocks."""
 
-    def __init__(self, ctx: JobContext, runtime: Runtime, observer: SessionObserver) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        runtime: Runtime,
+        observer: SessionObserver,
+        resumed: tuple[Turn, ...] = (),
+    ) -> None:
         self.ctx = ctx
         self.runtime = runtime
         self.observer = observer
+        self.resumed = resumed
+        """The turns a previous agent left in the room (a re-dispatch after failover, with
+        `failover.resumeConversation`); empty for a new call. `agent()` starts from them."""
 
     @property
     def settings(self) -> Settings:
@@ -111,10 +134,38 @@ class Job:
         return self.observe(AgentSession(**kwargs))
 
     def agent(self, **kwargs: Any) -> Agent:
-        """An `Agent` with the configured instructions and tools (kwargs win)."""
-        kwargs.setdefault("instructions", self.config.model.instructions)
+        """An `Agent` with the configured instructions and tools (kwargs win). A resumed
+        session's agent also starts from the previous agent's turns: a system note in its
+        chat context, and instructions to continue rather than greet."""
+        kwargs["instructions"] = self.resume_instructions(
+            kwargs.get("instructions", self.config.model.instructions)
+        )
+        if self.resumed:
+            kwargs.setdefault("chat_ctx", self.resume_chat_ctx())
         kwargs.setdefault("tools", self.tools())
         return Agent(**kwargs)
+
+    def resume_instructions(self, instructions: str) -> str:
+        """`instructions` plus, on a resumed session, the sentence telling the model it was
+        just reconnected and should continue rather than greet."""
+        return resume_instructions(instructions) if self.resumed else instructions
+
+    def resume_chat_ctx(self) -> llm.ChatContext:
+        """A chat context holding the previous agent's turns as one system note (empty
+        for a new call). One note rather than replayed assistant messages: a Realtime
+        model shown its own turns as text tends to answer in text."""
+        ctx = llm.ChatContext.empty()
+        if self.resumed:
+            ctx.add_message(role="system", content=resume_note(self.resumed), id=RESUME_NOTE_ID)
+        return ctx
+
+    def greet_resumed(self, session: AgentSession[Any]) -> bool:
+        """On a resumed session, have the agent say it is back and carry on (instead of a
+        fresh greeting); True when it did. Call after `session.start()`."""
+        if not self.resumed:
+            return False
+        session.generate_reply(instructions=RESUME_GREETING)
+        return True
 
 
 Entrypoint = Callable[[Job], Awaitable[None]]
@@ -124,6 +175,7 @@ async def realtime_agent(job: Job) -> None:
     """The stock entrypoint: the CR-configured Realtime agent."""
     session = job.agent_session()
     await session.start(agent=job.agent(), room=job.ctx.room)
+    job.greet_resumed(session)
 
 
 def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext], Awaitable[None]]:
@@ -164,20 +216,93 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             on_close=on_close,
         )
         observer.attach_room(ctx.room)
+        resumed, writer = _resume(ctx, runtime, job_id)
+        if writer is not None:
+            observer.on_turn = writer.add
 
         async def on_shutdown(reason: str) -> None:
             end("completed")
 
         ctx.add_shutdown_callback(on_shutdown)
-        log.info("session starting", extra={"job_id": job_id, "room": room})
+        log.info(
+            "session starting",
+            extra={"job_id": job_id, "room": room, "resumed_turns": len(resumed)},
+        )
         try:
-            await entrypoint(Job(ctx, runtime, observer))
+            await entrypoint(Job(ctx, runtime, observer, resumed))
         except Exception:
             log.exception("session entrypoint failed", extra={"job_id": job_id, "room": room})
             end("error")
             ctx.shutdown(reason="entrypoint failed")
 
     return job_main
+
+
+class RoomMetadataSink:
+    """Writes room metadata with the worker's LiveKit credentials (one API client per
+    job, made on the job's event loop on first use)."""
+
+    def __init__(self, url: str, api_key: str, api_secret: str) -> None:
+        self._url, self._key, self._secret = http_url(url), api_key, api_secret
+        self._api: api.LiveKitAPI | None = None
+
+    async def __call__(self, room: str, metadata: str) -> None:
+        if self._api is None:
+            self._api = api.LiveKitAPI(self._url, self._key, self._secret)
+        await self._api.room.update_room_metadata(
+            api.UpdateRoomMetadataRequest(room=room, metadata=metadata)
+        )
+
+    async def aclose(self) -> None:
+        if self._api is not None:
+            with suppress(Exception):
+                await self._api.aclose()
+
+
+def _resume(
+    ctx: JobContext, runtime: Runtime, job_id: str
+) -> tuple[tuple[Turn, ...], SummaryWriter | None]:
+    """What a session needs for failover resume: the turns a previous agent left in the
+    room (read from the room as dispatched), and the writer that keeps this session's own
+    summary there. Both off without `failover.resumeConversation` (or with 0 turns)."""
+    s = runtime.settings
+    fo = s.config.failover
+    if not resume_enabled(fo):
+        return (), None
+    room = ctx.job.room.name
+    resumed = read_summary(ctx.job.room.metadata, fo.summaryTurns)
+    if resumed:
+        runtime.metrics.sessions_resumed.inc()
+        log.info(
+            "resuming the conversation a previous agent left",
+            extra={"job_id": job_id, "room": room, "turns": len(resumed)},
+        )
+    sink = RoomMetadataSink(s.livekit_url, s.secrets.livekit_api_key, s.secrets.livekit_api_secret)
+
+    def current() -> str:
+        if ctx.room.isconnected():
+            return ctx.room.metadata or ""
+        return ctx.job.room.metadata or ""
+
+    def on_result(ok: bool) -> None:
+        runtime.metrics.summary_writes.labels(result="ok" if ok else "error").inc()
+
+    writer = SummaryWriter(
+        room=room,
+        keep=fo.summaryTurns,
+        sink=sink,
+        current_metadata=current,
+        on_result=on_result,
+        initial=resumed,
+        extra={"job_id": job_id, "room": room},
+    )
+
+    async def close() -> None:
+        await writer.aclose()  # a pending write finishes first
+        await sink.aclose()
+
+    ctx.add_shutdown_callback(close)
+    return resumed, writer
 
 
 def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:

@@ -42,6 +42,7 @@ class Stats:
     function_calls: list[dict[str, str]] = field(default_factory=list)
     function_outputs: list[dict[str, str]] = field(default_factory=list)
     client_events: Counter[str] = field(default_factory=Counter)
+    created_messages: list[dict[str, str]] = field(default_factory=list)  # the last 50
     last_session: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +68,7 @@ class Stats:
             "functionCalls": list(self.function_calls),
             "functionOutputs": list(self.function_outputs),
             "clientEvents": dict(self.client_events),
+            "createdMessages": list(self.created_messages),
             "lastSessionConfig": self.last_session,
         }
 

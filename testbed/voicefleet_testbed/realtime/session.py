@@ -274,6 +274,15 @@ class Connection:
                 return
             previous = prev if prev is not None else (self.items[-1] if self.items else None)
             self._add_item(item, previous)
+        if item.get("type") == "message":
+            text = " ".join(
+                str(c.get("text") or c.get("transcript") or "")
+                for c in item.get("content") or []
+                if isinstance(c, dict)
+            )
+            created = self.stats.created_messages
+            created.append({"role": str(item.get("role", "")), "text": text})
+            del created[:-50]
         if item.get("type") == "function_call_output":
             call_id = str(item.get("call_id", ""))
             name = next(
