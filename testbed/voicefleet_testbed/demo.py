@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from voicefleet_contract import METRICS_PORT
+
 from .binaries import REPO_DIR, Binaries
 from .caller import Caller, Summary
 from .caller.report import CallReport, percentile
@@ -151,6 +153,50 @@ def wait_ready(kube: Kube, name: str, timeout: float = READY_TIMEOUT) -> bool:
         if now > timeout:
             return False
         time.sleep(0.5)
+
+
+def _registered(ip: str) -> bool:
+    """The worker's own word (`voicefleet_worker_registered` on its pod IP) that it is
+    registered with LiveKit for dispatch."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{METRICS_PORT}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return False
+    return any(
+        line.split()[-1] == "1.0"
+        for line in text.splitlines()
+        if line.startswith("voicefleet_worker_registered ")
+    )
+
+
+def wait_registered(kube: Kube, name: str, timeout: float = 60) -> bool:
+    """Until every ready worker is registered with LiveKit. A pod is Ready when
+    livekit-agents' health endpoint answers, which can be a moment before its registration
+    completes; a room created in that moment gets no agent (LiveKit does not dispatch it
+    later), so the callers wait for the registration itself."""
+    t0 = time.monotonic()
+    announced: set[str] = set()
+    while True:
+        pods = [
+            p
+            for p in _pods(kube, name)
+            if p.get("status", {}).get("podIP") and not p["metadata"].get("deletionTimestamp")
+        ]
+        for p in pods:
+            pod = p["metadata"]["name"]
+            if pod not in announced and _registered(p["status"]["podIP"]):
+                announced.add(pod)
+                print(
+                    f"    +{time.monotonic() - t0:4.1f}s  worker {pod} "
+                    f"({p['status']['podIP']}) registered with LiveKit",
+                    flush=True,
+                )
+        if pods and all(p["metadata"]["name"] in announced for p in pods):
+            return True
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.3)
 
 
 def _pods(kube: Kube, name: str) -> list[dict[str, Any]]:
@@ -369,8 +415,8 @@ def run_demo(stack: Stack, callers: int = 3, turns: int = 3) -> int:
 
     _step(3, f"waiting for VoiceAgent {ex.name!r} to be Ready (the operator makes a worker "
           "Deployment; the node agent runs python -m voicefleet_worker)")  # fmt: skip
-    if not wait_ready(kube, ex.name):
-        print(f"error: VoiceAgent {ex.name} not Ready after {READY_TIMEOUT:.0f}s")
+    if not wait_ready(kube, ex.name) or not wait_registered(kube, ex.name):
+        print(f"error: VoiceAgent {ex.name}'s workers not Ready and registered in time")
         for p in _log_hint(stack, kube, ex.name):
             print(f"    worker log: {p}")
         print(f"    operator log: {stack.logs_dir / 'voicefleet-operator.log'}")

@@ -119,7 +119,13 @@ async def test_operator_created_worker_answers_a_call(
     assert pod["spec"]["containers"][0]["image"] == WORKER_IMAGE
     ip = pod["status"]["podIP"]
     assert ip.startswith("127.") and ip != "127.0.0.1"
-    assert worker_metrics(ip)["voicefleet_worker_registered"] == 1
+    # Ready comes from livekit-agents' health endpoint, which answers a moment before the
+    # registration with LiveKit completes: wait for the worker's own word.
+    await until(
+        lambda: worker_metrics(ip).get("voicefleet_worker_registered") == 1,
+        30,
+        "the worker registered with LiveKit",
+    )
 
     def status() -> dict[str, Any]:
         return dict(((get_va(kube, namespace, name) or {}).get("status")) or {})

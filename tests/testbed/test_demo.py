@@ -14,6 +14,7 @@ import yaml
 
 from voicefleet_testbed import demo
 from voicefleet_testbed import stack as stack_mod
+from voicefleet_testbed.caller import CallReport, Summary, TurnResult
 from voicefleet_testbed.ports import port_is_free
 from voicefleet_testbed.stack import LIVEKIT_DEFAULT_PORT, REALTIME_DEFAULT_PORT, Stack
 
@@ -102,3 +103,15 @@ def test_a_worker_image_mapped_elsewhere_is_caught(checkout_stack: Stack) -> Non
     assert found is not None and "fake_worker" in found
     checkout_stack.image_override.write_text(yaml.safe_dump(rules[:1]))
     assert demo.worker_image_override(checkout_stack) is None
+
+
+def test_a_call_no_agent_joined_is_not_ok() -> None:
+    answered = CallReport("r1", "c1", "support", connected=True, dispatch_s=0.4)
+    answered.turns.append(TurnResult(0, 1.0, latency_s=0.9))
+    assert Summary([answered]).ok()
+    lonely = CallReport("r2", "c2", "support", connected=True)
+    lonely.errors.append("no agent joined within 30 s")
+    assert not Summary([answered, lonely]).ok()
+    unanswered = CallReport("r3", "c3", "support", connected=True, dispatch_s=0.4)
+    unanswered.turns.append(TurnResult(0, 1.0))
+    assert not Summary([unanswered]).ok()
