@@ -8,11 +8,13 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
+# make demo DEMO_ARGS="--callers 5 --turns 2"
+DEMO_ARGS ?=
 
 .PHONY: help setup binaries up down status demo test lint typecheck unit bench dashboards clean
 
 help:
-	@echo "make demo      start the local stack and show voice calls (does all set-up)"
+	@echo "make demo      start the local stack, apply examples/voiceagent.yaml and call it (does all set-up)"
 	@echo "make test      lint, typecheck and run every test against the real stack"
 	@echo "make up/down   start/stop the local stack in the background (.testbed/env)"
 	@echo "make status    what the local stack runs, and what is unhealthy"
@@ -41,7 +43,7 @@ status: setup
 	@$(RUN) testbed status
 
 demo: setup binaries
-	@$(RUN) testbed demo
+	@$(RUN) testbed demo $(DEMO_ARGS)
 
 lint: setup
 	@echo "==> ruff"

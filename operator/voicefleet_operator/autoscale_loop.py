@@ -122,8 +122,12 @@ class Autoscaler:
         pods: Sequence[WorkerPod],
         current: int | None,
         post_event: Callable[[str, str, str], None] = lambda *_: None,
+        status_capacity: int | None = None,
     ) -> Decision | None:
-        """One decision for one VoiceAgent; None when its Deployment does not exist yet."""
+        """One decision for one VoiceAgent; None when its Deployment does not exist yet.
+
+        `status_capacity`: the VoiceAgent's `status.capacity` (the reconciler's ready
+        workers x maxPerWorker), the denominator of the `sessions` column it writes."""
         if current is None:
             return None
         ns, name = spec.namespace, spec.name
@@ -153,7 +157,7 @@ class Autoscaler:
         previous = self.last.get((ns, name))
         self.last[(ns, name)] = d
         if previous is None or _status_view(previous) != _status_view(d):
-            await asyncio.to_thread(self._write_status, spec, d)
+            await asyncio.to_thread(self._write_status, spec, d, status_capacity)
         m = self.metrics
         m.as_desired.labels(ns, name).set(d.desired)
         m.as_current.labels(ns, name).set(current)
@@ -175,11 +179,16 @@ class Autoscaler:
                 )
         self.kube.apply(render_replicas_patch(spec, d.desired), REPLICAS_FIELD_MANAGER)
 
-    def _write_status(self, spec: VoiceAgentSpec, d: Decision) -> None:
+    def _write_status(
+        self, spec: VoiceAgentSpec, d: Decision, status_capacity: int | None = None
+    ) -> None:
+        capacity = d.capacity if status_capacity is None else status_capacity
         self.kube.patch_status(
             va_path(spec.namespace, spec.name),
             {
                 "activeSessions": d.sessions,
+                # `kubectl get va`'s SESSIONS column: live, not only at the next reconcile.
+                "sessions": f"{d.sessions}/{capacity}",
                 "desiredReplicas": d.desired,
                 "autoscaler": {
                     "mode": "builtin",

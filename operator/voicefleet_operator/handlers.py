@@ -330,7 +330,14 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
                     replicas = list(deployment_replicas.get((ns, name), []))
                     pods = list(worker_pods.get((ns, name), []))
                     try:
-                        await autoscaler.tick(parsed, pods, replicas[0] if replicas else None, post)
+                        capacity = (body.get("status") or {}).get("capacity")
+                        await autoscaler.tick(
+                            parsed,
+                            pods,
+                            replicas[0] if replicas else None,
+                            post,
+                            capacity if isinstance(capacity, int) else None,
+                        )
                     except KubeError as e:
                         log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
                 await stopped.wait(TICK_SECONDS)

@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="what runs and what is unhealthy (exit 1 if anything is down)")
     sub.add_parser("env", help="print the shell exports for the stack")
-    sub.add_parser("demo", help="start the stack and show it working")
+    demo = sub.add_parser(
+        "demo", help="start the stack, apply the example VoiceAgent and call it (make demo)"
+    )
+    demo.add_argument("--callers", type=int, default=3, help="simulated callers (default 3)")
+    demo.add_argument("--turns", type=int, default=3, help="turns per call (default 3)")
     args = p.parse_args(argv)
     stack = Stack(args.dir)
     try:
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "demo":
             from .demo import run_demo
 
-            return run_demo(stack)
+            return run_demo(stack, callers=args.callers, turns=args.turns)
     except MissingBinary as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

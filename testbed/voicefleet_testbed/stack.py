@@ -30,9 +30,11 @@ LIVEKIT_KEY = "devkey"
 # A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack is
 # loopback-only, and a fixed one lets examples/voiceagent.yaml carry it as-is.
 LIVEKIT_SECRET = "voicefleet-testbed-livekit-dev-secret"
-# The checkout's own stack (`make up`) puts LiveKit on its usual port when free, so the
-# example's ws://127.0.0.1:7880 works as-is; test stacks take free ports.
+# The checkout's own stack (`make up`) puts LiveKit on its usual port and the Realtime
+# stand-in on a fixed one when free, so the example's ws://127.0.0.1:7880 and
+# http://127.0.0.1:7879/v1 work as-is; test stacks take free ports.
 LIVEKIT_DEFAULT_PORT = 7880
+REALTIME_DEFAULT_PORT = 7879
 OPERATOR = "voicefleet-operator"
 
 
@@ -102,6 +104,29 @@ class Stack:
         self.state = StackState.load(self.dir) or StackState(self.dir)
 
     # --- facts ---------------------------------------------------------------------------
+    @property
+    def is_default(self) -> bool:
+        """The checkout's own stack (`.testbed/`, `make up`), not a test's."""
+        return self.dir == default_dir().resolve()
+
+    def moved_ports(self) -> list[str]:
+        """The fixed ports (the example's URLs) the checkout's stack could not have because
+        something else held them when it started, as lines to show the user."""
+        if not self.is_default:
+            return []
+        out = []
+        if self.state.ports.get("livekit", LIVEKIT_DEFAULT_PORT) != LIVEKIT_DEFAULT_PORT:
+            out.append(
+                f"LiveKit is on {self.livekit_url}, not ws://127.0.0.1:{LIVEKIT_DEFAULT_PORT} "
+                "(taken when the stack started)"
+            )
+        if self.state.ports.get("realtime", REALTIME_DEFAULT_PORT) != REALTIME_DEFAULT_PORT:
+            out.append(
+                f"the Realtime stand-in is on {self.openai_base_url()}, not "
+                f"http://127.0.0.1:{REALTIME_DEFAULT_PORT}/v1 (taken when the stack started)"
+            )
+        return out
+
     @property
     def pki(self) -> Pki:
         return Pki(self.dir / "pki")
@@ -440,8 +465,9 @@ class Stack:
         ]
         # Keep the ports of a previous run when they are still free (stable URLs).
         preferred = dict(self.state.ports)
-        if self.dir == default_dir().resolve():
+        if self.is_default:
             preferred["livekit"] = LIVEKIT_DEFAULT_PORT
+            preferred["realtime"] = REALTIME_DEFAULT_PORT
         self.state.ports = {n: pick_port(preferred.get(n)) for n in names}
         self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
         self.state.livekit_secret = LIVEKIT_SECRET
@@ -518,6 +544,15 @@ class Stack:
                         "kubectl get va -w",
                     ]
                     if self.state.operator
+                    else []
+                ),
+                *(
+                    [
+                        "note: examples/voiceagent.yaml names the usual URLs; for this stack "
+                        "change them (make demo does):",
+                        *(f"  {m}" for m in self.moved_ports()),
+                    ]
+                    if self.moved_ports()
                     else []
                 ),
                 "next:",

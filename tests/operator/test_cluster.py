@@ -116,12 +116,16 @@ def test_the_example_becomes_ready_as_is(
 ) -> None:
     """examples/voiceagent.yaml, applied as a user would (`kubectl apply -n`), becomes
     Ready. Its LiveKit credentials are the testbed's own (devkey and the fixed dev
-    secret); the only substitution is the LiveKit URL, because a test stack takes a free
-    port where `make up` puts LiveKit on 7880. The workers run the fake worker (the
-    operator's --default-image here), which loads the rendered agent.json."""
+    secret); the only substitutions are the LiveKit and stand-in URLs, because a test
+    stack takes free ports where `make up` puts them on 7880 and 7879. The workers run
+    the fake worker (the operator's --default-image here), which loads the rendered
+    agent.json."""
     text = (REPO / "examples" / "voiceagent.yaml").read_text()
-    assert "ws://127.0.0.1:7880" in text
-    docs = list(yaml.safe_load_all(text.replace("ws://127.0.0.1:7880", stack.livekit_url)))
+    assert "ws://127.0.0.1:7880" in text and "http://127.0.0.1:7879/v1" in text
+    text = text.replace("ws://127.0.0.1:7880", stack.livekit_url)
+    docs = list(
+        yaml.safe_load_all(text.replace("http://127.0.0.1:7879/v1", stack.openai_base_url()))
+    )
     for d in docs:
         kube.create(d, namespace=namespace)
     (va,) = [d for d in docs if d["kind"] == KIND]

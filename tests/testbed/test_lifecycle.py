@@ -64,7 +64,8 @@ def check_operator(stack: Stack) -> None:
     assert denied.value.status == 403
 
     # The example, with the worker image mapped to the fake worker (this checkout may
-    # not have the real one); its LiveKit URL is this stack's (7880 only for .testbed/).
+    # not have the real one); its LiveKit and stand-in URLs are this stack's (7880 and
+    # 7879 only for .testbed/).
     stack.image_override.write_text(
         yaml.safe_dump(
             [
@@ -77,7 +78,10 @@ def check_operator(stack: Stack) -> None:
     )
     admin = Kube.admin(stack)
     text = (REPO_DIR / "examples" / "voiceagent.yaml").read_text()
-    for doc in yaml.safe_load_all(text.replace("ws://127.0.0.1:7880", stack.livekit_url)):
+    text = text.replace("ws://127.0.0.1:7880", stack.livekit_url)
+    for doc in yaml.safe_load_all(
+        text.replace("http://127.0.0.1:7879/v1", stack.openai_base_url())
+    ):
         admin.create(doc, namespace="default")
 
     def ready() -> bool:

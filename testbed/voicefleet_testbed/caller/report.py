@@ -81,4 +81,13 @@ class Summary:
         }
 
     def ok(self) -> bool:
-        return all(c.connected and not c.dropped and c.unanswered == 0 for c in self.calls)
+        """Every call connected, had an agent join, got every turn answered, was not
+        dropped and raised nothing (a call no agent joined has no turns: not ok)."""
+        return all(
+            c.connected
+            and c.dispatch_s is not None
+            and not c.dropped
+            and c.unanswered == 0
+            and not c.errors
+            for c in self.calls
+        )
