@@ -33,6 +33,11 @@ METRICS_PORT: Final = 9464  # Prometheus /metrics and /sessions (voicefleet's ow
 HEALTH_PORT: Final = 8081  # livekit-agents' health server: GET / is 200 or 503
 METRICS_PORT_NAME: Final = "metrics"
 HEALTH_PORT_NAME: Final = "health"
+# Readiness, on the metrics port: 200 only once the worker is registered with LiveKit (a
+# full worker stays ready). livekit-agents' own health (`/` on HEALTH_PORT) answers 200
+# before registration, so a new pod in a rollout would be Ready while LiveKit cannot yet
+# dispatch to it; it stays the liveness and startup probe.
+READY_PATH: Final = "/ready"
 
 # Where the operator mounts the rendered agent configuration (a ConfigMap key).
 CONFIG_MOUNT_PATH: Final = "/etc/voicefleet"

@@ -29,6 +29,7 @@ from voicefleet_contract import (
     MANAGED_BY,
     METRICS_PORT,
     METRICS_PORT_NAME,
+    READY_PATH,
     Env,
 )
 
@@ -198,9 +199,11 @@ def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]
     return env + user
 
 
-def _probe(period: int, failures: int) -> dict[str, Any]:
+def _probe(
+    period: int, failures: int, path: str = "/", port: str = HEALTH_PORT_NAME
+) -> dict[str, Any]:
     return {
-        "httpGet": {"path": "/", "port": HEALTH_PORT_NAME},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
@@ -225,7 +228,8 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
         # Start-up (warm job processes, first LiveKit registration) may take a while;
         # liveness only starts counting once the worker came up.
         "startupProbe": _probe(2, 150),
-        "readinessProbe": _probe(5, 2),
+        # Ready means registered with LiveKit (READY_PATH), not just "process up".
+        "readinessProbe": _probe(2, 2, READY_PATH, METRICS_PORT_NAME),
         # Generous: livekit-agents reconnects to LiveKit with backoff for ~2 minutes before
         # its health turns 503; a restart would drop every call the worker still serves.
         "livenessProbe": _probe(10, 12),

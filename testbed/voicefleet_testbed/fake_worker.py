@@ -19,7 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from voicefleet_contract import HEALTH_PORT, METRICS_PORT, Env
+from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
 from voicefleet_contract.metrics import WORKER_ACTIVE_SESSIONS, WORKER_CAPACITY, WORKER_DRAINING
 
 
@@ -29,7 +29,7 @@ class FakeWorker:
         self.drain_timeout = drain_timeout
         self.active = 0
         self.draining = False
-        self.hang = False  # for tests: the metrics endpoint stops answering
+        self.hang = False  # for tests: /metrics and /sessions stop answering (not /ready)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
@@ -97,7 +97,12 @@ def _handler(worker: FakeWorker, kind: str) -> type[BaseHTTPRequestHandler]:
             if kind == "health":
                 self._send(200, "OK")  # a full or draining worker stays Ready
                 return
+            if self.path.startswith(READY_PATH):
+                self._send(200, "registered")  # the fake is always "registered"
+                return
             if worker.hang:
+                # What the operator sees when it cannot reach the pod while the kubelet's
+                # local readiness probe still can (a network policy, a partition).
                 time.sleep(3600)
             if self.path.startswith("/metrics"):
                 self._send(200, worker.metrics(), "text/plain; version=0.0.4")

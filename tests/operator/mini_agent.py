@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from livekit.agents import AgentServer, JobContext, JobExecutorType
 
-from voicefleet_contract import HEALTH_PORT, METRICS_PORT, Env
+from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
 
 POD_IP = os.environ.get(Env.POD_IP, "127.0.0.1")
 with open(os.environ[Env.CONFIG_FILE]) as f:
@@ -77,6 +77,19 @@ async def sessions(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+registered = False
+
+
+def on_registered(*_: Any) -> None:
+    global registered
+    registered = True
+
+
+async def ready(_: web.Request) -> web.Response:
+    """The readiness probe the operator renders: 200 once registered with LiveKit."""
+    return web.Response(status=200 if registered else 503)
+
+
 async def seen_by_others(request: web.Request) -> web.Response:
     with lock:
         return web.json_response({"seen": seen.get(request.query["room"], 0)})
@@ -100,6 +113,8 @@ async def end(request: web.Request) -> web.Response:
 async def main() -> None:
     app = web.Application()
     app.router.add_get("/sessions", sessions)
+    app.router.add_get(READY_PATH, ready)
+    server.on("worker_registered", on_registered)
     app.router.add_post("/control/crash", crash)
     app.router.add_get("/control/seen", seen_by_others)
     app.router.add_post("/control/end", end)

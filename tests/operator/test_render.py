@@ -15,6 +15,7 @@ from voicefleet_contract import (
     KIND,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
+    READY_PATH,
     SECRET_ENV,
     Env,
 )
@@ -91,10 +92,13 @@ def test_rollout_never_removes_a_worker_first_and_grace_covers_drain() -> None:
     assert "replicas" not in d  # owned per autoscaling mode, not by the main apply
 
 
-def test_probes_hit_the_health_server() -> None:
+def test_probes_liveness_on_health_readiness_on_registration() -> None:
     c = _container(_children(minimal_spec()))
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    for probe in ("livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/", "port": "health"}
+    # Ready only once registered with LiveKit: a rollout must not retire old workers for a
+    # new one LiveKit cannot dispatch to yet.
+    assert c["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
     assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in c["ports"]
     assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] >= 60
 

@@ -8,6 +8,7 @@ import json
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from voicefleet_contract import READY_PATH
 from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_contract.sessions import parse_sessions
 from voicefleet_worker.endpoint import MetricsServer, make_app
@@ -88,3 +89,20 @@ async def test_endpoint_serves_metrics_and_sessions() -> None:
     ]
     assert report.rooms[0].startedAt > 0
     assert set(_families(text)) == {s.name for s in WORKER_METRICS}
+
+
+async def test_ready_follows_registration() -> None:
+    m = WorkerMetrics()
+    registered = False
+    server = MetricsServer(make_app(m, SessionRegistry(2, m), lambda: registered), "127.0.0.1", 0)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}{READY_PATH}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as r:
+                assert r.status == 503  # up, but LiveKit cannot dispatch to it yet
+            registered = True
+            async with http.get(url) as r:
+                assert r.status == 200
+    finally:
+        await server.aclose()

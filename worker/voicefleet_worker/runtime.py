@@ -70,6 +70,7 @@ class Runtime:
     tracer_provider: TracerProvider | None = None
     sessions: SessionRegistry = field(init=False)
     tracer: trace.Tracer | None = field(init=False, default=None)
+    registered: bool = field(init=False, default=False)  # with LiveKit, now: readiness
 
     def __post_init__(self) -> None:
         if self.tracer_provider is not None:
@@ -331,10 +332,12 @@ def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
     return server
 
 
-async def watch_registration(server: AgentServer, metrics: WorkerMetrics) -> None:
+async def watch_registration(server: AgentServer, runtime: Runtime) -> None:
     """`voicefleet_worker_registered` and livekit reconnections. livekit-agents 1.8.9 emits
     `worker_registered` on each (re)registration but nothing on a lost connection, so the
-    gauge follows the server's connection state (`_connecting`, `_connection_failed`)."""
+    gauge follows the server's connection state (`_connecting`, `_connection_failed`).
+    `runtime.registered` follows it too: it is what `/ready` answers."""
+    metrics = runtime.metrics
     registrations = 0
 
     def on_registered(worker_id: str, *_: Any) -> None:
@@ -353,9 +356,11 @@ async def watch_registration(server: AgentServer, metrics: WorkerMetrics) -> Non
                 and not getattr(server, "_connection_failed", False)
             )
             metrics.registered.set(1 if connected else 0)
+            runtime.registered = connected
             await asyncio.sleep(REGISTRATION_POLL_S)
     finally:
         metrics.registered.set(0)
+        runtime.registered = False
 
 
 async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
@@ -364,7 +369,11 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
 
     s = runtime.settings
     server = build_server(runtime, entrypoint)
-    endpoint = MetricsServer(make_app(runtime.metrics, runtime.sessions), s.pod_ip, s.metrics_port)
+    endpoint = MetricsServer(
+        make_app(runtime.metrics, runtime.sessions, lambda: runtime.registered),
+        s.pod_ip,
+        s.metrics_port,
+    )
     await endpoint.start()
     log.info(
         "voicefleet worker starting",
@@ -394,7 +403,7 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     run_task = asyncio.create_task(server.run(devmode=False), name="agent_server")
-    watch_task = asyncio.create_task(watch_registration(server, runtime.metrics))
+    watch_task = asyncio.create_task(watch_registration(server, runtime))
     stop_task = asyncio.create_task(stop.wait())
     code = 0
     try:
