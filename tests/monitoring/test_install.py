@@ -532,17 +532,23 @@ def test_alert_expressions_evaluate_on_the_real_prometheus(called: Installed) ->
 
     for rule in alert_rules():
         prom_query(called.stack, rule["expr"])  # asserts status == success
+
     # The fleet is healthy except the blocked VoiceAgent: only its readiness alert's
-    # condition holds (before `for:`), and nothing else; the live call's turn latency,
-    # reconnection and registration are all within bounds.
+    # condition holds (before `for:`), and nothing else. The live call's turn latency is
+    # real, though: on a starved machine its p95 may pass the 300 ms the turn-latency alert
+    # is for (its tool-call turn waits for two model responses and an HTTP call), so that
+    # alert holding for the live VoiceAgent alone is not a failure.
+    def unexpected(alert: str, series: dict[str, Any]) -> bool:
+        labels = series["metric"]
+        if labels.get("namespace") != called.ns:
+            return False
+        live = labels.get("voiceagent") == called.live_va
+        return not (alert == "VoiceFleetTurnLatencyHigh" and live)
+
     firing = {
         r["alert"]
         for r in alert_rules()
-        if [
-            s
-            for s in prom_query(called.stack, r["expr"])
-            if s["metric"].get("namespace") == called.ns
-        ]
+        if [s for s in prom_query(called.stack, r["expr"]) if unexpected(r["alert"], s)]
     }
     assert firing <= {"VoiceFleetVoiceAgentNotReady", "VoiceFleetReconcileErrors"}, firing
 
