@@ -156,7 +156,7 @@ class Level:
             out["dispatch_ms"] = _ms(summary(self.dispatch_s))
             out["worker_cores"] = round(self.worker_cores, 2)
             out["worker_runqueue_wait_s_per_s"] = round(self.worker_runqueue_wait, 2)
-            out["worker_rss_mb"] = round(self.worker_rss_mb)
+            out["worker_rss_mb"] = round(self.worker_rss_mb, 1)
             out["worker_observed_overhead_ms_mean"] = round(
                 (self.worker_turn_s - model_delay_s) * 1000, 1
             )
