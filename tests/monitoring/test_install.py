@@ -1,21 +1,35 @@
 """The chart installed by the real helm into the testbed (issue 7): the operator it deploys
 runs as a pod under the chart's RBAC only (namespace-scoped mode, in a namespace that
 enforces Pod Security `restricted`), reconciles a VoiceAgent to Ready, and the testbed's
-real Prometheus scrapes it and its workers with the labels the dashboards expect. Then
-every dashboard query is asked of that Prometheus and must return data, except queries on
-metrics the testbed cannot serve yet (`NOT_IN_TESTBED`: real workers during a call, failover
-events); those are reported as xfail with the reason, and XPASS once they start working.
+real Prometheus scrapes it and its workers with the labels the dashboards expect.
+
+Besides VoiceAgents on the tiny fake worker (load set from outside, so the autoscaler
+decides), one VoiceAgent runs the REAL worker image (`ghcr.io/voicefleet/worker`): its pod
+is created by the chart's operator, discovered by Prometheus with the worker labels, and
+takes one real call over WebRTC (a simulated caller through the testbed's LiveKit, the
+Realtime stand-in as the model): turns, an interruption, a tool call, a Realtime
+reconnection and a model error. Then every dashboard query is asked of that Prometheus and
+must return data; a query on worker metrics must show that call for the real VoiceAgent (a
+finite, positive value). Alert expressions on worker metrics must see the call too.
+Metrics the testbed cannot serve yet (`NOT_IN_TESTBED`: failover events) are reported as
+xfail with the reason, and XPASS once they start working.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import re
 import subprocess
+import threading
+import time
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -26,8 +40,10 @@ from dashboards.grafana import queries
 from dashboards.promql import metric_names, spec_for, substitute
 from voicefleet_contract import LABEL_INSTANCE, LABEL_NAME, METRICS_PORT
 from voicefleet_contract import metrics as m
+from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.kube import Kube
-from voicefleet_testbed.stack import Stack
+from voicefleet_testbed.realtime import StandInClient
+from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 from ..operator.cluster import (
     FAKE_IMAGE,
@@ -43,18 +59,15 @@ from .chart import CHART, helm
 
 pytestmark = pytest.mark.cluster
 
+REAL_WORKER_IMAGE = "ghcr.io/voicefleet/worker:0.1.0"  # testbed/images.yaml: this checkout
 _FAKE_SERVES = {m.WORKER_ACTIVE_SESSIONS, m.WORKER_CAPACITY, m.WORKER_DRAINING}
+_CALL_METRICS = {s.name for s in m.WORKER_METRICS if s not in _FAKE_SERVES}
+"""Worker metrics only a real worker serves: a query on them must show the real call."""
 NOT_IN_TESTBED: dict[str, str] = {
-    **{
-        s.name: "worker metric the fake worker does not serve: needs real workers during a call"
-        for s in m.WORKER_METRICS
-        if s not in _FAKE_SERVES
-    },
     **{
         s.name: "failover metric: served by the failover loop, and only after a lost agent or a webhook"
         for s in m.FAILOVER_METRICS
     },
-    m.AUTOSCALER_SCRAPE_FAILURES.name: "only after a worker's /sessions fails to answer",
 }
 """Metrics the testbed does not serve yet: remove an entry once it does (the query then
 XPASSes), until this is empty."""
@@ -68,6 +81,9 @@ class Installed:
     ns: str  # the watched namespace with the VoiceAgents
     ready_va: str = "support"
     blocked_va: str = "blocked"
+    live_va: str = "live"  # the real worker image
+    live_agent: str = ""  # its LiveKit agent name (unique per run)
+    call_started: list[float] = field(default_factory=list)  # time.time() of the live call
 
 
 def prom_query(stack: Stack, promql: str) -> list[dict[str, Any]]:
@@ -108,6 +124,66 @@ def _worker_spec() -> dict[str, Any]:
     }
 
 
+LIVE_SILENCE_MS = 300  # the live agent's server-VAD silence window
+
+
+def _live_spec(inst: Installed, tool_url: str) -> dict[str, Any]:
+    """The real worker image, against the stack's LiveKit and a stand-in scenario of its own."""
+    return {
+        "agentName": inst.live_agent,
+        "livekit": {"url": inst.stack.livekit_url, "credentialsSecret": "livekit-live"},
+        "model": {
+            "apiKeySecret": {"name": "openai"},
+            "baseURL": inst.stack.openai_base_url(inst.live_agent),
+            "instructions": "You are a test agent.",
+            "turnDetection": {"type": "server_vad", "silenceDurationMs": LIVE_SILENCE_MS},
+        },
+        "tools": [
+            {
+                "name": "lookup_order",
+                "description": "Look up an order by id",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"orderId": {"type": "string"}},
+                    "required": ["orderId"],
+                },
+                "url": tool_url,
+                "timeoutSeconds": 5,
+            }
+        ],
+        "sessions": {"maxPerWorker": 2, "drainTimeoutSeconds": 5},
+        "autoscaling": {"mode": "builtin", "minReplicas": 1, "maxReplicas": 1, "bufferSessions": 0},
+        "template": {"image": REAL_WORKER_IMAGE},
+    }
+
+
+class _Tool(BaseHTTPRequestHandler):
+    """The tool's HTTP endpoint: answers every order as shipped."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        out = json.dumps({"status": "shipped", "orderId": body.get("orderId")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def tool_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Tool)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/lookup"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
 def _ready(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
     va = get_va(kube, ns, name)
     if condition(va, "Ready").get("status") == "True":
@@ -121,7 +197,9 @@ def installed(stack: Stack, kube: Kube) -> Iterator[Installed]:
         pytest.fail("the testbed has no Prometheus: run `make binaries` (Debian's prometheus)")
     install_images(stack)
     uid = uuid.uuid4().hex[:5]
-    inst = Installed(stack, f"vf-{uid}", f"vf-system-{uid}", f"voice-{uid}")
+    inst = Installed(
+        stack, f"vf-{uid}", f"vf-system-{uid}", f"voice-{uid}", live_agent=f"live-{uid}"
+    )
     # The operator's namespace enforces Pod Security `restricted`: the API server's
     # admission rejects the operator pod if the chart's securityContext falls short.
     _namespace(
@@ -163,7 +241,7 @@ def _operator_pod(kube: Kube, inst: Installed) -> dict[str, Any] | None:
 
 
 @pytest.fixture(scope="module")
-def reconciled(installed: Installed, kube: Kube) -> Installed:
+def reconciled(installed: Installed, kube: Kube, tool_url: str) -> Installed:
     inst = installed
     try:
         pod = wait_for(lambda: _operator_pod(kube, inst), 120, "the chart's operator pod Ready")
@@ -172,6 +250,16 @@ def reconciled(installed: Installed, kube: Kube) -> Installed:
         raise
     assert pod["spec"]["serviceAccountName"] == f"{inst.release}-voicefleet"
     secrets(kube, inst.ns)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "livekit-live", "namespace": inst.ns},
+            "stringData": {"apiKey": LIVEKIT_KEY, "apiSecret": inst.stack.livekit_secret},
+        }
+    )
+    # The real worker first: its pod takes longest to start.
+    kube.create(voiceagent(inst.live_va, inst.ns, _live_spec(inst, tool_url)))
     kube.create(voiceagent(inst.ready_va, inst.ns, _worker_spec()))
     blocked = _worker_spec() | {"model": {"apiKeySecret": {"name": "no-such-secret"}}}
     kube.create(voiceagent(inst.blocked_va, inst.ns, blocked))
@@ -211,17 +299,21 @@ def _control(ip: str, body: dict[str, Any]) -> None:
         pass
 
 
+def _pod_ips(kube: Kube, ns: str, va: str) -> list[str]:
+    return [
+        p["status"]["podIP"]
+        for p in kube.list("v1", "Pod", ns)
+        if p["metadata"].get("labels", {}).get(LABEL_INSTANCE) == va
+        and p.get("status", {}).get("podIP")
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
 @pytest.fixture(scope="module")
 def scraped(reconciled: Installed, kube: Kube) -> Installed:
     """Load on the fleet (so the autoscaler decides something) and Prometheus has it all."""
     inst = reconciled
-    pods = kube.list("v1", "Pod", inst.ns)
-    ip = next(
-        p["status"]["podIP"]
-        for p in pods
-        if p["metadata"].get("labels", {}).get(LABEL_INSTANCE) == inst.ready_va
-        and p.get("status", {}).get("podIP")
-    )
+    (ip, *_) = _pod_ips(kube, inst.ns, inst.ready_va)
     _control(ip, {"activeSessions": 4})  # full: the autoscaler scales up to maxReplicas
     sel = f'namespace="{inst.ns}", voiceagent="{inst.ready_va}"'
     for promql in (
@@ -232,6 +324,20 @@ def scraped(reconciled: Installed, kube: Kube) -> Installed:
         f"count({m.WORKER_CAPACITY.name}{{{sel}}}) >= 2",
     ):
         wait_for(lambda q=promql: prom_query(inst.stack, q), 120, f"Prometheus: {promql}")  # type: ignore[misc]
+    # The other worker's endpoints stop answering for a moment: the autoscaler counts a
+    # failed read of its /sessions.
+    hung = wait_for(
+        lambda: [i for i in _pod_ips(kube, inst.ns, inst.ready_va) if i != ip], 60, "2nd pod"
+    )[0]
+    _control(hung, {"hang": True})
+    try:
+        wait_for(
+            lambda: prom_query(inst.stack, f"{m.AUTOSCALER_SCRAPE_FAILURES.name}{{{sel}}} > 0"),
+            60,
+            "Prometheus: a failed /sessions read counted",
+        )
+    finally:
+        _control(hung, {"hang": False})
     # Two scrapes more, so rate() over the new series has two samples.
     wait_for(
         lambda: prom_query(inst.stack, f"rate({m.AUTOSCALER_DECISIONS.name}{{{sel}}}[1m])"),
@@ -241,21 +347,123 @@ def scraped(reconciled: Installed, kube: Kube) -> Installed:
     return inst
 
 
-def test_labels_in_prometheus_are_what_the_dashboards_expect(scraped: Installed) -> None:
-    inst = scraped
-    (worker_series, *_) = prom_query(
-        inst.stack, f'{m.WORKER_CAPACITY.name}{{namespace="{inst.ns}"}}'
-    )
-    labels = worker_series["metric"]
-    assert labels["job"] == "voicefleet-worker"
-    assert labels["voiceagent"] == inst.ready_va
-    assert labels["pod"].startswith(inst.ready_va)
+def test_labels_in_prometheus_are_what_the_dashboards_expect(called: Installed) -> None:
+    inst = called
+    workers = prom_query(inst.stack, f'{m.WORKER_CAPACITY.name}{{namespace="{inst.ns}"}}')
+    by_va = {s["metric"]["voiceagent"]: s["metric"] for s in workers}
+    assert {inst.ready_va, inst.live_va} <= set(by_va), by_va
+    for va, labels in by_va.items():
+        assert labels["job"] == "voicefleet-worker"
+        assert labels["pod"].startswith(va)
     # Operator series keep their own namespace/voiceagent (honor_labels), not the pod's.
     ready = prom_query(inst.stack, f'{m.OPERATOR_VOICEAGENT_READY.name}{{namespace="{inst.ns}"}}')
-    assert {s["metric"]["voiceagent"] for s in ready} == {inst.ready_va, inst.blocked_va}
+    assert {s["metric"]["voiceagent"] for s in ready} == {
+        inst.ready_va,
+        inst.blocked_va,
+        inst.live_va,
+    }
     assert {s["metric"]["job"] for s in ready} == {"voicefleet-operator"}
     assert not [s for s in ready if "exported_namespace" in s["metric"]]
     assert prom_query(inst.stack, 'up{job="voicefleet-operator"} == 1')
+
+
+async def _call(inst: Installed) -> None:
+    """One real call to the live VoiceAgent's worker pod; each event is awaited in
+    Prometheus (the path the dashboards read), not in the worker."""
+    stack = inst.stack
+    sel = f'namespace="{inst.ns}", voiceagent="{inst.live_va}"'
+
+    async def seen(promql: str, what: str, timeout: float = 30) -> None:
+        await asyncio.to_thread(
+            wait_for, lambda: prom_query(stack, promql), timeout, f"Prometheus: {what}"
+        )
+
+    standin = StandInClient(stack.realtime_url, scenario=inst.live_agent)
+    # No model delay: what the caller waits for is the worker, LiveKit and the stand-in.
+    await standin.configure(modelDelayMs=0, responseMs=800)
+    caller = Caller(
+        stack.livekit_url,
+        LIVEKIT_KEY,
+        stack.livekit_secret,
+        room=f"{inst.live_agent}-call",
+        agent_name=inst.live_agent,
+    )
+    inst.call_started.append(time.time())
+    try:
+        await caller.connect()
+        assert await caller.wait_agent(60), "the real worker never joined the call"
+        # a turn
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the agent never answered"
+        # an interruption: a long answer, the caller talks over it
+        await standin.configure(responseMs=6000)
+        await caller.speak_turn(1.0)
+        assert await caller.wait_agent_audio(20) is not None
+        assert await caller.interrupt(0.8, timeout=10) is not None, "the agent kept talking"
+        await seen(f"{m.WORKER_INTERRUPTIONS.name}{{{sel}}} >= 1", "interruption counted")
+        await caller.wait_agent_quiet(30)
+        await standin.configure(responseMs=800)
+        # a tool call, answered by the tool endpoint
+        await standin.configure(
+            nextToolCall={"name": "lookup_order", "arguments": {"orderId": "A-17"}}
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "no answer after the tool call"
+        await seen(f'{m.WORKER_TOOL_CALLS.name}{{{sel}, outcome="ok"}} >= 1', "tool call ok")
+        # the Realtime connection drops: the session reconnects and answers again
+        await standin.configure(dropNow=True)
+        await seen(
+            f'{m.WORKER_RECONNECTIONS.name}{{{sel}, link="realtime"}} >= 1',
+            "realtime reconnection counted",
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "no answer after the Realtime reconnection"
+        # the model reports an error the session survives
+        await standin.configure(errorNow=True)
+        await seen(f'{m.WORKER_MODEL_ERRORS.name}{{{sel}, recoverable="true"}} >= 1', "model error")
+    finally:
+        await caller.close()
+    await seen(
+        f'{m.WORKER_SESSIONS_ENDED.name}{{{sel}, outcome="completed"}} >= 1', "the call ended"
+    )
+
+
+@pytest.fixture(scope="module")
+def called(scraped: Installed, kube: Kube) -> Installed:
+    """The live VoiceAgent's real worker took a call, and Prometheus has all of it."""
+    inst = scraped
+    wait_for(lambda: _ready(kube, inst.ns, inst.live_va), 180, "the real worker's VoiceAgent Ready")
+    sel = f'namespace="{inst.ns}", voiceagent="{inst.live_va}"'
+    wait_for(
+        lambda: prom_query(inst.stack, f"{m.WORKER_REGISTERED.name}{{{sel}}} == 1"),
+        60,
+        "Prometheus: the real worker registered with LiveKit",
+    )
+    asyncio.run(_call(inst))
+    # Every histogram the call fed, with two samples since, so rate() sees it.
+    for spec in (
+        m.WORKER_DISPATCH_LATENCY,
+        m.WORKER_TURN_LATENCY,
+        m.WORKER_FIRST_AUDIO_LATENCY,
+        m.WORKER_TOOL_LATENCY,
+        m.WORKER_SESSION_DURATION,
+    ):
+        promql = f"increase({spec.name}_count{{{sel}}}[1m]) > 0"
+        wait_for(lambda q=promql: prom_query(inst.stack, q), 30, f"Prometheus: {promql}")  # type: ignore[misc]
+    return inst
+
+
+def _call_window(inst: Installed) -> str:
+    """A rate window covering the whole live call (Grafana's $__rate_interval stands for
+    whatever the dashboard's range gives; here, the call's)."""
+    return f"{math.ceil(time.time() - inst.call_started[0]) + 10}s"
+
+
+def _positive(series: list[dict[str, Any]]) -> bool:
+    """Some series has a finite value above zero (histogram_quantile over no events is NaN,
+    a rate over no events is 0)."""
+    values = [float(s["value"][1]) for s in series]
+    return any(math.isfinite(v) and v > 0 for v in values)
 
 
 def _dashboard_queries() -> list[Any]:
@@ -276,22 +484,32 @@ def _dashboard_queries() -> list[Any]:
 
 @pytest.mark.parametrize(("dashboard", "title", "expr"), _dashboard_queries())
 def test_dashboard_query_returns_data(
-    scraped: Installed, dashboard: str, title: str, expr: str
+    called: Installed, dashboard: str, title: str, expr: str
 ) -> None:
-    inst = scraped
+    inst = called
+    names = {s.name for n in metric_names(substitute(expr)) if (s := spec_for(n)) is not None}
+    if names & _CALL_METRICS:
+        # A panel on what real workers measure: it shows the live call.
+        promql = substitute(
+            expr.replace("$__rate_interval", _call_window(inst)),
+            {"namespace": inst.ns, "voiceagent": inst.live_va},
+        )
+        result = prom_query(inst.stack, promql)
+        assert _positive(result), (
+            f"{dashboard} / {title}: the call does not show: {promql} -> {result}"
+        )
+        return
     # The drill-down is asked about each VoiceAgent; some panel has data for one of them.
-    results = {}
-    for va in (inst.ready_va, inst.blocked_va):
+    for va in (inst.ready_va, inst.blocked_va, inst.live_va):
         promql = substitute(expr, {"namespace": inst.ns, "voiceagent": va})
-        results[va] = prom_query(inst.stack, promql)
-        if results[va]:
+        if prom_query(inst.stack, promql):
             return
     pytest.fail(f"{dashboard} / {title}: no data for {substitute(expr, {'namespace': inst.ns})}")
 
 
 @pytest.mark.parametrize("dashboard", list(DASHBOARDS))
-def test_dashboard_variables_list_the_voiceagents(scraped: Installed, dashboard: str) -> None:
-    inst = scraped
+def test_dashboard_variables_list_the_voiceagents(called: Installed, dashboard: str) -> None:
+    inst = called
     doc = json.loads((DASHBOARD_DIR / f"{dashboard}.json").read_text())
     for var in doc["templating"]["list"]:
         if var["type"] != "query":
@@ -303,22 +521,62 @@ def test_dashboard_variables_list_the_voiceagents(scraped: Installed, dashboard:
         assert expected in values, (var["name"], values)
 
 
-def test_alert_expressions_evaluate_on_the_real_prometheus(scraped: Installed) -> None:
+_THRESHOLD = re.compile(r"\s*(>|<|>=|<=|==|!=)\s*[0-9.]+\s*$")
+_COMPARISON = re.compile(r"(>|<|==|!=)")
+
+
+def test_alert_expressions_evaluate_on_the_real_prometheus(called: Installed) -> None:
     """Every alert expression is a valid query over the series the testbed serves (a rule
     naming a label or function Prometheus rejects would fail here, not in production)."""
     from dashboards.metrics_doc import alert_rules
 
     for rule in alert_rules():
-        prom_query(scraped.stack, rule["expr"])  # asserts status == success
+        prom_query(called.stack, rule["expr"])  # asserts status == success
+
     # The fleet is healthy except the blocked VoiceAgent: only its readiness alert's
-    # condition holds (before `for:`), and nothing else.
+    # condition holds (before `for:`), and nothing else. The live call's turn latency is
+    # real, though: on a starved machine its p95 may pass the 300 ms the turn-latency alert
+    # is for (its tool-call turn waits for two model responses and an HTTP call), so that
+    # alert holding for the live VoiceAgent alone is not a failure.
+    def unexpected(alert: str, series: dict[str, Any]) -> bool:
+        labels = series["metric"]
+        if labels.get("namespace") != called.ns:
+            return False
+        live = labels.get("voiceagent") == called.live_va
+        return not (alert == "VoiceFleetTurnLatencyHigh" and live)
+
     firing = {
         r["alert"]
         for r in alert_rules()
-        if [
-            s
-            for s in prom_query(scraped.stack, r["expr"])
-            if s["metric"].get("namespace") == scraped.ns
-        ]
+        if [s for s in prom_query(called.stack, r["expr"]) if unexpected(r["alert"], s)]
     }
     assert firing <= {"VoiceFleetVoiceAgentNotReady", "VoiceFleetReconcileErrors"}, firing
+
+
+def test_alert_expressions_on_worker_metrics_see_the_call(called: Installed) -> None:
+    """An alert on what real workers measure evaluates over the live call: the value it
+    compares with its threshold is there (and positive), or, for a rule that filters
+    series before counting (not registered and not draining), every series it reads is."""
+    from dashboards.metrics_doc import alert_rules
+
+    inst = called
+    checked = []
+    for rule in alert_rules():
+        expr = " ".join(rule["expr"].split())
+        names = {s.name for n in metric_names(expr) if (s := spec_for(n)) is not None}
+        if not names & _CALL_METRICS:
+            continue
+        checked.append(rule["alert"])
+        value = _THRESHOLD.sub("", expr)
+        if not _COMPARISON.search(value):
+            series = [
+                s
+                for s in prom_query(inst.stack, value)
+                if s["metric"].get("voiceagent") == inst.live_va
+            ]
+            assert _positive(series), f"{rule['alert']}: the call does not show: {value}"
+            continue
+        for name in sorted(names):
+            sel = f'namespace="{inst.ns}", voiceagent="{inst.live_va}"'
+            assert prom_query(inst.stack, f"{name}{{{sel}}}"), f"{rule['alert']}: no {name}"
+    assert checked, "no alert reads worker metrics"

@@ -1,113 +1,42 @@
 """The simulated caller against the testbed's REAL LiveKit server and a tiny echo agent.
 
-The echo agent is a participant of kind AGENT written here with the rtc SDK: it hears the
-caller's speech end (energy VAD), waits a known delay, then plays a tone; it falls silent
-when the caller talks over it. The caller's measured latency must be at least that delay
+The echo agent (`voicefleet_testbed.caller.echo`, also the call benchmark's baseline) is a
+participant of kind AGENT written with the rtc SDK alone: it hears the caller's speech end
+(energy VAD), waits a known delay, then plays a tone; it falls silent when the caller talks
+over it. The caller's measured latency must be at least that delay
 and within a sane bound of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from livekit import api, rtc
+from livekit import api
 
-from voicefleet_testbed.audio import Tone
-from voicefleet_testbed.caller import Caller, run_callers
+from voicefleet_testbed.caller import Caller, echo, run_callers
 from voicefleet_testbed.caller.core import http_url
-from voicefleet_testbed.caller.pump import AudioPump
-from voicefleet_testbed.realtime.vad import EnergyVad
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 pytestmark = pytest.mark.livekit
-RATE = 48000
 SILENCE_MS = 300  # the echo agent's end-of-speech silence
 
 
-class EchoAgent:
+class EchoAgent(echo.EchoAgent):
+    """The testbed's echo agent on this stack, with the tests' silence window."""
+
     def __init__(self, stack: Stack, room: str, delay_s: float, answer_s: float = 1.0) -> None:
-        self.stack = stack
-        self.room_name = room
-        self.delay_s = delay_s
-        self.answer_s = answer_s
-        self.identity = f"echo-{uuid.uuid4().hex[:6]}"
-        self.room = rtc.Room()
-        self.interrupted = 0
-        self.vad_events: list[tuple[str, int]] = []
-        self._heard: set[str] = set()
-        self.answers = 0
-        self._pump: AudioPump | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._answer: asyncio.Task[None] | None = None
-
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def start(self) -> EchoAgent:
-        token = (
-            api.AccessToken(LIVEKIT_KEY, self.stack.livekit_secret)
-            .with_identity(self.identity)
-            .with_kind("agent")
-            .with_grants(api.VideoGrants(room_join=True, room=self.room_name))
-            .to_jwt()
+        super().__init__(
+            stack.livekit_url,
+            LIVEKIT_KEY,
+            stack.livekit_secret,
+            room,
+            delay_s,
+            answer_s,
+            silence_ms=SILENCE_MS,
         )
-        self.room.on("track_subscribed", self._on_track)
-        await self.room.connect(self.stack.livekit_url, token)
-        source = rtc.AudioSource(RATE, 1, queue_size_ms=100)
-        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
-        await self.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        )
-        self._pump = AudioPump(source)
-        self._pump.start()
-        for p in self.room.remote_participants.values():
-            for pub in p.track_publications.values():
-                if pub.track is not None:
-                    self._on_track(pub.track, pub, p)
-        return self
-
-    def _on_track(
-        self, track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
-    ) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO and track.sid not in self._heard:
-            self._heard.add(track.sid)
-            self._spawn(self._hear(track))
-
-    async def _hear(self, track: rtc.Track) -> None:
-        vad = EnergyVad(RATE, threshold_db=-40, min_speech_ms=60, silence_ms=SILENCE_MS)
-        async for ev in rtc.AudioStream(track, sample_rate=RATE, num_channels=1):
-            for v in vad.push(bytes(ev.frame.data)):
-                self.vad_events.append((v.kind, v.audio_ms))
-                if v.kind == "start":
-                    if self._answer is not None:
-                        self._answer.cancel()
-                    assert self._pump is not None
-                    if self._pump.stop():
-                        self.interrupted += 1
-                else:
-                    self._answer = self._spawn(self._reply())
-
-    async def _reply(self) -> None:
-        await asyncio.sleep(self.delay_s)  # the agent's "thinking" time under test
-        assert self._pump is not None
-        self.answers += 1
-        self._pump.play(Tone(RATE, 440, 0.3).next, self.answer_s)
-
-    async def stop(self) -> None:
-        if self._pump is not None:
-            await self._pump.aclose()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.room.disconnect()
 
 
 @pytest.fixture
