@@ -38,13 +38,15 @@ async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
 async def test_registered_gauge_and_livekit_reconnections() -> None:
     m = WorkerMetrics()
     server = FakeServer()
-    task = asyncio.create_task(watch_registration(server, m))  # type: ignore[arg-type]
+    ready: list[bool] = []
+    task = asyncio.create_task(watch_registration(server, m, ready.append))  # type: ignore[arg-type]
     value = m.registry.get_sample_value
     try:
         await _until(lambda: "worker_registered" in server.handlers)
         assert value("voicefleet_worker_registered") == 0
         server.register()
         await _until(lambda: value("voicefleet_worker_registered") == 1)
+        assert ready[-1] is True and False in ready  # /ready follows registration
         assert value("voicefleet_worker_reconnections_total", {"link": "livekit"}) == 0
         server._connecting = True  # the connection dropped; livekit-agents retries
         await _until(lambda: value("voicefleet_worker_registered") == 0)

@@ -72,6 +72,9 @@ class Runtime:
     tracer: trace.Tracer | None = field(init=False, default=None)
     registered: bool = field(init=False, default=False)  # with LiveKit, now: readiness
 
+    def set_registered(self, value: bool) -> None:
+        self.registered = value
+
     def __post_init__(self) -> None:
         if self.tracer_provider is not None:
             self.tracer = self.tracer_provider.get_tracer("voicefleet.worker")
@@ -332,12 +335,15 @@ def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
     return server
 
 
-async def watch_registration(server: AgentServer, runtime: Runtime) -> None:
+async def watch_registration(
+    server: AgentServer,
+    metrics: WorkerMetrics,
+    on_change: Callable[[bool], None] = lambda _: None,
+) -> None:
     """`voicefleet_worker_registered` and livekit reconnections. livekit-agents 1.8.9 emits
     `worker_registered` on each (re)registration but nothing on a lost connection, so the
     gauge follows the server's connection state (`_connecting`, `_connection_failed`).
-    `runtime.registered` follows it too: it is what `/ready` answers."""
-    metrics = runtime.metrics
+    `on_change` hears every state: it is what `/ready` answers."""
     registrations = 0
 
     def on_registered(worker_id: str, *_: Any) -> None:
@@ -346,6 +352,7 @@ async def watch_registration(server: AgentServer, runtime: Runtime) -> None:
         if registrations > 1:
             metrics.reconnections.labels(link="livekit").inc()
         metrics.registered.set(1)
+        on_change(True)
 
     server.on("worker_registered", on_registered)
     try:
@@ -356,11 +363,11 @@ async def watch_registration(server: AgentServer, runtime: Runtime) -> None:
                 and not getattr(server, "_connection_failed", False)
             )
             metrics.registered.set(1 if connected else 0)
-            runtime.registered = connected
+            on_change(connected)
             await asyncio.sleep(REGISTRATION_POLL_S)
     finally:
         metrics.registered.set(0)
-        runtime.registered = False
+        on_change(False)
 
 
 async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
@@ -403,7 +410,9 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     run_task = asyncio.create_task(server.run(devmode=False), name="agent_server")
-    watch_task = asyncio.create_task(watch_registration(server, runtime))
+    watch_task = asyncio.create_task(
+        watch_registration(server, runtime.metrics, runtime.set_registered)
+    )
     stop_task = asyncio.create_task(stop.wait())
     code = 0
     try:
