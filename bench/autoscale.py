@@ -157,7 +157,7 @@ def pod_ips(c: Cluster, ns: str) -> dict[str, list[str]]:
     return out
 
 
-def ours(c: Cluster, pods: int, vas: int, steps: int, idle_seconds: float) -> JSON:
+def ours(c: Cluster, pods: int, vas: int, steps: int, idle_seconds: float, last: bool) -> JSON:
     per = max(1, pods // vas)
     ns = c.namespace(f"bench-autoscale-{pods}")
     names = [f"va{i:03d}" for i in range(vas)]
@@ -175,6 +175,7 @@ def ours(c: Cluster, pods: int, vas: int, steps: int, idle_seconds: float) -> JS
         idle = CpuMeter(pid).start()
         time.sleep(idle_seconds)  # pacing: the figure is the operator's CPU meanwhile
         idle.stop()
+        print(f"[autoscale] {pods}: idle measured, stepping", flush=True)
         fig["operator_cpu_s_per_s"] = idle.per_second
         fig["operator_cpu_ms_per_worker_read"] = (
             1000 * idle.per_second / max(1, fig["workers_ready"])
@@ -199,7 +200,9 @@ def ours(c: Cluster, pods: int, vas: int, steps: int, idle_seconds: float) -> JS
         fig["ratio_hpa_sync_vs_p95"] = HPA_SYNC_SECONDS / fig["reaction_s"]["p95"]
         fig["operator_rss_mb"], fig["operator_peak_rss_mb"] = memory_mb(pid)
         fig["load_avg_1m"] = machine_load()
-    c.delete_namespace(ns)
+        fig["operator_counters"] = c.counters(ns)
+    if not last:  # the last one goes with the stack
+        c.delete_namespace(ns)
     return fig
 
 
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     with cluster(inprocess=not args.process_workers) as c:
         for i, (pods, vas) in enumerate(sizes):
             print(f"[autoscale] {pods} workers / {vas} voiceagents ...", flush=True)
-            fig = ours(c, pods, vas, args.steps, args.idle_seconds)
+            fig = ours(c, pods, vas, args.steps, args.idle_seconds, last=i == len(sizes) - 1)
             if i == 0 and args.keda_steps > 0:
                 print("[autoscale] keda-like baseline ...", flush=True)
                 keda = keda_baseline(c, args.keda_steps, args.keda_interval)

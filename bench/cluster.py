@@ -5,6 +5,7 @@ timestamp what the API server reports.
 
 By default a benchmark starts its own stack in a temporary directory and stops it at the
 end; with VOICEFLEET_TESTBED=<dir> it reuses a running one (e.g. after `make up`).
+BENCH_OPERATOR_ARGS adds operator flags (e.g. "--api-threads=6" to compare settings).
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ from typing import Any
 
 import yaml
 from kubernetes import client, watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.cluster import (
     OperatorProcess,
     install_crd,
     install_rbac,
     secrets,
+)
+from voicefleet_contract.metrics import (
+    AUTOSCALER_DECISIONS,
+    AUTOSCALER_SCRAPE_FAILURES,
+    OPERATOR_RECONCILES,
 )
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
@@ -202,6 +209,25 @@ class Cluster:
         assert self.operator.proc is not None
         return self.operator.proc.pid
 
+    def counters(self, namespace: str) -> dict[str, float]:
+        """The operator's own counters for one namespace: reconciles, autoscaler decisions
+        by direction, failed worker reads by reason (why a fleet scaled when it did)."""
+        out: dict[str, float] = {}
+        wanted = {
+            OPERATOR_RECONCILES.name.removesuffix("_total"): None,
+            AUTOSCALER_DECISIONS.name.removesuffix("_total"): "direction",
+            AUTOSCALER_SCRAPE_FAILURES.name.removesuffix("_total"): "reason",
+        }
+        for family in text_string_to_metric_families(self.operator.metrics()):
+            for s in family.samples:
+                base = s.name.removesuffix("_total")
+                if base not in wanted or s.labels.get("namespace") != namespace:
+                    continue
+                by = wanted[base]
+                key = base.removeprefix("voicefleet_") + (f".{s.labels.get(by)}" if by else "")
+                out[key] = out.get(key, 0.0) + s.value
+        return out
+
     def namespace(self, name: str) -> str:
         self.kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         secrets(self.kube, name)
@@ -246,9 +272,8 @@ def cluster(inprocess: bool = True, operator_args: Sequence[str] = ()) -> Iterat
             use_inprocess_workers(stack)
         install_crd(kube)
         # Production-like resync (60 s): the tests' 5 s would dominate idle cost at scale.
-        op = OperatorProcess(
-            stack, install_rbac(kube), workdir, ["--resync-seconds=60", *operator_args]
-        )
+        extra = [*operator_args, *os.environ.get("BENCH_OPERATOR_ARGS", "").split()]
+        op = OperatorProcess(stack, install_rbac(kube), workdir, ["--resync-seconds=60", *extra])
         op.start()
         yield Cluster(stack, kube, op, workdir)
     finally:

@@ -101,7 +101,7 @@ def baseline(c: Cluster, n: int, timeout: float) -> list[float]:
     return [rs.times[x] - created[x] for x in names if x in rs.times]
 
 
-def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float) -> JSON:
+def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: bool) -> JSON:
     ns = c.namespace(f"bench-reconcile-{n}")
     created: dict[str, float] = {}
     deployed, ready = FirstTimes(), FirstTimes()
@@ -132,12 +132,16 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float) -> JSON
         created_in = time.monotonic() - t0
         all_ready = ready.wait_all(names, timeout)
         run.stop()
+        print(
+            f"[reconcile] {n}: {len(ready.times)} Ready; idle for {idle_seconds:.0f}s", flush=True
+        )
         last_ready = max(ready.times.values(), default=math.nan)
         # Idle: everything present and Ready, nothing changing.
         idle = CpuMeter(pid).start()
         time.sleep(idle_seconds)  # pacing: the figure is what the operator spends meanwhile
         idle.stop()
     rss, peak = memory_mb(pid)
+    counters = c.counters(ns)
     to_dep = [deployed.times[x] - created[x] for x in names if x in deployed.times]
     to_ready = [ready.times[x] - created[x] for x in names if x in ready.times]
     out = {
@@ -154,8 +158,11 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float) -> JSON
         "operator_rss_mb": rss,
         "operator_peak_rss_mb": peak,
         "load_avg_1m": machine_load(),
+        "operator_counters": counters,
     }
-    if not c.delete_namespace(ns):
+    # The last size's namespace goes with the stack (deleting N VoiceAgents waits for the
+    # operator to stop each one's daemon and drop its finalizer: minutes at 1,000).
+    if not last and not c.delete_namespace(ns):
         out["note"] = "namespace deletion did not finish in time"
     return out
 
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             base = baseline(c, n, timeout)
             print(f"[reconcile] {n}: voiceagents ...", flush=True)
             idle = args.idle_seconds if n == max(sizes) else min(10.0, args.idle_seconds)
-            fig = voiceagents(c, n, timeout, idle)
+            fig = voiceagents(c, n, timeout, idle, last=n == sizes[-1])
             fig["baseline_create_to_replicaset_s"] = summary(base)
             fig["ratio_p95_deployment_vs_baseline"] = (
                 fig["create_to_deployment_s"]["p95"] / summary(base)["p95"]

@@ -66,6 +66,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("prometheus-url", d.prometheus_url),
         help="Prometheus that KEDA's trigger queries (autoscaling mode keda)",
     )
+    p.add_argument(
+        "--api-threads",
+        type=int,
+        default=int(default("api-threads", d.api_threads)),
+        help="blocking Kubernetes API calls in flight at once (reconciles, autoscaler writes)",
+    )
     p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
     return p
 
@@ -86,4 +92,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         otlp_endpoint=args.otlp_endpoint or None,
         prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,
+        api_threads=max(1, args.api_threads),
     )

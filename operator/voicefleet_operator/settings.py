@@ -28,4 +28,8 @@ class Settings:
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
     # Where KEDA's Prometheus trigger (autoscaling mode keda) reads the sessions metric.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # Blocking API calls (reconciles, autoscaler writes) run in threads: how many at once,
+    # and as many pooled connections. asyncio's default (cores + 4) queues a burst of new
+    # VoiceAgents behind a handful of threads (bench/reconcile.py).
+    api_threads: int = 32
     standalone: bool = True  # one operator replica; no kopf peering objects needed
