@@ -81,9 +81,7 @@ class OperatorProcess:
     """The operator as a process under its own ServiceAccount; `args` are appended to (and,
     for a repeated flag, override) the defaults below. Benchmarks use it too."""
 
-    def __init__(
-        self, stack: Stack, token: str, workdir: Path, args: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, stack: Stack, token: str, workdir: Path, args: Sequence[str] = ()) -> None:
         self.args = list(args)
         self.kubeconfig = workdir / "operator.kubeconfig"
         self.kubeconfig.write_text(
