@@ -221,8 +221,11 @@ def register(
         )
         async def _child(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
             owner = owner_name(body)
-            if owner is None or not type or not namespace:
+            if owner is None or not type or type == "ADDED" or not namespace:
                 # type None: the initial listing; on.resume reconciles every VoiceAgent.
+                # ADDED: a child the reconciler itself just created (only it creates
+                # them); re-reconciling for each of the four cost a new VoiceAgent four
+                # extra reconciles (bench/reconcile.py). Edits and deletions still repair.
                 return
             with contextlib.suppress(kopf.TemporaryError):  # logged; the timer retries
                 await reconciler.reconcile(namespace, owner, f"{body.get('kind')} {type}")
