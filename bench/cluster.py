@@ -211,12 +211,12 @@ class Cluster:
 
     def counters(self, namespace: str) -> dict[str, float]:
         """The operator's own counters for one namespace: reconciles, autoscaler decisions
-        by direction, failed worker reads by reason (why a fleet scaled when it did)."""
+        by direction, failed worker reads by error (why a fleet scaled when it did)."""
         out: dict[str, float] = {}
         wanted = {
             OPERATOR_RECONCILES.name.removesuffix("_total"): None,
             AUTOSCALER_DECISIONS.name.removesuffix("_total"): "direction",
-            AUTOSCALER_SCRAPE_FAILURES.name.removesuffix("_total"): "reason",
+            AUTOSCALER_SCRAPE_FAILURES.name.removesuffix("_total"): "error",
         }
         for family in text_string_to_metric_families(self.operator.metrics()):
             for s in family.samples:
