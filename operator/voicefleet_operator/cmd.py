@@ -78,6 +78,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("prometheus-url", d.prometheus_url),
         help="Prometheus that KEDA's trigger queries (autoscaling mode keda)",
     )
+    p.add_argument(
+        "--api-threads",
+        type=int,
+        default=int(default("api-threads", d.api_threads)),
+        help="blocking Kubernetes API calls in flight at once (reconciles, autoscaler writes)",
+    )
     p.add_argument("--kubeconfig", default=default("kubeconfig", env.get("KUBECONFIG", "")))
     p.add_argument(
         "--peering",
@@ -108,4 +114,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         peering=args.peering or None,
         webhook_port=args.webhook_port,
         failover_sweep_seconds=args.failover_sweep_seconds,
+        api_threads=max(1, args.api_threads),
     )

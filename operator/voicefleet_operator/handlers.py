@@ -13,6 +13,7 @@ costs two reconciles, not twenty.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
@@ -213,8 +214,12 @@ def register(
         return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, ours)
+        # asyncio.to_thread's pool: reconciles are blocking API calls, mostly waiting.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(ours.api_threads, thread_name_prefix="kube")
+        )
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
@@ -250,8 +255,11 @@ def register(
         )
         async def _child(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
             owner = owner_name(body)
-            if owner is None or not type or not namespace:
+            if owner is None or not type or type == "ADDED" or not namespace:
                 # type None: the initial listing; on.resume reconciles every VoiceAgent.
+                # ADDED: a child the reconciler itself just created (only it creates
+                # them); re-reconciling for each of the four cost a new VoiceAgent four
+                # extra reconciles (bench/reconcile.py). Edits and deletions still repair.
                 return
             with contextlib.suppress(kopf.TemporaryError):  # logged; the timer retries
                 await reconciler.reconcile(namespace, owner, f"{body.get('kind')} {type}")

@@ -96,13 +96,17 @@ class Kube:
         self.api = api_client
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None) -> Kube:
+    def connect(cls, kubeconfig: str | None = None, pool_size: int = 32) -> Kube:
         """In-cluster credentials in a pod; else the kubeconfig (flag, $KUBECONFIG, default)."""
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            cfg.connection_pool_maxsize = pool_size
             return cls(client.ApiClient(cfg))
-        return cls(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        cfg.connection_pool_maxsize = pool_size  # one pooled connection per API thread
+        return cls(client.ApiClient(cfg))
 
     def request(
         self,

@@ -58,7 +58,7 @@ def run(settings: Settings) -> None:
     metrics = OperatorMetrics()
     metrics.serve(settings.bind_address, settings.metrics_port)
     registry = kopf.OperatorRegistry()
-    kube = Kube.connect(settings.kubeconfig)
+    kube = Kube.connect(settings.kubeconfig, settings.api_threads)
     scraper = Scraper(timeout=0.5)
     autoscaler = Autoscaler(kube, scraper, metrics)
     register(registry, Reconciler(kube, settings, metrics), settings, autoscaler)

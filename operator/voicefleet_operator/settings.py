@@ -28,6 +28,10 @@ class Settings:
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
     # Where KEDA's Prometheus trigger (autoscaling mode keda) reads the sessions metric.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    # Blocking API calls (reconciles, autoscaler writes) run in threads: how many at once,
+    # and as many pooled connections. asyncio's default (cores + 4) queues a burst of new
+    # VoiceAgents behind a handful of threads (bench/reconcile.py).
+    api_threads: int = 32
     webhook_port: int = 8090  # LiveKit webhooks (POST /livekit/webhook); 0: none
     failover_sweep_seconds: float = 10.0  # the LiveKit API sweep, failover's backstop
     # kopf peering (HA): the name of the KopfPeering (namespaced) or ClusterKopfPeering

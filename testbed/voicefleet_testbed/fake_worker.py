@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -122,22 +123,21 @@ def _handler(worker: FakeWorker, kind: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _capacity_from_config() -> tuple[int, float]:
-    path = os.environ.get(Env.CONFIG_FILE)
+def capacity_from_config(env: Mapping[str, str] = os.environ) -> tuple[int, float]:
+    """(maxPerWorker, drainTimeoutSeconds) from the mounted agent config, else FAKE_* env."""
+    path = env.get(Env.CONFIG_FILE)
     if path and os.path.exists(path):
         with open(path) as f:
             sessions = json.load(f).get("sessions", {})
         return int(sessions.get("maxPerWorker", 10)), float(
             sessions.get("drainTimeoutSeconds", 3600)
         )
-    return int(os.environ.get("FAKE_CAPACITY", "10")), float(
-        os.environ.get("FAKE_DRAIN_TIMEOUT", "3600")
-    )
+    return int(env.get("FAKE_CAPACITY", "10")), float(env.get("FAKE_DRAIN_TIMEOUT", "3600"))
 
 
 def main() -> None:
     host = os.environ.get(Env.POD_IP, "127.0.0.1")
-    capacity, drain_timeout = _capacity_from_config()
+    capacity, drain_timeout = capacity_from_config()
     worker = FakeWorker(capacity, drain_timeout)
     worker.active = int(os.environ.get("FAKE_ACTIVE_SESSIONS", "0"))
     servers = [

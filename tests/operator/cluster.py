@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,7 +78,11 @@ def install_rbac(kube: Kube) -> str:
 
 
 class OperatorProcess:
-    def __init__(self, stack: Stack, token: str, workdir: Path) -> None:
+    """The operator as a process under its own ServiceAccount; `args` are appended to (and,
+    for a repeated flag, override) the defaults below. Benchmarks use it too."""
+
+    def __init__(self, stack: Stack, token: str, workdir: Path, args: Sequence[str] = ()) -> None:
+        self.args = list(args)
         self.kubeconfig = workdir / "operator.kubeconfig"
         self.kubeconfig.write_text(
             cp.kubeconfig_yaml(
@@ -105,6 +109,7 @@ class OperatorProcess:
             "--log-format=text",
             f"--webhook-port={self.webhook_port}",
             "--failover-sweep-seconds=3",
+            *self.args,
             *self.extra_args,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}

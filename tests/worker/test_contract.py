@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from voicefleet_contract import HEALTH_PORT_NAME, METRICS_PORT_NAME, Env
+from voicefleet_contract import HEALTH_PORT_NAME, METRICS_PORT_NAME, READY_PATH, Env
 from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings as OperatorSettings
 from voicefleet_operator.spec import parse_spec
@@ -39,9 +39,13 @@ def test_worker_loads_the_rendered_pod(tmp_path: Path) -> None:
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert s.metrics_port == ports[METRICS_PORT_NAME]
         assert s.health_port == ports[HEALTH_PORT_NAME]
-        # the probes hit the health server the worker binds (livekit-agents' GET /)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # liveness and startup hit the health server the worker binds (livekit-agents'
+        # GET /); readiness hits the worker's own /ready on the metrics port it serves
+        for probe in ("startupProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/", "port": HEALTH_PORT_NAME}
+        ready = container["readinessProbe"]["httpGet"]
+        assert ready == {"path": READY_PATH, "port": METRICS_PORT_NAME}
+        assert s.metrics_port == ports[METRICS_PORT_NAME]
         # the grace period covers the worker's drain
         assert pod["spec"]["terminationGracePeriodSeconds"] > s.config.sessions.drainTimeoutSeconds
         if spec.config.model.baseURL:

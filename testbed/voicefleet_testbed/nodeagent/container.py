@@ -8,9 +8,10 @@ import datetime as dt
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
@@ -22,6 +23,20 @@ from .status import ContainerView
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class InProcess(Protocol):
+    """A container served inside the node agent (see inprocess.py), not a process."""
+
+    pid: int
+    returncode: int | None
+
+    async def start(self) -> None: ...
+    async def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+InProcessFactory = Callable[[Mapping[str, str]], InProcess]
 
 
 @dataclass(frozen=True)
@@ -51,8 +66,10 @@ class ContainerRunner:
         http: aiohttp.ClientSession,
         on_change: Callable[[], None],
         kill_grace: float = 30.0,
+        inprocess: InProcessFactory | None = None,
     ) -> None:
         self.kill_grace = kill_grace
+        self.inprocess = inprocess
         self.view = view
         self.plan = plan
         self.probes = probes
@@ -62,18 +79,23 @@ class ContainerRunner:
         self.backoff = backoff
         self.http = http
         self.on_change = on_change
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | InProcess | None = None
         self.stopping = False
         self._stop_event = asyncio.Event()
         self._liveness_failed = False
         self._exited = asyncio.Event()
 
     # --- process -----------------------------------------------------------------------
-    async def _start(self) -> asyncio.subprocess.Process:
+    async def _start(self) -> asyncio.subprocess.Process | InProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"--- {now_iso()} start (restart {self.view.restart_count})\n".encode())
             log.flush()
+            if self.inprocess is not None:
+                log.write(b"served in-process by the node agent (image table: inprocess)\n")
+                served = self.inprocess(self.plan.env)
+                await served.start()
+                return served
             proc = await asyncio.create_subprocess_exec(
                 *self.plan.argv,
                 env=self.plan.env,
@@ -88,6 +110,9 @@ class ContainerRunner:
 
     def _signal(self, sig: signal.Signals, group: bool) -> None:
         if self.proc is None:
+            return
+        if not isinstance(self.proc, asyncio.subprocess.Process):
+            self.proc.send_signal(sig)
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if group:
@@ -110,7 +135,7 @@ class ContainerRunner:
         self._liveness_failed = False
         self.view.state, self.view.reason, self.view.message = "running", "", ""
         self.view.started_at = now_iso()
-        self.view.container_id = f"testbed://{self.proc.pid}"
+        self.view.container_id = f"testbed://{self.proc.pid or 'inprocess'}"
         self.view.started = self.probes.startup is None
         self.view.ready = False
         self.on_change()

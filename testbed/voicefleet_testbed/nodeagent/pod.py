@@ -13,7 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from .container import Backoff, ContainerRunner, Probes, now_iso
+from .container import Backoff, ContainerRunner, InProcessFactory, Probes, now_iso
+from .inprocess import INPROCESS
 from .kubeapi import ApiError, KubeApi
 from .podspec import (
     ConfigError,
@@ -168,6 +169,13 @@ class PodWorker:
         volume_dirs: dict[str, str],
     ) -> ContainerRunner:
         rule = match_image(container["image"], self.ctx.image_table())
+        inprocess: InProcessFactory | None = None
+        if rule.inprocess:
+            if rule.inprocess not in INPROCESS:
+                raise ConfigError(
+                    "CreateContainerError", f"image table: unknown inprocess {rule.inprocess!r}"
+                )
+            inprocess = INPROCESS[rule.inprocess]
         base = self._base_env(rule, volume_dirs, container)
         env = resolve_env(container, facts, secrets, configmaps, base)
         host_paths = frozenset(
@@ -192,6 +200,7 @@ class PodWorker:
             self.ctx.http,
             self.changed,
             kill_grace=float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)),
+            inprocess=inprocess,
         )
 
     async def _prepare(

@@ -32,6 +32,8 @@ class ImageRule:
         str, ...
     ] = ()  # the image's ENTRYPOINT+CMD; a container `command` replaces it
     env: Mapping[str, str] = field(default_factory=dict)
+    # Served by the node agent itself instead of a process (e.g. "fake-worker").
+    inprocess: str = ""
 
 
 def match_image(image: str, table: Sequence[ImageRule]) -> ImageRule:
@@ -54,6 +56,7 @@ def parse_image_table(raw: Sequence[Mapping[str, Any]], python: str) -> list[Ima
                     str(a).replace("{python}", python) for a in entry.get("entrypoint", [])
                 ),
                 env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+                inprocess=str(entry.get("inprocess") or ""),
             )
         )
     return rules
@@ -277,7 +280,7 @@ def plan_process(
     args = container.get("args") or []
     argv = [expand(a, env) for a in command] if command else list(rule.entrypoint)
     argv += [expand(a, env) for a in args]
-    if not argv:
+    if not argv and not rule.inprocess:
         raise ConfigError(
             "CreateContainerError",
             f"container {container['name']!r}: no command and the image table gives no entrypoint",

@@ -1,0 +1,284 @@
+"""What the cluster benchmarks share: a testbed stack with the operator running as a process
+(the cluster tests' `OperatorProcess`, under its own RBAC identity), fake-worker pods served
+in-process by the node agent, a process's CPU and memory from /proc, and watches that
+timestamp what the API server reports.
+
+By default a benchmark starts its own stack in a temporary directory and stops it at the
+end; with VOICEFLEET_TESTBED=<dir> it reuses a running one (e.g. after `make up`).
+BENCH_OPERATOR_ARGS adds operator flags (e.g. "--api-threads=6" to compare settings).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, watch
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.operator.cluster import (
+    OperatorProcess,
+    install_crd,
+    install_rbac,
+    secrets,
+)
+from voicefleet_contract.metrics import (
+    AUTOSCALER_DECISIONS,
+    AUTOSCALER_SCRAPE_FAILURES,
+    OPERATOR_RECONCILES,
+)
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
+
+JSON = dict[str, Any]
+FAKE_IMAGE = "voicefleet.dev/testbed/fake-worker:1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- a process's cost, from /proc ------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) in MB, from VmRSS and VmHWM."""
+    now = peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            now = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return now, peak
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds a process spends between `start()` and `stop()`, and per wall second."""
+
+    pid: int
+    cpu0: float = 0.0
+    t0: float = 0.0
+    cpu: float = 0.0
+    wall: float = 0.0
+
+    def start(self) -> CpuMeter:
+        self.cpu0, self.t0 = cpu_seconds(self.pid), time.monotonic()
+        return self
+
+    def stop(self) -> CpuMeter:
+        self.cpu = cpu_seconds(self.pid) - self.cpu0
+        self.wall = time.monotonic() - self.t0
+        return self
+
+    @property
+    def per_second(self) -> float:
+        return self.cpu / self.wall if self.wall else 0.0
+
+
+def machine_load() -> float:
+    """1-minute load average: the machine is shared, so every result records it."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# --- watches -----------------------------------------------------------------------------
+class Watcher:
+    """A watch on one resource in one namespace, calling `on_event(type, object, t)` with the
+    monotonic time the event arrived. Raw dicts (no model deserialisation) to stay cheap."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        on_event: Callable[[str, JSON, float], None],
+    ) -> None:
+        self.args = (group, version, namespace, plural)
+        self.custom = kube.custom
+        self.on_event = on_event
+        self.watch = watch.Watch()  # type: ignore[no-untyped-call]
+        self.started = threading.Event()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self.thread.start()
+        self.started.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.closed = True
+        self.watch.stop()  # type: ignore[no-untyped-call]  # takes effect at the next event; the thread is a daemon
+
+    def _run(self) -> None:
+        while not self.closed:
+            try:
+                listing: JSON = self.custom.list_namespaced_custom_object(*self.args)  # type: ignore[assignment]
+                rv = listing["metadata"]["resourceVersion"]
+                t = time.monotonic()
+                for obj in listing.get("items", []):
+                    self.on_event("ADDED", obj, t)
+                self.started.set()
+                for ev in self.watch.stream(  # type: ignore[no-untyped-call]
+                    self.custom.list_namespaced_custom_object,
+                    *self.args,
+                    resource_version=rv,
+                    allow_watch_bookmarks=True,
+                ):
+                    if self.closed:
+                        return
+                    if ev["type"] != "BOOKMARK":
+                        self.on_event(ev["type"], ev["raw_object"], time.monotonic())
+            except Exception:  # expired or dropped: list again (the bench reads first times)
+                time.sleep(0.5)
+
+
+def owner(obj: JSON, kind: str) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind:
+            return str(ref["name"])
+    return None
+
+
+def condition_true(obj: JSON, type_: str) -> bool:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in conds)
+
+
+class FirstTimes:
+    """name -> first time something was seen; waiters wake when the set is complete."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.cond = threading.Condition()
+
+    def see(self, name: str, t: float) -> None:
+        with self.cond:
+            if name not in self.times:
+                self.times[name] = t
+                self.cond.notify_all()
+
+    def wait_all(self, names: Iterable[str], timeout: float) -> bool:
+        wanted = set(names)
+        with self.cond:
+            return self.cond.wait_for(lambda: wanted <= self.times.keys(), timeout)
+
+
+def parallel(fn: Callable[[Any], Any], items: Sequence[Any], threads: int = 8) -> None:
+    """Run fn over items with a few threads (the API client is synchronous)."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(fn, i) for i in items]:
+            f.result()
+
+
+# --- the stack and the operator ------------------------------------------------------------
+def use_inprocess_workers(stack: Stack) -> None:
+    """Map the fake worker image to the node agent's in-process fake worker (stack override,
+    read before testbed/images.yaml), so thousands of worker pods fit on a small machine."""
+    path = stack.image_override
+    existing: list[JSON] = (yaml.safe_load(path.read_text()) if path.exists() else None) or []
+    ours: JSON = {"image": "voicefleet.dev/testbed/fake-worker*", "inprocess": "fake-worker"}
+    path.write_text(
+        yaml.safe_dump([ours, *(r for r in existing if r.get("image") != ours["image"])])
+    )
+
+
+@dataclass
+class Cluster:
+    stack: Stack
+    kube: Kube
+    operator: OperatorProcess
+    workdir: Path
+
+    @property
+    def operator_pid(self) -> int:
+        assert self.operator.proc is not None
+        return self.operator.proc.pid
+
+    def counters(self, namespace: str) -> dict[str, float]:
+        """The operator's own counters for one namespace: reconciles, autoscaler decisions
+        by direction, failed worker reads by error (why a fleet scaled when it did)."""
+        out: dict[str, float] = {}
+        wanted = {
+            OPERATOR_RECONCILES.name.removesuffix("_total"): None,
+            AUTOSCALER_DECISIONS.name.removesuffix("_total"): "direction",
+            AUTOSCALER_SCRAPE_FAILURES.name.removesuffix("_total"): "error",
+        }
+        for family in text_string_to_metric_families(self.operator.metrics()):
+            for s in family.samples:
+                base = s.name.removesuffix("_total")
+                if base not in wanted or s.labels.get("namespace") != namespace:
+                    continue
+                by = wanted[base]
+                key = base.removeprefix("voicefleet_") + (f".{s.labels.get(by)}" if by else "")
+                out[key] = out.get(key, 0.0) + s.value
+        return out
+
+    def namespace(self, name: str) -> str:
+        self.kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        secrets(self.kube, name)
+        return name
+
+    def delete_namespace(self, name: str, timeout: float = 240) -> bool:
+        """Delete and wait until it is gone (its pods drained and removed)."""
+        with contextlib.suppress(client.ApiException):
+            self.kube.core.delete_namespace(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.kube.core.read_namespace(name)
+            except client.ApiException as e:
+                if e.status == 404:
+                    return True
+                raise
+            time.sleep(1)
+        return False
+
+
+@contextlib.contextmanager
+def cluster(inprocess: bool = True, operator_args: Sequence[str] = ()) -> Iterator[Cluster]:
+    """A stack (own or reused), the CRD, the operator's RBAC, and the operator running."""
+    workdir = Path(tempfile.mkdtemp(prefix="voicefleet-bench-"))
+    reuse = os.environ.get("VOICEFLEET_TESTBED")
+    stack: Stack | None = None
+    own = False
+    if reuse:
+        candidate = Stack(Path(reuse))
+        running = candidate.running()
+        if running and all(running.values()):
+            stack = candidate
+    if stack is None:
+        stack = Stack(workdir / "testbed", progress=lambda m: print(f"[testbed] {m}", flush=True))
+        own = True
+        stack.up()
+    op: OperatorProcess | None = None
+    try:
+        kube = Kube.admin(stack)
+        if inprocess:
+            use_inprocess_workers(stack)
+        install_crd(kube)
+        # Production-like resync (60 s): the tests' 5 s would dominate idle cost at scale.
+        extra = [*operator_args, *os.environ.get("BENCH_OPERATOR_ARGS", "").split()]
+        op = OperatorProcess(stack, install_rbac(kube), workdir, ["--resync-seconds=60", *extra])
+        op.start()
+        yield Cluster(stack, kube, op, workdir)
+    finally:
+        if op is not None:
+            op.stop()
+        if own:
+            stack.down()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,221 @@
+"""Benchmark 1 (issue 8): how fast the operator turns VoiceAgents into running fleets.
+
+For each size N (default 1, 100, 1,000) VoiceAgents are created at once (8 client threads)
+in a fresh namespace; watches timestamp when each one's Deployment appears and when the
+VoiceAgent turns `Ready` (its one worker pod, the testbed's fake worker, is Ready).
+
+Baseline, same run, same API server, right before: kube-controller-manager's Deployment
+controller, a Go controller of the same kind: N plain Deployments (replicas 0, so nothing
+but the controller's own work is timed) created the same way, timed until each has its
+ReplicaSet. The ratio compares p95 create-to-Deployment with p95 create-to-ReplicaSet.
+
+Also the operator's CPU seconds and peak RSS over the run, and its idle CPU (% of one
+core) over `--idle-seconds` with all N VoiceAgents present and Ready (the built-in
+autoscaler keeps reading each worker's /sessions every second, so "idle" includes that).
+
+python -m bench.reconcile [--sizes 1,100,1000] [--idle-seconds 30] [--process-workers]
+(env: BENCH_RECONCILE_SIZES, BENCH_IDLE_SECONDS)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from bench.cluster import (
+    FAKE_IMAGE,
+    Cluster,
+    CpuMeter,
+    FirstTimes,
+    Watcher,
+    cluster,
+    condition_true,
+    machine_load,
+    memory_mb,
+    owner,
+    parallel,
+)
+from bench.common import Result, summary
+from voicefleet_contract import GROUP, KIND, PLURAL, VERSION
+
+JSON = dict[str, Any]
+LIVEKIT_URL = "ws://127.0.0.1:7880"  # never dialled: the fake worker does not register
+
+
+def va_body(name: str) -> JSON:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "livekit": {"url": LIVEKIT_URL, "credentialsSecret": "livekit"},
+            "model": {"apiKeySecret": {"name": "openai"}},
+            "template": {"image": FAKE_IMAGE},
+        },
+    }
+
+
+def deployment_body(name: str) -> JSON:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": FAKE_IMAGE}]},
+            },
+        },
+    }
+
+
+def baseline(c: Cluster, n: int, timeout: float) -> list[float]:
+    """kube-controller-manager: create N Deployments, time until each has its ReplicaSet."""
+    ns = c.namespace(f"bench-baseline-{n}")
+    created: dict[str, float] = {}
+    rs = FirstTimes()
+
+    def on_rs(kind: str, obj: JSON, t: float) -> None:
+        dep = owner(obj, "Deployment")
+        if kind == "ADDED" and dep:
+            rs.see(dep, t)
+
+    names = [f"d{i:04d}" for i in range(n)]
+
+    def create(name: str) -> None:
+        created[name] = time.monotonic()
+        c.kube.custom.create_namespaced_custom_object(
+            "apps", "v1", ns, "deployments", deployment_body(name)
+        )
+
+    with Watcher(c.kube, "apps", "v1", "replicasets", ns, on_rs):
+        parallel(create, names)
+        rs.wait_all(names, timeout)
+    c.delete_namespace(ns)
+    return [rs.times[x] - created[x] for x in names if x in rs.times]
+
+
+def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: bool) -> JSON:
+    ns = c.namespace(f"bench-reconcile-{n}")
+    created: dict[str, float] = {}
+    deployed, ready = FirstTimes(), FirstTimes()
+
+    def on_dep(kind: str, obj: JSON, t: float) -> None:
+        va = owner(obj, KIND)
+        if kind == "ADDED" and va:
+            deployed.see(va, t)
+
+    def on_va(kind: str, obj: JSON, t: float) -> None:
+        if kind != "DELETED" and condition_true(obj, "Ready"):
+            ready.see(obj["metadata"]["name"], t)
+
+    names = [f"va{i:04d}" for i in range(n)]
+
+    def create(name: str) -> None:
+        created[name] = time.monotonic()
+        c.kube.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, va_body(name))
+
+    pid = c.operator_pid
+    with (
+        Watcher(c.kube, "apps", "v1", "deployments", ns, on_dep),
+        Watcher(c.kube, GROUP, VERSION, PLURAL, ns, on_va),
+    ):
+        run = CpuMeter(pid).start()
+        t0 = time.monotonic()
+        parallel(create, names)
+        created_in = time.monotonic() - t0
+        all_ready = ready.wait_all(names, timeout)
+        run.stop()
+        print(
+            f"[reconcile] {n}: {len(ready.times)} Ready; idle for {idle_seconds:.0f}s", flush=True
+        )
+        last_ready = max(ready.times.values(), default=math.nan)
+        # Idle: everything present and Ready, nothing changing.
+        idle = CpuMeter(pid).start()
+        time.sleep(idle_seconds)  # pacing: the figure is what the operator spends meanwhile
+        idle.stop()
+    rss, peak = memory_mb(pid)
+    counters = c.counters(ns)
+    to_dep = [deployed.times[x] - created[x] for x in names if x in deployed.times]
+    to_ready = [ready.times[x] - created[x] for x in names if x in ready.times]
+    out = {
+        "create_to_deployment_s": summary(to_dep),
+        "create_to_ready_s": summary(to_ready),
+        "all_ready": all_ready,
+        "ready_count": len(to_ready),
+        "creates_took_s": created_in,
+        "ready_fraction": len(to_ready) / n,
+        # Only when every one made it in time: a partial fleet's "last" is not the last.
+        "first_create_to_last_ready_s": last_ready - t0 if all_ready else math.nan,
+        "operator_cpu_seconds": run.cpu,
+        "operator_cpu_per_second": run.per_second,
+        "idle_cpu_percent": 100 * idle.per_second,
+        "idle_measured_s": idle.wall,
+        "operator_rss_mb": rss,
+        "operator_peak_rss_mb": peak,
+        "load_avg_1m": machine_load(),
+        "operator_counters": counters,
+    }
+    # The last size's namespace goes with the stack (deleting N VoiceAgents waits for the
+    # operator to stop each one's daemon and drop its finalizer: minutes at 1,000).
+    if not last and not c.delete_namespace(ns):
+        out["note"] = "namespace deletion did not finish in time"
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.reconcile", description=__doc__)
+    p.add_argument("--sizes", default=os.environ.get("BENCH_RECONCILE_SIZES", "1,100,1000"))
+    p.add_argument(
+        "--idle-seconds", type=float, default=float(os.environ.get("BENCH_IDLE_SECONDS", "30"))
+    )
+    p.add_argument(
+        "--process-workers",
+        action="store_true",
+        help="a process per fake worker pod instead of the node agent's in-process ones",
+    )
+    args = p.parse_args(argv or [])
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    result = Result("reconcile")
+    result.notes.append(
+        "baseline: kube-controller-manager (Go) Deployment -> ReplicaSet on the same API "
+        "server, measured right before each size; all times from the client's create call "
+        "to the watch event"
+    )
+    if not args.process_workers:
+        result.notes.append("worker pods: fake workers served in-process by the node agent")
+    with cluster(inprocess=not args.process_workers) as c:
+        for n in sizes:
+            timeout = max(120.0, 0.3 * n)
+            print(f"[reconcile] {n}: baseline ...", flush=True)
+            base = baseline(c, n, timeout)
+            print(f"[reconcile] {n}: voiceagents ...", flush=True)
+            idle = args.idle_seconds if n == max(sizes) else min(10.0, args.idle_seconds)
+            fig = voiceagents(c, n, timeout, idle, last=n == sizes[-1])
+            fig["baseline_create_to_replicaset_s"] = summary(base)
+            fig["ratio_p95_deployment_vs_baseline"] = (
+                fig["create_to_deployment_s"]["p95"] / summary(base)["p95"]
+            )
+            result.figures[f"n{n}"] = fig
+            print(f"[reconcile] {n}: {fig}", flush=True)
+        top = f"n{max(sizes)}"
+        result.targets = {
+            f"{top}.ready_fraction": ">= 1",
+            f"{top}.first_create_to_last_ready_s": "< 60",
+            f"{top}.ratio_p95_deployment_vs_baseline": "< 2",
+            f"{top}.idle_cpu_percent": "< 5",
+            f"{top}.operator_peak_rss_mb": "< 300",
+        }
+        if max(sizes) < 1000:
+            result.notes.append(f"sizes run: {sizes} (the 60 s target is for 1,000)")
+    result.report()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
