@@ -110,11 +110,9 @@ class Autoscaler:
         self.metrics = metrics
         self.clock = clock
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
-        self.last: dict[tuple[str, str], Decision] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self.history.pop((namespace, name), None)
-        self.last.pop((namespace, name), None)
 
     async def tick(
         self,
@@ -122,12 +120,13 @@ class Autoscaler:
         pods: Sequence[WorkerPod],
         current: int | None,
         post_event: Callable[[str, str, str], None] = lambda *_: None,
-        status_capacity: int | None = None,
+        status: Mapping[str, Any] | None = None,
     ) -> Decision | None:
         """One decision for one VoiceAgent; None when its Deployment does not exist yet.
 
-        `status_capacity`: the VoiceAgent's `status.capacity` (the reconciler's ready
-        workers x maxPerWorker), the denominator of the `sessions` column it writes."""
+        `status`: the VoiceAgent's live status; what the autoscaler owns in it is written
+        whenever it differs (a reconcile that read the VoiceAgent before the last write may
+        have put back older values)."""
         if current is None:
             return None
         ns, name = spec.namespace, spec.name
@@ -154,10 +153,11 @@ class Autoscaler:
             self.metrics.as_decisions.labels(ns, name, d.direction).inc()
             post_event("Normal", "Scaled", f"workers {current} -> {d.desired}: {d.reason}")
             log.info("autoscale %s/%s: %d -> %d (%s)", ns, name, current, d.desired, d.reason)
-        previous = self.last.get((ns, name))
-        self.last[(ns, name)] = d
-        if previous is None or _status_view(previous) != _status_view(d):
-            await asyncio.to_thread(self._write_status, spec, d, status_capacity)
+        patch = status_patch(d, status or {})
+        if patch is not None:
+            await asyncio.to_thread(
+                self.kube.patch_status, va_path(spec.namespace, spec.name), patch
+            )
         m = self.metrics
         m.as_desired.labels(ns, name).set(d.desired)
         m.as_current.labels(ns, name).set(current)
@@ -179,33 +179,33 @@ class Autoscaler:
                 )
         self.kube.apply(render_replicas_patch(spec, d.desired), REPLICAS_FIELD_MANAGER)
 
-    def _write_status(
-        self, spec: VoiceAgentSpec, d: Decision, status_capacity: int | None = None
-    ) -> None:
-        capacity = d.capacity if status_capacity is None else status_capacity
-        self.kube.patch_status(
-            va_path(spec.namespace, spec.name),
-            {
-                "activeSessions": d.sessions,
-                # `kubectl get va`'s SESSIONS column: live, not only at the next reconcile.
-                "sessions": f"{d.sessions}/{capacity}",
-                "desiredReplicas": d.desired,
-                "autoscaler": {
-                    "mode": "builtin",
-                    "desiredReplicas": d.desired,
-                    "neededReplicas": d.needed,
-                    "sessions": d.sessions,
-                    "capacity": d.capacity,
-                    "unansweredWorkers": d.unanswered,
-                    "limitedByMax": d.limited_by_max,
-                    "reason": d.reason,
-                },
-            },
-        )
 
+def status_patch(d: Decision, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The status fields the autoscaler owns, or None when `status` already says so. Pure.
 
-def _status_view(d: Decision) -> tuple[Any, ...]:
-    return (d.desired, d.sessions, d.capacity, d.unanswered, d.limited_by_max, d.direction)
+    The SESSIONS column's denominator is the reconciler's `status.capacity` (ready workers
+    x maxPerWorker) when it has one, else the sampled workers' capacity."""
+    capacity = status.get("capacity")
+    capacity = capacity if isinstance(capacity, int) else d.capacity
+    wanted: dict[str, Any] = {
+        "activeSessions": d.sessions,
+        # `kubectl get va`'s SESSIONS column: live, not only at the next reconcile.
+        "sessions": f"{d.sessions}/{capacity}",
+        "desiredReplicas": d.desired,
+        "autoscaler": {
+            "mode": "builtin",
+            "desiredReplicas": d.desired,
+            "neededReplicas": d.needed,
+            "sessions": d.sessions,
+            "capacity": d.capacity,
+            "unansweredWorkers": d.unanswered,
+            "limitedByMax": d.limited_by_max,
+            "reason": d.reason,
+        },
+    }
+    if all(status.get(k) == v for k, v in wanted.items()):
+        return None
+    return wanted
 
 
 def deployment_name(spec: VoiceAgentSpec) -> str:

@@ -338,13 +338,12 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
                     replicas = list(deployment_replicas.get((ns, name), []))
                     pods = list(worker_pods.get((ns, name), []))
                     try:
-                        capacity = (body.get("status") or {}).get("capacity")
                         await autoscaler.tick(
                             parsed,
                             pods,
                             replicas[0] if replicas else None,
                             post,
-                            capacity if isinstance(capacity, int) else None,
+                            body.get("status") or {},  # a live view, like spec
                         )
                     except KubeError as e:
                         log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
