@@ -1,0 +1,148 @@
+"""Issue 6 with real workers: a call whose worker dies is served again.
+
+A VoiceAgent of two real voicefleet workers (livekit-agents, the OpenAI Realtime plugin
+talking to the stand-in), the operator with webhooks on, real WebRTC callers. The worker
+serving a call is SIGKILLed, or its pod force-deleted: a new agent joins the room, answers
+the caller's next turn, the operator counts one failover, and no second agent ever joins.
+The LiveKit restart runs last: it disturbs every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from voicefleet_testbed.caller import Caller
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
+
+from ..operator.cluster import OperatorProcess
+from .failover_scenario import WorkerFleet, operator_metric, until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
+
+
+@contextlib.asynccontextmanager
+async def workers(
+    stack: Stack, kube: Kube, namespace: str, name: str
+) -> AsyncIterator[WorkerFleet]:
+    f = WorkerFleet(stack, kube, namespace, name)
+    try:
+        await f.start(replicas=2)
+        yield f
+    finally:
+        await f.close()
+
+
+async def _stays(caller: Caller, joins: int, seconds: float) -> None:
+    """No agent joins beyond `joins` over `seconds` (absence needs a window)."""
+    more = await caller.changes.wait_for(lambda: caller.report.agent_joins > joins, seconds)
+    assert not more, f"a second agent joined: {caller.report.to_dict()}"
+
+
+@pytest.mark.parametrize("how", ["sigkill", "force-delete"])
+async def test_call_of_a_dead_worker_is_served_again(
+    stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess, how: str
+) -> None:
+    name = "killed" if how == "sigkill" else "deleted"
+    async with workers(stack, kube, namespace, name) as f:
+        caller = await f.call(f"{name}-{namespace}")
+        labels = {"namespace": namespace, "voiceagent": name}
+        rec = await f.fail_over(caller, how)
+        print(f"\n{how}: {rec}")
+        assert rec.new_agent and rec.new_agent != rec.first_agent, rec
+        assert rec.recovered, f"the caller never heard the new agent: {rec}"
+        # The worker now serving the call lists it with the new agent's identity.
+        _, listed = await f.serving(caller.room_name)
+        assert listed == rec.new_agent
+        await until(
+            lambda: asyncio.to_thread(
+                lambda: (
+                    operator_metric(
+                        operator, "voicefleet_failovers_total", outcome="redispatched", **labels
+                    )
+                    == 1
+                )
+            ),
+            10,
+            "the failover counted",
+        )
+        assert operator_metric(operator, "voicefleet_failover_latency_seconds_count", **labels) == 1
+        latency = operator_metric(operator, "voicefleet_failover_latency_seconds_sum", **labels)
+        assert 0 < latency < 10, latency
+        sources = {
+            s: operator_metric(
+                operator, "voicefleet_failover_orphans_found_total", source=s, **labels
+            )
+            for s in ("worker", "pod", "webhook", "sweep")
+        }
+        assert sum(sources.values()) == 1, sources
+        # LiveKit drops the dead agent ~20 s after the kill and sends participant_left
+        # (CONNECTION_TIMEOUT): that late notice must not bring a second agent.
+        left = await caller.changes.wait_for(lambda: caller.report.agent_leaves >= 1, 45)
+        assert left, f"LiveKit never dropped the dead agent: {caller.report.to_dict()}"
+        await _stays(caller, 2, 6)
+        report = caller.report
+        assert report.agent_joins == 2 and report.agent_leaves == 1, report
+        assert not report.dropped, report
+        assert caller.agents == {rec.new_agent}
+        assert sum(sources.values()) == 1
+        print(f"{how}: sources {sources}, operator latency {latency:.2f}s")
+
+
+async def test_livekit_restart_workers_reregister_and_serve(
+    stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """Last in the file: the LiveKit server restarts while the fleet is idle."""
+    async with workers(stack, kube, namespace, "relink") as f:
+        pods = f.live_pods()
+        before = {
+            p["metadata"]["name"]: f.worker_metric(
+                p, "voicefleet_worker_reconnections_total", link="livekit"
+            )
+            for p in pods
+        }
+        saw_unregistered: set[str] = set()
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                for p in pods:
+                    with contextlib.suppress(OSError):
+                        gauge = await asyncio.to_thread(
+                            f.worker_metric, p, "voicefleet_worker_registered"
+                        )
+                        if gauge == 0:
+                            saw_unregistered.add(p["metadata"]["name"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.2)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await asyncio.to_thread(stack.restart, "livekit-server")
+
+            async def reregistered() -> bool:
+                def check() -> bool:
+                    return all(
+                        f.worker_metric(p, "voicefleet_worker_registered") == 1
+                        and f.worker_metric(
+                            p, "voicefleet_worker_reconnections_total", link="livekit"
+                        )
+                        > before[p["metadata"]["name"]]
+                        for p in pods
+                    )
+
+                return await asyncio.to_thread(check)
+
+            await until(reregistered, 60, "every worker to register again")
+        finally:
+            stop.set()
+            await watcher
+        assert saw_unregistered == set(before), (saw_unregistered, before)
+        # The same pods (no restart) serve the next caller.
+        assert {p["metadata"]["name"] for p in f.live_pods()} == set(before)
+        caller = await f.call(f"after-restart-{namespace}")
+        assert caller.report.agent_joins == 1 and caller.report.latencies, caller.report
