@@ -14,10 +14,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from livekit import api
 
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.kube import Kube
-from voicefleet_testbed.stack import Stack
+from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 from ..operator.cluster import OperatorProcess
 from .failover_scenario import WorkerFleet, operator_metric, until
@@ -27,11 +28,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
 
 @contextlib.asynccontextmanager
 async def workers(
-    stack: Stack, kube: Kube, namespace: str, name: str
+    stack: Stack, kube: Kube, namespace: str, name: str, replicas: int = 2
 ) -> AsyncIterator[WorkerFleet]:
     f = WorkerFleet(stack, kube, namespace, name)
     try:
-        await f.start(replicas=2)
+        await f.start(replicas=replicas)
         yield f
     finally:
         await f.close()
@@ -41,6 +42,14 @@ async def _stays(caller: Caller, joins: int, seconds: float) -> None:
     """No agent joins beyond `joins` over `seconds` (absence needs a window)."""
     more = await caller.changes.wait_for(lambda: caller.report.agent_joins > joins, seconds)
     assert not more, f"a second agent joined: {caller.report.to_dict()}"
+
+
+async def _no_dispatch(f: WorkerFleet, room: str) -> bool:
+    async with api.LiveKitAPI(
+        f.stack.livekit_url.replace("ws://", "http://"), LIVEKIT_KEY, f.stack.livekit_secret
+    ) as lk:
+        found = await lk.agent_dispatch.list_dispatch(room)
+    return not [d for d in found if d.agent_name == f.agent_name]
 
 
 @pytest.mark.parametrize("how", ["sigkill", "force-delete"])
@@ -91,6 +100,34 @@ async def test_call_of_a_dead_worker_is_served_again(
         assert caller.agents == {rec.new_agent}
         assert sum(sources.values()) == 1
         print(f"{how}: sources {sources}, operator latency {latency:.2f}s")
+
+
+async def test_a_call_the_worker_ends_on_purpose_is_not_failed_over(
+    stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """The model fails for good (a fatal error): the real worker ends the session and its
+    agent leaves while the caller is still there. The operator must tell that from a
+    crash (room gone from /sessions and agent gone at once, `CLIENT_INITIATED` webhook)."""
+    async with workers(stack, kube, namespace, "ended", replicas=1) as f:
+        caller = await f.call(f"ended-{namespace}")
+        pod, _ = await f.serving(caller.room_name)
+        await f.standin.configure(
+            errorNow={"type": "invalid_request_error", "code": "insufficient_quota"}
+        )
+        left = await caller.changes.wait_for(lambda: caller.report.agent_leaves >= 1, 30)
+        assert left, f"the agent did not end the call: {caller.report.to_dict()}"
+        ended = await asyncio.to_thread(
+            f.worker_metric, pod, "voicefleet_worker_sessions_ended_total", outcome="error"
+        )
+        assert ended == 1
+        # The operator recognised the end: it deleted the call's dispatch (what keeps the
+        # sweep off the room).
+        await until(lambda: _no_dispatch(f, caller.room_name), 15, "the dispatch deleted")
+        # Longer than the worker view's 3 s grace and a sweep (3 s period, 5 s agentless).
+        await _stays(caller, 1, 12)
+        labels = {"namespace": namespace, "voiceagent": "ended"}
+        assert operator_metric(operator, "voicefleet_failovers_total", **labels) == 0
+        assert operator_metric(operator, "voicefleet_failover_orphans_found_total", **labels) == 0
 
 
 async def test_livekit_restart_workers_reregister_and_serve(
