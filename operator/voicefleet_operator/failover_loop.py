@@ -49,6 +49,9 @@ from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 SECRET_REFRESH_SECONDS = 30.0
+# How long a handled loss is remembered: longer than LiveKit takes to time a dead
+# participant out (~20 s) and to deliver its webhook (retries included).
+SETTLED_SECONDS = 300.0
 PostEvent = Callable[[str, str, str], None]
 
 
@@ -206,6 +209,10 @@ class _State:
     # Rooms whose agent ended the call on purpose while callers stayed (not orphans).
     ended: dict[str, float] = field(default_factory=dict)
     ended_pending: list[str] = field(default_factory=list)  # to record (webhook, vanish)
+    # (room, lost agent identity) -> when its case closed: a later notice of the same dead
+    # agent (LiveKit's participant_left ~20 s after a crash) is not a new loss, also when
+    # the caller has hung up since (it would count an orphan and a `caller_gone`).
+    settled: dict[tuple[str, str], float] = field(default_factory=dict)
     next_sweep: float = 0.0
     secret_read_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -449,6 +456,8 @@ class Failover:
     def _open(self, s: _State, loss: fo.Loss) -> None:
         if loss.agent_name != s.target.agent_name or loss.room in s.ended:
             return
+        if loss.lost_identity and (loss.room, loss.lost_identity) in s.settled:
+            return  # a late notice of a loss already handled
         case = fo.merge_loss(s.cases, loss)
         if case is not None:
             s.cases[case.key] = case
@@ -491,6 +500,10 @@ class Failover:
         outcome = case.outcome
         del s.cases[case.key]
         s.counted.discard(case.key)
+        now = self.clock()
+        if case.loss.lost_identity:
+            s.settled[(case.loss.room, case.loss.lost_identity)] = now
+        s.settled = {k: at for k, at in s.settled.items() if now - at < SETTLED_SECONDS}
         if outcome == "ended" or not counted:
             log.debug("%s/%s: room %s: %s", t.namespace, t.name, case.loss.room, action.reason)
             return

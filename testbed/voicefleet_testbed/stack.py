@@ -512,6 +512,17 @@ class Stack:
             self.progress(f"testbed down: stopped {what}{extra}")
         return stopped
 
+    def restart(self, part: str, grace: float = 5.0) -> None:
+        """Stop one part (SIGTERM, SIGKILL after `grace`) and start it again on the same
+        ports, waiting until it is ready: e.g. `restart("livekit-server")`."""
+        comps = {c.name: c for c in self._components(Binaries.locate().require())}
+        if part not in comps or part not in self.state.procs:
+            raise ValueError(f"no running part {part!r}; parts: {', '.join(self.state.procs)}")
+        ref = self.state.procs[part]
+        if ref.alive():
+            stop(ref, grace=grace)
+        self._start(comps[part])
+
     def status(self) -> list[tuple[str, bool, str]]:
         """(component, alive, detail) for every process the stack started."""
         rows = []

@@ -171,6 +171,53 @@ async def test_worker_death_during_a_livekit_outage_is_dispatched_once_when_it_i
     assert len(lk.dispatches) == 2
 
 
+async def test_late_webhook_after_the_caller_hung_up_is_not_a_second_loss() -> None:
+    """The worker view handled a crash and the caller then hung up; LiveKit's
+    participant_left for the dead agent comes ~20 s after the crash. It is the same loss:
+    no orphan, no `caller_gone` failover, no FailoverSkipped event."""
+    f, lk, scraper, clock, spec, metrics = setup()
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    await tick(f, lk, clock, spec)
+    scraper.dead.add("w1")
+    await tick(f, lk, clock, spec)
+    assert len(lk.dispatches) == 2
+    lk.participants.append(fo.Participant("agent-new", fo.KIND_AGENT, spec.agent_name, clock.t))
+    await tick(f, lk, clock, spec)
+    lk.participants = [p for p in lk.participants if p.kind == fo.KIND_AGENT]  # hung up
+
+    from livekit.protocol.models import DisconnectReason, ParticipantInfo, Room
+    from livekit.protocol.webhook import WebhookEvent
+
+    before = len(events)
+    late = WebhookEvent(
+        event="participant_left",
+        id="EV-late",
+        created_at=int(clock.t),
+        room=Room(name="r1"),
+        participant=ParticipantInfo(
+            identity="agent-old",
+            kind=ParticipantInfo.Kind.AGENT,
+            attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
+            disconnect_reason=DisconnectReason.CONNECTION_TIMEOUT,
+            joined_at=10,
+        ),
+    )
+    await f.on_webhook(late, secret_id("k", "s" * 32))
+    for _ in range(3):
+        await tick(f, lk, clock, spec)
+    labels = {"namespace": "voice", "voiceagent": "support"}
+    found = sum(
+        value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": src})
+        for src in ("worker", "pod", "webhook", "sweep")
+    )
+    assert found == 1
+    assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "caller_gone"}) == 0
+    assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "redispatched"}) == 1
+    assert len(events) == before
+    assert len(lk.dispatches) == 2
+
+
 async def test_operator_restart_with_a_pending_dispatch_does_not_dispatch_again() -> None:
     f, lk, _scraper, clock, spec, _ = setup()
     # Before the restart: the old agent left (crash) and a dispatch was made at 99.

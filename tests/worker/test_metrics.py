@@ -13,7 +13,7 @@ from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_contract.sessions import parse_sessions
 from voicefleet_worker.endpoint import MetricsServer, make_app
 from voicefleet_worker.metrics import WorkerMetrics
-from voicefleet_worker.sessions import SessionRegistry
+from voicefleet_worker.sessions import JobEnd, SessionRegistry
 
 
 def _families(text: str) -> dict[str, str]:
@@ -64,6 +64,34 @@ def test_registry_counts_and_outcomes() -> None:
     assert v("voicefleet_worker_draining") == 1
     assert v("voicefleet_worker_sessions_started_total") == 2
     assert v("voicefleet_worker_session_duration_seconds_count") == 2
+
+
+def test_a_closing_session_stays_listed_until_its_agent_has_left() -> None:
+    """The failover loop takes a room that vanishes from /sessions while its agent is
+    still in the LiveKit room for a crashed job: a session that closes (the caller hung
+    up, the model failed) keeps its room listed until the job's shutdown callback, which
+    livekit-agents runs after leaving the room."""
+    m = WorkerMetrics()
+    reg = SessionRegistry(2, m)
+    reg.start("j1", "room-1", "agent-j1")
+    ended: list[str] = []
+    ending = JobEnd(reg, "j1", ended.append)
+    ending.closing("caller_gone")
+    ending.closing("error")  # a later close does not change the outcome
+    assert [r.room for r in reg.report().rooms] == ["room-1"]
+    assert reg.report().rooms[0].participant == "agent-j1"
+    assert ended == []
+    ending.left()
+    ending.left()
+    assert reg.report().rooms == ()
+    assert ended == ["caller_gone"]
+    v = m.registry.get_sample_value
+    assert v("voicefleet_worker_sessions_ended_total", {"outcome": "caller_gone"}) == 1
+    assert v("voicefleet_worker_sessions_ended_total", {"outcome": "error"}) == 0
+    # a job that shuts down without a close (the room was deleted, the agent ended it)
+    reg.start("j2", "room-2")
+    JobEnd(reg, "j2").left()
+    assert v("voicefleet_worker_sessions_ended_total", {"outcome": "completed"}) == 1
 
 
 async def test_endpoint_serves_metrics_and_sessions() -> None:

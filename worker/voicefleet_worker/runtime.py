@@ -48,7 +48,7 @@ from .resume import (
 from .resume import (
     enabled as resume_enabled,
 )
-from .sessions import SessionRegistry
+from .sessions import JobEnd, SessionRegistry
 from .tools import HEADER_JOB, HEADER_ROOM, make_tools
 
 log = logging.getLogger("voicefleet.worker")
@@ -194,20 +194,17 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
         span = runtime.tracer.start_span("voicefleet.session") if runtime.tracer else None
         if span is not None:
             span.set_attributes({"lk.job_id": job_id, "lk.room_name": room})
-        ended = False
 
-        def end(outcome: str) -> None:
-            nonlocal ended
-            if ended:
-                return
-            ended = True
-            runtime.sessions.end(job_id, outcome)
+        def span_end(outcome: str) -> None:
             if span is not None:
                 span.set_attribute("voicefleet.outcome", outcome)
                 span.end()
 
+        # The room stays in /sessions until the agent has left it (see JobEnd).
+        ending = JobEnd(runtime.sessions, job_id, span_end)
+
         def on_close(outcome: str) -> None:
-            end(outcome)
+            ending.closing(outcome)
             ctx.shutdown(reason=f"session closed ({outcome})")
 
         observer = SessionObserver(
@@ -225,7 +222,8 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             observer.on_turn = writer.add
 
         async def on_shutdown(reason: str) -> None:
-            end("completed")
+            # livekit-agents runs shutdown callbacks after disconnecting from the room
+            ending.left()
 
         ctx.add_shutdown_callback(on_shutdown)
         log.info(
@@ -236,7 +234,7 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             await entrypoint(Job(ctx, runtime, observer, resumed))
         except Exception:
             log.exception("session entrypoint failed", extra={"job_id": job_id, "room": room})
-            end("error")
+            ending.closing("error")
             ctx.shutdown(reason="entrypoint failed")
 
     return job_main

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from voicefleet_contract.sessions import RoomSession, SessionsReport
@@ -99,3 +100,42 @@ class SessionRegistry:
                 draining=self._draining,
                 rooms=rooms,
             )
+
+
+class JobEnd:
+    """How one job leaves `/sessions`: only once its agent has left the room.
+
+    The operator's failover reads `/sessions` every second: a room that vanishes from a
+    live worker while the agent is still in the LiveKit room is taken for a crashed job
+    after a 3 s grace (docs/failover.md). So a session that closes (caller gone, model
+    failed, entrypoint error) only records its outcome (`closing`); the room is removed
+    when the job's shutdown callback runs (`left`), which livekit-agents calls after
+    disconnecting from the room.
+    """
+
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        job_id: str,
+        on_end: Callable[[str], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.job_id = job_id
+        self.on_end = on_end
+        self.outcome: str | None = None
+        self.done = False
+
+    def closing(self, outcome: str) -> None:
+        """The session is over; the agent is about to leave. The first outcome wins."""
+        if self.outcome is None:
+            self.outcome = outcome
+
+    def left(self) -> None:
+        """The agent has left the room: the session ends with its recorded outcome."""
+        if self.done:
+            return
+        self.done = True
+        outcome = self.outcome or "completed"
+        self.registry.end(self.job_id, outcome)
+        if self.on_end is not None:
+            self.on_end(outcome)
