@@ -39,6 +39,8 @@ RESPONSE_MS = 600  # the stand-in's answer: a tone this long
 TURN_TIMEOUT_S = 30.0  # end of speech -> first agent audio, on a loaded 2-core machine
 JOIN_TIMEOUT_S = 60.0
 WORKER_START_S = 120.0  # a real worker pod: process start, warm executors, registration
+AGENT_STATE = "lk.agent.state"  # livekit.agents.types.ATTRIBUTE_AGENT_STATE
+LISTENING = frozenset({"listening", "thinking", "speaking"})  # past "initializing"/"idle"
 SELECTOR = "app.kubernetes.io/instance={},app.kubernetes.io/name=voicefleet-worker"
 
 
@@ -106,6 +108,21 @@ class Shape:
         per = self.max_per_worker * self.target_utilization
         raw = math.ceil((sessions + self.buffer_sessions) / per - 1e-9)
         return min(max(raw, self.min_replicas), self.max_replicas)
+
+
+# The scenarios' shapes, shared by the test and the benchmark.
+# 2 calls per worker; 6 callers + 1 buffer session need 4 workers; 1 caller + 1 buffer, 1.
+SCALE = Shape(max_per_worker=2, min_replicas=1, max_replicas=5, buffer_sessions=1, window_s=4)
+# 6 -> 3 callers, one on each busy worker: the idle (buffer) worker goes first, then a
+# worker with a live call, which drains it; then 3 -> 2 -> 1.
+LEAVE = [3, 1, 1]
+# Live calls during the rollout. The issue asks for 20; on this testbed (2 cores shared
+# with other jobs, every call real WebRTC both ways plus a real worker session) 20 callers
+# in one process starve each other and the workers' /sessions reads time out, so the test
+# uses what is reliable here: 10 calls on 3 workers of 5 (plus one surge pod at a time).
+# `python -m bench.drops --calls N` tries more.
+ROLLOUT_CALLS = 10
+ROLLOUT = Shape(max_per_worker=5, min_replicas=1, max_replicas=4, buffer_sessions=2, window_s=600)
 
 
 class Fleet:
@@ -240,7 +257,23 @@ class Fleet:
             return caller
         if not await caller.wait_agent(JOIN_TIMEOUT_S):
             caller.report.errors.append(f"no agent joined in {JOIN_TIMEOUT_S:.0f}s")
+            return caller
+        # As a client app does, talk once the agent says it listens (livekit-agents publishes
+        # its state as a participant attribute): speech before its session started is lost.
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not agent_listening(caller):
+            if time.monotonic() > deadline:
+                caller.report.errors.append(f"the agent was not listening in {JOIN_TIMEOUT_S:.0f}s")
+                break
+            await asyncio.sleep(0.1)
         return caller
+
+
+def agent_listening(caller: Caller) -> bool:
+    return any(
+        p.identity in caller.agents and p.attributes.get(AGENT_STATE) in LISTENING
+        for p in caller.room.remote_participants.values()
+    )
 
 
 def drop_reason(c: Caller) -> str | None:
