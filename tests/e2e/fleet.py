@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from livekit import rtc
+
 from voicefleet_contract import API_VERSION, GROUP, KIND, METRICS_PORT, PLURAL, VERSION
 from voicefleet_contract.sessions import SESSIONS_PATH, SessionsReport, parse_sessions
 from voicefleet_testbed.caller import Caller
@@ -212,6 +214,12 @@ class Fleet:
         pods = self.live_pods()
         return pods if len(pods) == n and self.replicas() == n else None
 
+    def covered(self, n: int) -> list[JSON] | None:
+        """The live workers when at least n are live and asked for, else None. More than n
+        happens on a starved machine: a worker whose /sessions read timed out counts as full."""
+        pods = self.live_pods()
+        return pods if len(pods) >= n and self.replicas() >= n else None
+
     def below(self, n: int) -> bool:
         return self.replicas() < n
 
@@ -259,7 +267,8 @@ class Fleet:
             caller.report.errors.append(f"no agent joined in {JOIN_TIMEOUT_S:.0f}s")
             return caller
         # As a client app does, talk once the agent says it listens (livekit-agents publishes
-        # its state as a participant attribute): speech before its session started is lost.
+        # its state as a participant attribute) and its audio plays: speech before its
+        # session started is lost, and so is an answer before the caller subscribed.
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while not agent_listening(caller):
             if time.monotonic() > deadline:
@@ -270,8 +279,15 @@ class Fleet:
 
 
 def agent_listening(caller: Caller) -> bool:
+    """The agent says it listens and the caller receives its audio track (an answer played
+    before the caller subscribed would go unheard, and count as unanswered)."""
     return any(
-        p.identity in caller.agents and p.attributes.get(AGENT_STATE) in LISTENING
+        p.identity in caller.agents
+        and p.attributes.get(AGENT_STATE) in LISTENING
+        and any(
+            pub.kind == rtc.TrackKind.KIND_AUDIO and pub.track is not None
+            for pub in p.track_publications.values()
+        )
         for p in caller.room.remote_participants.values()
     )
 
@@ -342,7 +358,7 @@ async def ramp(
             raise AssertionError(f"caller {i + 1}: {'; '.join(c.report.errors)}")
         want = shape.needed(i + 1)
         await until(
-            partial(fleet.settled, want), WORKER_START_S, f"{want} workers for {i + 1} callers"
+            partial(fleet.covered, want), WORKER_START_S, f"{want} workers for {i + 1} callers"
         )
         if (i + 1) % 5 == 0 or i + 1 == n or n <= 10:
             log(f"caller {i + 1}/{n} has its agent; {want} workers ready")
