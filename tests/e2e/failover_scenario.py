@@ -27,7 +27,7 @@ from voicefleet_testbed.procs import start_time
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
-from ..operator.cluster import OperatorProcess, voiceagent
+from ..operator.cluster import OperatorProcess, secrets, voiceagent
 
 WORKER_IMAGE = "ghcr.io/voicefleet/worker:0.1.0"
 SPEECH_S = 0.6  # the caller's turn after a failover: short, the answer is what counts
@@ -100,18 +100,7 @@ class WorkerFleet:
     async def start(self, replicas: int = 2, timeout: float = 180) -> None:
         await self.standin.reset()
         await self.standin.configure(modelDelayMs=200, responseMs=800)
-        for secret, data in (
-            ("livekit", {"apiKey": LIVEKIT_KEY, "apiSecret": self.stack.livekit_secret}),
-            ("openai", {"apiKey": "sk-test"}),
-        ):
-            self.kube.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": secret, "namespace": self.ns},
-                    "stringData": data,
-                }
-            )
+        secrets(self.kube, self.ns, self.stack.livekit_secret)
         spec = {
             "agentName": self.agent_name,
             "livekit": {"url": self.stack.livekit_url, "credentialsSecret": "livekit"},

@@ -30,6 +30,8 @@ from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
+from ..operator.cluster import secrets
+
 JSON = dict[str, Any]
 T = TypeVar("T")
 
@@ -169,17 +171,7 @@ class Fleet:
     async def create(self, shape: Shape) -> None:
         await self.standin.reset()
         await self.standin.configure(modelDelayMs=200, responseMs=RESPONSE_MS)
-        for name, data in (
-            ("livekit", {"apiKey": LIVEKIT_KEY, "apiSecret": self.stack.livekit_secret}),
-            ("openai", {"apiKey": "sk-test"}),
-        ):
-            secret = {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name, "namespace": self.namespace},
-                "stringData": data,
-            }
-            await asyncio.to_thread(self.kube.apply, secret)
+        await asyncio.to_thread(secrets, self.kube, self.namespace, self.stack.livekit_secret)
         body = {
             "apiVersion": API_VERSION,
             "kind": KIND,

@@ -19,7 +19,7 @@ from voicefleet_contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from voicefleet_testbed import controlplane as cp
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.ports import free_port
-from voicefleet_testbed.stack import Stack
+from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_IMAGE = "voicefleet.dev/testbed/fake-worker:1"  # testbed/images.yaml maps it
@@ -172,9 +172,11 @@ class OperatorProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def secrets(kube: Kube, namespace: str) -> None:
+def secrets(kube: Kube, namespace: str, livekit_secret: str = "s" * 32) -> None:
+    """The LiveKit credentials and OpenAI key Secrets a VoiceAgent names. Pass the stack's
+    `livekit_secret` when its workers must really register with LiveKit."""
     for name, data in (
-        ("livekit", {"apiKey": "devkey", "apiSecret": "s" * 32}),
+        ("livekit", {"apiKey": LIVEKIT_KEY, "apiSecret": livekit_secret}),
         ("openai", {"apiKey": "sk-test"}),
     ):
         kube.apply(

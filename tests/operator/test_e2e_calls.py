@@ -29,7 +29,7 @@ from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
-from .cluster import OperatorProcess, condition, get_va, table, voiceagent
+from .cluster import OperatorProcess, condition, get_va, secrets, table, voiceagent
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
 
@@ -69,21 +69,6 @@ def worker_metrics(ip: str) -> dict[str, float]:
     return out
 
 
-def secrets(kube: Kube, stack: Stack, namespace: str) -> None:
-    for name, data in (
-        ("livekit", {"apiKey": LIVEKIT_KEY, "apiSecret": stack.livekit_secret}),
-        ("openai", {"apiKey": "sk-test"}),
-    ):
-        kube.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name, "namespace": namespace},
-                "stringData": data,
-            }
-        )
-
-
 async def test_operator_created_worker_answers_a_call(
     operator: OperatorProcess, stack: Stack, kube: Kube, namespace: str
 ) -> None:
@@ -91,7 +76,7 @@ async def test_operator_created_worker_answers_a_call(
     agent_name = f"op-e2e-{uuid.uuid4().hex[:6]}"  # no other test's worker takes its calls
     standin = StandInClient(stack.realtime_url, scenario=agent_name)
     await standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=1000)
-    secrets(kube, stack, namespace)
+    secrets(kube, namespace, stack.livekit_secret)
     spec: dict[str, Any] = {
         "agentName": agent_name,
         "livekit": {"url": stack.livekit_url, "credentialsSecret": "livekit"},

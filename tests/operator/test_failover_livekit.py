@@ -29,7 +29,7 @@ from voicefleet_operator.failover import AGENT_NAME_ATTRIBUTE, KIND_AGENT
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
-from .cluster import REPO, OperatorProcess, voiceagent
+from .cluster import REPO, OperatorProcess, secrets, voiceagent
 from .util import OPENAI_BASE_URL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
@@ -99,18 +99,7 @@ class Fleet:
 
     async def start(self, replicas: int = 2) -> None:
         install_mini_agent(self.stack)
-        for secret, data in (
-            ("livekit", {"apiKey": LIVEKIT_KEY, "apiSecret": self.stack.livekit_secret}),
-            ("openai", {"apiKey": "sk-test"}),
-        ):
-            self.kube.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": secret, "namespace": self.ns},
-                    "stringData": data,
-                }
-            )
+        secrets(self.kube, self.ns, self.stack.livekit_secret)
         spec = {
             "agentName": self.agent_name,
             "livekit": {"url": self.stack.livekit_url, "credentialsSecret": "livekit"},
