@@ -103,6 +103,19 @@ def test_command_replaces_entrypoint_and_args_follow() -> None:
         plan_process({"name": "c"}, ImageRule("*"), env, [], "/cwd")
 
 
+def test_the_image_entrypoint_is_a_host_path_never_translated() -> None:
+    """A checkout in /tmp (CI's clone may be) and a pod mounting an emptyDir at /tmp: the
+    image table's interpreter is the host's, while the pod's own args are translated."""
+    rule = ImageRule("img", ("/tmp/x/.venv/bin/python", "-m", "svc"))
+    mounts = [("/tmp", "/pods/p/volumes/tmp")]
+    plan = plan_process({"args": ["--state", "/tmp/s"]}, rule, {}, mounts, "/cwd")
+    assert plan.argv == (
+        "/tmp/x/.venv/bin/python", "-m", "svc", "--state", "/pods/p/volumes/tmp/s"
+    )  # fmt: skip
+    plan = plan_process({"command": ["/tmp/tool"]}, rule, {}, mounts, "/cwd")
+    assert plan.argv == ("/pods/p/volumes/tmp/tool",)  # the pod's own path: translated
+
+
 def test_host_paths_in_env_are_not_translated_even_under_a_mount() -> None:
     """A stack in /tmp and a pod mounting an emptyDir at /tmp: the node agent's own
     KUBECONFIG/HOME must stay host paths, the container's own /tmp paths move."""

@@ -273,19 +273,19 @@ def plan_process(
     host_paths: frozenset[str] = frozenset(),
 ) -> ProcessPlan:
     """argv as the runtime builds it: `command` replaces the image entrypoint, `args` follow;
-    `$(VAR)` expanded; paths under mounts translated, except in the env vars `host_paths`
-    (the node agent's own HOME, TMPDIR, KUBECONFIG: already host paths, which may lie under
-    a mountPath such as /tmp when the stack lives in /tmp)."""
+    `$(VAR)` expanded; paths under mounts translated in what the pod spec says, never in the
+    image table's entrypoint (host paths, such as the checkout's interpreter, which lie under
+    a mountPath like /tmp when the checkout does), nor in the env vars `host_paths` (the node
+    agent's own HOME, TMPDIR, KUBECONFIG)."""
     command = container.get("command")
     args = container.get("args") or []
-    argv = [expand(a, env) for a in command] if command else list(rule.entrypoint)
-    argv += [expand(a, env) for a in args]
+    ours = [translate_path(expand(a, env), mounts) for a in [*(command or []), *args]]
+    argv = ours if command else [*rule.entrypoint, *ours]
     if not argv and not rule.inprocess:
         raise ConfigError(
             "CreateContainerError",
             f"container {container['name']!r}: no command and the image table gives no entrypoint",
         )
-    argv = [translate_path(a, mounts) for a in argv]
     full_env = {k: v if k in host_paths else translate_path(v, mounts) for k, v in env.items()}
     cwd = container.get("workingDir")
     return ProcessPlan(tuple(argv), full_env, translate_path(cwd, mounts) if cwd else default_cwd)
