@@ -216,6 +216,11 @@ class _State:
     next_sweep: float = 0.0
     secret_read_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    api_error: str = ""  # the LiveKit API's last failure, logged once until it recovers
+
+
+def _key(s: _State) -> tuple[str, str]:
+    return s.target.namespace, s.target.name
 
 
 def read_credentials(kube: KubeApi, spec: VoiceAgentSpec) -> tuple[str, str] | None:
@@ -365,9 +370,14 @@ class Failover:
             await self._step_cases(s, rooms, post)
         except (lkapi.TwirpError, aiohttp.ClientError, OSError, TimeoutError) as e:
             # LiveKit unreachable or failing: everything stays open for the next tick.
-            log.warning(
-                "failover %s/%s: LiveKit API: %s; retrying", s.target.namespace, s.target.name, e
-            )
+            # Said once (and again if the error changes), not every second.
+            if str(e) != s.api_error:
+                log.warning("failover %s/%s: LiveKit API: %s; retrying each tick", *_key(s), e)
+            s.api_error = str(e)
+        else:
+            if s.api_error:
+                log.info("failover %s/%s: LiveKit API answers again", *_key(s))
+                s.api_error = ""
 
     async def wait(self, namespace: str, name: str, seconds: float) -> None:
         """Sleep until the next tick, or until a webhook wakes this VoiceAgent."""

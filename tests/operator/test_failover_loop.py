@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import CollectorRegistry
 
 from voicefleet_contract.sessions import RoomSession, SessionsReport
@@ -137,16 +139,21 @@ async def tick(
     await f.tick(spec, [POD], post)
 
 
-async def test_worker_death_during_a_livekit_outage_is_dispatched_once_when_it_is_back() -> None:
+async def test_worker_death_during_a_livekit_outage_is_dispatched_once_when_it_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     f, lk, scraper, clock, spec, metrics = setup()
     scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
     lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
     await tick(f, lk, clock, spec)
     scraper.dead.add("w1")  # the worker process dies ...
     lk.down = True  # ... while LiveKit's API is unreachable
-    for _ in range(5):
-        await tick(f, lk, clock, spec)
+    with caplog.at_level(logging.INFO, logger="voicefleet_operator.failover_loop"):
+        for _ in range(5):
+            await tick(f, lk, clock, spec)
     assert len(lk.dispatches) == 1
+    outage = [r for r in caplog.records if "LiveKit API" in r.getMessage()]
+    assert len(outage) == 1, [r.getMessage() for r in outage]  # said once, not every tick
     lk.down = False
     lk.lost_answers = 1  # the first dispatch lands but its answer is lost
     for _ in range(3):
