@@ -1,7 +1,8 @@
 """Fixtures for every test directory: the testbed's (stack, kube, namespace) and the
-operator process. The operator is session-scoped and defined here, once, so the operator's
-cluster tests and the end-to-end tests share one operator (two would fight over the same
-VoiceAgents)."""
+operator process. The operator is defined here, once, and module-scoped: a test module that
+uses it has one cluster-wide operator, and it is gone before the next module starts, so it
+never also manages the VoiceAgents of a module that runs its own (the Helm chart's install
+tests), which two operators would fight over."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .operator.cluster import OperatorProcess, install_crd, install_images, inst
 pytest_plugins = ["voicefleet_testbed.pytest_fixtures"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
