@@ -62,10 +62,11 @@ def test_two_replicas_peer_and_reconcile(stack: Stack, kube: Kube) -> None:
         secrets(kube, ns)
         kube.create(voiceagent("support", ns, _worker_spec()))
         wait_for(lambda: _ready(kube, ns, "support"), 120, "VoiceAgent Ready")
-        # The lower-priority replica pauses once it has seen its peer (under load, after the
-        # VoiceAgent may already be Ready).
-        pausing = "Pausing operations in favour of"
-        wait_for(lambda: pausing in _operator_log(stack, system_ns), 60, "a replica to pause")
+        # One replica is active: distinct priorities (above), and kopf never found two at
+        # the same one. (Whether the lower one logs "Pausing operations" depends on whether it
+        # started paused, so that line is not a property to assert.)
+        logs = _operator_log(stack, system_ns)
+        assert "Possibly conflicting operators with the same priority" not in logs
     except AssertionError:
         print(_operator_log(stack, system_ns)[-6000:])
         raise
