@@ -1,12 +1,31 @@
-"""The `/sessions` report a worker serves on its metrics port, read every second by the
-operator's autoscaler and failover. One format, parsed by both sides from here."""
+"""The `/sessions` report a worker serves on its metrics port, and how the operator waits
+for it to change. One format, parsed by both sides from here.
+
+Long poll: the report carries a `version` (a digest of its content). A client that sends
+`?since=<version>&wait=<seconds>` gets the answer when the report differs from that
+version, or after `wait` seconds with the same report. The operator keeps one such request
+open per worker, so an idle fleet costs one request per worker per `wait` seconds instead
+of one per second, and a change (a call starting, a drain) reaches it at once. A worker that
+ignores the parameters (an older one) answers at once: the client then reads it once a
+second as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 SESSIONS_PATH: Final = "/sessions"
+SINCE_PARAM: Final = "since"  # the version the client already has
+WAIT_PARAM: Final = "wait"  # how long the server may hold the request for a change
+MAX_WAIT_SECONDS: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -23,9 +42,27 @@ class SessionsReport:
     capacity: int
     draining: bool = False
     rooms: tuple[RoomSession, ...] = field(default=())
+    version: str = ""  # "" from a worker that does not long-poll
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The body a worker serves, with its `version` computed from the content."""
+        body = asdict(self)
+        body["version"] = report_version(body)
+        return body
+
+
+def report_version(body: Mapping[str, Any]) -> str:
+    """A digest of everything in a report but its version: equal reports, equal versions
+    (also across a worker's restart, which is right: nothing the operator reads changed)."""
+    content = {k: v for k, v in body.items() if k != "version"}
+    raw = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
+
+
+def with_version(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` (a report as a dict) with its version set."""
+    body["version"] = report_version(body)
+    return body
 
 
 def parse_sessions(data: Any) -> SessionsReport:
@@ -49,4 +86,87 @@ def parse_sessions(data: Any) -> SessionsReport:
                 participant=str(r.get("participant", "")),
             )
         )
-    return SessionsReport(active, capacity, bool(data.get("draining", False)), tuple(rooms))
+    version = data.get("version", "")
+    if not isinstance(version, str):
+        raise ValueError("version must be a string")
+    return SessionsReport(
+        active, capacity, bool(data.get("draining", False)), tuple(rooms), version
+    )
+
+
+@dataclass(frozen=True)
+class LongPoll:
+    since: str | None  # None: answer at once
+    wait: float  # seconds, 0..MAX_WAIT_SECONDS
+
+
+def parse_long_poll(query: Mapping[str, str]) -> LongPoll:
+    """`?since=&wait=` of a `/sessions` request; ValueError naming the parameter."""
+    since = query.get(SINCE_PARAM) or None
+    raw = query.get(WAIT_PARAM)
+    if raw is None or raw == "":
+        return LongPoll(since, 0.0 if since is None else MAX_WAIT_SECONDS / 2)
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValueError(f"{WAIT_PARAM} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ValueError(f"{WAIT_PARAM} must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
+    return LongPoll(since, wait)
+
+
+def query_string(since: str | None, wait: float) -> str:
+    """The client's side of `parse_long_poll`."""
+    if not since:
+        return ""
+    return f"?{SINCE_PARAM}={since}&{WAIT_PARAM}={wait:g}"
+
+
+class ChangeNotifier:
+    """Wakes asyncio waiters when a report may have changed; `notify` is safe from any
+    thread (jobs run in threads in the worker)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, set()
+        for loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next `notify` or `timeout` seconds, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut)
+        with self._lock:
+            self._waiters.add(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.discard(entry)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def serve_long_poll(
+    render: Callable[[], dict[str, Any]], notifier: ChangeNotifier, poll: LongPoll
+) -> dict[str, Any]:
+    """The body to answer with: at once if the report differs from `poll.since`, else as
+    soon as it does, or at the deadline. `render` returns the current report as a dict."""
+    deadline = time.monotonic() + poll.wait
+    while True:
+        body = with_version(render())
+        remaining = deadline - time.monotonic()
+        if poll.since is None or body["version"] != poll.since or remaining <= 0:
+            return body
+        await notifier.wait(remaining)
