@@ -1,12 +1,15 @@
-"""The built-in autoscaler's loop: once a second per VoiceAgent (mode `builtin`), read every
-ready worker's `/sessions`, call `autoscaler.decide`, and apply the replica count.
+"""The built-in autoscaler's loop: per VoiceAgent (mode `builtin`), decide the replica count
+from every ready worker's `/sessions` whenever they change, and apply it.
 
-A thin shell: the pods come from a kopf index (one pod watch for the whole operator), the
-reads from the shared `Scraper`, the decision from a pure function. What it writes:
+A thin shell: the pods and their reports come from the `SessionFeed` (one long poll per
+worker, shared with failover), the decision from a pure function. The loop runs when the
+feed, the Deployment or the spec changes, and once a second only while something is in
+motion (a scale-down waiting out its stabilisation window, a worker not answering); a
+settled fleet is looked at every `IDLE_SECONDS` as a backstop. What it writes:
 - the Deployment's `spec.replicas`, under the replicas field manager, only on a change;
 - right before lowering replicas, `controller.kubernetes.io/pod-deletion-cost` on each
   worker from its live sessions, so the ReplicaSet removes idle workers first;
-- an Event on the VoiceAgent for each change, metrics every tick, and the VoiceAgent's
+- an Event on the VoiceAgent for each change, metrics each run, and the VoiceAgent's
   status (`activeSessions`, `desiredReplicas`, `autoscaler`) when something changed.
 """
 
@@ -20,18 +23,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME, POD_DELETION_COST
+from voicefleet_contract.sessions import SessionsReport
 
 from .autoscaler import Decision, PodSample, Policy, Recommendation, decide, deletion_costs
 from .kube import KubeApi, path
 from .metrics import OperatorMetrics
 from .reconcile import va_path
 from .render import ChildNames, render_replicas_patch
-from .scrape import Scraper, Target
 from .settings import REPLICAS_FIELD_MANAGER
 from .spec import VoiceAgentSpec
 
 log = logging.getLogger(__name__)
-TICK_SECONDS = 1.0
+TICK_SECONDS = 1.0  # while something is in motion
+IDLE_SECONDS = 30.0  # a settled fleet: the backstop
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,13 @@ def policy_for(spec: VoiceAgentSpec, current: int) -> Policy:
 def samples_of(
     pods: Sequence[WorkerPod], scraped: Mapping[str, Any], capacity: int
 ) -> list[PodSample]:
-    """One sample per ready, non-terminating worker; a failed read is None (full)."""
+    """One sample per ready, non-terminating worker that has been read; a failed read
+    (None) counts as full, a worker not read yet is left out."""
     out = []
     for p in pods:
-        if not p.ready or p.deleting or not p.ip:
+        if not p.ready or p.deleting or not p.ip or p.name not in scraped:
             continue
-        report = scraped.get(p.name)
+        report = scraped[p.name]
         out.append(
             PodSample(
                 p.name,
@@ -101,12 +106,10 @@ class Autoscaler:
     def __init__(
         self,
         kube: KubeApi,
-        scraper: Scraper,
         metrics: OperatorMetrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
-        self.scraper = scraper
         self.metrics = metrics
         self.clock = clock
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
@@ -119,26 +122,20 @@ class Autoscaler:
         spec: VoiceAgentSpec,
         pods: Sequence[WorkerPod],
         current: int | None,
+        reports: Mapping[str, SessionsReport | None],
         post_event: Callable[[str, str, str], None] = lambda *_: None,
         status: Mapping[str, Any] | None = None,
     ) -> Decision | None:
         """One decision for one VoiceAgent; None when its Deployment does not exist yet.
 
-        `status`: the VoiceAgent's live status; what the autoscaler owns in it is written
-        whenever it differs (a reconcile that read the VoiceAgent before the last write may
-        have put back older values)."""
+        `reports`: pod name -> its latest `/sessions` (None: it did not answer; absent:
+        not read yet). `status`: the VoiceAgent's live status; what the autoscaler owns in
+        it is written whenever it differs (a reconcile that read the VoiceAgent before the
+        last write may have put back older values)."""
         if current is None:
             return None
         ns, name = spec.namespace, spec.name
         t0 = time.perf_counter()
-        live = [p for p in pods if p.ready and not p.deleting and p.ip]
-        results = await self.scraper.all([Target(f"{ns}/{p.name}", p.ip) for p in live])
-        reports = {}
-        for r in results:
-            pod = r.target.key.split("/", 1)[1]
-            reports[pod] = r.report
-            if r.report is None:
-                self.metrics.as_scrape_failures.labels(ns, name, r.error.split(":")[0]).inc()
         samples = samples_of(pods, reports, spec.max_per_worker)
         d = decide(
             self.clock(),
@@ -206,6 +203,17 @@ def status_patch(d: Decision, status: Mapping[str, Any]) -> dict[str, Any] | Non
     if all(status.get(k) == v for k, v in wanted.items()):
         return None
     return wanted
+
+
+def settled(d: Decision | None, current: int | None) -> bool:
+    """Nothing will change with time alone: every worker answered, and the desired count,
+    the current one and every recommendation in the stabilisation window agree. Pure.
+    (Unsettled: run again in a second; settled: only when something changes.)"""
+    if d is None or current is None:
+        return True  # no Deployment yet: its creation wakes the loop
+    return (
+        d.unanswered == 0 and d.desired == current and all(r.replicas == current for r in d.history)
+    )
 
 
 def deployment_name(spec: VoiceAgentSpec) -> str:

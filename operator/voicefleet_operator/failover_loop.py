@@ -2,9 +2,10 @@
 
 The decisions are `failover.py`'s (pure); this module only gathers evidence and acts:
 
-- once a second it reads every worker pod's `/sessions` (the shared `Scraper`): rooms of a
-  pod that is gone from the index (deleted, force-deleted) or refuses connections (its
-  process died) are losses; a room that vanished from a worker that still answers is a
+- it follows every worker pod's `/sessions` through the `SessionFeed` (one long poll per
+  worker, shared with the autoscaler), and runs whenever a report changes: rooms of a pod
+  that is gone from the API (deleted, force-deleted) or refuses connections (its process
+  died, which drops the open long poll at once) are losses; a room that vanished from a worker that still answers is a
   suspect, confirmed against LiveKit (callers still there, no agent, the job did not end
   on purpose);
 - LiveKit's `participant_left` webhooks (verified by `webhook.py`) arrive through
@@ -23,10 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
@@ -40,9 +40,9 @@ from voicefleet_contract import metrics as m
 
 from . import failover as fo
 from .autoscale_loop import WorkerPod
+from .feed import Reading, SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics, _build, _label_sets
-from .scrape import Scraper, Target
 from .spec import SpecError, VoiceAgentSpec, parse_spec
 from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
 
@@ -241,7 +241,6 @@ class Failover:
     def __init__(
         self,
         kube: KubeApi,
-        scraper: Scraper,
         metrics: FailoverMetrics,
         policy: fo.Policy | None = None,
         sweep_seconds: float = 10.0,
@@ -249,7 +248,6 @@ class Failover:
         rooms_factory: Callable[[str, str, str], Rooms] = LiveKitRooms,
     ) -> None:
         self.kube = kube
-        self.scraper = scraper
         self.metrics = metrics
         self.policy = policy or fo.Policy()
         self.sweep_seconds = sweep_seconds
@@ -350,13 +348,21 @@ class Failover:
             await c.close()
         self._clients.clear()
 
-    async def tick(self, spec: VoiceAgentSpec, pods: Sequence[WorkerPod], post: PostEvent) -> None:
+    async def tick(
+        self,
+        spec: VoiceAgentSpec,
+        pods: Sequence[WorkerPod],
+        readings: Mapping[str, Reading],
+        post: PostEvent,
+    ) -> float:
+        """One look at one VoiceAgent; returns how long it may wait for the next if nothing
+        wakes it (a second while a case is open, else until the next sweep)."""
         s = await self.configure(spec)
         if s is None or not s.target.enabled:
-            return
+            return self.sweep_seconds
         s.wake.clear()
         now = self.clock()
-        await self._watch_workers(s, pods, now)
+        self._watch_workers(s, pods, readings, now)
         rooms = self.client(s.target)
         try:
             await self._confirm_suspects(s, rooms, now)
@@ -378,31 +384,33 @@ class Failover:
             if s.api_error:
                 log.info("failover %s/%s: LiveKit API answers again", *_key(s))
                 s.api_error = ""
+        if s.cases or s.suspects or s.incoming or s.ended_pending or s.api_error:
+            return TICK_SECONDS
+        return max(TICK_SECONDS, s.next_sweep - self.clock())
 
-    async def wait(self, namespace: str, name: str, seconds: float) -> None:
-        """Sleep until the next tick, or until a webhook wakes this VoiceAgent."""
+    def wake_event(self, namespace: str, name: str) -> asyncio.Event | None:
+        """Set by a webhook for this VoiceAgent (None until it is configured)."""
         s = self._states.get((namespace, name))
-        if s is None:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.wake.wait(), seconds)
+        return s.wake if s is not None else None
 
-    async def _watch_workers(self, s: _State, pods: Sequence[WorkerPod], now: float) -> None:
+    def _watch_workers(
+        self, s: _State, pods: Sequence[WorkerPod], readings: Mapping[str, Reading], now: float
+    ) -> None:
         t = s.target
-        live = {p.name: p for p in pods if p.ip}
-        results = await self.scraper.all([Target(p.name, p.ip) for p in live.values()])
         current: dict[str, list[fo.WorkerRoom]] = {}
         # A pod without an IP (its container restarting) has no process serving anything.
         refused = [p.name for p in pods if not p.ip]
-        for r in results:
+        for p in pods:
+            r = readings.get(p.name)
+            if not p.ip or r is None:
+                continue  # not read yet: what it served before still stands
             if r.report is not None:
-                current[r.target.key] = [
+                current[p.name] = [
                     fo.WorkerRoom(x.room, t.agent_name, x.participant, "", x.startedAt)
                     for x in r.report.rooms
                 ]
             elif r.error == "refused":
-                refused.append(r.target.key)
+                refused.append(p.name)
         present = {p.name for p in pods}
         gone = [k for k in s.previous if k not in present]
         for loss in fo.losses_from_workers(s.previous, refused, gone, now):
@@ -543,7 +551,11 @@ class Failover:
 
 
 def register_failover(
-    registry: kopf.OperatorRegistry, failover: Failover, host: str, webhook_port: int
+    registry: kopf.OperatorRegistry,
+    failover: Failover,
+    feed: SessionFeed,
+    host: str,
+    webhook_port: int,
 ) -> None:
     """A failover daemon per VoiceAgent, and the webhook receiver for the operator's life
     (`webhook_port` 0: no receiver; the worker view and the sweep still run)."""
@@ -568,29 +580,16 @@ def register_failover(
         await server.stop()
         await failover.close()
 
-    # backoff: kopf may start a daemon before the pod index exists (its kwargs are a
-    # snapshot); the daemon then restarts a second later instead of after a minute.
-    @kopf.daemon(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="failover",
-        cancellation_timeout=5,
-        backoff=1,
-        registry=registry,
-    )
+    @kopf.daemon(GROUP, VERSION, PLURAL, id="failover", cancellation_timeout=5, registry=registry)
     async def _failover(
         namespace: str | None,
         name: str,
         body: kopf.Body,
         spec: kopf.Spec,
         stopped: kopf.DaemonStopped,
-        **kwargs: Any,
+        **_: Any,
     ) -> None:
         ns = namespace or ""
-        if "worker_pods" not in kwargs:  # register_autoscaler's index, not there yet
-            raise kopf.TemporaryError("waiting for the worker pod index", delay=1)
-        worker_pods: kopf.Index[tuple[str, str], Any] = kwargs["worker_pods"]
         ref = kopf.Body(
             cast(
                 kopf.RawBody,
@@ -605,20 +604,31 @@ def register_failover(
         def post(kind: str, reason: str, message: str) -> None:
             kopf.event(ref, type=kind, reason=reason, message=message)
 
+        wake = feed.subscribe(ns, name)
+        stop = asyncio.ensure_future(stopped.wait())
+        parsed: tuple[Any, VoiceAgentSpec | None] = (None, None)
         try:
             while not stopped:
-                try:
-                    parsed: VoiceAgentSpec | None = parse_spec(name, ns, dict(spec))
-                except SpecError:
-                    parsed = None  # the reconciler reports it
-                if parsed is not None:
-                    pods = list(worker_pods.get((ns, name), []))
+                wake.clear()
+                timeout = TICK_SECONDS
+                generation = body.get("metadata", {}).get("generation")
+                if parsed[0] != generation or parsed[0] is None:
                     try:
-                        await failover.tick(parsed, pods, post)
+                        parsed = (generation, parse_spec(name, ns, dict(spec)))  # live view
+                    except SpecError:
+                        parsed = (generation, None)  # the reconciler reports it
+                if parsed[1] is not None:
+                    try:
+                        timeout = await failover.tick(
+                            parsed[1], feed.pods(ns, name), feed.readings(ns, name), post
+                        )
                     except KubeError as e:
                         log.warning("failover %s/%s: %s; retrying", ns, name, e)
                     except Exception:
                         log.exception("failover %s/%s: tick failed; retrying", ns, name)
-                await failover.wait(ns, name, TICK_SECONDS)
+                hooks = failover.wake_event(ns, name)
+                await wait_for_wake(timeout, stop, wake, *([hooks] if hooks else []))
         finally:
+            stop.cancel()
+            feed.unsubscribe(ns, name, wake)
             failover.forget(ns, name)

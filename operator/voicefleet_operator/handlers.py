@@ -37,11 +37,12 @@ from voicefleet_contract import (
 )
 
 from . import reconcile as rc
-from .autoscale_loop import TICK_SECONDS, Autoscaler, index_pod
+from .autoscale_loop import IDLE_SECONDS, TICK_SECONDS, Autoscaler, index_pod, settled
+from .feed import SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError
 from .metrics import OperatorMetrics
 from .settings import Settings
-from .spec import SpecError, parse_spec
+from .spec import SpecError, VoiceAgentSpec, parse_spec
 
 log = logging.getLogger(__name__)
 ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping annotations live under voicefleet.dev/
@@ -199,10 +200,11 @@ def register(
     reconciler: Reconciler,
     ours: Settings,
     autoscaler: Autoscaler | None = None,
+    feed: SessionFeed | None = None,
 ) -> None:
     """Register every handler on `registry` (no module-level state: tests build their own)."""
-    if autoscaler is not None:
-        register_autoscaler(registry, autoscaler)
+    if autoscaler is not None and feed is not None:
+        register_autoscaler(registry, autoscaler, feed)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -265,39 +267,49 @@ def register(
                 await reconciler.reconcile(namespace, owner, f"{body.get('kind')} {type}")
 
 
-def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler) -> None:
-    """The built-in autoscaler: indexes of worker pods and Deployment replicas (one watch
-    each for the whole operator), and a daemon per VoiceAgent ticking once a second."""
+def register_autoscaler(
+    registry: kopf.OperatorRegistry, autoscaler: Autoscaler, feed: SessionFeed
+) -> None:
+    """The built-in autoscaler (handlers are async: the feed lives on the event loop): the worker pods feed the `SessionFeed` (one pod watch for
+    the whole operator), an index holds each Deployment's replicas, and a daemon per
+    VoiceAgent decides whenever the feed, its Deployment or its spec changes."""
 
     @kopf.on.cleanup(registry=registry)
-    async def _close_scraper(**_: Any) -> None:
-        await autoscaler.scraper.close()
+    async def _close_feed(**_: Any) -> None:
+        await feed.close()
 
-    @kopf.index(
+    @kopf.on.event(
         "",
         "v1",
         "pods",
         labels={LABEL_NAME: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY},
-        # kopf passes an index by its id, which defaults to the qualified name
-        # (register_autoscaler.<locals>.worker_pods): name it explicitly.
-        id="worker_pods",
+        id="worker-pods",
         registry=registry,
     )
-    def worker_pods(
+    async def _worker_pod(
+        type: str | None,
         namespace: str | None,
         name: str,
         labels: kopf.Labels,
         status: kopf.Status,
         meta: kopf.Meta,
         **_: Any,
-    ) -> Any:
-        return index_pod(namespace, name, labels, status, meta)
+    ) -> None:
+        entry = index_pod(namespace, name, labels, status, meta)
+        if entry is None:
+            return
+        ((ns, va), pod) = next(iter(entry.items()))
+        if type == "DELETED":
+            feed.remove(ns, va, name)
+        else:
+            feed.upsert(ns, va, pod)
 
     @kopf.index(
         "apps",
         "v1",
         "deployments",
         labels={LABEL_MANAGED_BY: MANAGED_BY},
+        # kopf passes an index by its id, which defaults to the qualified name: name it.
         id="deployment_replicas",
         registry=registry,
     )
@@ -309,6 +321,32 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
             return None
         return {(namespace, owner): int(spec.get("replicas", 1))}
 
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
+        id="autoscaler-deployments",
+        registry=registry,
+    )
+    async def _deployment(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        owner = owner_name(body)
+        if owner is not None and namespace:
+            feed.poke(namespace, owner)  # created, scaled, or gone: decide again
+
+    generations: dict[tuple[str, str], int] = {}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="autoscaler-spec", registry=registry)
+    async def _spec(
+        type: str | None, namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+    ) -> None:
+        key = (namespace or "", name)
+        if type == "DELETED":
+            generations.pop(key, None)
+        elif generations.get(key) != meta.get("generation"):
+            generations[key] = int(meta.get("generation") or 0)
+            feed.poke(*key)  # a spec change (bounds, mode): decide again
+
     @kopf.daemon(GROUP, VERSION, PLURAL, id="autoscaler", cancellation_timeout=5, registry=registry)
     async def _autoscale(
         namespace: str | None,
@@ -319,8 +357,6 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
         **kwargs: Any,
     ) -> None:
         ns = namespace or ""
-        # kopf passes each index by its id.
-        worker_pods: kopf.Index[tuple[str, str], Any] = kwargs["worker_pods"]
         deployment_replicas: kopf.Index[tuple[str, str], int] = kwargs["deployment_replicas"]
 
         def post(kind: str, reason: str, message: str) -> None:
@@ -328,25 +364,40 @@ def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler)
                 kopf.Body(cast(kopf.RawBody, _ref(body))), type=kind, reason=reason, message=message
             )
 
+        wake = feed.subscribe(ns, name)
+        stop = asyncio.ensure_future(stopped.wait())
+        parsed: tuple[Any, VoiceAgentSpec | None] = (None, None)
         try:
             while not stopped:
-                try:
-                    parsed = parse_spec(name, ns, dict(spec))  # spec is a live view
-                except SpecError:
-                    parsed = None  # the reconciler reports it; nothing to scale
-                if parsed is not None and parsed.autoscaling.mode == "builtin":
-                    replicas = list(deployment_replicas.get((ns, name), []))
-                    pods = list(worker_pods.get((ns, name), []))
+                wake.clear()  # before reading: a change during this run wakes the next
+                timeout = IDLE_SECONDS
+                generation = body.get("metadata", {}).get("generation")
+                if parsed[0] != generation or parsed[0] is None:
                     try:
-                        await autoscaler.tick(
-                            parsed,
-                            pods,
-                            replicas[0] if replicas else None,
+                        parsed = (generation, parse_spec(name, ns, dict(spec)))  # live view
+                    except SpecError:
+                        parsed = (generation, None)  # the reconciler reports it
+                va = parsed[1]
+                if va is not None and va.autoscaling.mode == "builtin":
+                    replicas = list(deployment_replicas.get((ns, name), []))
+                    current = replicas[0] if replicas else None
+                    readings = feed.readings(ns, name)
+                    try:
+                        d = await autoscaler.tick(
+                            va,
+                            feed.pods(ns, name),
+                            current,
+                            {pod: r.report for pod, r in readings.items()},
                             post,
                             body.get("status") or {},  # a live view, like spec
                         )
+                        if not settled(d, current):
+                            timeout = TICK_SECONDS
                     except KubeError as e:
                         log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
-                await stopped.wait(TICK_SECONDS)
+                        timeout = TICK_SECONDS
+                await wait_for_wake(timeout, stop, wake)
         finally:
+            stop.cancel()
+            feed.unsubscribe(ns, name, wake)
             autoscaler.forget(ns, name)

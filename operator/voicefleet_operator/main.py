@@ -13,10 +13,10 @@ import kopf
 from . import cmd
 from .autoscale_loop import Autoscaler
 from .failover_loop import Failover, FailoverMetrics, register_failover
+from .feed import SessionFeed
 from .handlers import Reconciler, register
 from .kube import Kube
 from .metrics import OperatorMetrics
-from .scrape import Scraper
 from .settings import Settings
 
 
@@ -59,13 +59,15 @@ def run(settings: Settings) -> None:
     metrics.serve(settings.bind_address, settings.metrics_port)
     registry = kopf.OperatorRegistry()
     kube = Kube.connect(settings.kubeconfig, settings.api_threads)
-    scraper = Scraper(timeout=0.5)
-    autoscaler = Autoscaler(kube, scraper, metrics)
-    register(registry, Reconciler(kube, settings, metrics), settings, autoscaler)
-    failover = Failover(
-        kube, scraper, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds
+    feed = SessionFeed(
+        on_failure=lambda ns, va, reason: metrics.as_scrape_failures.labels(ns, va, reason).inc()
     )
-    register_failover(registry, failover, settings.bind_address, settings.webhook_port)
+    autoscaler = Autoscaler(kube, metrics)
+    register(registry, Reconciler(kube, settings, metrics), settings, autoscaler, feed)
+    failover = Failover(
+        kube, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds
+    )
+    register_failover(registry, failover, feed, settings.bind_address, settings.webhook_port)
     host = settings.bind_address
     kopf.run(
         registry=registry,

@@ -16,8 +16,8 @@ from voicefleet_contract.sessions import RoomSession, SessionsReport
 from voicefleet_operator import failover as fo
 from voicefleet_operator.autoscale_loop import WorkerPod
 from voicefleet_operator.failover_loop import Failover, FailoverMetrics
+from voicefleet_operator.feed import Reading
 from voicefleet_operator.metrics import OperatorMetrics
-from voicefleet_operator.scrape import Scraped, Target
 from voicefleet_operator.spec import VoiceAgentSpec, parse_spec
 from voicefleet_operator.webhook import secret_id
 
@@ -37,18 +37,20 @@ class FakeKube:
 
 
 class FakeScraper:
+    """What the `SessionFeed` would hold for each worker pod."""
+
     def __init__(self) -> None:
         self.rooms: dict[str, list[RoomSession]] = {}
         self.dead: set[str] = set()
 
-    async def all(self, targets: Sequence[Target]) -> list[Scraped]:
-        out = []
-        for t in targets:
-            if t.key in self.dead:
-                out.append(Scraped(t, None, "refused"))
+    def readings(self, pods: Sequence[WorkerPod]) -> dict[str, Reading]:
+        out = {}
+        for p in pods:
+            if p.name in self.dead:
+                out[p.name] = Reading(None, "refused")
             else:
-                rooms = tuple(self.rooms.get(t.key, []))
-                out.append(Scraped(t, SessionsReport(len(rooms), 10, False, rooms)))
+                rooms = tuple(self.rooms.get(p.name, []))
+                out[p.name] = Reading(SessionsReport(len(rooms), 10, False, rooms))
         return out
 
 
@@ -109,13 +111,20 @@ def setup() -> tuple[Failover, FakeLiveKit, FakeScraper, Clock, VoiceAgentSpec, 
     metrics = OperatorMetrics(CollectorRegistry())
     f = Failover(
         FakeKube(),  # type: ignore[arg-type]
-        scraper,  # type: ignore[arg-type]
         FailoverMetrics(metrics),
         sweep_seconds=1000,
         clock=clock,
         rooms_factory=lambda *_: lk,
     )
+    FEEDS[id(f)] = scraper
     return f, lk, scraper, clock, spec, metrics
+
+
+FEEDS: dict[int, FakeScraper] = {}  # each test's Failover -> its workers
+
+
+def f_readings(f: Failover) -> dict[str, Reading]:
+    return FEEDS[id(f)].readings([POD])
 
 
 POD = WorkerPod("w1", "127.0.0.9", True, False)
@@ -136,7 +145,7 @@ async def tick(
 ) -> None:
     clock.t += dt
     lk.now = clock.t
-    await f.tick(spec, [POD], post)
+    await f.tick(spec, [POD], f_readings(f), post)
 
 
 async def test_worker_death_during_a_livekit_outage_is_dispatched_once_when_it_is_back(

@@ -1,0 +1,265 @@
+"""Every worker pod's `/sessions`, kept current by one long poll per pod, for the
+autoscaler and failover alike.
+
+Reading every worker every second costs a request per worker per second, twice (the
+autoscaler and failover each read): at 1,000 workers that alone is more CPU than the
+operator's budget. Instead the feed keeps one `GET /sessions?since=<version>&wait=<s>`
+open per worker (the contract's long poll): the worker answers when its report changes (a
+call starts or ends, a drain begins) or after `wait_seconds` with the same report. So an
+idle fleet costs one request per worker per `wait_seconds`, and a change reaches the
+operator as soon as the worker knows it, sooner than a once-a-second read would.
+
+What a reading says:
+- a report: the worker answered;
+- no reading yet: the pod is new, its first read is in flight (the autoscaler leaves it
+  out rather than guessing);
+- an error (`refused`, `timeout`, `HTTP 500`, ...): the worker did not answer. A worker
+  whose process dies drops the open request and the retry is refused at once, which
+  failover takes as the process gone. A hung worker is noticed when its long poll times
+  out (`wait_seconds` + the read timeout at worst), or when its readiness probe fails.
+
+A worker that does not long-poll (its report has no version, from an older image) is
+read once a second, as before.
+
+Pods come from the pod watch (`upsert`, `remove`); consumers `subscribe` to a VoiceAgent
+and are woken whenever one of its pods' readings or the pod set changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from voicefleet_contract import METRICS_PORT
+from voicefleet_contract.sessions import (
+    SESSIONS_PATH,
+    SessionsReport,
+    parse_sessions,
+    query_string,
+)
+
+from .autoscale_loop import WorkerPod
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # (namespace, VoiceAgent)
+COALESCE_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Reading:
+    report: SessionsReport | None
+    error: str = ""  # why report is None: "timeout", "refused", "HTTP 503", ...
+    at: float = 0.0  # monotonic seconds
+
+    def same_as(self, other: Reading | None) -> bool:
+        """Nothing a consumer acts on differs (the time of reading does not count)."""
+        return other is not None and self.report == other.report and self.error == other.error
+
+
+@dataclass
+class _Watch:
+    pod: WorkerPod
+    task: asyncio.Task[None] | None = None
+    reading: Reading | None = None
+
+
+@dataclass
+class _Fleet:
+    pods: dict[str, _Watch] = field(default_factory=dict)
+    wakes: set[asyncio.Event] = field(default_factory=set)
+
+
+def error_reason(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return "refused"
+    if isinstance(e, ValueError):  # includes JSONDecodeError
+        return f"bad response: {e}"
+    return f"error: {type(e).__name__}"
+
+
+class SessionFeed:
+    def __init__(
+        self,
+        wait_seconds: float = 20.0,
+        timeout: float = 0.5,
+        retry_seconds: float = 1.0,
+        port: int = METRICS_PORT,
+        on_failure: Callable[[str, str, str], None] = lambda ns, va, reason: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.wait_seconds = wait_seconds
+        self.timeout = timeout  # to connect, and to answer a plain (non-waiting) read
+        self.retry_seconds = retry_seconds
+        self.port = port
+        self.on_failure = on_failure  # (namespace, VoiceAgent, reason) per failed read
+        self.clock = clock
+        self._fleets: dict[Key, _Fleet] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- pods ---------------------------------------------------------------------------
+    def upsert(self, namespace: str, va: str, pod: WorkerPod) -> None:
+        """A worker pod was seen (added or changed)."""
+        fleet = self._fleets.setdefault((namespace, va), _Fleet())
+        w = fleet.pods.get(pod.name)
+        if w is not None and w.pod == pod:
+            return
+        if w is None:
+            w = fleet.pods[pod.name] = _Watch(pod)
+        elif w.pod.ip != pod.ip:
+            self._stop(w)
+            w.reading = None  # a new address is a new process
+        w.pod = pod
+        if pod.ip and w.task is None:
+            w.task = asyncio.create_task(
+                self._watch(namespace, va, w), name=f"sessions {namespace}/{pod.name}"
+            )
+        elif not pod.ip:
+            self._stop(w)
+            w.reading = None
+        self._wake(fleet)
+
+    def remove(self, namespace: str, va: str, pod: str) -> None:
+        """A worker pod is gone from the API."""
+        fleet = self._fleets.get((namespace, va))
+        if fleet is None or pod not in fleet.pods:
+            return
+        self._stop(fleet.pods.pop(pod))
+        self._wake(fleet)
+        self._drop_if_unused((namespace, va))
+
+    def pods(self, namespace: str, va: str) -> list[WorkerPod]:
+        fleet = self._fleets.get((namespace, va))
+        return [w.pod for w in fleet.pods.values()] if fleet else []
+
+    def readings(self, namespace: str, va: str) -> dict[str, Reading]:
+        """Pod name -> its latest reading; a pod not read yet is absent."""
+        fleet = self._fleets.get((namespace, va))
+        if fleet is None:
+            return {}
+        return {n: w.reading for n, w in fleet.pods.items() if w.reading is not None}
+
+    # --- consumers ----------------------------------------------------------------------
+    def subscribe(self, namespace: str, va: str) -> asyncio.Event:
+        """An Event set whenever this VoiceAgent's pods or their readings change (clear it
+        before reading; then a change during the read is not lost)."""
+        event = asyncio.Event()
+        self._fleets.setdefault((namespace, va), _Fleet()).wakes.add(event)
+        return event
+
+    def unsubscribe(self, namespace: str, va: str, event: asyncio.Event) -> None:
+        fleet = self._fleets.get((namespace, va))
+        if fleet is not None:
+            fleet.wakes.discard(event)
+            self._drop_if_unused((namespace, va))
+
+    def poke(self, namespace: str, va: str) -> None:
+        """Wake this VoiceAgent's consumers (its Deployment or spec changed)."""
+        fleet = self._fleets.get((namespace, va))
+        if fleet is not None:
+            self._wake(fleet)
+
+    async def close(self) -> None:
+        for fleet in self._fleets.values():
+            for w in fleet.pods.values():
+                self._stop(w)
+        self._fleets.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    # --- inside -------------------------------------------------------------------------
+    def _wake(self, fleet: _Fleet) -> None:
+        for e in fleet.wakes:
+            e.set()
+
+    def _stop(self, w: _Watch) -> None:
+        if w.task is not None:
+            w.task.cancel()
+            w.task = None
+
+    def _drop_if_unused(self, key: Key) -> None:
+        fleet = self._fleets.get(key)
+        if fleet is not None and not fleet.pods and not fleet.wakes:
+            del self._fleets[key]
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            )
+        return self._session
+
+    async def _read(self, ip: str, since: str | None) -> SessionsReport:
+        wait = self.wait_seconds if since else 0.0
+        url = f"http://{ip}:{self.port}{SESSIONS_PATH}{query_string(since, wait)}"
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=wait + self.timeout
+        )
+        async with self._http().get(url, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise _HttpStatus(resp.status)
+            return parse_sessions(json.loads(await resp.read()))
+
+    async def _watch(self, namespace: str, va: str, w: _Watch) -> None:
+        ip = w.pod.ip
+        since: str | None = None
+        retried = False
+        while True:
+            try:
+                report = await self._read(ip, since)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, _HttpStatus) as e:
+                reason = f"HTTP {e.status}" if isinstance(e, _HttpStatus) else error_reason(e)
+                if not retried and reason.startswith("error:"):
+                    # The connection was dropped (a stale keep-alive, the worker's process
+                    # died under an open long poll): ask again at once, the answer says
+                    # which, and failover takes only a refused connection for a death.
+                    since, retried = None, True
+                    continue
+                self._publish(namespace, va, w, Reading(None, reason, self.clock()))
+                self.on_failure(namespace, va, reason.split(":")[0])
+                since, retried = None, False
+                await asyncio.sleep(self.retry_seconds)
+                continue
+            retried = False
+            self._publish(namespace, va, w, Reading(report, "", self.clock()))
+            if report.version:
+                since = report.version
+            else:  # a worker without the long poll: read it once a second
+                await asyncio.sleep(self.retry_seconds)
+
+    def _publish(self, namespace: str, va: str, w: _Watch, reading: Reading) -> None:
+        changed = not reading.same_as(w.reading)
+        w.reading = reading
+        if changed:
+            fleet = self._fleets.get((namespace, va))
+            if fleet is not None:
+                self._wake(fleet)
+
+
+async def wait_for_wake(timeout: float, stop: asyncio.Future[Any], *wakes: asyncio.Event) -> None:
+    """Until one of `wakes` is set, `stop` is done, or `timeout` seconds pass; then a
+    moment more, so a burst of changes (a pod's several watch events) makes one run."""
+    waiters = [asyncio.ensure_future(w.wait()) for w in wakes]
+    try:
+        done, _ = await asyncio.wait(
+            [*waiters, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for w in waiters:
+            w.cancel()
+    if done and stop not in done:
+        await asyncio.sleep(COALESCE_SECONDS)
+
+
+class _HttpStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status

@@ -1,0 +1,170 @@
+"""The session feed against real fake-worker processes on loopback (no cluster needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+
+from voicefleet_contract.sessions import parse_sessions
+from voicefleet_operator.autoscale_loop import WorkerPod
+from voicefleet_operator.feed import Reading, SessionFeed
+from voicefleet_testbed.ports import free_port
+from voicefleet_testbed.procs import wait_for
+
+
+def port_open(ip: str, port: int) -> bool:
+    with socket.create_connection((ip, port), 0.2):
+        return True
+
+
+def start_fake(
+    ip: str, metrics: int, health: int, active: int, capacity: int
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, POD_IP=ip, VOICEFLEET_METRICS_PORT=str(metrics), VOICEFLEET_HEALTH_PORT=str(health),
+               FAKE_ACTIVE_SESSIONS=str(active), FAKE_CAPACITY=str(capacity))  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "voicefleet_testbed.fake_worker"], env=env)
+    wait_for(lambda: port_open(ip, metrics), 10, "fake worker")
+    return proc
+
+
+@dataclass
+class Target:
+    name: str
+    ip: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def pod(self) -> WorkerPod:
+        return WorkerPod(self.name, self.ip, True, False)
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[Target]]:
+    targets = []
+    port = free_port("127.0.9.1")  # the same on every pod IP, as in a cluster
+    for i, active in enumerate((2, 5)):
+        ip = f"127.0.9.{i + 1}"
+        targets.append(Target(f"w{i}", ip, port, start_fake(ip, port, free_port(ip), active, 8)))
+    yield targets
+    for t in targets:
+        t.proc.kill()
+        t.proc.wait()
+
+
+@pytest.fixture
+async def feed(fakes: list[Target]) -> AsyncIterator[SessionFeed]:
+    f = SessionFeed(wait_seconds=2.0, timeout=0.3, retry_seconds=0.2, port=fakes[0].port)
+    yield f
+    await f.close()
+
+
+async def until(
+    feed: SessionFeed, check: Callable[[dict[str, Reading]], bool], what: str, timeout: float = 10
+) -> dict[str, Reading]:
+    """Wait, woken by the feed (no sleeps), until `check` holds for the VoiceAgent's readings."""
+    wake = feed.subscribe("ns", "va")
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                wake.clear()
+                got = feed.readings("ns", "va")
+                if check(got):
+                    return got
+                await wake.wait()
+    except TimeoutError:
+        raise AssertionError(
+            f"{what}: not within {timeout}s; last {feed.readings('ns', 'va')}"
+        ) from None
+    finally:
+        feed.unsubscribe("ns", "va", wake)
+
+
+def sessions(r: Reading | None) -> int | None:
+    return r.report.activeSessions if r is not None and r.report is not None else None
+
+
+def control(target: Target, body: dict[str, object]) -> None:
+    req = urllib.request.Request(
+        f"http://{target.ip}:{target.port}/control", data=json.dumps(body).encode(), method="POST"
+    )
+    urllib.request.urlopen(req, timeout=2).close()
+
+
+async def test_follows_every_worker_and_wakes_on_a_change(
+    fakes: list[Target], feed: SessionFeed
+) -> None:
+    for t in fakes:
+        feed.upsert("ns", "va", t.pod())
+    got = await until(feed, lambda r: len(r) == 2, "both workers read")
+    assert [sessions(got[t.name]) for t in fakes] == [2, 5]
+    assert all(r.report and r.report.capacity == 8 for r in got.values())
+    control(fakes[0], {"activeSessions": 7})
+    got = await until(feed, lambda r: sessions(r["w0"]) == 7, "the change")
+    assert sessions(got["w1"]) == 5
+    feed.remove("ns", "va", "w0")
+    assert set(feed.readings("ns", "va")) == {"w1"}
+    assert [p.name for p in feed.pods("ns", "va")] == ["w1"]
+
+
+async def test_hung_and_dead_workers_are_errors_not_empty(
+    fakes: list[Target], feed: SessionFeed
+) -> None:
+    failures: list[str] = []
+    feed.on_failure = lambda ns, va, reason: failures.append(reason)
+    for t in fakes:
+        feed.upsert("ns", "va", t.pod())
+    await until(feed, lambda r: len(r) == 2 and all(x.report for x in r.values()), "read")
+    control(fakes[0], {"hang": True})  # its open long poll times out
+    got = await until(feed, lambda r: r["w0"].error == "timeout", "hung worker times out")
+    assert got["w0"].report is None
+    fakes[1].proc.kill()  # its open long poll is dropped, the retry is refused
+    got = await until(feed, lambda r: r["w1"].error == "refused", "dead worker refused")
+    assert got["w1"].report is None
+    assert {"timeout", "refused"} <= set(failures)
+    control(fakes[0], {"hang": False})
+    await until(feed, lambda r: sessions(r["w0"]) == 2, "hung worker answers again")
+
+
+async def test_a_worker_without_the_long_poll_is_read_every_retry_period() -> None:
+    """An older worker ignores ?since=&wait= and has no version: read it periodically."""
+    state = {"active": 1}
+
+    async def get(_: web.Request) -> web.Response:
+        return web.json_response({"activeSessions": state["active"], "capacity": 4})
+
+    app = web.Application()
+    app.router.add_get("/sessions", get)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ip = "127.0.9.20"
+    port = free_port(ip)
+    await web.TCPSite(runner, ip, port).start()
+    feed = SessionFeed(wait_seconds=30.0, timeout=0.3, retry_seconds=0.1, port=port)
+    try:
+        feed.upsert("ns", "va", WorkerPod("old", ip, True, False))
+        await until(feed, lambda r: sessions(r.get("old")) == 1, "first read")
+        state["active"] = 3
+        got = await until(feed, lambda r: sessions(r.get("old")) == 3, "polled again")
+        assert got["old"].report is not None and got["old"].report.version == ""
+    finally:
+        await feed.close()
+        await runner.cleanup()
+
+
+def test_sessions_report_rejects_malformed() -> None:
+    with pytest.raises(ValueError, match="activeSessions"):
+        parse_sessions({"activeSessions": -1, "capacity": 1})
+    with pytest.raises(ValueError, match="capacity"):
+        parse_sessions({"activeSessions": 1, "capacity": True})
+    r = parse_sessions({"activeSessions": 1, "capacity": 2, "rooms": [{"room": "a", "jobId": "j"}]})
+    assert r.rooms[0].room == "a"
