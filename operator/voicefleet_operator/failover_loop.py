@@ -11,7 +11,9 @@ The decisions are `failover.py`'s (pure); this module only gathers evidence and 
 - LiveKit's `participant_left` webhooks (verified by `webhook.py`) arrive through
   `on_webhook` and become losses of the VoiceAgent whose agent name and credentials match;
 - every `sweep_seconds` it lists the LiveKit deployment's rooms and their dispatches and
-  participants (the backstop, also after an operator restart);
+  participants (the backstop, also after an operator restart). That snapshot is taken once
+  per deployment and period and shared by all its VoiceAgents (`TtlShared`), as is the
+  read of a credentials Secret several VoiceAgents use;
 - each open case is stepped against the room as LiveKit shows it now, and a dispatch is
   `AgentDispatchService.create_dispatch` with the same agent name and metadata.
 
@@ -43,12 +45,16 @@ from .autoscale_loop import WorkerPod
 from .feed import Reading, SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics, _build, _label_sets
+from .shared import TtlShared
 from .spec import SpecError, VoiceAgentSpec, parse_spec
 from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
-SECRET_REFRESH_SECONDS = 30.0
+SECRET_REFRESH_SECONDS = 30.0  # a credentials Secret is read again once this old
+# A Secret that is missing or could not be read is tried again this soon (one read per
+# Secret, however many VoiceAgents use it); the credentials read before stay in use.
+SECRET_RETRY_SECONDS = 5.0
 # How long a handled loss is remembered: longer than LiveKit takes to time a dead
 # participant out (~20 s) and to deliver its webhook (retries included).
 SETTLED_SECONDS = 300.0
@@ -214,7 +220,6 @@ class _State:
     # the caller has hung up since (it would count an orphan and a `caller_gone`).
     settled: dict[tuple[str, str], float] = field(default_factory=dict)
     next_sweep: float = 0.0
-    secret_read_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     api_error: str = ""  # the LiveKit API's last failure, logged once until it recovers
 
@@ -223,18 +228,53 @@ def _key(s: _State) -> tuple[str, str]:
     return s.target.namespace, s.target.name
 
 
-def read_credentials(kube: KubeApi, spec: VoiceAgentSpec) -> tuple[str, str] | None:
-    """The VoiceAgent's LiveKit API key and secret from its Secret (None: not readable)."""
-    secret = kube.get(path("v1", "Secret", spec.namespace, spec.livekit.credentialsSecret))
-    if secret is None:
-        return None
-    data = secret.get("data") or {}
+@dataclass(frozen=True)
+class SecretData:
+    """A Secret's `data` (base64 values), as read. Never printed."""
+
+    data: Mapping[str, str] = field(repr=False)
+
+
+class NoSecret(Exception):
+    """The Secret does not exist."""
+
+
+def credentials_of(secret: SecretData, spec: VoiceAgentSpec) -> tuple[str, str] | None:
+    """The VoiceAgent's LiveKit API key and secret from its Secret (None: not there)."""
     try:
-        key = base64.b64decode(data[spec.livekit.apiKeyKey]).decode().strip()
-        value = base64.b64decode(data[spec.livekit.apiSecretKey]).decode().strip()
+        key = base64.b64decode(secret.data[spec.livekit.apiKeyKey]).decode().strip()
+        value = base64.b64decode(secret.data[spec.livekit.apiSecretKey]).decode().strip()
     except (KeyError, ValueError):
         return None
     return (key, value) if key and value else None
+
+
+@dataclass(frozen=True)
+class RoomsSnapshot:
+    """A LiveKit deployment's rooms as one sweep read them, shared by its VoiceAgents."""
+
+    at: float  # when the listing started
+    names: frozenset[str]
+    views: tuple[fo.RoomView, ...]
+    # agent name -> the rooms with a dispatch of it: the only ones `orphans_from_sweep`
+    # looks at for that agent, so each VoiceAgent judges its own rooms, not all of them.
+    by_agent: Mapping[str, tuple[fo.RoomView, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, at: float, views: Sequence[fo.RoomView]) -> RoomsSnapshot:
+        by_agent: dict[str, list[fo.RoomView]] = {}
+        for v in views:
+            for name in {d.agent_name for d in v.dispatches}:
+                by_agent.setdefault(name, []).append(v)
+        return cls(
+            at,
+            frozenset(v.room for v in views),
+            tuple(views),
+            {k: tuple(vs) for k, vs in by_agent.items()},
+        )
+
+    def dispatched(self, agent_name: str) -> tuple[fo.RoomView, ...]:
+        return self.by_agent.get(agent_name, ())
 
 
 class Failover:
@@ -255,6 +295,11 @@ class Failover:
         self.rooms_factory = rooms_factory
         self._states: dict[tuple[str, str], _State] = {}
         self._clients: dict[tuple[str, str], Rooms] = {}
+        # (namespace, Secret name) -> its data; FleetTarget.deployment -> its rooms.
+        self._secrets: TtlShared[tuple[str, str], SecretData] = TtlShared(
+            clock, SECRET_RETRY_SECONDS
+        )
+        self._snapshots: TtlShared[tuple[str, str], RoomsSnapshot] = TtlShared(clock, TICK_SECONDS)
 
     # --- what the webhook receiver needs ------------------------------------------------
     def known_credentials(self) -> dict[str, set[str]]:
@@ -298,27 +343,29 @@ class Failover:
 
     # --- the loop -----------------------------------------------------------------------
     async def configure(self, spec: VoiceAgentSpec) -> _State | None:
-        """Refresh a VoiceAgent's target from its spec and (every 30 s) its Secret."""
+        """Refresh a VoiceAgent's target from its spec and its Secret (read every 30 s,
+        once for all the VoiceAgents that use it)."""
         key = (spec.namespace, spec.name)
         s = self._states.get(key)
-        now = self.clock()
-        stale = s is None or now - s.secret_read_at > SECRET_REFRESH_SECONDS
-        if stale or (s is not None and s.target.url != spec.livekit.url):
-            try:
-                creds = await asyncio.to_thread(read_credentials, self.kube, spec)
-            except KubeError as e:
-                log.warning("failover %s/%s: cannot read the LiveKit Secret: %s", *key, e)
-                creds = None
-            if s is not None:
-                s.secret_read_at = now  # also after a failure: at most one read per 30 s
-            if creds is not None:
+        secret = (spec.namespace, spec.livekit.credentialsSecret)
+        if s is not None and s.target.url != spec.livekit.url:
+            self._secrets.forget(secret)  # another deployment: its credentials as they are now
+        try:
+            data = await self._secrets.get(
+                secret, lambda: self._read_secret(*secret), SECRET_REFRESH_SECONDS
+            )
+        except (KubeError, NoSecret):
+            creds = None  # the previous credentials stay in use
+        else:
+            creds = credentials_of(data, spec)
+        if creds is not None:
+            if s is None:
                 t = FleetTarget(
                     spec.namespace, spec.name, spec.agent_name, spec.livekit.url, *creds
                 )
-                if s is None:
-                    s = self._states[key] = _State(t)
-                s.target = t
-                s.secret_read_at = now
+                s = self._states[key] = _State(t)
+            elif (s.target.api_key, s.target.api_secret) != creds:
+                s.target = replace(s.target, api_key=creds[0], api_secret=creds[1])
         if s is None:
             return None  # the reconciler reports a missing Secret as a condition
         s.target = replace(
@@ -333,6 +380,17 @@ class Failover:
             s.suspects.clear()
         return s
 
+    async def _read_secret(self, namespace: str, name: str) -> SecretData:
+        """One GET of a credentials Secret (shared through `self._secrets`)."""
+        try:
+            got = await asyncio.to_thread(self.kube.get, path("v1", "Secret", namespace, name))
+        except KubeError as e:  # the message names the Secret, never its values
+            log.warning("failover: cannot read the LiveKit Secret %s/%s: %s", namespace, name, e)
+            raise
+        if got is None:
+            raise NoSecret(f"{namespace}/{name}")  # the reconciler reports it as a condition
+        return SecretData(got.get("data") or {})
+
     def forget(self, namespace: str, name: str) -> None:
         self._states.pop((namespace, name), None)
         self.metrics.forget(namespace, name)
@@ -344,6 +402,8 @@ class Failover:
         return c
 
     async def close(self) -> None:
+        self._secrets.clear()
+        self._snapshots.clear()
         for c in self._clients.values():
             await c.close()
         self._clients.clear()
@@ -462,13 +522,34 @@ class Failover:
                 )  # fmt: skip
             s.ended_pending.pop(0)
 
-    async def _sweep(self, s: _State, rooms: Rooms, now: float) -> None:
+    async def _snapshot(self, rooms: Rooms) -> RoomsSnapshot:
+        """Every room of a deployment with its participants and dispatches: 1 + 3 x rooms
+        LiveKit API calls, made once per deployment and sweep period (`self._snapshots`)."""
+        at = self.clock()
         names = await rooms.rooms()
-        s.ended = {r: t for r, t in s.ended.items() if r in names}
-        views = [await rooms.view(r) for r in names if r not in s.ended]
-        losses, s.absent = fo.orphans_from_sweep(
-            views, [s.target.agent_name], s.absent, now, self.policy
+        return RoomsSnapshot.of(at, [await rooms.view(r) for r in names])
+
+    async def _sweep(self, s: _State, rooms: Rooms, now: float) -> None:
+        name = s.target.agent_name
+        snap = await self._snapshots.get(
+            s.target.deployment, lambda: self._snapshot(rooms), self.sweep_seconds
         )
+        # A room ended on purpose is remembered while it exists (and when it was ended
+        # after the snapshot was taken: the snapshot may not list it yet).
+        s.ended = {r: t for r, t in s.ended.items() if r in snap.names or t >= snap.at}
+        views = [v for v in snap.dispatched(name) if v.room not in s.ended]
+        # Judged as of the snapshot: "no agent for 5 s" and "no pending dispatch" are about
+        # the rooms as they were when read.
+        losses, s.absent = fo.orphans_from_sweep(views, [name], s.absent, snap.at, self.policy)
+        if losses:
+            # The snapshot may be up to a period old: a room it shows orphaned is read again
+            # (rare: only such rooms) before a case is opened, so that a recovery since (by
+            # the worker view or a webhook) is not counted as a second orphan.
+            fresh = [await rooms.view(x.room) for x in losses]
+            losses, absent = fo.orphans_from_sweep(fresh, [name], s.absent, now, self.policy)
+            for view in fresh:
+                if (view.room, name) not in absent:
+                    s.absent.pop((view.room, name), None)
         s.incoming += losses
 
     def _open(self, s: _State, loss: fo.Loss) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -15,8 +17,9 @@ from prometheus_client import CollectorRegistry
 from voicefleet_contract.sessions import RoomSession, SessionsReport
 from voicefleet_operator import failover as fo
 from voicefleet_operator.autoscale_loop import WorkerPod
-from voicefleet_operator.failover_loop import Failover, FailoverMetrics
+from voicefleet_operator.failover_loop import Failover, FailoverMetrics, RoomsSnapshot
 from voicefleet_operator.feed import Reading
+from voicefleet_operator.kube import KubeError
 from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.spec import VoiceAgentSpec, parse_spec
 from voicefleet_operator.webhook import secret_id
@@ -344,3 +347,274 @@ async def test_deliberate_end_seen_late_by_the_worker_view_and_by_webhook() -> N
     for _ in range(5):
         await tick(f, lk, clock, spec, dt=5)
     assert lk.dispatches == []
+
+
+# --- many VoiceAgents: shared Secret reads and sweep snapshots ---------------------------
+
+
+class Deployment:
+    """A LiveKit deployment with many rooms; counts every API call."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, fo.RoomView] = {}
+        self.listings = 0
+        self.viewed: dict[str, int] = {}
+        self.dispatched: list[tuple[str, str]] = []
+        self.down = False
+        self.now = 0.0
+
+    async def rooms(self) -> list[str]:
+        self.listings += 1
+        await asyncio.sleep(0.001)  # in flight while other VoiceAgents ask
+        if self.down:
+            raise aiohttp.ClientConnectionError("LiveKit is down")
+        return list(self.views)
+
+    async def view(self, room: str) -> fo.RoomView:
+        self.viewed[room] = self.viewed.get(room, 0) + 1
+        await asyncio.sleep(0)
+        if self.down:
+            raise aiohttp.ClientConnectionError("LiveKit is down")
+        return self.views.get(room, fo.RoomView(room, False))
+
+    async def dispatch(self, room: str, agent_name: str, metadata: str) -> str:
+        self.dispatched.append((room, agent_name))
+        v = self.views[room]
+        d = fo.Dispatch(agent_name, self.now, metadata, f"d{len(self.dispatched)}")
+        self.views[room] = replace(v, dispatches=(*v.dispatches, d))
+        return d.id
+
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def room(name: str, agent: str, served: bool) -> fo.RoomView:
+    """A call of `agent` (dispatched long ago): its agent in the room, or gone."""
+    people = [CALLER] + ([fo.Participant(f"{agent}-1", fo.KIND_AGENT, agent, 2)] if served else [])
+    return fo.RoomView(name, True, tuple(people), (fo.Dispatch(agent, 1, "m", f"{name}-d"),))
+
+
+class Secrets:
+    """The API server's Secrets; counts GETs per Secret (read in a thread: to_thread)."""
+
+    def __init__(self) -> None:
+        self.values = {"livekit": ("k", "s" * 32), "other": ("k2", "t" * 32)}
+        self.gets: dict[str, int] = {}
+        self.error: KubeError | None = None
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        name = path.rsplit("/", 1)[1]
+        self.gets[name] = self.gets.get(name, 0) + 1
+        time.sleep(0.02)  # in flight while other VoiceAgents ask
+        if self.error is not None:
+            raise self.error
+        if name not in self.values:
+            return None
+        key, secret = self.values[name]
+        pairs = (("apiKey", key), ("apiSecret", secret))
+        enc = {k: base64.b64encode(v.encode()).decode() for k, v in pairs}
+        return {"data": enc}
+
+
+def fleet(
+    names: Sequence[str], secret: str = "livekit"
+) -> tuple[Failover, Deployment, Secrets, Clock, list[VoiceAgentSpec], OperatorMetrics]:
+    clock = Clock()
+    lk = Deployment()
+    kube = Secrets()
+    metrics = OperatorMetrics(CollectorRegistry())
+    f = Failover(
+        kube,  # type: ignore[arg-type]
+        FailoverMetrics(metrics),
+        sweep_seconds=10,
+        clock=clock,
+        rooms_factory=lambda *_: lk,
+    )
+    specs = [agent_spec(n, secret) for n in names]
+    return f, lk, kube, clock, specs, metrics
+
+
+def agent_spec(name: str, secret: str = "livekit") -> VoiceAgentSpec:
+    raw = minimal_spec()
+    raw["livekit"]["credentialsSecret"] = secret
+    return parse_spec(name, "voice", raw)
+
+
+async def tick_all(
+    f: Failover, lk: Deployment, clock: Clock, specs: Sequence[VoiceAgentSpec], dt: float = 1.0
+) -> None:
+    """One tick of every VoiceAgent, all at once (their daemons run concurrently)."""
+    clock.t += dt
+    lk.now = clock.t
+    await asyncio.gather(*(f.tick(s, [], {}, post) for s in specs))
+
+
+async def test_voiceagents_of_one_deployment_share_one_sweep_per_period() -> None:
+    names = [f"agent{i}" for i in range(20)]
+    f, lk, _, clock, specs, metrics = fleet(names)
+    for i in range(30):
+        lk.views[f"room{i}"] = room(f"room{i}", names[i % 20], served=True)
+    for _ in range(10):  # one sweep period (10 s) of ticks: one listing, one view per room
+        await tick_all(f, lk, clock, specs)
+    assert lk.listings == 1
+    assert lk.viewed == {r: 1 for r in lk.views}
+    await tick_all(f, lk, clock, specs)  # the next period
+    assert lk.listings == 2
+    assert lk.viewed == {r: 2 for r in lk.views}
+    # One at a time (daemons that do not tick together) share it the same way.
+    clock.t += 10
+    for s in specs:
+        await f.tick(s, [], {}, post)
+    assert lk.listings == 3
+    assert lk.viewed == {r: 3 for r in lk.views}
+    assert lk.dispatched == []
+    assert metrics.registry.get_sample_value("voicefleet_failover_orphans_found_total") is None
+
+
+async def test_another_deployment_is_swept_on_its_own() -> None:
+    f, lk, _, clock, specs, _ = fleet(["a", "b"])
+    other = agent_spec("c", secret="other")  # other credentials: another deployment
+    lk.views["r"] = room("r", "a", served=True)
+    await tick_all(f, lk, clock, [*specs, other])
+    assert lk.listings == 2
+    assert lk.viewed == {"r": 2}
+
+
+async def test_orphans_are_found_per_voiceagent_from_the_shared_snapshot() -> None:
+    f, lk, _, clock, specs, metrics = fleet(["alpha", "beta", "gamma"])
+    lk.views["ra"] = room("ra", "alpha", served=False)  # alpha's agent is gone
+    lk.views["rb"] = room("rb", "beta", served=False)  # and beta's
+    lk.views["rc"] = room("rc", "gamma", served=True)
+    for _ in range(11):  # two sweeps: the second finds the rooms agentless for > 5 s
+        await tick_all(f, lk, clock, specs)
+    assert lk.listings == 2
+    assert sorted(lk.dispatched) == [("ra", "alpha"), ("rb", "beta")]
+    for name, found in (("alpha", 1), ("beta", 1), ("gamma", 0)):
+        labels = {"namespace": "voice", "voiceagent": name, "source": "sweep"}
+        assert value(metrics, "voicefleet_failover_orphans_found_total", labels) == found
+
+
+async def test_a_recovery_after_the_snapshot_is_not_a_second_orphan() -> None:
+    """A VoiceAgent may judge a snapshot another one took seconds ago: a room it shows
+    orphaned is read again before a case is opened."""
+    f, lk, _, clock, (a, b), metrics = fleet(["alpha", "beta"])
+    lk.views["rb"] = room("rb", "beta", served=False)
+    await tick_all(f, lk, clock, [a, b])  # both sweep: beta's agent absent from now on
+    clock.t += 10
+    await f.tick(a, [], {}, post)  # alpha takes the next snapshot: rb agentless for 10 s
+    # Meanwhile something else (beta's worker view, a webhook) dispatched a new agent.
+    lk.views["rb"] = replace(
+        lk.views["rb"], dispatches=(*lk.views["rb"].dispatches, fo.Dispatch("beta", clock.t + 1))
+    )
+    clock.t += 2
+    await f.tick(b, [], {}, post)  # beta's sweep: the 2 s old snapshot
+    assert lk.listings == 2
+    assert lk.dispatched == []
+    labels = {"namespace": "voice", "voiceagent": "beta", "source": "sweep"}
+    assert value(metrics, "voicefleet_failover_orphans_found_total", labels) == 0
+
+
+async def test_a_failed_snapshot_is_shared_and_each_voiceagent_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    names = [f"agent{i}" for i in range(10)]
+    f, lk, _, clock, specs, _ = fleet(names)
+    lk.views["r"] = room("r", "agent0", served=True)
+    lk.down = True
+    with caplog.at_level(logging.INFO, logger="voicefleet_operator.failover_loop"):
+        for _ in range(3):
+            await tick_all(f, lk, clock, specs)
+        assert lk.listings == 3  # retried each second, once for all ten
+        lk.down = False
+        await tick_all(f, lk, clock, specs)
+    assert lk.listings == 4
+    down = [r for r in caplog.records if "retrying each tick" in r.getMessage()]
+    back = [r for r in caplog.records if "answers again" in r.getMessage()]
+    assert len(down) == len(back) == 10  # once per VoiceAgent per outage, as before
+
+
+async def test_voiceagents_sharing_a_secret_share_one_read_per_period() -> None:
+    f, lk, kube, clock, specs, _ = fleet(["a", "b"])
+    other = agent_spec("c", secret="other")
+    await tick_all(f, lk, clock, [*specs, other])
+    assert kube.gets == {"livekit": 1, "other": 1}
+    for _ in range(29):
+        await tick_all(f, lk, clock, [*specs, other])
+    assert kube.gets == {"livekit": 1, "other": 1}
+    await tick_all(f, lk, clock, [*specs, other])  # 30 s on
+    assert kube.gets == {"livekit": 2, "other": 2}
+    assert f.known_credentials() == {"k": {"s" * 32}, "k2": {"t" * 32}}
+
+
+async def test_concurrent_first_reads_share_one_secret_get_and_one_listing() -> None:
+    f, lk, kube, clock, specs, _ = fleet([f"agent{i}" for i in range(50)])
+    lk.views["r"] = room("r", "agent0", served=True)
+    await tick_all(f, lk, clock, specs)  # 50 daemons start at once
+    assert kube.gets == {"livekit": 1}
+    assert lk.listings == 1
+    assert lk.viewed == {"r": 1}
+
+
+async def test_a_failed_secret_read_keeps_the_credentials_and_does_not_log_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    f, lk, kube, clock, specs, _ = fleet(["a", "b"])
+    await tick_all(f, lk, clock, specs)
+    kube.error = KubeError(503, "ServiceUnavailable", "etcd is down")
+    with caplog.at_level(logging.INFO, logger="voicefleet_operator.failover_loop"):
+        await tick_all(f, lk, clock, specs, dt=30)
+        assert kube.gets == {"livekit": 2}
+        for _ in range(4):  # retried after 5 s, not every tick
+            await tick_all(f, lk, clock, specs)
+        assert kube.gets == {"livekit": 2}
+        await tick_all(f, lk, clock, specs)
+        assert kube.gets == {"livekit": 3}
+    assert f.known_credentials() == {"k": {"s" * 32}}  # still in use
+    warned = [r.getMessage() for r in caplog.records if "Secret" in r.getMessage()]
+    said = "failover: cannot read the LiveKit Secret voice/livekit: 503 ServiceUnavailable: "
+    assert warned == [said + "etcd is down"] * 2  # once per failed read, not per VoiceAgent
+    assert "s" * 32 not in caplog.text
+    assert all("s" * 32 not in repr(s) for s in f._states.values())
+    kube.error = None
+    kube.values["livekit"] = ("k", "n" * 32)  # rotated
+    await tick_all(f, lk, clock, specs, dt=5)
+    assert f.known_credentials() == {"k": {"n" * 32}}
+
+
+async def test_a_secret_created_after_its_voiceagent_is_picked_up_within_seconds() -> None:
+    f, lk, kube, clock, (spec,), _ = fleet(["late"], secret="missing")
+    for _ in range(5):
+        await tick_all(f, lk, clock, [spec])
+    assert kube.gets == {"missing": 1}  # not every tick
+    assert f.known_credentials() == {}
+    kube.values["missing"] = ("k3", "u" * 32)
+    await tick_all(f, lk, clock, [spec])
+    assert f.known_credentials() == {"k3": {"u" * 32}}
+
+
+def test_judging_only_the_rooms_dispatched_to_an_agent_finds_what_judging_all_does() -> None:
+    """The snapshot hands each VoiceAgent the rooms with a dispatch of its agent only:
+    `orphans_from_sweep` ignores every other room, so nothing changes but the cost."""
+    agents = ["a", "b", "c"]
+    views = []
+    for i in range(200):
+        dispatched = tuple(
+            fo.Dispatch(agents[(i + k) % 3], (i * 7) % 30, "m", f"d{i}-{k}", (i + k) % 4)
+            for k in range(i % 4)  # none, one, two or three dispatches
+        )
+        people = tuple(
+            [CALLER] * (i % 2)
+            + [fo.Participant(f"x{i}", fo.KIND_AGENT, agents[i % 3], 1)] * ((i // 5) % 2)
+        )
+        views.append(fo.RoomView(f"r{i}", i % 11 != 0, people, dispatched))
+    snap = RoomsSnapshot.of(100.0, views)
+    assert snap.names == {v.room for v in views}
+    absent = {(f"r{i}", a): 100.0 - i % 9 for i in range(0, 200, 3) for a in agents}
+    for name in [*agents, "nobody"]:
+        everything = fo.orphans_from_sweep(views, [name], absent, 104.0, fo.Policy())
+        own = fo.orphans_from_sweep(snap.dispatched(name), [name], absent, 104.0, fo.Policy())
+        assert own == everything
+    assert sum(len(fo.orphans_from_sweep(views, [a], absent, 104, fo.Policy())[0]) for a in agents)
