@@ -6,7 +6,9 @@ the node agent's image table. It serves what the operator reads from a worker, w
 contract's names and ports: livekit-agents' health endpoint (`GET /` on the health port)
 and `/metrics` + `/sessions` on the metrics port. Its session count is set from outside
 (`POST /control {"activeSessions": n}`); SIGTERM starts a drain that ends when the count
-reaches zero or the drain timeout passes, like the real worker. Standard library only.
+reaches zero or the drain timeout passes, like the real worker. `/sessions` long-polls as
+the contract says (`?since=<version>&wait=<seconds>`). Standard library only (and the
+contract).
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
 from voicefleet_contract.metrics import WORKER_ACTIVE_SESSIONS, WORKER_CAPACITY, WORKER_DRAINING
+from voicefleet_contract.sessions import (
+    SESSIONS_PATH,
+    ChangeNotifier,
+    LongPoll,
+    parse_long_poll,
+    with_version,
+)
 
 
 class FakeWorker:
@@ -32,7 +42,8 @@ class FakeWorker:
         self.draining = False
         self.hang = False  # for tests: /metrics and /sessions stop answering (not /ready)
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self.changed = threading.Condition(self.lock)  # notified on every change (threads)
+        self.notifier = ChangeNotifier()  # the same, for asyncio waiters (the in-process one)
 
     def metrics(self) -> str:
         with self.lock:
@@ -51,17 +62,34 @@ class FakeWorker:
         return "\n".join(out) + "\n"
 
     def sessions(self) -> dict[str, Any]:
+        """The `/sessions` body, with its version."""
         with self.lock:
-            rooms = [
-                {"room": f"fake-{i}", "jobId": f"fake-{i}", "startedAt": 0}
-                for i in range(self.active)
-            ]
-            return {
+            return self._sessions()
+
+    def _sessions(self) -> dict[str, Any]:  # self.lock held
+        rooms = [
+            {"room": f"fake-{i}", "jobId": f"fake-{i}", "startedAt": 0} for i in range(self.active)
+        ]
+        return with_version(
+            {
                 "activeSessions": self.active,
                 "capacity": self.capacity,
                 "draining": self.draining,
                 "rooms": rooms,
             }
+        )
+
+    def long_poll(self, poll: LongPoll) -> dict[str, Any]:
+        """The `/sessions` body once its version differs from `poll.since`, or after
+        `poll.wait` seconds (blocks the calling thread)."""
+        with self.changed:
+            if poll.since is not None:
+                self.changed.wait_for(lambda: self._sessions()["version"] != poll.since, poll.wait)
+            return self._sessions()
+
+    def _notify(self) -> None:  # self.lock held
+        self.changed.notify_all()
+        self.notifier.notify()
 
     def control(self, body: dict[str, Any]) -> None:
         with self.changed:
@@ -69,12 +97,18 @@ class FakeWorker:
                 self.active = max(0, int(body["activeSessions"]))
             if "hang" in body:
                 self.hang = bool(body["hang"])
-            self.changed.notify_all()
+            self._notify()
+
+    def set_draining(self) -> None:
+        with self.changed:
+            self.draining = True
+            self._notify()
 
     def drain(self) -> None:
         """SIGTERM: stop taking sessions; exit once the last ends or the timeout passes."""
         with self.changed:
             self.draining = True
+            self._notify()
             deadline = time.monotonic() + self.drain_timeout
             while self.active > 0 and time.monotonic() < deadline:
                 self.changed.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -101,16 +135,27 @@ def _handler(worker: FakeWorker, kind: str) -> type[BaseHTTPRequestHandler]:
             if self.path.startswith(READY_PATH):
                 self._send(200, "registered")  # the fake is always "registered"
                 return
+            self._hang()
+            if self.path.startswith("/metrics"):
+                self._send(200, worker.metrics(), "text/plain; version=0.0.4")
+            elif self.path.startswith(SESSIONS_PATH):
+                query = parse_qs(urlsplit(self.path).query)
+                try:
+                    poll = parse_long_poll({k: v[-1] for k, v in query.items()})
+                except ValueError as e:
+                    self._send(400, f"{e}\n")
+                    return
+                body = worker.long_poll(poll)
+                self._hang()  # hung while this request waited: it gets no answer either
+                self._send(200, json.dumps(body), "application/json")
+            else:
+                self._send(404, "not found")
+
+        def _hang(self) -> None:
             if worker.hang:
                 # What the operator sees when it cannot reach the pod while the kubelet's
                 # local readiness probe still can (a network policy, a partition).
                 time.sleep(3600)
-            if self.path.startswith("/metrics"):
-                self._send(200, worker.metrics(), "text/plain; version=0.0.4")
-            elif self.path.startswith("/sessions"):
-                self._send(200, json.dumps(worker.sessions()), "application/json")
-            else:
-                self._send(404, "not found")
 
         def do_POST(self) -> None:
             if kind == "metrics" and self.path.startswith("/control"):

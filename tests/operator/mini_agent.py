@@ -3,11 +3,12 @@ VoiceAgent's agent name, joins the room on dispatch and stays until told otherwi
 
 Run as a worker pod through the node agent's image table: it reads what the operator puts
 in the pod (LIVEKIT_URL/_API_KEY/_API_SECRET, POD_IP, VOICEFLEET_CONFIG) and serves the
-contract's `/sessions` on POD_IP:9464, plus test controls:
+contract's `/sessions` on POD_IP:9464 (long-polled with `?since=&wait=` as the contract
+says), plus test controls:
 - `POST /control/crash`: SIGKILL this process (jobs run in threads, so they die with it);
 - `POST /control/end?room=R`: the agent ends the call on purpose (leaves the room);
-- `GET /control/seen?room=R`: how many `/sessions` reads (other than the test's own,
-  `?test=1`) listed R: the test's proof that the operator has seen the session.
+- `GET /control/seen?room=R`: how many `/sessions` answers (other than to the test's own
+  reads, `?test=1`) listed R: the test's proof that the operator has seen the session.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from aiohttp import web
 from livekit.agents import AgentServer, JobContext, JobExecutorType
 
 from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
+from voicefleet_contract.sessions import (
+    SESSIONS_PATH,
+    ChangeNotifier,
+    parse_long_poll,
+    serve_long_poll,
+)
 
 POD_IP = os.environ.get(Env.POD_IP, "127.0.0.1")
 with open(os.environ[Env.CONFIG_FILE]) as f:
@@ -33,6 +40,7 @@ CAPACITY = 10
 jobs: dict[str, tuple[JobContext, asyncio.AbstractEventLoop, float]] = {}
 seen: dict[str, int] = {}
 lock = threading.Lock()
+changes = ChangeNotifier()  # jobs changed (from the job threads)
 
 server = AgentServer(
     job_executor_type=JobExecutorType.THREAD,
@@ -51,19 +59,18 @@ async def entry(ctx: JobContext) -> None:
     room = ctx.room.name
     with lock:
         jobs[room] = (ctx, asyncio.get_running_loop(), time.time())
+    changes.notify()
 
     async def gone(_reason: str) -> None:
         with lock:
             jobs.pop(room, None)
+        changes.notify()
 
     ctx.add_shutdown_callback(gone)
 
 
-async def sessions(request: web.Request) -> web.Response:
+def report() -> dict[str, Any]:
     with lock:
-        if "test" not in request.query:
-            for room in jobs:
-                seen[room] = seen.get(room, 0) + 1
         rooms = [
             {
                 "room": room,
@@ -73,7 +80,19 @@ async def sessions(request: web.Request) -> web.Response:
             }
             for room, (ctx, _loop, started) in jobs.items()
         ]
-    body: dict[str, Any] = {"activeSessions": len(rooms), "capacity": CAPACITY, "rooms": rooms}
+    return {"activeSessions": len(rooms), "capacity": CAPACITY, "rooms": rooms}
+
+
+async def sessions(request: web.Request) -> web.Response:
+    try:
+        poll = parse_long_poll(request.query)
+    except ValueError as e:
+        return web.Response(status=400, text=f"{e}\n")
+    body = await serve_long_poll(report, changes, poll)
+    if "test" not in request.query:
+        with lock:
+            for r in body["rooms"]:
+                seen[r["room"]] = seen.get(r["room"], 0) + 1
     return web.json_response(body)
 
 
@@ -112,7 +131,7 @@ async def end(request: web.Request) -> web.Response:
 
 async def main() -> None:
     app = web.Application()
-    app.router.add_get("/sessions", sessions)
+    app.router.add_get(SESSIONS_PATH, sessions)
     app.router.add_get(READY_PATH, ready)
     server.on("worker_registered", on_registered)
     app.router.add_post("/control/crash", crash)

@@ -1,17 +1,19 @@
 """The metrics endpoint on POD_IP:VOICEFLEET_METRICS_PORT: `/metrics` (Prometheus text),
-`/sessions` (the contract's `SessionsReport`, read every second by the operator) and
-`/ready` (the readiness probe: 200 once registered with LiveKit, else 503)."""
+`/sessions` (the contract's `SessionsReport` with its version; `?since=&wait=` long-polls
+it: the answer comes when the report changes or `wait` seconds pass) and `/ready` (the
+readiness probe: 200 once registered with LiveKit, else 503)."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicefleet_contract import READY_PATH
-from voicefleet_contract.sessions import SESSIONS_PATH
+from voicefleet_contract.sessions import SESSIONS_PATH, parse_long_poll, serve_long_poll
 
 from .metrics import WorkerMetrics
 from .sessions import SessionRegistry
@@ -26,9 +28,29 @@ def make_app(
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def get_sessions(_: web.Request) -> web.Response:
-        body = json.dumps(sessions.report().to_dict())
-        return web.Response(text=body, content_type="application/json")
+    polls: set[asyncio.Task[Any]] = set()  # the /sessions requests being held
+
+    async def get_sessions(request: web.Request) -> web.Response:
+        try:
+            poll = parse_long_poll(request.query)
+        except ValueError as e:
+            return web.Response(status=400, text=f"{e}\n")
+        task = asyncio.current_task()
+        assert task is not None
+        polls.add(task)
+        try:
+            body = await serve_long_poll(
+                lambda: sessions.report().to_dict(), sessions.changes, poll
+            )
+        finally:
+            polls.discard(task)
+        return web.json_response(body)
+
+    async def end_long_polls(_: web.Application) -> None:
+        """Shutting down: held requests end now (their connections close) instead of
+        holding the worker's exit for up to their `wait`."""
+        for task in list(polls):
+            task.cancel()
 
     async def get_ready(_: web.Request) -> web.Response:
         if registered():
@@ -39,6 +61,7 @@ def make_app(
     app.router.add_get(READY_PATH, get_ready)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get(SESSIONS_PATH, get_sessions)
+    app.on_shutdown.append(end_long_polls)
     return app
 
 

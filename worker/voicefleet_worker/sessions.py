@@ -1,5 +1,6 @@
 """The sessions this worker serves now: one thread-safe registry behind `/sessions`,
-the session gauges and the drain outcome bookkeeping."""
+the session gauges and the drain outcome bookkeeping. Every change to what `report()`
+returns wakes the `/sessions` long polls (`changes`), from whichever thread made it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from voicefleet_contract.sessions import RoomSession, SessionsReport
+from voicefleet_contract.sessions import ChangeNotifier, RoomSession, SessionsReport
 
 from .metrics import WorkerMetrics
 
@@ -28,6 +29,7 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._draining = False
+        self.changes = ChangeNotifier()  # notified whenever report() may have changed
         metrics.capacity.set(capacity)
         metrics.active_sessions.set(0)
         metrics.draining.set(0)
@@ -37,6 +39,7 @@ class SessionRegistry:
         with self._lock:
             self._sessions[job_id] = s
             self.metrics.active_sessions.set(len(self._sessions))
+        self.changes.notify()
         self.metrics.sessions_started.inc()
         return s
 
@@ -52,6 +55,7 @@ class SessionRegistry:
             if started_at is not None:
                 s = replace(s, started_at=started_at)
             self._sessions[job_id] = s
+        self.changes.notify()
 
     def joined(self, job_id: str) -> None:
         """The agent is ready in the room: the session's duration counts from here."""
@@ -63,6 +67,7 @@ class SessionRegistry:
             s = self._sessions.pop(job_id, None)
             self.metrics.active_sessions.set(len(self._sessions))
         if s is not None:
+            self.changes.notify()
             self.metrics.sessions_ended.labels(outcome=outcome).inc()
             self.metrics.session_duration.observe(max(0.0, time.time() - s.started_at))
         return s
@@ -76,6 +81,7 @@ class SessionRegistry:
         with self._lock:
             self._draining = True
         self.metrics.draining.set(1)
+        self.changes.notify()
 
     @property
     def draining(self) -> bool:

@@ -6,7 +6,9 @@ An image-table entry with `inprocess: fake-worker` makes each such container a
 agent, so thousands of worker pods cost a few kB each instead of a ~20 MB process. Probes,
 Prometheus and the operator still reach them over HTTP at the pod IP; SIGTERM drains as the
 process-backed fake worker does (exit once sessions reach zero or the drain timeout
-passes), SIGKILL stops serving at once.
+passes), SIGKILL stops serving at once. `/sessions` long-polls as the contract says; a held
+request waits on the worker's `ChangeNotifier` (no polling, so thousands of held requests
+cost nothing while idle) and ends with its connection closed when the worker exits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
+from voicefleet_contract.sessions import SESSIONS_PATH, parse_long_poll, serve_long_poll
 
 from ..fake_worker import FakeWorker, capacity_from_config
 
@@ -44,6 +47,7 @@ class InProcessFakeWorker:
         self._changed = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reads: set[asyncio.Task[Any]] = set()  # /sessions requests not yet answered
 
     async def start(self) -> None:
         try:
@@ -54,10 +58,13 @@ class InProcessFakeWorker:
                 else:
                     app.router.add_get("/{tail:.*}", self._get)
                     app.router.add_post("/control", self._control)
-                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                    app.on_shutdown.append(self._end_reads)  # any that came in since _exit
+                runner = web.AppRunner(
+                    app, access_log=None, handle_signals=False, shutdown_timeout=1
+                )
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.TCPSite(runner, self.host, port, reuse_address=True, shutdown_timeout=1)
+                site = web.TCPSite(runner, self.host, port, reuse_address=True)
                 await site.start()
         except BaseException:
             await self._close()
@@ -83,20 +90,43 @@ class InProcessFakeWorker:
     async def _get(self, request: web.Request) -> web.Response:
         if request.path.startswith(READY_PATH):
             return web.Response(text="registered")  # the fake is always "registered"
-        while self.worker.hang:  # for tests: the operator's reads stop answering
-            self._changed.clear()
-            await self._changed.wait()
+        if request.path.startswith(SESSIONS_PATH):
+            return await self._sessions(request)
+        await self._unhung()
         if request.path.startswith("/metrics"):
             return web.Response(
                 text=self.worker.metrics(), content_type="text/plain", charset="utf-8"
             )
-        if request.path.startswith("/sessions"):
-            return web.json_response(self.worker.sessions())
         return web.Response(status=404, text="not found")
+
+    async def _unhung(self) -> None:
+        while self.worker.hang:  # for tests: the operator's reads stop answering
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        """Held until the report differs from `?since=` (or `wait` passes); `_exit` cancels
+        the request, so its client sees the connection close, as from a dead process."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reads.add(task)
+        try:
+            await self._unhung()
+            try:
+                poll = parse_long_poll(request.query)
+            except ValueError as e:
+                return web.Response(status=400, text=f"{e}\n")
+            body = await serve_long_poll(self.worker.sessions, self.worker.notifier, poll)
+            if self.worker.hang:  # hung while this request waited: no answer until it ends
+                await self._unhung()
+                body = self.worker.sessions()
+            return web.json_response(body)
+        finally:
+            self._reads.discard(task)
 
     async def _control(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.worker.control(json.loads(body or b"{}"))
+        self.worker.control(json.loads(body or b"{}"))  # wakes the held /sessions requests
         self._changed.set()
         return web.json_response(self.worker.sessions())
 
@@ -108,7 +138,7 @@ class InProcessFakeWorker:
 
     async def _drain(self) -> None:
         w = self.worker
-        w.draining = True
+        w.set_draining()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + w.drain_timeout
         while w.active > 0 and loop.time() < deadline:
@@ -120,12 +150,20 @@ class InProcessFakeWorker:
     async def _exit(self, code: int) -> None:
         if self._exited.is_set():
             return
+        self._cancel_reads()  # held or hung /sessions reads end: their connections close
         self.worker.hang = False  # release hung requests, then stop serving
         self._changed.set()
         await self._close()
         if self.returncode is None:
             self.returncode = code
         self._exited.set()
+
+    def _cancel_reads(self) -> None:
+        for task in list(self._reads):
+            task.cancel()
+
+    async def _end_reads(self, _: web.Application) -> None:
+        self._cancel_reads()
 
     async def _close(self) -> None:
         runners, self._runners = self._runners, []
