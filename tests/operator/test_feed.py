@@ -108,6 +108,7 @@ async def test_follows_every_worker_and_wakes_on_a_change(
     got = await until(feed, lambda r: len(r) == 2, "both workers read")
     assert [sessions(got[t.name]) for t in fakes] == [2, 5]
     assert all(r.report and r.report.capacity == 8 for r in got.values())
+    assert all(r.report and r.report.version for r in got.values())  # they long-poll
     control(fakes[0], {"activeSessions": 7})
     got = await until(feed, lambda r: sessions(r["w0"]) == 7, "the change")
     assert sessions(got["w1"]) == 5
