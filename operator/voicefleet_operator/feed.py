@@ -16,7 +16,7 @@ What a reading says:
 - an error (`refused`, `timeout`, `HTTP 500`, ...): the worker did not answer. A worker
   whose process dies drops the open request and the retry is refused at once, which
   failover takes as the process gone. A hung worker is noticed when its long poll times
-  out (`wait_seconds` + the read timeout at worst), or when its readiness probe fails.
+  out (`wait_seconds` + 5 s at worst), or when its readiness probe fails.
 
 A worker that does not long-poll (its report has no version, from an older image) is
 read once a second, as before.
@@ -50,6 +50,7 @@ from .autoscale_loop import WorkerPod
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, VoiceAgent)
 COALESCE_SECONDS = 0.05
+LONG_POLL_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,11 @@ class SessionFeed:
         wait = self.wait_seconds if since else 0.0
         url = f"http://{ip}:{self.port}{SESSIONS_PATH}{query_string(since, wait)}"
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.timeout, sock_read=wait + self.timeout
+            # A long poll's answer may come a little after `wait` from a busy worker (or a
+            # node agent serving thousands): a margin, so that is not taken for a hang.
+            total=None,
+            sock_connect=self.timeout,
+            sock_read=wait + LONG_POLL_MARGIN_SECONDS if wait else self.timeout,
         )
         async with self._http().get(url, timeout=timeout) as resp:
             if resp.status != 200:
