@@ -229,7 +229,8 @@ class SessionFeed:
                     since, retried = None, True
                     continue
                 self._publish(namespace, va, w, Reading(None, reason, self.clock()))
-                self.on_failure(namespace, va, reason.split(":")[0])
+                if w.pod.ready:  # a starting worker refusing connections is no failure
+                    self.on_failure(namespace, va, reason.split(":")[0])
                 since, retried = None, False
                 await asyncio.sleep(self.retry_seconds)
                 continue
