@@ -226,10 +226,13 @@ class PodWorker:
                     rule = match_image(c["image"], self.ctx.image_table())
                     resolve_env(c, facts, secrets, configmaps, self._base_env(rule, volume_dirs, c))
                 return facts, secrets, configmaps, volume_dirs
-            except (ConfigError, ApiError) as e:
+            except (ConfigError, ApiError, TimeoutError, aiohttp.ClientError) as e:
+                # An API server too busy to answer (thousands of pods starting at once) is
+                # retried like a missing object; a task that died here left its pod
+                # Pending forever.
                 reason = e.reason if isinstance(e, ConfigError) else "CreateContainerConfigError"
                 for v in self.views.values():
-                    v.state, v.reason, v.message = "waiting", reason, str(e)
+                    v.state, v.reason, v.message = "waiting", reason, str(e) or type(e).__name__
                 self.changed()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
