@@ -228,20 +228,35 @@ class NodeAgent:
         if uid in self._binding:
             return
         self._binding.add(uid)
-        try:
-            await self.api.post(
-                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
-                {
-                    "apiVersion": "v1",
-                    "kind": "Binding",
-                    "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": uid},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
-                },
-            )
-        except ApiError as e:
-            if e.status not in (404, 409):
-                log.warning("bind %s/%s: %s", meta["namespace"], meta["name"], e)
-                self._binding.discard(uid)
+        delay = 1.0
+        while True:
+            try:
+                await self.api.post(
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Binding",
+                        "metadata": {
+                            "name": meta["name"],
+                            "namespace": meta["namespace"],
+                            "uid": uid,
+                        },
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+                    },
+                )
+                return
+            except ApiError as e:
+                if e.status not in (404, 409):
+                    log.warning("bind %s/%s: %s", meta["namespace"], meta["name"], e)
+                    self._binding.discard(uid)
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                # A busy API server (thousands of pods at once): retry, or the pod stays
+                # Pending forever (its uid is taken as being bound).
+                log.warning("bind %s/%s: %s; retrying", meta["namespace"], meta["name"],
+                            str(e) or type(e).__name__)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def publish_targets(self) -> None:
         """Keep Prometheus's file_sd target file in step with the pods (at most 1/s)."""
