@@ -91,7 +91,7 @@ class SessionFeed:
     def __init__(
         self,
         wait_seconds: float = 20.0,
-        timeout: float = 0.5,
+        timeout: float = 2.0,
         retry_seconds: float = 1.0,
         port: int = METRICS_PORT,
         on_failure: Callable[[str, str, str], None] = lambda ns, va, reason: None,

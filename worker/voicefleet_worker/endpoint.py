@@ -67,7 +67,8 @@ def make_app(
 
 class MetricsServer:
     def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        # A long poll whose client gave up ends at once instead of holding its socket.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         self.host, self.port = host, port
 
     async def start(self) -> None:

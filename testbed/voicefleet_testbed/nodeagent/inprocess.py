@@ -59,8 +59,15 @@ class InProcessFakeWorker:
                     app.router.add_get("/{tail:.*}", self._get)
                     app.router.add_post("/control", self._control)
                     app.on_shutdown.append(self._end_reads)  # any that came in since _exit
+                # handler_cancellation: a long poll whose client gave up ends at once;
+                # otherwise it holds its socket until its wait is over, and a node agent
+                # serving 2,000 workers ran out of file descriptors (bench/autoscale.py).
                 runner = web.AppRunner(
-                    app, access_log=None, handle_signals=False, shutdown_timeout=1
+                    app,
+                    access_log=None,
+                    handle_signals=False,
+                    shutdown_timeout=1,
+                    handler_cancellation=True,
                 )
                 await runner.setup()
                 self._runners.append(runner)
