@@ -92,8 +92,14 @@ def control(ip: str, sessions: int) -> None:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        r.read()
+    for attempt in range(3):  # a node agent serving thousands of workers may be slow
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+            return
+        except TimeoutError:
+            if attempt == 2:
+                raise
 
 
 class Replicas:
@@ -301,6 +307,17 @@ def main(argv: list[str] | None = None) -> None:
                 print("[autoscale] keda-like baseline ...", flush=True)
                 keda = keda_baseline(c, args.keda_steps, args.keda_interval)
                 result.figures["keda_like"] = keda
+            if i == 0 and len(sizes) > 1 and not os.environ.get("VOICEFLEET_TESTBED"):
+                # Only the KEDA-like baseline reads Prometheus. Its scrapes of every worker
+                # (every 2 s) land on the node agent's one event loop, which also serves
+                # the in-process workers' probes and the operator's long polls: at 2,000
+                # workers that is its whole core (in a cluster each worker is a process).
+                c.stack.stop_part("prometheus")
+                result.notes.append(
+                    "Prometheus stopped after the smallest size (only the KEDA-like "
+                    "baseline uses it; its scrapes of thousands of in-process workers "
+                    "would load the node agent)"
+                )
             result.figures[f"w{pods}"] = fig
             print(f"[autoscale] {pods}: {fig}", flush=True)
             result.targets[f"w{pods}.reaction_s.p95"] = "< 2"

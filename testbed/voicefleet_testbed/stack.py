@@ -512,6 +512,14 @@ class Stack:
             self.progress(f"testbed down: stopped {what}{extra}")
         return stopped
 
+    def stop_part(self, part: str, grace: float = 5.0) -> None:
+        """Stop one part (SIGTERM, SIGKILL after `grace`); `restart` starts it again."""
+        ref = self.state.procs.get(part)
+        if ref is None:
+            raise ValueError(f"no running part {part!r}; parts: {', '.join(self.state.procs)}")
+        if ref.alive():
+            stop(ref, grace=grace)
+
     def restart(self, part: str, grace: float = 5.0) -> None:
         """Stop one part (SIGTERM, SIGKILL after `grace`) and start it again on the same
         ports, waiting until it is ready: e.g. `restart("livekit-server")`."""
