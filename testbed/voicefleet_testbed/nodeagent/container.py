@@ -226,12 +226,21 @@ class ContainerRunner:
             for t in tasks:
                 t.cancel()
 
+    async def _probe(self, probe: Probe) -> tuple[bool, str]:
+        # A container served in-process answers its probes directly: the same answers as
+        # over HTTP, without 1,200 loopback connections a second to and from this one
+        # event loop at 2,000 workers (bench/autoscale.py).
+        direct = getattr(self.proc, "probe", None)
+        if direct is not None and probe.kind == "httpGet":
+            return direct(probe.port, probe.http_path)  # type: ignore[no-any-return]
+        return await run_probe(probe, self.plan.env, self.plan.cwd, self.http)
+
     async def _until(self, probe: Probe) -> bool:
         """Probe until `success_threshold` successes (True) or `failure_threshold` failures."""
         await asyncio.sleep(probe.initial_delay)
         ok_run = fail_run = 0
         while True:
-            ok, _ = await run_probe(probe, self.plan.env, self.plan.cwd, self.http)
+            ok, _ = await self._probe(probe)
             ok_run, fail_run = (ok_run + 1, 0) if ok else (0, fail_run + 1)
             if ok_run >= probe.success_threshold:
                 return True
@@ -243,7 +252,7 @@ class ContainerRunner:
         await asyncio.sleep(probe.initial_delay)
         ok_run = fail_run = 0
         while True:
-            ok, _ = await run_probe(probe, self.plan.env, self.plan.cwd, self.http)
+            ok, _ = await self._probe(probe)
             ok_run, fail_run = (ok_run + 1, 0) if ok else (0, fail_run + 1)
             ready = self.view.ready
             if ok_run >= probe.success_threshold:
@@ -259,7 +268,7 @@ class ContainerRunner:
         await asyncio.sleep(probe.initial_delay)
         fail_run = 0
         while True:
-            ok, detail = await run_probe(probe, self.plan.env, self.plan.cwd, self.http)
+            ok, detail = await self._probe(probe)
             fail_run = 0 if ok else fail_run + 1
             if fail_run >= probe.failure_threshold:
                 return self._fail_liveness(f"liveness probe failed: {detail}")

@@ -90,6 +90,17 @@ class InProcessFakeWorker:
         elif sig == signal.SIGKILL:
             self._spawn(self._exit(-signal.SIGKILL))
 
+    def probe(self, port: int, path: str) -> tuple[bool, str]:
+        """What an httpGet probe of `port` and `path` would get, without the connection."""
+        kinds = dict(self.ports)
+        if self.returncode is not None or self._exited.is_set() or port not in kinds:
+            return False, "connection refused"
+        if kinds[port] == "health" or path.startswith(READY_PATH):
+            return True, ""
+        if self.worker.hang:
+            return False, "timeout"
+        return (True, "") if path.startswith(("/metrics", "/sessions")) else (False, "HTTP 404")
+
     # --- HTTP --------------------------------------------------------------------------
     async def _health(self, _: web.Request) -> web.Response:
         return web.Response(text="OK")  # a full or draining worker stays Ready
