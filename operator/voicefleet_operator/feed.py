@@ -115,9 +115,12 @@ class SessionFeed:
             return
         if w is None:
             w = fleet.pods[pod.name] = _Watch(pod)
-        elif w.pod.ip != pod.ip:
+        elif w.pod.ip != pod.ip or (pod.ready and not w.pod.ready):
+            # A new address is a new process; a worker that just turned ready is read
+            # afresh: a "refused" from before it listened would count it as full, and
+            # every new worker would ask for one more (a runaway scale-up).
             self._stop(w)
-            w.reading = None  # a new address is a new process
+            w.reading = None
         w.pod = pod
         if pod.ip and w.task is None:
             w.task = asyncio.create_task(

@@ -169,3 +169,18 @@ def test_sessions_report_rejects_malformed() -> None:
         parse_sessions({"activeSessions": 1, "capacity": True})
     r = parse_sessions({"activeSessions": 1, "capacity": 2, "rooms": [{"room": "a", "jobId": "j"}]})
     assert r.rooms[0].room == "a"
+
+
+async def test_a_worker_turning_ready_is_read_afresh(
+    fakes: list[Target], feed: SessionFeed
+) -> None:
+    """A failed read from before a worker listened must not stand once it is ready (the
+    autoscaler would count it as full and ask for one more worker, each new one alike)."""
+    t = fakes[0]
+    starting = WorkerPod(t.name, t.ip, False, False)
+    feed.upsert("ns", "va", starting)
+    await until(feed, lambda r: sessions(r.get("w0")) == 2, "first read")
+    feed._fleets[("ns", "va")].pods["w0"].reading = Reading(None, "refused")  # as if before
+    feed.upsert("ns", "va", t.pod())  # now ready
+    assert "w0" not in feed.readings("ns", "va")  # not read yet, rather than refused
+    await until(feed, lambda r: sessions(r.get("w0")) == 2, "read again once ready")
