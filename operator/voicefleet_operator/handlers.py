@@ -15,6 +15,11 @@ together), and refreshes the status of one that is not settled.
 Reconciles of one VoiceAgent never overlap: requests that arrive while one runs are
 folded into a single follow-up run (a full one if any of them asked for it), so a burst
 of Deployment events during a rollout costs two runs, not twenty.
+
+Across VoiceAgents, the API threads go first to the step of a full reconcile that
+applies the Deployment (`reconcile.reconcile_steps`), then to the rest of one, then to
+status refreshes (`gate.PriorityGate`): 1,000 VoiceAgents created at once get their
+Deployments before the Services, PDBs and status writes of the first ones.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -46,6 +52,7 @@ from voicefleet_contract import (
 from . import reconcile as rc
 from . import triggers
 from .autoscale_loop import TICK_SECONDS, Autoscaler, index_pod
+from .gate import PriorityGate
 from .kube import KubeApi, KubeError
 from .lookups import Lookups
 from .metrics import OperatorMetrics
@@ -63,6 +70,10 @@ CHILD_RESOURCES = (
 
 
 ChildEvent = tuple[str, str, dict[str, Any]]  # kind, event type, the child's body
+# Who gets the next API thread: the step of a full reconcile that applies the Deployment,
+# then the rest of one, then status refreshes. A burst of new VoiceAgents gets all its
+# Deployments before the Services, PDBs and status writes of the first ones.
+DEPLOY, REST, STATUS = 0, 1, 2
 
 
 @dataclass
@@ -80,6 +91,7 @@ class _KeyState:
     marks: triggers.Marks | None = None  # what the last full reconcile applied
     last_full: float | None = None  # monotonic time the last full reconcile finished
     period: float = 0.0  # when the next resync is due after last_full (jittered)
+    first_body: dict[str, Any] | None = None  # kopf's copy, for the key's first run
 
 
 class Reconciler:
@@ -98,6 +110,7 @@ class Reconciler:
         self.clock = clock
         self._keys: dict[tuple[str, str], _KeyState] = {}
         self._random = random.Random()
+        self._gate = PriorityGate(settings.api_threads)
 
     async def reconcile(
         self,
@@ -108,14 +121,19 @@ class Reconciler:
         full: bool = True,
         thorough: bool = False,
         child: ChildEvent | None = None,
+        body: dict[str, Any] | None = None,
     ) -> rc.Outcome | None:
         """Run (or fold into a run) a full reconcile; with `full=False` a status refresh
         (which turns into a full reconcile when it is not enough); for a `child` event,
         whatever `triggers.child_action` says once the run before it has finished (its
-        events are those of its own applies, not drift)."""
+        events are those of its own applies, not drift). `body`: the VoiceAgent as kopf
+        just saw it (create, resume), used instead of a GET by the key's first run if
+        nothing else was folded into it."""
         state = self._keys.setdefault((namespace, name), _KeyState())
         state.requested += 1
         mine = state.requested
+        if body is not None and mine == 1:
+            state.first_body = body
         if child is not None:
             state.children.append(child)
         elif full:
@@ -173,21 +191,29 @@ class Reconciler:
         try:
             outcome: rc.Outcome | None = None
             if not full and state.marks is not None:
-                outcome = await asyncio.to_thread(
-                    rc.refresh_status, self.kube, namespace, name, state.marks, deployment
-                )
+                async with self._gate.slot(STATUS):
+                    outcome = await asyncio.to_thread(
+                        rc.refresh_status, self.kube, namespace, name, state.marks, deployment
+                    )
             if outcome is None:
                 full = True
                 thorough, state.thorough = state.thorough, False
-                outcome = await asyncio.to_thread(
-                    rc.reconcile,
+                body, state.first_body = state.first_body, None
+                steps = rc.reconcile_steps(
                     self.kube,
                     self.settings,
                     namespace,
                     name,
                     lookups=self.lookups,
                     thorough=thorough,
+                    body=body if state.requested == 1 else None,
                 )
+                async with self._gate.slot(DEPLOY):
+                    outcome = await asyncio.to_thread(_step, steps)
+                if outcome is None:
+                    async with self._gate.slot(REST):
+                        outcome = await asyncio.to_thread(_step, steps)
+                    assert outcome is not None, "reconcile_steps yields once"
         except KubeError as e:
             state.failed = True
             self.metrics.observe(
@@ -232,10 +258,10 @@ class Reconciler:
 
     def timer_action(self, namespace: str, name: str) -> triggers.Action:
         state = self._keys.get((namespace, name))
-        if state is None:
-            return "full"
-        if state.pending:
-            return "none"  # a run is under way or waiting: it covers this tick
+        if state is None or state.pending:
+            # None: its create or resume handler has not run yet (kopf runs it, and
+            # retries it). Pending: a run is under way or waiting, and covers this tick.
+            return "none"
         last = state.last
         return triggers.timer_action(
             self.clock(),
@@ -250,6 +276,16 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._keys.pop((namespace, name), None)
         self.metrics.forget(namespace, name)
+
+
+def _step(steps: Generator[None, None, rc.Outcome]) -> rc.Outcome | None:
+    """Run a reconcile to its next yield (None) or its end (the Outcome)."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        outcome: rc.Outcome = done.value
+        return outcome
+    return None
 
 
 def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -359,8 +395,13 @@ def register(
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def _changed(namespace: str | None, name: str, reason: str, **_: Any) -> None:
-        await reconciler.reconcile(namespace or "", name, str(reason))
+    async def _changed(
+        namespace: str | None, name: str, reason: str, body: kopf.Body, **_: Any
+    ) -> None:
+        # kopf's copy is as fresh as a GET for a new VoiceAgent (create) and at start
+        # (resume); an update's may predate this operator's own last status write.
+        fresh = copy.deepcopy(dict(body)) if str(reason) in ("create", "resume") else None
+        await reconciler.reconcile(namespace or "", name, str(reason), body=fresh)
 
     tick = min(ours.retry_seconds, ours.resync_seconds)
 

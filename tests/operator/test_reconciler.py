@@ -144,4 +144,4 @@ async def test_a_deleted_voiceagent_is_forgotten() -> None:
     await r.reconcile(NS, "support", "create")
     del k.objects[va_path(NS, "support")]
     await r.reconcile(NS, "support", "resync")
-    assert r.timer_action(NS, "support") == "full" and not r._keys
+    assert not r._keys and r.timer_action(NS, "support") == "none"
