@@ -17,7 +17,7 @@ folded into a single follow-up run (a full one if any of them asked for it), so 
 of Deployment events during a rollout costs two runs, not twenty.
 
 Across VoiceAgents, the API threads go first to the step of a full reconcile that
-applies the Deployment (`reconcile.reconcile_steps`), then to the rest of one, then to
+applies the Deployment (`reconcile.reconcile_steps`), then to the rest of one and to
 status refreshes (`gate.PriorityGate`): 1,000 VoiceAgents created at once get their
 Deployments before the Services, PDBs and status writes of the first ones.
 """
@@ -71,9 +71,10 @@ CHILD_RESOURCES = (
 
 ChildEvent = tuple[str, str, dict[str, Any]]  # kind, event type, the child's body
 # Who gets the next API thread: the step of a full reconcile that applies the Deployment,
-# then the rest of one, then status refreshes. A burst of new VoiceAgents gets all its
-# Deployments before the Services, PDBs and status writes of the first ones.
-DEPLOY, REST, STATUS = 0, 1, 2
+# then the rest of one and status refreshes, first come first served. A burst of new
+# VoiceAgents gets all its Deployments before the Services, PDBs and status writes of
+# the first ones.
+DEPLOY, REST, STATUS = 0, 1, 1
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Reconciler:
         self._keys: dict[tuple[str, str], _KeyState] = {}
         self._random = random.Random()
         self._gate = PriorityGate(settings.api_threads)
+        self._background: set[asyncio.Task[None]] = set()
 
     async def reconcile(
         self,
@@ -255,6 +257,21 @@ class Reconciler:
             result,
         )
         return outcome
+
+    def submit(
+        self, namespace: str, name: str, trigger: str, *, child: ChildEvent | None = None
+    ) -> None:
+        """`reconcile` in the background; its errors are logged by the run, and retried
+        by the timer."""
+        task = asyncio.create_task(self._quietly(namespace, name, trigger, child))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _quietly(
+        self, namespace: str, name: str, trigger: str, child: ChildEvent | None
+    ) -> None:
+        with contextlib.suppress(kopf.TemporaryError):
+            await self.reconcile(namespace, name, trigger, child=child)
 
     def timer_action(self, namespace: str, name: str) -> triggers.Action:
         state = self._keys.get((namespace, name))
@@ -450,12 +467,12 @@ def register(
                 # extra reconciles (bench/reconcile.py). Edits and deletions still repair.
                 return
             kind = str(body.get("kind"))
-            with contextlib.suppress(kopf.TemporaryError):  # logged; the timer retries
-                # A controller writing the child's status needs at most a status refresh;
-                # an edit by hand, a full reconcile (decided when the run starts).
-                await reconciler.reconcile(
-                    namespace, owner, f"{kind} {type}", child=(kind, type, dict(body))
-                )
+            # A controller writing the child's status needs at most a status refresh; an
+            # edit by hand, a full reconcile (decided when the run starts). In the
+            # background: kopf hands this child's next event over only once this handler
+            # returns, and a run still to come folds it in (one refresh with the latest
+            # state, not one after another for each step of a rollout).
+            reconciler.submit(namespace, owner, f"{kind} {type}", child=(kind, type, dict(body)))
 
 
 def register_autoscaler(registry: kopf.OperatorRegistry, autoscaler: Autoscaler) -> None:
