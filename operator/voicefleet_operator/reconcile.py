@@ -11,10 +11,10 @@ field manager (`REPLICAS_FIELD_MANAGER`), so the main apply never carries
 Deployment is never fought by the main manager.
 
 API calls, a new VoiceAgent (its first step, see `reconcile_steps`): GET Deployment (404;
-the VoiceAgent is kopf's copy), apply ConfigMap, apply Deployment; then: apply its
-replicas by the replicas manager and the Deployment again without them (the main
-manager lets go of the initial replicas), apply Service and PDB (and the HPA or
-ScaledObject in those modes), PATCH status. The Secrets' key names and KEDA's discovery come from `Lookups`, answers shared
+the VoiceAgent is kopf's copy), apply ConfigMap, apply Deployment; then: apply Service
+and PDB (and the HPA or ScaledObject in those modes), PATCH status; with initial replicas
+other than 1, also their apply by the replicas manager and the Deployment's again
+without them (the main manager lets go of them). The Secrets' key names and KEDA's discovery come from `Lookups`, answers shared
 by all reconciles for a few seconds; an HPA or ScaledObject of another mode is deleted
 only when it may exist (`stale_autoscalers`). A reconcile with nothing to change: GET
 VoiceAgent and Deployment, four applies. `refresh_status` is the status alone, for a
@@ -54,6 +54,7 @@ from .status import Observation, Problem, Reason, compute_status, ready_conditio
 from .triggers import Mark, Marks, unchanged_since_apply
 
 log = logging.getLogger(__name__)
+DEFAULT_REPLICAS = 1  # what the API server sets when a Deployment is created without any
 
 
 @dataclass(frozen=True)
@@ -299,14 +300,14 @@ def _apply_children(
     _delete_autoscalers(kube, spec, lookups, stale)
     events: list[Event] = []
     deployment: dict[str, Any] | None
-    dep_created = False
+    dep_created = carried = False
     if current is not None and current["metadata"].get("deletionTimestamp"):
         # Going away (a foreground deletion waits for its pods): an apply would only edit
         # a dying object. Its DELETED event brings the reconcile that re-creates it.
         deployment = current
     else:
         body = children.deployment
-        deployment, dep_created = _apply_deployment(kube, spec, body, current, dep_path)
+        deployment, dep_created, carried = _apply_deployment(kube, spec, body, current, dep_path)
         if dep_created:
             created.append(f"Deployment {spec.name}")
         elif current is not None and current.get("metadata", {}).get("generation") != (
@@ -316,13 +317,16 @@ def _apply_children(
                 _deployment_change_event(spec, children.config_hash, previous, generation)
             )
     yield  # the workers can start: the rest may wait behind other VoiceAgents' Deployments
-    if dep_created:
-        # Also when it was deleted between the read and the apply: seed its replicas, then
-        # the main manager lets go of them (its apply omits them); else the first later
-        # apply would, a write of managedFields alone (an operator restart's resume).
-        replicas = desired_replicas(spec, None)
-        if replicas is not None:
-            kube.apply(render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER)
+    seed = desired_replicas(spec, None)
+    if dep_created and seed is not None and (carried or desired_replicas(spec, seed) is not None):
+        # Also when it was deleted between the read and the apply. The replicas manager
+        # takes the initial replicas over, then the main manager lets go of them (its
+        # apply omits them; else the first later apply would, a write of managedFields
+        # alone, e.g. an operator restart's resume). At the default (1) nobody claims
+        # them, two applies fewer, unless the reconciler itself will (mode none): then
+        # the replicas manager claims them now, for the same reason.
+        deployment = kube.apply(render_replicas_patch(spec, seed), REPLICAS_FIELD_MANAGER).obj
+        if carried:
             deployment = kube.apply(children.deployment, FIELD_MANAGER).obj
     if deployment is not current:
         marks["Deployment"] = Mark.of(children.deployment, deployment)
@@ -343,10 +347,11 @@ def _apply_deployment(
     body: dict[str, Any],
     current: dict[str, Any] | None,
     dep_path: str,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[dict[str, Any], bool, bool]:
     """Apply the Deployment (and, on an existing one, its replicas by the replicas field
-    manager first); returns it and whether this call created it. A created one's
-    replicas seed is the caller's (`_apply_children`), after the yield."""
+    manager first); returns it, whether this call created it, and whether the main apply
+    carried replicas. A created one's replicas seed is the caller's (`_apply_children`),
+    after the yield."""
     if current is not None:
         replicas = desired_replicas(spec, int(current.get("spec", {}).get("replicas") or 0))
         if replicas is not None:
@@ -361,14 +366,14 @@ def _apply_deployment(
                     raise
                 current = None
     if current is None:
-        # Creating: the main apply carries the initial replicas (else the Deployment
-        # would start at 1); the replicas manager then co-owns them, so the next main
-        # apply, which omits them, drops only its own claim, not the value.
+        # Creating: the main apply carries initial replicas other than the API server's
+        # default (else the Deployment would start at 1); the replicas manager then
+        # takes them over (after the yield, `_apply_children`).
         replicas = desired_replicas(spec, None)
-        if replicas is not None:
+        if replicas is not None and replicas != DEFAULT_REPLICAS:
             body = {**body, "spec": {**body["spec"], "replicas": replicas}}
     applied = kube.apply(body, FIELD_MANAGER)
-    return applied.obj, applied.created
+    return applied.obj, applied.created, "replicas" in body["spec"]
 
 
 def _deployment_change_event(

@@ -73,6 +73,8 @@ class FakeKube:
         if current is None:
             self.uid += 1
             new["metadata"]["uid"] = f"uid-{self.uid}"
+            if new["kind"] == "Deployment":
+                new["spec"].setdefault("replicas", 1)  # the API server's default
         if new != current:
             self.rv += 1
             new["metadata"]["resourceVersion"] = str(self.rv)
@@ -113,12 +115,9 @@ def test_creates_children_then_is_quiet() -> None:
     kinds = [a for a in k.applies]
     # The ConfigMap first (pods mount it), the Deployment as soon as it can be; what
     # the workers do not wait for after it.
-    # The replicas manager takes the initial replicas over, then the main manager lets go
-    # of them (or the next apply would, a write that changes nothing but managedFields).
+    # One worker, the API server's default: no replicas in the apply, none to hand over.
     assert kinds == [
         ("ConfigMap", FIELD_MANAGER),
-        ("Deployment", FIELD_MANAGER),
-        ("Deployment", REPLICAS_FIELD_MANAGER),
         ("Deployment", FIELD_MANAGER),
         ("Service", FIELD_MANAGER),
         ("PodDisruptionBudget", FIELD_MANAGER),
@@ -358,8 +357,6 @@ def test_create_path_calls_deployment_fourth_and_no_cleanup() -> None:
         ("GET", "openai"),
         ("APPLY", "support-config"),
         ("APPLY", "support"),  # the Deployment: the fourth call with the Secrets cached
-        ("APPLY", "support"),  # its replicas, by the replicas manager
-        ("APPLY", "support"),  # the main manager lets go of them
         ("APPLY", "support-workers"),
         ("APPLY", "support"),  # the PDB
         ("PATCH", "status"),
@@ -577,3 +574,29 @@ def test_refresh_status_after_a_scale_checks_the_modes_replicas() -> None:
     scaled["spec"]["replicas"] = 2
     scaled["metadata"]["generation"] += 1
     assert refresh_status(k, NS, "support", none.marks, scaled) is None
+
+
+def test_initial_replicas_other_than_one_are_handed_to_the_replicas_manager() -> None:
+    """The main apply that creates the Deployment carries them (it must not start at 1);
+    the replicas manager takes them over and the main manager lets go at once, or its
+    next apply (an operator restart's resume) would write managedFields alone."""
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "builtin", "minReplicas": 3, "maxReplicas": 5}
+    k = _setup(spec)
+    reconcile(k, Settings(), NS, "support")
+    assert [a for a in k.applies if a[0] == "Deployment"] == [
+        ("Deployment", FIELD_MANAGER),
+        ("Deployment", REPLICAS_FIELD_MANAGER),
+        ("Deployment", FIELD_MANAGER),
+    ]
+    assert k.objects[DEP]["spec"]["replicas"] == 3
+    # Mode none: the reconciler applies replicas on every reconcile; its replicas manager
+    # claims even the default at creation, so the next reconcile writes nothing.
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "none"}
+    k = _setup(spec)
+    reconcile(k, Settings(), NS, "support")
+    assert [a for a in k.applies if a[0] == "Deployment"] == [
+        ("Deployment", FIELD_MANAGER),
+        ("Deployment", REPLICAS_FIELD_MANAGER),
+    ]
