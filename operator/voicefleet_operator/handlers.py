@@ -273,6 +273,12 @@ class Reconciler:
         with contextlib.suppress(kopf.TemporaryError):
             await self.reconcile(namespace, name, trigger, child=child)
 
+    async def close(self) -> None:
+        """Cancel the background requests (the operator is stopping)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     def timer_action(self, namespace: str, name: str) -> triggers.Action:
         state = self._keys.get((namespace, name))
         if state is None or state.pending:
@@ -408,6 +414,10 @@ def register(
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(ours.api_threads, thread_name_prefix="kube")
         )
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        await reconciler.close()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)

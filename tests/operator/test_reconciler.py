@@ -145,3 +145,19 @@ async def test_a_deleted_voiceagent_is_forgotten() -> None:
     del k.objects[va_path(NS, "support")]
     await r.reconcile(NS, "support", "resync")
     assert not r._keys and r.timer_action(NS, "support") == "none"
+
+
+async def test_background_requests_fold_and_stop_with_the_operator() -> None:
+    k = _setup()
+    r = _reconciler(k)
+    await r.reconcile(NS, "support", "create")
+    _ready(k)
+    k.calls.clear()
+    for _ in range(5):  # a rollout's events, handed over without waiting
+        r.submit(NS, "support", "Deployment MODIFIED", child=_child(k, DEP))
+    await asyncio.gather(*r._background)
+    # The first starts at once, the four queued behind it fold into one more refresh.
+    assert [v for v, _ in k.calls] == ["GET", "PATCH", "GET"]
+    r.submit(NS, "support", "Deployment MODIFIED", child=_child(k, DEP))
+    await r.close()
+    assert not r._background
