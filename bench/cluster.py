@@ -37,6 +37,7 @@ from voicefleet_contract.metrics import (
     AUTOSCALER_SCRAPE_FAILURES,
     OPERATOR_RECONCILES,
 )
+from voicefleet_operator.settings import Settings
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
@@ -271,9 +272,15 @@ def cluster(inprocess: bool = True, operator_args: Sequence[str] = ()) -> Iterat
         if inprocess:
             use_inprocess_workers(stack)
         install_crd(kube)
-        # Production-like resync (60 s): the tests' 5 s would dominate idle cost at scale.
+        # Production resync and retry (the operator's defaults): the tests' 5 s would
+        # dominate idle cost at scale.
         extra = [*operator_args, *os.environ.get("BENCH_OPERATOR_ARGS", "").split()]
-        op = OperatorProcess(stack, install_rbac(kube), workdir, ["--resync-seconds=60", *extra])
+        defaults = Settings()
+        timers = [
+            f"--resync-seconds={defaults.resync_seconds:g}",
+            f"--retry-seconds={defaults.retry_seconds:g}",
+        ]
+        op = OperatorProcess(stack, install_rbac(kube), workdir, [*timers, *extra])
         op.start()
         yield Cluster(stack, kube, op, workdir)
     finally:

@@ -54,7 +54,16 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--resync-seconds",
         type=float,
         default=float(default("resync-seconds", d.resync_seconds)),
-        help="reconcile every VoiceAgent at least this often",
+        help="reconcile every VoiceAgent in full about this often (jittered: 80-100 %% of "
+        "it); watch events of its children repair drift in between",
+    )
+    p.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=float(default("retry-seconds", d.retry_seconds)),
+        help="how often a VoiceAgent that is blocked (invalid spec, missing Secret) or whose "
+        "reconcile failed is reconciled again, and one not yet settled (not Ready, rolling "
+        "out, degraded) has its status refreshed",
     )
     p.add_argument(
         "--otlp-endpoint",
@@ -108,6 +117,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         resync_seconds=args.resync_seconds,
+        retry_seconds=args.retry_seconds,
         otlp_endpoint=args.otlp_endpoint or None,
         prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,

@@ -9,19 +9,32 @@ Replicas are owned per autoscaling mode (see `render.desired_replicas`) by a sep
 field manager (`REPLICAS_FIELD_MANAGER`), so the main apply never carries
 `spec.replicas` once the Deployment exists and an HPA, KEDA or `kubectl scale` on the
 Deployment is never fought by the main manager.
+
+API calls, a new VoiceAgent (its first step, see `reconcile_steps`): GET Deployment (404;
+the VoiceAgent is kopf's copy), apply ConfigMap, apply Deployment; then: apply Service
+and PDB (and the HPA or ScaledObject in those modes), PATCH status; with initial replicas
+other than 1, also their apply by the replicas manager and the Deployment's again
+without them (the main manager lets go of them). The Secrets' key names and KEDA's discovery come from `Lookups`, answers shared
+by all reconciles for a few seconds; an HPA or ScaledObject of another mode is deleted
+only when it may exist (`stale_autoscalers`). A reconcile with nothing to change: GET
+VoiceAgent and Deployment, four applies. `refresh_status` is the status alone, for a
+child's status changes: GET VoiceAgent, the pods if some are not ready, PATCH status
+if it changed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from voicefleet_contract import API_VERSION, KIND
 
 from .kube import KubeApi, KubeError, path
+from .lookups import Lookups
 from .render import (
+    ANNOTATION_AUTOSCALING_MODE,
     ChildNames,
     Owner,
     desired_replicas,
@@ -32,15 +45,16 @@ from .render import (
 from .render_autoscaler import (
     HPA_API,
     KEDA_API,
-    KEDA_GROUP_PATH,
     render_hpa,
     render_scaled_object,
 )
 from .settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
 from .spec import SecretKeyRef, SpecError, VoiceAgentSpec, parse_spec
 from .status import Observation, Problem, Reason, compute_status, ready_condition, status_changed
+from .triggers import Mark, Marks, unchanged_since_apply
 
 log = logging.getLogger(__name__)
+DEFAULT_REPLICAS = 1  # what the API server sets when a Deployment is created without any
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,9 @@ class Outcome:
     status: dict[str, Any] | None = None
     problem: Problem | None = None
     events: list[Event] = field(default_factory=list)
+    # What a full reconcile without a problem applied (handlers.py tells drift from the
+    # controllers' own writes by it); None after a status refresh or a problem.
+    marks: Marks | None = None
 
     @property
     def ready(self) -> bool:
@@ -66,14 +83,17 @@ def va_path(namespace: str, name: str) -> str:
     return path(API_VERSION, KIND, namespace, name)
 
 
-def check_secrets(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
-    """Each referenced Secret exists and has the key; values are never looked at."""
+def check_secrets(
+    kube: KubeApi, spec: VoiceAgentSpec, lookups: Lookups, *, fresh: bool = False
+) -> Problem | None:
+    """Each referenced Secret exists and has the key; values are never looked at.
+    `fresh`: not from `lookups`' recent answers (see `needs_fresh_secrets`)."""
     refs: list[tuple[SecretKeyRef, str]] = [
         (spec.livekit.api_key_ref, "spec.livekit.apiKeyKey"),
         (spec.livekit.api_secret_ref, "spec.livekit.apiSecretKey"),
         (spec.apiKeySecret, "spec.model.apiKeySecret.key"),
     ]
-    seen: dict[str, dict[str, Any] | None] = {}
+    seen: dict[str, frozenset[str] | None] = {}
     for ref, key_field in refs:
         secret_field = (
             "spec.model.apiKeySecret.name"
@@ -82,7 +102,7 @@ def check_secrets(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
         )
         if ref.name not in seen:
             try:
-                seen[ref.name] = kube.get(path("v1", "Secret", spec.namespace, ref.name))
+                seen[ref.name] = lookups.secret_keys(kube, spec.namespace, ref.name, fresh=fresh)
             except KubeError as e:
                 if e.transient:
                     raise
@@ -90,14 +110,13 @@ def check_secrets(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
                     Reason.SECRET_UNREADABLE,
                     f"cannot read Secret {ref.name!r} ({secret_field}): {e.status} {e.reason}",
                 )
-        secret = seen[ref.name]
-        if secret is None:
+        keys = seen[ref.name]
+        if keys is None:
             return Problem(
                 Reason.SECRET_NOT_FOUND,
                 f"Secret {ref.name!r} ({secret_field}) does not exist in namespace "
                 f"{spec.namespace!r}",
             )
-        keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
         if ref.key not in keys:
             return Problem(
                 Reason.SECRET_KEY_MISSING,
@@ -107,9 +126,23 @@ def check_secrets(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
     return None
 
 
-def check_autoscaler_api(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
+def needs_fresh_secrets(previous: Mapping[str, Any], generation: int) -> bool:
+    """Whether this reconcile must read the Secrets now rather than trust an answer a few
+    seconds old: when it may change a running fleet, i.e. the fleet exists (a config
+    hash was written) and its spec is not applied yet (a new generation, or the last
+    reconcile was blocked). A Secret deleted just before such an edit must block it.
+    A first creation (nothing runs yet) and a re-apply of what runs (a no-op) may use
+    the shared answer."""
+    if not previous.get("configHash"):
+        return False
+    if previous.get("observedGeneration") != generation:
+        return True
+    return ready_condition(previous).get("reason") in _PROBLEM_REASONS
+
+
+def check_autoscaler_api(kube: KubeApi, spec: VoiceAgentSpec, lookups: Lookups) -> Problem | None:
     """Mode keda needs KEDA's API in the cluster; say so instead of half-applying."""
-    if spec.autoscaling.mode == "keda" and kube.get(KEDA_GROUP_PATH) is None:
+    if spec.autoscaling.mode == "keda" and not lookups.keda_served(kube):
         return Problem(
             Reason.AUTOSCALER_UNAVAILABLE,
             "spec.autoscaling.mode is keda, but the cluster has no keda.sh/v1alpha1 API "
@@ -118,21 +151,60 @@ def check_autoscaler_api(kube: KubeApi, spec: VoiceAgentSpec) -> Problem | None:
     return None
 
 
+AUTOSCALER_MODES = ("hpa", "keda")  # the modes with an object of their own
+
+
+def stale_autoscalers(
+    mode: str,
+    current: Mapping[str, Any] | None,
+    previous: Mapping[str, Any],
+    *,
+    thorough: bool = False,
+) -> tuple[str, ...]:
+    """The modes (hpa, keda) whose HPA or ScaledObject must be deleted before the
+    Deployment is applied in `mode`. Pure.
+
+    Only an object that may exist: the Deployment records the mode it was last applied
+    in (`ANNOTATION_AUTOSCALING_MODE`), and a mode's object is applied only after the
+    Deployment carries that mode and deleted before it carries another one, so the
+    annotation names the only autoscaler object there can be. No Deployment and no
+    config hash in the status: never applied, nothing to delete. A Deployment without the
+    annotation (an older operator's), or none although a config hash was written
+    (deleted by hand): anything may be left, delete both. `thorough` (the periodic
+    resync): delete both regardless, the backstop for objects made outside this
+    bookkeeping."""
+    others = tuple(m for m in AUTOSCALER_MODES if m != mode)
+    if thorough:
+        return others
+    if current is None:
+        return others if previous.get("configHash") else ()
+    annotations = current.get("metadata", {}).get("annotations") or {}
+    recorded = annotations.get(ANNOTATION_AUTOSCALING_MODE)
+    if recorded is None:
+        return others
+    return tuple(m for m in others if m == recorded)
+
+
+def _delete_autoscalers(
+    kube: KubeApi, spec: VoiceAgentSpec, lookups: Lookups, modes: tuple[str, ...]
+) -> None:
+    name = ChildNames.of(spec.name).deployment
+    if "hpa" in modes:
+        kube.delete(path(HPA_API, "HorizontalPodAutoscaler", spec.namespace, name))
+    if "keda" in modes and lookups.keda_served(kube):
+        kube.delete(path(KEDA_API, "ScaledObject", spec.namespace, name))
+
+
 def _apply_autoscaler(
     kube: KubeApi, spec: VoiceAgentSpec, owner: Owner, settings: Settings
 ) -> None:
-    """The HPA or ScaledObject the mode asks for; the other one, left from an earlier
-    mode, is removed (the Deployment's replicas stay where they are)."""
-    name = ChildNames.of(spec.name).deployment
+    """The HPA or ScaledObject the mode asks for (the other one, left from an earlier mode,
+    was deleted before the Deployment was applied)."""
     mode = spec.autoscaling.mode
     if mode == "hpa":
         kube.apply(render_hpa(spec, owner), FIELD_MANAGER)
-    else:
-        kube.delete(path(HPA_API, "HorizontalPodAutoscaler", spec.namespace, name))
-    if mode == "keda":
+    elif mode == "keda":
         kube.apply(render_scaled_object(spec, owner, settings.prometheus_url), FIELD_MANAGER)
-    elif kube.get(KEDA_GROUP_PATH) is not None:
-        kube.delete(path(KEDA_API, "ScaledObject", spec.namespace, name))
 
 
 def _problem_events(previous: Mapping[str, Any], problem: Problem | None) -> list[Event]:
@@ -182,16 +254,31 @@ _PROBLEM_REASONS = frozenset(
 )
 
 
+@dataclass
+class _Applied:
+    deployment: dict[str, Any] | None
+    config_hash: str
+    events: list[Event]
+    marks: dict[str, Mark]
+
+
 def _apply_children(
     kube: KubeApi,
     spec: VoiceAgentSpec,
     owner: Owner,
     settings: Settings,
+    lookups: Lookups,
     current: dict[str, Any] | None,
     previous: Mapping[str, Any],
     generation: int,
-) -> tuple[dict[str, Any] | None, str, list[Event]]:
+    thorough: bool,
+) -> Generator[None, None, _Applied]:
     """Apply every child; the events say what was created, re-created or repaired.
+
+    Order: the ConfigMap (new pods mount it), the clean-up of another mode's autoscaler
+    object, the Deployment; then (after a `yield`, see `reconcile_steps`) what the
+    workers do not wait for: a new Deployment's replicas seed, Service, PDB (the caller
+    applies this mode's HPA or ScaledObject last).
 
     Whether a child was created comes from the apply's own answer (HTTP 201), never from
     a read before it: a child deleted by hand between that read and the apply is created
@@ -200,19 +287,27 @@ def _apply_children(
     children = render_children(spec, owner, settings)
     dep_path = path("apps/v1", "Deployment", spec.namespace, spec.name)
     created: list[str] = []
-    for obj in children.in_apply_order()[:-1]:
-        if kube.apply(obj, FIELD_MANAGER).created:
+    marks: dict[str, Mark] = {}
+
+    def apply(obj: dict[str, Any]) -> None:
+        applied = kube.apply(obj, FIELD_MANAGER)
+        marks[obj["kind"]] = Mark.of(obj, applied.obj)
+        if applied.created:
             created.append(f"{obj['kind']} {obj['metadata']['name']}")
+
+    apply(children.configmap)
+    stale = stale_autoscalers(spec.autoscaling.mode, current, previous, thorough=thorough)
+    _delete_autoscalers(kube, spec, lookups, stale)
     events: list[Event] = []
     deployment: dict[str, Any] | None
+    dep_created = carried = False
     if current is not None and current["metadata"].get("deletionTimestamp"):
         # Going away (a foreground deletion waits for its pods): an apply would only edit
         # a dying object. Its DELETED event brings the reconcile that re-creates it.
         deployment = current
     else:
-        deployment, dep_created = _apply_deployment(
-            kube, spec, children.deployment, current, dep_path
-        )
+        body = children.deployment
+        deployment, dep_created, carried = _apply_deployment(kube, spec, body, current, dep_path)
         if dep_created:
             created.append(f"Deployment {spec.name}")
         elif current is not None and current.get("metadata", {}).get("generation") != (
@@ -221,13 +316,29 @@ def _apply_children(
             events.append(
                 _deployment_change_event(spec, children.config_hash, previous, generation)
             )
+    yield  # the workers can start: the rest may wait behind other VoiceAgents' Deployments
+    seed = desired_replicas(spec, None)
+    if dep_created and seed is not None and (carried or desired_replicas(spec, seed) is not None):
+        # Also when it was deleted between the read and the apply. The replicas manager
+        # takes the initial replicas over, then the main manager lets go of them (its
+        # apply omits them; else the first later apply would, a write of managedFields
+        # alone, e.g. an operator restart's resume). At the default (1) nobody claims
+        # them, two applies fewer, unless the reconciler itself will (mode none): then
+        # the replicas manager claims them now, for the same reason.
+        deployment = kube.apply(render_replicas_patch(spec, seed), REPLICAS_FIELD_MANAGER).obj
+        if carried:
+            deployment = kube.apply(children.deployment, FIELD_MANAGER).obj
+    if deployment is not current:
+        marks["Deployment"] = Mark.of(children.deployment, deployment)
+    apply(children.service)
+    apply(children.pdb)
     if created:
         # configHash is written only after children were applied: this VoiceAgent had
         # them before, so whatever was created now had been deleted outside the operator.
         verb = "Recreated" if previous.get("configHash") else "Created"
         why = " (deleted outside the operator)" if verb == "Recreated" else ""
         events.insert(0, Event("Normal", verb, f"{verb} {', '.join(created)}{why}"))
-    return deployment, children.config_hash, events
+    return _Applied(deployment, children.config_hash, events, marks)
 
 
 def _apply_deployment(
@@ -236,9 +347,11 @@ def _apply_deployment(
     body: dict[str, Any],
     current: dict[str, Any] | None,
     dep_path: str,
-) -> tuple[dict[str, Any], bool]:
-    """Apply the Deployment and its replicas (by the replicas field manager); returns it
-    and whether this call created it."""
+) -> tuple[dict[str, Any], bool, bool]:
+    """Apply the Deployment (and, on an existing one, its replicas by the replicas field
+    manager first); returns it, whether this call created it, and whether the main apply
+    carried replicas. A created one's replicas seed is the caller's (`_apply_children`),
+    after the yield."""
     if current is not None:
         replicas = desired_replicas(spec, int(current.get("spec", {}).get("replicas") or 0))
         if replicas is not None:
@@ -253,22 +366,14 @@ def _apply_deployment(
                     raise
                 current = None
     if current is None:
-        # Creating: the main apply carries the initial replicas (else the Deployment
-        # would start at 1); the replicas manager then co-owns them, so the next main
-        # apply, which omits them, drops only its own claim, not the value.
+        # Creating: the main apply carries initial replicas other than the API server's
+        # default (else the Deployment would start at 1); the replicas manager then
+        # takes them over (after the yield, `_apply_children`).
         replicas = desired_replicas(spec, None)
-        if replicas is not None:
+        if replicas is not None and replicas != DEFAULT_REPLICAS:
             body = {**body, "spec": {**body["spec"], "replicas": replicas}}
     applied = kube.apply(body, FIELD_MANAGER)
-    deployment = applied.obj
-    if applied.created:
-        # Also when it was deleted between the read and this apply: seed its replicas.
-        replicas = desired_replicas(spec, None)
-        if replicas is not None:
-            deployment = kube.apply(
-                render_replicas_patch(spec, replicas), REPLICAS_FIELD_MANAGER
-            ).obj
-    return deployment, applied.created
+    return applied.obj, applied.created, "replicas" in body["spec"]
 
 
 def _deployment_change_event(
@@ -296,10 +401,52 @@ def reconcile(
     namespace: str,
     name: str,
     *,
+    lookups: Lookups | None = None,
+    thorough: bool = False,
+    body: dict[str, Any] | None = None,
     active_sessions: int | None = None,
 ) -> Outcome:
-    """Converge one VoiceAgent. Raises `KubeError` only for transient API errors."""
-    body = kube.get(va_path(namespace, name))
+    """Converge one VoiceAgent. Raises `KubeError` only for transient API errors.
+
+    `lookups`: Secret and KEDA answers shared with other reconciles (None: ask the API
+    server each time); `thorough`: also delete autoscaler objects no bookkeeping expects
+    (`stale_autoscalers`); `body`: the VoiceAgent as just read (None: GET it)."""
+    steps = reconcile_steps(
+        kube,
+        settings,
+        namespace,
+        name,
+        lookups=lookups,
+        thorough=thorough,
+        body=body,
+        active_sessions=active_sessions,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            outcome: Outcome = done.value
+            return outcome
+
+
+def reconcile_steps(
+    kube: KubeApi,
+    settings: Settings,
+    namespace: str,
+    name: str,
+    *,
+    lookups: Lookups | None = None,
+    thorough: bool = False,
+    body: dict[str, Any] | None = None,
+    active_sessions: int | None = None,
+) -> Generator[None, None, Outcome]:
+    """`reconcile` in two steps: it yields once the Deployment is applied (a new fleet's
+    workers can start), so a caller with many VoiceAgents to create can apply every
+    Deployment before the rest of each (handlers.Reconciler). Its return value is the
+    Outcome. The steps may run in different threads, one after the other."""
+    lookups = lookups or Lookups.uncached()
+    if body is None:
+        body = kube.get(va_path(namespace, name))
     if body is None or body["metadata"].get("deletionTimestamp"):
         return Outcome()  # children go with it (owner references)
     meta = body["metadata"]
@@ -311,8 +458,7 @@ def reconcile(
 
     problem: Problem | None = None
     spec: VoiceAgentSpec | None = None
-    hash_: str | None = None
-    events: list[Event] = []
+    applied: _Applied | None = None
     deployment = current
     desired: int | None = None
     try:
@@ -320,13 +466,17 @@ def reconcile(
     except SpecError as e:
         problem = Problem(Reason.INVALID_SPEC, str(e))
     if spec is not None:
-        problem = check_secrets(kube, spec) or check_autoscaler_api(kube, spec)
+        fresh = needs_fresh_secrets(previous, generation)
+        problem = check_secrets(kube, spec, lookups, fresh=fresh) or check_autoscaler_api(
+            kube, spec, lookups
+        )
     if spec is not None and problem is None:
         try:
             owner = Owner.from_body(body)
-            deployment, hash_, events = _apply_children(
-                kube, spec, owner, settings, current, previous, generation
+            applied = yield from _apply_children(
+                kube, spec, owner, settings, lookups, current, previous, generation, thorough
             )
+            deployment = applied.deployment
             _apply_autoscaler(kube, spec, owner, settings)
         except SpecError as e:
             problem = Problem(Reason.INVALID_SPEC, str(e))
@@ -339,12 +489,85 @@ def reconcile(
         replicas = (deployment or {}).get("spec", {}).get("replicas")
         desired = replicas if isinstance(replicas, int) else None
 
+    outcome = _observe(
+        kube,
+        body,
+        raw_spec,
+        spec,
+        deployment,
+        desired,
+        problem,
+        applied.config_hash if applied else None,
+        active_sessions,
+    )
+    if applied is not None:
+        outcome.events += applied.events
+        if problem is None:
+            outcome.marks = Marks(generation, applied.config_hash, applied.marks)
+    return outcome
+
+
+def refresh_status(
+    kube: KubeApi,
+    namespace: str,
+    name: str,
+    marks: Marks,
+    deployment: dict[str, Any] | None = None,
+) -> Outcome | None:
+    """The status only, for a fleet whose children are as the last full reconcile left
+    them (`marks`) and whose Deployment's controller moved on (a rollout's progress, pods
+    turning Ready or failing). No apply, no Secret read: a read of the VoiceAgent (and the
+    Deployment, unless the watch's copy is given), the pods if some are not ready, the
+    status write if it changed. None when this is not enough: the spec changed since,
+    or the Deployment is not what was applied; the caller then reconciles in full."""
+    body = kube.get(va_path(namespace, name))
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return Outcome()
+    if int(body["metadata"].get("generation", 0)) != marks.generation:
+        return None
+    raw_spec = body.get("spec") or {}
+    try:
+        spec = parse_spec(name, namespace, raw_spec)
+    except SpecError:
+        return None
+    if deployment is None:
+        deployment = kube.get(path("apps/v1", "Deployment", namespace, spec.name))
+    if deployment is None or not unchanged_since_apply(
+        "Deployment", deployment, marks.children.get("Deployment")
+    ):
+        return None
+    replicas = deployment.get("spec", {}).get("replicas")
+    desired = replicas if isinstance(replicas, int) else None
+    wanted = desired_replicas(spec, desired or 0)
+    if wanted is not None and wanted != desired:
+        return None  # scaled out of the mode's bounds (or by hand in mode none): restore
+    return _observe(kube, body, raw_spec, spec, deployment, desired, None, marks.config_hash, None)
+
+
+def _observe(
+    kube: KubeApi,
+    body: dict[str, Any],
+    raw_spec: Mapping[str, Any],
+    spec: VoiceAgentSpec | None,
+    deployment: dict[str, Any] | None,
+    desired: int | None,
+    problem: Problem | None,
+    hash_: str | None,
+    active_sessions: int | None,
+) -> Outcome:
+    """Status from what was seen, its Events, and the status write when it changed."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    previous: dict[str, Any] = body.get("status") or {}
     pods: list[dict[str, Any]] = []
     dstatus = (deployment or {}).get("status", {})
-    if deployment is not None and (dstatus.get("readyReplicas") or 0) < (
-        deployment.get("spec", {}).get("replicas") or 0
+    if (
+        deployment is not None
+        and (dstatus.get("replicas") or 0) > 0
+        and (dstatus.get("readyReplicas") or 0) < (deployment.get("spec", {}).get("replicas") or 0)
     ):
-        # Only a fleet short of ready workers needs the pods' reasons.
+        # Only a fleet short of ready workers needs the pods' reasons, and only once it
+        # has pods (a Deployment just created has none yet).
         pods = kube.list(path("v1", "Pod", namespace), selector_string(name))
 
     agent_name = spec.agent_name if spec else str(raw_spec.get("agentName") or name)
@@ -356,7 +579,7 @@ def reconcile(
     status = compute_status(
         Observation(
             name=name,
-            generation=generation,
+            generation=int(meta.get("generation", 0)),
             agent_name=agent_name,
             max_per_worker=per_worker,
             deployment=deployment,
@@ -368,7 +591,7 @@ def reconcile(
             previous=previous,
         )
     )
-    events = _problem_events(previous, problem) + _degraded_events(previous, status) + events
+    events = _problem_events(previous, problem) + _degraded_events(previous, status)
     if status_changed(previous, status):
         kube.patch_status(va_path(namespace, name), status)
     return Outcome(body=body, status=status, problem=problem, events=events)

@@ -18,6 +18,7 @@ from voicefleet_contract import (
     APP_NAME,
     CONFIG_FILE_KEY,
     CONFIG_MOUNT_PATH,
+    GROUP,
     HEALTH_PORT,
     HEALTH_PORT_NAME,
     KIND,
@@ -36,6 +37,9 @@ from voicefleet_contract import (
 from .settings import Settings
 from .spec import DRAIN_MARGIN_SECONDS, SpecError, VoiceAgentSpec
 
+# On the worker Deployment: the autoscaling mode it was last applied in, so a reconcile
+# knows whether an HPA or ScaledObject of another mode can be left to delete.
+ANNOTATION_AUTOSCALING_MODE: Final = f"{GROUP}/autoscaling-mode"
 CONTAINER_NAME: Final = "agent"
 CONFIG_VOLUME: Final = "agent-config"
 DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
@@ -286,10 +290,12 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
 def render_deployment(
     spec: VoiceAgentSpec, owner: Owner, settings: Settings, hash_: str
 ) -> dict[str, Any]:
+    meta = _meta(spec, owner, ChildNames.of(spec.name).deployment, "worker")
+    meta["annotations"] = {ANNOTATION_AUTOSCALING_MODE: spec.autoscaling.mode}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(spec, owner, ChildNames.of(spec.name).deployment, "worker"),
+        "metadata": meta,
         "spec": {
             "selector": {"matchLabels": selector_labels(spec.name)},
             "strategy": {

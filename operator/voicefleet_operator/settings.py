@@ -23,7 +23,12 @@ class Settings:
     bind_address: str = "0.0.0.0"
     metrics_port: int = 8080  # operator's /metrics
     health_port: int = 8081  # kopf's liveness endpoint /healthz
-    resync_seconds: float = 60.0  # the timer backstop per VoiceAgent
+    # The timer backstop per VoiceAgent (handlers.py): a full reconcile at least this often
+    # (jittered, 80-100 % of it), though child watch events repair drift within a second;
+    # and, every retry_seconds, a full reconcile of one whose last had a problem (a
+    # Secret may have appeared) or failed, a status refresh of one not settled.
+    resync_seconds: float = 600.0
+    retry_seconds: float = 30.0
     otlp_endpoint: str | None = None  # passed to workers as OTEL_EXPORTER_OTLP_ENDPOINT
     kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
     # Where KEDA's Prometheus trigger (autoscaling mode keda) reads the sessions metric.

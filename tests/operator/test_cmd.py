@@ -33,3 +33,12 @@ def test_failover_flags() -> None:
     s = cmd.parse([], env)
     assert (s.webhook_port, s.failover_sweep_seconds) == (0, 15.0)
     assert cmd.parse(["--webhook-port=9443"], env).webhook_port == 9443
+
+
+def test_resync_and_retry_flags() -> None:
+    s = cmd.parse([], {})
+    assert (s.resync_seconds, s.retry_seconds) == (600.0, 30.0)
+    env = {"VOICEFLEET_OPERATOR_RESYNC_SECONDS": "300", "VOICEFLEET_OPERATOR_RETRY_SECONDS": "10"}
+    s = cmd.parse([], env)
+    assert (s.resync_seconds, s.retry_seconds) == (300.0, 10.0)
+    assert cmd.parse(["--retry-seconds=5"], env).retry_seconds == 5.0

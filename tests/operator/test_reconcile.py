@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from voicefleet_operator.kube import Applied, KubeError, path_of
-from voicefleet_operator.reconcile import reconcile, va_path
+from voicefleet_operator.lookups import Lookups
+from voicefleet_operator.reconcile import (
+    needs_fresh_secrets,
+    reconcile,
+    refresh_status,
+    stale_autoscalers,
+    va_path,
+)
+from voicefleet_operator.render import ANNOTATION_AUTOSCALING_MODE
 from voicefleet_operator.settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
 
 from .util import body, minimal_spec
@@ -27,19 +35,23 @@ class FakeKube:
         self.rv = 0
         self.deleted: list[str] = []
         self.uid = 0
+        self.calls: list[tuple[str, str]] = []  # (verb, path): every API call, in order
 
     def put(self, p: str, obj: dict[str, Any]) -> None:
         self.objects[p] = obj
 
     def get(self, path: str) -> dict[str, Any] | None:
+        self.calls.append(("GET", path))
         obj = self.objects.get(path)
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(self, path: str, label_selector: str) -> list[dict[str, Any]]:
+        self.calls.append(("LIST", path))
         return []
 
     def apply(self, obj: Mapping[str, Any], field_manager: str) -> Applied:
         p = path_of(obj)
+        self.calls.append(("APPLY", p))
         self.applies.append((obj["kind"], field_manager))
         current = self.objects.get(p)
         new = copy.deepcopy(dict(obj))
@@ -48,17 +60,30 @@ class FakeKube:
             merged.setdefault("spec", {}).update(new.get("spec", {}))
             new = {**merged, **{k: v for k, v in new.items() if k != "spec"}}
             new["spec"] = merged["spec"]
-        gen = (current or {}).get("metadata", {}).get("generation", 0)
+        old_meta = (current or {}).get("metadata", {})
+        gen = old_meta.get("generation", 0)
         changed = current is None or current.get("spec") != new.get("spec")
-        new["metadata"] = {**new.get("metadata", {}), "generation": gen + 1 if changed else gen}
+        # Metadata merges as server-side apply keeps other managers' fields (a replicas-only
+        # apply leaves the labels); uid and resourceVersion are the server's.
+        new["metadata"] = {
+            **old_meta,
+            **new.get("metadata", {}),
+            "generation": gen + 1 if changed else gen,
+        }
         if current is None:
             self.uid += 1
             new["metadata"]["uid"] = f"uid-{self.uid}"
+            if new["kind"] == "Deployment":
+                new["spec"].setdefault("replicas", 1)  # the API server's default
+        if new != current:
+            self.rv += 1
+            new["metadata"]["resourceVersion"] = str(self.rv)
         self.objects[p] = new
         return Applied(copy.deepcopy(new), created=current is None)
 
     def patch_status(self, path: str, status: Mapping[str, Any]) -> dict[str, Any]:
         self.status_patches += 1
+        self.calls.append(("PATCH", f"{path}/status"))
         self.objects[path]["status"] = dict(status)
         return self.objects[path]
 
@@ -66,6 +91,7 @@ class FakeKube:
         raise AssertionError(f"the reconciler does not merge-patch ({path})")
 
     def delete(self, path: str) -> None:
+        self.calls.append(("DELETE", path))
         self.deleted.append(path)
         self.objects.pop(path, None)
 
@@ -87,12 +113,14 @@ def test_creates_children_then_is_quiet() -> None:
     k = _setup()
     out = reconcile(k, Settings(), NS, "support")
     kinds = [a for a in k.applies]
+    # The ConfigMap first (pods mount it), the Deployment as soon as it can be; what
+    # the workers do not wait for after it.
+    # One worker, the API server's default: no replicas in the apply, none to hand over.
     assert kinds == [
         ("ConfigMap", FIELD_MANAGER),
+        ("Deployment", FIELD_MANAGER),
         ("Service", FIELD_MANAGER),
         ("PodDisruptionBudget", FIELD_MANAGER),
-        ("Deployment", FIELD_MANAGER),
-        ("Deployment", REPLICAS_FIELD_MANAGER),
     ]
     dep = k.objects[f"/apis/apps/v1/namespaces/{NS}/deployments/support"]
     assert dep["spec"]["replicas"] == 1
@@ -141,10 +169,8 @@ def test_hpa_mode_lets_go_of_replicas() -> None:
     spec["autoscaling"] = {"mode": "hpa", "minReplicas": 2, "maxReplicas": 5}
     k = _setup(spec)
     reconcile(k, Settings(), NS, "support")
-    assert k.applies[-2:] == [
-        ("Deployment", REPLICAS_FIELD_MANAGER),  # seeded at creation
-        ("HorizontalPodAutoscaler", FIELD_MANAGER),
-    ]
+    assert ("Deployment", REPLICAS_FIELD_MANAGER) in k.applies  # seeded at creation
+    assert k.applies[-1] == ("HorizontalPodAutoscaler", FIELD_MANAGER)
     dep_path = f"/apis/apps/v1/namespaces/{NS}/deployments/support"
     k.objects[dep_path]["spec"]["replicas"] = 4  # the HPA scaled
     k.applies.clear()
@@ -307,3 +333,270 @@ def test_failing_workers_are_a_warning_event_once_and_recovery_is_reported() -> 
     k.list = lambda path, label_selector: []  # type: ignore[method-assign]
     out = reconcile(k, Settings(), NS, "support")
     assert [(e.type, e.reason) for e in out.events] == [("Normal", "Recovered")]
+
+
+# --- API calls per reconcile, shared lookups, autoscaler clean-up ------------------------
+SECRET_LK = f"/api/v1/namespaces/{NS}/secrets/livekit"
+SECRET_OAI = f"/api/v1/namespaces/{NS}/secrets/openai"
+HPA = f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/support"
+SO = f"/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledobjects/support"
+
+
+def _verbs(k: FakeKube) -> list[tuple[str, str]]:
+    """The calls as (verb, last path segment), for readable comparisons."""
+    return [(verb, p.rstrip("/").split("/")[-1]) for verb, p in k.calls]
+
+
+def test_create_path_calls_deployment_fourth_and_no_cleanup() -> None:
+    k = _setup()
+    reconcile(k, Settings(), NS, "support")
+    assert _verbs(k) == [
+        ("GET", "support"),  # the VoiceAgent
+        ("GET", "support"),  # the Deployment: 404
+        ("GET", "livekit"),  # Secrets (uncached here; shared Lookups in the operator)
+        ("GET", "openai"),
+        ("APPLY", "support-config"),
+        ("APPLY", "support"),  # the Deployment: the fourth call with the Secrets cached
+        ("APPLY", "support-workers"),
+        ("APPLY", "support"),  # the PDB
+        ("PATCH", "status"),
+    ]  # no DELETE of an HPA or ScaledObject that never was, no pod LIST (no pods yet)
+
+
+def test_steady_state_calls() -> None:
+    k = _setup()
+    lookups = Lookups.cached()
+    reconcile(k, Settings(), NS, "support", lookups=lookups)
+    k.calls.clear()
+    reconcile(k, Settings(), NS, "support", lookups=lookups)
+    assert [v for v, _ in k.calls] == ["GET", "GET", "APPLY", "APPLY", "APPLY", "APPLY"]
+
+
+def test_shared_secret_is_read_once_for_many_voiceagents() -> None:
+    k = _setup()
+    for i in range(20):
+        k.put(va_path(NS, f"va{i}"), body(minimal_spec(), name=f"va{i}", namespace=NS))
+    lookups = Lookups.cached(clock=lambda: 100.0)
+    for i in range(20):
+        out = reconcile(k, Settings(), NS, f"va{i}", lookups=lookups)
+        assert out.problem is None
+    reads = [p for v, p in k.calls if v == "GET" and "/secrets/" in p]
+    assert sorted(reads) == [SECRET_LK, SECRET_OAI]
+
+
+def test_a_secret_deleted_before_an_edit_blocks_it_despite_the_shared_answer() -> None:
+    """An edit of a running fleet reads the Secrets now: the shared answer, seconds old,
+    may not know of a deletion, and the edit would roll pods that cannot start."""
+    k = _setup()
+    lookups = Lookups.cached(clock=lambda: 100.0)  # answers never expire here
+    reconcile(k, Settings(), NS, "support", lookups=lookups)
+    del k.objects[SECRET_OAI]
+    # Nothing changed: a re-apply of what runs may trust the shared answer.
+    assert reconcile(k, Settings(), NS, "support", lookups=lookups).problem is None
+    va = k.objects[va_path(NS, "support")]
+    va["spec"]["model"]["instructions"] = "v2"
+    va["metadata"]["generation"] = 2
+    applies = len(k.applies)
+    out = reconcile(k, Settings(), NS, "support", lookups=lookups)
+    assert out.problem is not None and out.problem.reason == "SecretNotFound"
+    assert len(k.applies) == applies
+
+
+@pytest.mark.parametrize(
+    ("previous", "generation", "fresh"),
+    [
+        ({}, 1, False),  # never applied: nothing runs
+        ({"observedGeneration": 1}, 1, False),  # blocked before its first apply
+        ({"configHash": "h", "observedGeneration": 1}, 1, False),  # a re-apply
+        ({"configHash": "h", "observedGeneration": 1}, 2, True),  # an edit
+        (
+            {
+                "configHash": "h",
+                "observedGeneration": 2,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "SecretNotFound"}],
+            },
+            2,
+            True,  # an edit still waiting for its Secret
+        ),
+    ],
+)
+def test_needs_fresh_secrets(previous: dict[str, Any], generation: int, fresh: bool) -> None:
+    assert needs_fresh_secrets(previous, generation) is fresh
+
+
+def _dep(mode: str | None) -> dict[str, Any]:
+    annotations = {ANNOTATION_AUTOSCALING_MODE: mode} if mode else {}
+    return {"metadata": {"annotations": annotations}}
+
+
+@pytest.mark.parametrize(
+    ("mode", "current", "previous", "thorough", "stale"),
+    [
+        ("builtin", None, {}, False, ()),  # never applied
+        ("builtin", None, {"configHash": "h"}, False, ("hpa", "keda")),  # deleted by hand
+        ("builtin", _dep("builtin"), {"configHash": "h"}, False, ()),  # the same mode
+        ("builtin", _dep("hpa"), {"configHash": "h"}, False, ("hpa",)),  # hpa -> builtin
+        ("hpa", _dep("keda"), {"configHash": "h"}, False, ("keda",)),  # keda -> hpa
+        ("keda", _dep("keda"), {"configHash": "h"}, False, ()),
+        ("none", _dep(None), {"configHash": "h"}, False, ("hpa", "keda")),  # an older operator
+        ("hpa", _dep("hpa"), {"configHash": "h"}, True, ("keda",)),  # the periodic backstop
+    ],
+)
+def test_stale_autoscalers(
+    mode: str,
+    current: dict[str, Any] | None,
+    previous: dict[str, Any],
+    thorough: bool,
+    stale: tuple[str, ...],
+) -> None:
+    assert stale_autoscalers(mode, current, previous, thorough=thorough) == stale
+
+
+def test_mode_switches_remove_the_old_autoscaler_and_only_then() -> None:
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "keda", "minReplicas": 0, "maxReplicas": 5}
+    k = _setup(spec)
+    k.put("/apis/keda.sh/v1alpha1", {"kind": "APIResourceList"})
+    reconcile(k, Settings(), NS, "support")
+    assert SO in k.objects and k.deleted == []
+    va = k.objects[va_path(NS, "support")]
+    # keda -> hpa: the ScaledObject goes before the Deployment changes mode.
+    va["spec"]["autoscaling"] = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 5}
+    reconcile(k, Settings(), NS, "support")
+    assert k.deleted == [SO] and HPA in k.objects
+    dep = k.objects[DEP]
+    assert dep["metadata"]["annotations"][ANNOTATION_AUTOSCALING_MODE] == "hpa"
+    # hpa, unchanged: nothing deleted.
+    reconcile(k, Settings(), NS, "support")
+    assert k.deleted == [SO]
+    # hpa -> none: the HPA goes; then nothing more.
+    va["spec"]["autoscaling"] = {"mode": "none"}
+    reconcile(k, Settings(), NS, "support")
+    assert k.deleted == [SO, HPA] and HPA not in k.objects
+    reconcile(k, Settings(), NS, "support")
+    assert k.deleted == [SO, HPA]
+
+
+def test_a_failed_delete_is_retried_because_the_mode_was_not_recorded_yet() -> None:
+    """The old mode's object is deleted before the Deployment records the new mode: a
+    reconcile that fails in between leaves the old mode on the Deployment, so the retry
+    deletes again."""
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "hpa", "minReplicas": 1, "maxReplicas": 5}
+    k = _setup(spec)
+    reconcile(k, Settings(), NS, "support")
+    k.objects[va_path(NS, "support")]["spec"]["autoscaling"] = {"mode": "builtin"}
+    real_delete = k.delete
+
+    def unavailable(path: str) -> None:
+        raise KubeError(503, "ServiceUnavailable", "etcd")
+
+    k.delete = unavailable  # type: ignore[method-assign]
+    with pytest.raises(KubeError):
+        reconcile(k, Settings(), NS, "support")
+    assert k.objects[DEP]["metadata"]["annotations"][ANNOTATION_AUTOSCALING_MODE] == "hpa"
+    k.delete = real_delete  # type: ignore[method-assign]
+    reconcile(k, Settings(), NS, "support")
+    assert HPA in k.deleted
+
+
+def test_keda_discovery_is_shared_and_not_asked_without_need() -> None:
+    k = _setup()
+    lookups = Lookups.cached(clock=lambda: 100.0)
+    reconcile(k, Settings(), NS, "support", lookups=lookups)
+    assert ("GET", "/apis/keda.sh/v1alpha1") not in k.calls  # builtin, nothing to clean up
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "keda", "minReplicas": 0, "maxReplicas": 5}
+    for i in range(3):
+        k.put(va_path(NS, f"k{i}"), body(spec, name=f"k{i}", namespace=NS))
+        reconcile(k, Settings(), NS, f"k{i}", lookups=lookups)
+    assert k.calls.count(("GET", "/apis/keda.sh/v1alpha1")) == 1
+
+
+# --- status refresh -----------------------------------------------------------------
+def test_refresh_status_follows_the_deployment_without_applying() -> None:
+    k = _setup()
+    out = reconcile(k, Settings(), NS, "support")
+    assert out.marks is not None
+    k.objects[DEP]["status"] = {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    k.objects[DEP]["status"]["observedGeneration"] = k.objects[DEP]["metadata"]["generation"]
+    k.calls.clear()
+    refreshed = refresh_status(k, NS, "support", out.marks, copy.deepcopy(k.objects[DEP]))
+    assert refreshed is not None and refreshed.ready
+    assert [v for v, _ in k.calls] == ["GET", "PATCH"]  # the VoiceAgent, its status
+    assert k.objects[va_path(NS, "support")]["status"]["configHash"] == out.marks.config_hash
+    # Nothing new: no write.
+    k.calls.clear()
+    assert refresh_status(k, NS, "support", out.marks) is not None
+    assert [v for v, _ in k.calls] == ["GET", "GET"]
+
+
+def test_refresh_status_is_not_enough_after_an_edit_or_drift() -> None:
+    k = _setup()
+    out = reconcile(k, Settings(), NS, "support")
+    assert out.marks is not None
+    applies = len(k.applies)
+    drifted = copy.deepcopy(k.objects[DEP])
+    drifted["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"  # by hand
+    drifted["metadata"]["generation"] += 1
+    assert refresh_status(k, NS, "support", out.marks, drifted) is None
+    relabelled = copy.deepcopy(k.objects[DEP])
+    del relabelled["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+    assert refresh_status(k, NS, "support", out.marks, relabelled) is None
+    k.objects[va_path(NS, "support")]["metadata"]["generation"] = 2  # the spec changed
+    assert refresh_status(k, NS, "support", out.marks) is None
+    assert len(k.applies) == applies  # it never applies: the full reconcile does
+
+
+def test_a_blocked_reconcile_leaves_no_marks() -> None:
+    k = _setup(secrets=False)
+    assert reconcile(k, Settings(), NS, "support").marks is None
+
+
+def test_refresh_status_after_a_scale_checks_the_modes_replicas() -> None:
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 3}
+    k = _setup(spec)
+    out = reconcile(k, Settings(), NS, "support")
+    assert out.marks is not None
+    scaled = copy.deepcopy(k.objects[DEP])
+    scaled["spec"]["replicas"] = 3  # the autoscaler, within bounds
+    scaled["metadata"]["generation"] += 1
+    refreshed = refresh_status(k, NS, "support", out.marks, scaled)
+    assert refreshed is not None and (refreshed.status or {})["desiredReplicas"] == 3
+    scaled["spec"]["replicas"] = 9  # out of bounds: a full reconcile clamps it
+    assert refresh_status(k, NS, "support", out.marks, scaled) is None
+    # Mode none: the operator owns replicas; a scale of the Deployment is reverted.
+    k.objects[va_path(NS, "support")]["spec"]["autoscaling"] = {"mode": "none"}
+    none = reconcile(k, Settings(), NS, "support")
+    assert none.marks is not None
+    scaled = copy.deepcopy(k.objects[DEP])
+    scaled["spec"]["replicas"] = 2
+    scaled["metadata"]["generation"] += 1
+    assert refresh_status(k, NS, "support", none.marks, scaled) is None
+
+
+def test_initial_replicas_other_than_one_are_handed_to_the_replicas_manager() -> None:
+    """The main apply that creates the Deployment carries them (it must not start at 1);
+    the replicas manager takes them over and the main manager lets go at once, or its
+    next apply (an operator restart's resume) would write managedFields alone."""
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "builtin", "minReplicas": 3, "maxReplicas": 5}
+    k = _setup(spec)
+    reconcile(k, Settings(), NS, "support")
+    assert [a for a in k.applies if a[0] == "Deployment"] == [
+        ("Deployment", FIELD_MANAGER),
+        ("Deployment", REPLICAS_FIELD_MANAGER),
+        ("Deployment", FIELD_MANAGER),
+    ]
+    assert k.objects[DEP]["spec"]["replicas"] == 3
+    # Mode none: the reconciler applies replicas on every reconcile; its replicas manager
+    # claims even the default at creation, so the next reconcile writes nothing.
+    spec = minimal_spec()
+    spec["autoscaling"] = {"mode": "none"}
+    k = _setup(spec)
+    reconcile(k, Settings(), NS, "support")
+    assert [a for a in k.applies if a[0] == "Deployment"] == [
+        ("Deployment", FIELD_MANAGER),
+        ("Deployment", REPLICAS_FIELD_MANAGER),
+    ]
