@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME, POD_DELETION_COST
@@ -113,9 +113,11 @@ class Autoscaler:
         self.metrics = metrics
         self.clock = clock
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
+        self.changed_at: dict[tuple[str, str], float] = {}  # when replicas last changed
 
     def forget(self, namespace: str, name: str) -> None:
         self.history.pop((namespace, name), None)
+        self.changed_at.pop((namespace, name), None)
 
     async def tick(
         self,
@@ -145,7 +147,10 @@ class Autoscaler:
             self.history.get((ns, name), ()),
         )
         self.history[(ns, name)] = d.history
+        now = self.clock()
+        d = pace(d, current, now, self.changed_at.get((ns, name)))
         if d.desired != current:
+            self.changed_at[(ns, name)] = now
             await asyncio.to_thread(self._apply, spec, samples, current, d)
             self.metrics.as_decisions.labels(ns, name, d.direction).inc()
             post_event("Normal", "Scaled", f"workers {current} -> {d.desired}: {d.reason}")
@@ -203,6 +208,22 @@ def status_patch(d: Decision, status: Mapping[str, Any]) -> dict[str, Any] | Non
     if all(status.get(k) == v for k, v in wanted.items()):
         return None
     return wanted
+
+
+def pace(d: Decision, current: int, now: float, changed_at: float | None) -> Decision:
+    """At most one change of replicas per `TICK_SECONDS`. Pure.
+
+    The loop runs on every change it hears of, including its own scaling's Deployment
+    event: without this, the steps that bound each decision (a tenth of the fleet down,
+    double up) would follow each other as fast as the events, not once a second."""
+    if d.desired == current or changed_at is None or now - changed_at >= TICK_SECONDS:
+        return d
+    return replace(
+        d,
+        desired=current,
+        direction="none",
+        reason=f"{d.reason}; next step within {TICK_SECONDS:g}s of the last",
+    )
 
 
 def settled(d: Decision | None, current: int | None) -> bool:

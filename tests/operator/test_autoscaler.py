@@ -139,3 +139,19 @@ def test_a_fleet_is_settled_only_when_time_alone_changes_nothing() -> None:
     # A pod not read yet is left out of the samples, a failed read counts as full.
     pods = [WorkerPod("a", "10.0.0.1", True, False), WorkerPod("b", "10.0.0.2", True, False)]
     assert samples_of(pods, {"a": None}, 10) == [PodSample("a", None, 10)]
+
+
+def test_replicas_change_at_most_once_a_second() -> None:
+    """The loop runs on every event, its own scaling's included: steps stay a second apart."""
+    from voicefleet_operator.autoscale_loop import pace
+
+    policy = Policy(min_replicas=1, max_replicas=5, max_per_worker=10, target_utilization=1.0,
+                    stabilization_seconds=0)  # fmt: skip
+    down = decide(10.0, [PodSample("a", 0, 10)] * 4, 4, policy)
+    assert down.desired == 3
+    assert pace(down, 4, 10.0, None).desired == 3  # nothing changed lately: at once
+    held = pace(down, 4, 10.4, 10.0)  # 0.4 s after the last change: wait
+    assert (held.desired, held.direction) == (4, "none") and "next step" in held.reason
+    assert pace(down, 4, 11.0, 10.0).desired == 3
+    same = decide(10.0, [PodSample("a", 5, 10)], 1, policy)
+    assert pace(same, 1, 10.1, 10.0) == same
