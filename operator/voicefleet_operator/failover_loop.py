@@ -46,7 +46,7 @@ from .feed import Reading, SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics, _build, _label_sets
 from .shared import TtlShared
-from .spec import SpecError, VoiceAgentSpec, parse_spec
+from .spec import ParsedSpec, VoiceAgentSpec
 from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
 
 log = logging.getLogger(__name__)
@@ -687,21 +687,16 @@ def register_failover(
 
         wake = feed.subscribe(ns, name)
         stop = asyncio.ensure_future(stopped.wait())
-        parsed: tuple[Any, VoiceAgentSpec | None] = (None, None)
+        parsed = ParsedSpec(ns, name)
         try:
             while not stopped:
                 wake.clear()
                 timeout = TICK_SECONDS
-                generation = body.get("metadata", {}).get("generation")
-                if parsed[0] != generation or parsed[0] is None:
-                    try:
-                        parsed = (generation, parse_spec(name, ns, dict(spec)))  # live view
-                    except SpecError:
-                        parsed = (generation, None)  # the reconciler reports it
-                if parsed[1] is not None:
+                va = parsed.of(body, spec)
+                if va is not None:
                     try:
                         timeout = await failover.tick(
-                            parsed[1], feed.pods(ns, name), feed.readings(ns, name), post
+                            va, feed.pods(ns, name), feed.readings(ns, name), post
                         )
                     except KubeError as e:
                         log.warning("failover %s/%s: %s; retrying", ns, name, e)

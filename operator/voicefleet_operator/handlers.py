@@ -58,7 +58,7 @@ from .kube import KubeApi, KubeError
 from .lookups import Lookups
 from .metrics import OperatorMetrics
 from .settings import Settings
-from .spec import SpecError, VoiceAgentSpec, parse_spec
+from .spec import ParsedSpec
 
 log = logging.getLogger(__name__)
 ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping annotations live under voicefleet.dev/
@@ -587,18 +587,12 @@ def register_autoscaler(
 
         wake = feed.subscribe(ns, name)
         stop = asyncio.ensure_future(stopped.wait())
-        parsed: tuple[Any, VoiceAgentSpec | None] = (None, None)
+        parsed = ParsedSpec(ns, name)
         try:
             while not stopped:
                 wake.clear()  # before reading: a change during this run wakes the next
                 timeout = IDLE_SECONDS
-                generation = body.get("metadata", {}).get("generation")
-                if parsed[0] != generation or parsed[0] is None:
-                    try:
-                        parsed = (generation, parse_spec(name, ns, dict(spec)))  # live view
-                    except SpecError:
-                        parsed = (generation, None)  # the reconciler reports it
-                va = parsed[1]
+                va = parsed.of(body, spec)
                 if va is not None and va.autoscaling.mode == "builtin":
                     replicas = list(deployment_replicas.get((ns, name), []))
                     current = replicas[0] if replicas else None

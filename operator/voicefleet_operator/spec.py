@@ -518,3 +518,23 @@ def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
         disruption=_disruption(d.get("disruptionBudget")),
         template=_template(d.get("template")),
     )
+
+
+class ParsedSpec:
+    """A VoiceAgent's spec parsed once per generation, for daemons that see kopf's live
+    view of it: None while it does not parse (the reconciler reports why)."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        self.namespace, self.name = namespace, name
+        self._generation: Any = None
+        self._parsed: VoiceAgentSpec | None = None
+
+    def of(self, body: Mapping[str, Any], spec: Mapping[str, Any]) -> VoiceAgentSpec | None:
+        generation = body.get("metadata", {}).get("generation")
+        if generation is None or generation != self._generation:
+            self._generation = generation
+            try:
+                self._parsed = parse_spec(self.name, self.namespace, dict(spec))
+            except SpecError:
+                self._parsed = None
+        return self._parsed

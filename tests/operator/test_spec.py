@@ -110,3 +110,16 @@ def test_any_voice_with_a_compatible_endpoint() -> None:
 @pytest.mark.parametrize("name", ["Support", "a" * 56, "1abc", "a.b"])
 def test_names_that_cannot_name_children(name: str) -> None:
     assert _err(minimal_spec(), name).field == "metadata.name"
+
+
+def test_a_daemon_parses_the_spec_once_per_generation() -> None:
+    from voicefleet_operator.spec import ParsedSpec
+
+    spec = minimal_spec()
+    parsed = ParsedSpec("voice", "support")
+    first = parsed.of({"metadata": {"generation": 1}}, spec)
+    assert first is not None and parsed.of({"metadata": {"generation": 1}}, spec) is first
+    broken = {**spec, "sessions": {"maxPerWorker": 0}}
+    assert parsed.of({"metadata": {"generation": 2}}, broken) is None  # reported elsewhere
+    again = parsed.of({"metadata": {"generation": 3}}, spec)
+    assert again is not None and again is not first
