@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -42,6 +42,7 @@ from voicefleet_contract import metrics as m
 
 from . import failover as fo
 from .autoscale_loop import WorkerPod
+from .events import PostEvent, poster
 from .feed import Reading, SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics, _build, _label_sets
@@ -58,7 +59,6 @@ SECRET_RETRY_SECONDS = 5.0
 # How long a handled loss is remembered: longer than LiveKit takes to time a dead
 # participant out (~20 s) and to deliver its webhook (retries included).
 SETTLED_SECONDS = 300.0
-PostEvent = Callable[[str, str, str], None]
 
 
 class FailoverMetrics:
@@ -671,20 +671,7 @@ def register_failover(
         **_: Any,
     ) -> None:
         ns = namespace or ""
-        ref = kopf.Body(
-            cast(
-                kopf.RawBody,
-                {
-                    "apiVersion": body["apiVersion"],
-                    "kind": body["kind"],
-                    "metadata": {"name": name, "namespace": ns, "uid": body["metadata"]["uid"]},
-                },
-            )
-        )
-
-        def post(kind: str, reason: str, message: str) -> None:
-            kopf.event(ref, type=kind, reason=reason, message=message)
-
+        post = poster(body)
         wake = feed.subscribe(ns, name)
         stop = asyncio.ensure_future(stopped.wait())
         parsed = ParsedSpec(ns, name)

@@ -34,7 +34,7 @@ import socket
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -52,6 +52,7 @@ from voicefleet_contract import (
 from . import reconcile as rc
 from . import triggers
 from .autoscale_loop import IDLE_SECONDS, TICK_SECONDS, Autoscaler, index_pod, settled
+from .events import poster
 from .feed import SessionFeed, wait_for_wake
 from .gate import PriorityGate
 from .kube import KubeApi, KubeError
@@ -245,9 +246,10 @@ class Reconciler:
             namespace, name, seconds, result, outcome.problem.reason if outcome.problem else None
         )
         self.metrics.set_ready(namespace, name, outcome.ready)
-        for ev in outcome.events:
-            ref = kopf.Body(cast(kopf.RawBody, _ref(outcome.body)))
-            kopf.event(ref, type=ev.type, reason=ev.reason, message=ev.message)
+        if outcome.events:
+            post = poster(outcome.body)
+            for ev in outcome.events:
+                post(ev.type, ev.reason, ev.message)
         log.debug(
             "reconciled %s/%s (%s, %s) in %.3fs: %s",
             namespace,
@@ -310,15 +312,6 @@ def _step(steps: Generator[None, None, rc.Outcome]) -> rc.Outcome | None:
         outcome: rc.Outcome = done.value
         return outcome
     return None
-
-
-def _ref(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
-    }
 
 
 def owner_name(body: Mapping[str, Any]) -> str | None:
@@ -580,11 +573,7 @@ def register_autoscaler(
         ns = namespace or ""
         deployment_replicas: kopf.Index[tuple[str, str], int] = kwargs["deployment_replicas"]
 
-        def post(kind: str, reason: str, message: str) -> None:
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, _ref(body))), type=kind, reason=reason, message=message
-            )
-
+        post = poster(body)
         wake = feed.subscribe(ns, name)
         stop = asyncio.ensure_future(stopped.wait())
         parsed = ParsedSpec(ns, name)

@@ -524,11 +524,9 @@ class Stack:
         """Stop one part (SIGTERM, SIGKILL after `grace`) and start it again on the same
         ports, waiting until it is ready: e.g. `restart("livekit-server")`."""
         comps = {c.name: c for c in self._components(Binaries.locate().require())}
-        if part not in comps or part not in self.state.procs:
+        if part not in comps:
             raise ValueError(f"no running part {part!r}; parts: {', '.join(self.state.procs)}")
-        ref = self.state.procs[part]
-        if ref.alive():
-            stop(ref, grace=grace)
+        self.stop_part(part, grace)
         self._start(comps[part])
 
     def status(self) -> list[tuple[str, bool, str]]:
