@@ -419,6 +419,11 @@ def voiceagent() -> Dashboard:
                         "{{direction}}",
                     ),
                     Query(f"max({sel(m.AUTOSCALER_LIMITED, o)})", "limited by maxReplicas"),
+                    Query(f"sum({sel(m.CALLS_WAITING, o)})", "calls waiting for a slot"),
+                    Query(
+                        f"sum(increase({sel(m.CALLS_UNPLACED, o)}[{RATE}]))",
+                        "calls LiveKit could not place",
+                    ),
                 ),
                 bars=True,
                 width=12,

@@ -51,6 +51,8 @@ WATCH: dict[str, str] = {
     m.AUTOSCALER_TICK.name: "p95 near the tick period means the autoscaler falls behind (too many workers per agent).",
     m.FAILOVERS.name: "Spikes fire VoiceFleetFailoversSpiking; any `gave_up` fires VoiceFleetFailoverGaveUp.",
     m.FAILOVER_LATENCY.name: "How long a caller whose agent died waits for a new one.",
+    m.CALLS_WAITING.name: "Above 0 for long: the fleet cannot grow fast enough or is at maxReplicas; callers hear silence.",
+    m.CALLS_UNPLACED.name: "Rising: calls arrive while every worker is full; raise bufferSessions or lower targetUtilization.",
     m.ORPHANS_FOUND.name: "Mostly `sweep` instead of `webhook`/`worker` means webhooks do not arrive.",
     m.WEBHOOK_REQUESTS.name: "`bad_signature`/`unknown_key` fire VoiceFleetWebhookSignatureFailures.",
 }

@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, cast
 
+from .capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
+
 CONFIG_VERSION: Final = 1
 TOOL_NAME_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
 TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "none")
@@ -102,6 +104,8 @@ class AgentConfig:
     voiceAgent: str
     agentName: str
     livekitURL: str
+    # livekit-server's `agents.target_load`, mirrored: see voicefleet_contract.capacity.
+    livekitTargetLoad: float = DEFAULT_TARGET_LOAD
     model: Model = field(default_factory=Model)
     tools: tuple[Tool, ...] = ()
     sessions: Sessions = field(default_factory=Sessions)
@@ -313,6 +317,10 @@ def parse_config(data: Any) -> AgentConfig:
         voiceAgent=r.req_str("voiceAgent"),
         agentName=r.req_str("agentName"),
         livekitURL=cast(str, _url(r, "livekitURL", ("ws", "wss", "http", "https"), required=True)),
+        livekitTargetLoad=cast(
+            float,
+            r.num("livekitTargetLoad", DEFAULT_TARGET_LOAD, MIN_TARGET_LOAD, MAX_TARGET_LOAD),
+        ),
         model=_model(r.obj("model")),
         tools=_tools(r),
         sessions=Sessions(

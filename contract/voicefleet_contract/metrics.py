@@ -269,6 +269,21 @@ ORPHANS_FOUND: Final = MetricSpec(
     "each worker), pod (a worker pod deleted or gone), sweep (the periodic LiveKit API sweep).",
     (*_VA, "source"),
 )
+CALLS_WAITING: Final = MetricSpec(
+    "voicefleet_calls_waiting",
+    "gauge",
+    "Calls with no agent waiting for a free worker slot: LiveKit could not place them (every "
+    "worker at its target load), or their worker died while every other was full. The "
+    "builtin autoscaler counts them as demand; each is dispatched once a worker has a slot.",
+    _VA,
+)
+CALLS_UNPLACED: Final = MetricSpec(
+    "voicefleet_calls_unplaced_total",
+    "counter",
+    "Calls LiveKit could not place because no worker had a free slot (it drops such a job "
+    "and never retries it; the operator dispatches it again once a worker has room).",
+    _VA,
+)
 WEBHOOK_REQUESTS: Final = MetricSpec(
     "voicefleet_webhook_requests_total",
     "counter",
@@ -280,6 +295,8 @@ FAILOVER_METRICS: Final[tuple[MetricSpec, ...]] = (
     FAILOVERS,
     FAILOVER_LATENCY,
     ORPHANS_FOUND,
+    CALLS_WAITING,
+    CALLS_UNPLACED,
     WEBHOOK_REQUESTS,
 )
 

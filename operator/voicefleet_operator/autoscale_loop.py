@@ -127,13 +127,15 @@ class Autoscaler:
         reports: Mapping[str, SessionsReport | None],
         post_event: Callable[[str, str, str], None] = lambda *_: None,
         status: Mapping[str, Any] | None = None,
+        waiting: int = 0,
     ) -> Decision | None:
         """One decision for one VoiceAgent; None when its Deployment does not exist yet.
 
         `reports`: pod name -> its latest `/sessions` (None: it did not answer; absent:
         not read yet). `status`: the VoiceAgent's live status; what the autoscaler owns in
         it is written whenever it differs (a reconcile that read the VoiceAgent before the
-        last write may have put back older values)."""
+        last write may have put back older values). `waiting`: calls LiveKit could not
+        place (failover's count through the feed), counted as demand."""
         if current is None:
             return None
         ns, name = spec.namespace, spec.name
@@ -145,6 +147,7 @@ class Autoscaler:
             current,
             policy_for(spec, current),
             self.history.get((ns, name), ()),
+            waiting,
         )
         self.history[(ns, name)] = d.history
         now = self.clock()
@@ -201,6 +204,7 @@ def status_patch(d: Decision, status: Mapping[str, Any]) -> dict[str, Any] | Non
             "sessions": d.sessions,
             "capacity": d.capacity,
             "unansweredWorkers": d.unanswered,
+            "waitingCalls": d.waiting,
             "limitedByMax": d.limited_by_max,
             "reason": d.reason,
         },

@@ -5,8 +5,10 @@ recent recommendations); the output says the desired count, why, and what to rem
 The operator's loop reads the pods every second and calls `decide`; nothing here does I/O.
 
 The rules:
-- Demand is live sessions plus a buffer of spare sessions; a worker is planned at
-  `targetUtilization` of its `maxPerWorker`, so needed = ceil(demand / (max * target)).
+- Demand is live sessions, plus calls waiting for an agent that LiveKit could not place
+  (every worker full: failover counts them), plus a buffer of spare sessions; a worker is
+  planned at `targetUtilization` of its `maxPerWorker`, so
+  needed = ceil(demand / (max * target)).
 - A pod that did not answer counts as full, never as empty: a hung metrics endpoint must
   not make the fleet shrink under live calls.
 - Scale up at once, by at most `scaleUpStep` pods per decision (a step bounds a burst of
@@ -78,10 +80,11 @@ class Decision:
     limited_by_max: bool
     unanswered: int
     history: tuple[Recommendation, ...] = field(default=())
+    waiting: int = 0  # calls LiveKit could not place, counted as demand
 
 
-def needed_replicas(sessions: int, policy: Policy) -> int:
-    demand = sessions + policy.buffer_sessions
+def needed_replicas(sessions: int, policy: Policy, waiting: int = 0) -> int:
+    demand = sessions + max(0, waiting) + policy.buffer_sessions
     per_worker = policy.max_per_worker * policy.target_utilization
     return math.ceil(demand / per_worker - 1e-9) if demand > 0 else 0
 
@@ -92,12 +95,15 @@ def decide(
     current: int,
     policy: Policy,
     history: Sequence[Recommendation] = (),
+    waiting: int = 0,
 ) -> Decision:
-    """The replica count for one VoiceAgent at time `now` (monotonic seconds)."""
+    """The replica count for one VoiceAgent at time `now` (monotonic seconds).
+    `waiting`: calls with no agent that LiveKit could not place (no worker had a slot)."""
     sessions = sum(s.effective_sessions() for s in samples)
     capacity = sum(s.capacity for s in samples if not s.draining)
     unanswered = sum(1 for s in samples if not s.answered)
-    raw = needed_replicas(sessions, policy)
+    waiting = max(0, waiting)
+    raw = needed_replicas(sessions, policy, waiting)
     limited = raw > policy.max_replicas
     target = min(max(raw, policy.min_replicas), policy.max_replicas)
     # Keep only the window; the current recommendation joins it.
@@ -112,12 +118,21 @@ def decide(
             "up" if desired > current else "down" if desired < current else "none"
         )
         return Decision(
-            desired, direction, "no ready workers to sample; holding", 0, 0, raw, limited, 0, window
+            desired,
+            direction,
+            "no ready workers to sample; holding",
+            0,
+            0,
+            raw,
+            limited,
+            0,
+            window,
+            waiting,
         )
 
     if target > current:
         desired = min(target, current + policy.scale_up_step)
-        reason = f"{sessions} sessions + {policy.buffer_sessions} buffer need {target} workers"
+        reason = f"{sessions} sessions{waiting_text(waiting)} + {policy.buffer_sessions} buffer need {target} workers"
         if desired < target:
             reason += f" (step limited to +{policy.scale_up_step})"
         direction = "up"
@@ -139,8 +154,18 @@ def decide(
     if limited:
         reason += f"; limited by maxReplicas={policy.max_replicas}"
     return Decision(
-        desired, direction, reason, sessions, capacity, raw, limited, unanswered, window
+        desired, direction, reason, sessions, capacity, raw, limited, unanswered, window, waiting
     )
+
+
+def waiting_text(waiting: int) -> str:
+    return f" + {waiting} waiting for an agent" if waiting else ""
+
+
+def free_slots(samples: Sequence[PodSample]) -> int:
+    """Sessions the answering, non-draining workers can still take: where LiveKit can place
+    a call now (a worker that did not answer counts as full)."""
+    return sum(max(0, s.capacity - s.effective_sessions()) for s in samples if not s.draining)
 
 
 def deletion_costs(samples: Sequence[PodSample]) -> dict[str, int]:

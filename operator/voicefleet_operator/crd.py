@@ -18,6 +18,7 @@ from typing import Any, Final
 import yaml
 
 from voicefleet_contract import GROUP, KIND, PLURAL, SECRET_ENV, VERSION
+from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
 from voicefleet_contract.config import (
     EAGERNESS,
     MODALITIES,
@@ -204,6 +205,16 @@ def livekit_schema() -> Schema:
                 default="apiSecret",
                 maxLength=253,
                 pattern=SECRET_KEY_RE.pattern,
+            ),
+            "targetLoad": number(
+                "The LiveKit server's `agents.target_load` (its default is 0.7): the server "
+                "offers a job only to workers reporting a load below it. Workers report "
+                "targetLoad x sessions / maxPerWorker, so LiveKit dispatches exactly "
+                "maxPerWorker sessions to each. Set it to what your server is configured "
+                "with.",
+                MIN_TARGET_LOAD,
+                MAX_TARGET_LOAD,
+                default=DEFAULT_TARGET_LOAD,
             ),
         },
         required=("url", "credentialsSecret"),
@@ -584,7 +595,8 @@ def spec_schema() -> Schema:
                 "Session capacity of one worker and how long it drains.",
                 {
                     "maxPerWorker": integer(
-                        "Concurrent sessions one worker serves; its load is active/maxPerWorker.",
+                        "Concurrent sessions one worker serves: LiveKit dispatches exactly this "
+                        "many to it (its load is livekit.targetLoad x active/maxPerWorker).",
                         1,
                         1000,
                         default=10,
@@ -692,6 +704,10 @@ def status_schema() -> Schema:
                     "sessions": integer("Sessions counted (an unanswering worker counts as full)."),
                     "capacity": integer("Sessions the ready, non-draining workers accept."),
                     "unansweredWorkers": integer("Workers whose /sessions did not answer in time."),
+                    "waitingCalls": integer(
+                        "Calls with no agent that LiveKit could not place (every worker "
+                        "full), counted as demand until an agent joins."
+                    ),
                     "limitedByMax": {
                         "type": "boolean",
                         "description": "Demand needs more than maxReplicas.",

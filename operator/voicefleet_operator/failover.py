@@ -11,6 +11,13 @@ sources notice a loss, whichever is first wins (and the rest are ignored by the 
   (`CONNECTION_TIMEOUT`, see docs/livekit-facts.md);
 - the sweep: a room with callers in it, no agent of ours, and no recent dispatch.
 
+A call LiveKit could not place at all (every worker full: livekit-server drops the job
+with "no servers available" and never retries it) is found the same way, sooner: a caller
+joining is watched until its agent comes, and a dispatch with no job after
+`place_seconds`, in a room no worker serves, while no worker has a free slot, is
+`unplaced`. Such a call waits for capacity (the autoscaler counts it as demand) and is
+dispatched again as soon as a worker has a slot; waiting never uses up its attempts.
+
 Re-dispatching twice would put two agents on one call, so before each dispatch the room's
 own state is consulted: an agent of ours that joined after the loss, or a dispatch of ours
 created after it, means the case is handled. That check reads LiveKit, not the operator's
@@ -47,7 +54,7 @@ DELIBERATE_REASONS: Final = frozenset(
     }
 )
 
-Source = Literal["worker", "pod", "webhook", "sweep"]
+Source = Literal["worker", "pod", "webhook", "sweep", "unplaced"]
 Outcome = Literal["redispatched", "caller_gone", "gave_up", "ended"]
 ActionKind = Literal["dispatch", "wait", "done"]
 
@@ -141,6 +148,10 @@ class Policy:
     # ends its job leaves within a second, a crashed one lingers until LiveKit's ~20 s
     # timeout (and a worker restarted by the kubelet lists no rooms at all).
     vanish_grace_seconds: float = 3.0
+    # A dispatch LiveKit placed has its job within a second or so (the worker accepted
+    # the offer); one with no job this long after, while every worker is full, was not
+    # placed (LiveKit does not retry it).
+    place_seconds: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,8 @@ class Case:
     attempts: int = 0
     last_dispatch_at: float = 0.0
     outcome: Outcome | None = None
+    # When the call began waiting for a free worker slot (0: it is not waiting).
+    waiting_since: float = 0.0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -164,12 +177,16 @@ class Action:
     reason: str
 
 
-def step(case: Case, view: RoomView, now: float, policy: Policy) -> Action:
+def step(case: Case, view: RoomView, now: float, policy: Policy, free: int | None = None) -> Action:
     """The next thing to do for `case`, given the room as LiveKit shows it now.
 
     Everything that prevents a second dispatch is read from `view` (LiveKit's state), not
     from the case: a new agent in the room, a dispatch made after the loss (by this operator
-    before a restart, or by anyone), the number of dispatches already made."""
+    before a restart, or by anyone), the number of dispatches already made.
+
+    `free`: session slots the fleet's workers have now (None: unknown). With none, LiveKit
+    would drop a dispatch (no worker under its target load): the call waits for capacity
+    instead, as long as its caller stays, without using up attempts."""
     loss = case.loss
     if case.outcome is not None:
         return Action("done", case, f"already {case.outcome}")
@@ -190,10 +207,20 @@ def step(case: Case, view: RoomView, now: float, policy: Policy) -> Action:
     if view.ended_on_purpose(loss.agent_name):
         outcome = "redispatched" if after else "ended"
         return Action("done", replace(case, outcome=outcome), "the agent's job ended without error")
-    # A dispatch created after the loss (ours before a restart, or anyone's) still in time.
-    if any(now - d.created_at < policy.join_timeout_seconds for d in after):
+    full = free is not None and free <= 0
+    # A dispatch created after the loss (ours before a restart, or anyone's) still in time,
+    # unless LiveKit has plainly not placed it (no job, and no worker had a slot).
+    if any(
+        now - d.created_at < policy.join_timeout_seconds and not not_placed(d, now, policy, full)
+        for d in after
+    ):
         return Action("wait", case, "a dispatch after the loss is pending; waiting for its agent")
-    attempts = max(case.attempts, len(after))
+    # Attempts: dispatches made while a worker had a slot (this operator's count), or that
+    # LiveKit placed (its count, which survives a restart). Waiting for capacity uses none.
+    attempts = max(case.attempts, sum(1 for d in after if d.job_status is not None))
+    if full:
+        waiting = replace(case, waiting_since=case.waiting_since or now)
+        return Action("wait", waiting, "no worker has a free slot; the call waits for one")
     if attempts >= policy.max_attempts:
         return Action(
             "done", replace(case, outcome="gave_up"), f"no agent after {attempts} dispatches"
@@ -209,9 +236,20 @@ def step(case: Case, view: RoomView, now: float, policy: Policy) -> Action:
         return Action("wait", case, "backing off before the next dispatch")
     return Action(
         "dispatch",
-        replace(case, attempts=attempts + 1, last_dispatch_at=now),
+        replace(case, attempts=attempts + 1, last_dispatch_at=now, waiting_since=0.0),
         f"orphaned (noticed by {loss.source}); dispatch {attempts + 1}/{policy.max_attempts}",
     )
+
+
+def stale(d: Dispatch, now: float, policy: Policy) -> bool:
+    """A dispatch with no job `place_seconds` after it was made: LiveKit has not placed it."""
+    return d.job_status is None and now - d.created_at >= policy.place_seconds
+
+
+def not_placed(d: Dispatch, now: float, policy: Policy, full: bool) -> bool:
+    """LiveKit dropped this dispatch: no job after `place_seconds` while no worker had a
+    slot (with a slot somewhere, a slow offer may still be on its way: not guessed at)."""
+    return full and stale(d, now, policy)
 
 
 # --- noticing losses ---------------------------------------------------------------------
@@ -296,6 +334,32 @@ def orphans_from_sweep(
             if not pending and now - since >= policy.sweep_grace_seconds:
                 losses.append(Loss(view.room, name, since, "sweep", "", view.metadata_of(name)))
     return losses, absent
+
+
+def unplaced(
+    view: RoomView,
+    agent_name: str,
+    now: float,
+    free: int,
+    served: Iterable[str],
+    policy: Policy,
+) -> Loss | None:
+    """A call LiveKit could not place: callers, a dispatch of `agent_name` with no job for
+    `place_seconds`, no agent of it in the room, no worker serving the room, and no free
+    slot on any worker (so LiveKit had nowhere to put the job, and it never retries).
+
+    With a free slot somewhere, a dispatch with no job yet may still be on its way to a
+    worker: that is left to the sweep's longer `join_timeout_seconds`, never guessed at."""
+    if free > 0 or not view.exists or not view.callers() or view.agents(agent_name):
+        return None
+    if view.room in set(served):
+        return None
+    mine = view.dispatches_of(agent_name)
+    if not mine or mine[-1].job_status is not None:
+        return None
+    if now - mine[-1].created_at < policy.place_seconds:
+        return None
+    return Loss(view.room, agent_name, now, "unplaced", "", mine[-1].metadata)
 
 
 def merge_loss(cases: Mapping[tuple[str, str], Case], loss: Loss) -> Case | None:

@@ -35,13 +35,14 @@ from typing import Any, Protocol
 import aiohttp
 import kopf
 from livekit import api as lkapi
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
 
 from . import failover as fo
-from .autoscale_loop import WorkerPod
+from .autoscale_loop import WorkerPod, samples_of
+from .autoscaler import free_slots
 from .events import PostEvent, poster
 from .feed import Reading, SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError, path
@@ -67,10 +68,12 @@ class FailoverMetrics:
         self.failovers: Counter = _build(m.FAILOVERS, r)
         self.latency: Histogram = _build(m.FAILOVER_LATENCY, r)
         self.orphans: Counter = _build(m.ORPHANS_FOUND, r)
+        self.waiting: Gauge = _build(m.CALLS_WAITING, r)
+        self.unplaced: Counter = _build(m.CALLS_UNPLACED, r)
         self.webhooks: Counter = _build(m.WEBHOOK_REQUESTS, r)
 
     def forget(self, namespace: str, name: str) -> None:
-        for metric in (self.failovers, self.latency, self.orphans):
+        for metric in (self.failovers, self.latency, self.orphans, self.waiting, self.unplaced):
             for labels in _label_sets(metric):
                 if labels[:2] == (namespace, name):
                     metric.remove(*labels)
@@ -220,6 +223,9 @@ class _State:
     # the caller has hung up since (it would count an orphan and a `caller_gone`).
     settled: dict[tuple[str, str], float] = field(default_factory=dict)
     next_sweep: float = 0.0
+    # Rooms a caller joined (a webhook), watched each tick until an agent of ours comes:
+    # room -> since when. A call LiveKit could not place is found here within seconds.
+    watch: dict[str, float] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     api_error: str = ""  # the LiveKit API's last failure, logged once until it recovers
 
@@ -318,6 +324,9 @@ class Failover:
             t = s.target
             if not t.enabled or t.credentials != credentials:
                 continue
+            if event.event == "participant_joined" and int(p.kind) in fo.CALLER_KINDS:
+                s.watch.setdefault(event.room.name, self.clock())
+                s.wake.set()
             if event.event == "room_finished" or agent_name == t.agent_name:
                 loss = fo.loss_from_webhook(
                     event.event,
@@ -423,17 +432,20 @@ class Failover:
         s.wake.clear()
         now = self.clock()
         self._watch_workers(s, pods, readings, now)
+        reports = {pod: r.report for pod, r in readings.items()}
+        free = free_slots(samples_of(pods, reports, spec.max_per_worker))
         rooms = self.client(s.target)
         try:
             await self._confirm_suspects(s, rooms, now)
             await self._record_ended(s, rooms, now)
+            await self._watch_joins(s, rooms, now, free)
             if now >= s.next_sweep:
-                await self._sweep(s, rooms, now)
+                await self._sweep(s, rooms, now, free)
                 s.next_sweep = now + self.sweep_seconds
             for loss in s.incoming:
                 self._open(s, loss)
             s.incoming.clear()
-            await self._step_cases(s, rooms, post)
+            await self._step_cases(s, rooms, post, free)
         except (lkapi.TwirpError, aiohttp.ClientError, OSError, TimeoutError) as e:
             # LiveKit unreachable or failing: everything stays open for the next tick.
             # Said once (and again if the error changes), not every second.
@@ -444,9 +456,18 @@ class Failover:
             if s.api_error:
                 log.info("failover %s/%s: LiveKit API answers again", *_key(s))
                 s.api_error = ""
-        if s.cases or s.suspects or s.incoming or s.ended_pending or s.api_error:
+        t = s.target
+        self.metrics.waiting.labels(t.namespace, t.name).set(self.waiting(t.namespace, t.name))
+        if s.cases or s.suspects or s.incoming or s.ended_pending or s.watch or s.api_error:
             return TICK_SECONDS
         return max(TICK_SECONDS, s.next_sweep - self.clock())
+
+    def waiting(self, namespace: str, name: str) -> int:
+        """Calls of this VoiceAgent waiting for a free worker slot (demand to scale for)."""
+        s = self._states.get((namespace, name))
+        if s is None:
+            return 0
+        return sum(1 for c in s.cases.values() if c.outcome is None and c.waiting_since)
 
     def wake_event(self, namespace: str, name: str) -> asyncio.Event | None:
         """Set by a webhook for this VoiceAgent (None until it is configured)."""
@@ -522,6 +543,30 @@ class Failover:
                 )  # fmt: skip
             s.ended_pending.pop(0)
 
+    def _served(self, s: _State) -> set[str]:
+        return {w.room for served in s.previous.values() for w in served}
+
+    async def _watch_joins(self, s: _State, rooms: Rooms, now: float, free: int) -> None:
+        """Rooms a caller joined, until an agent of ours is there: one LiveKit could not
+        place (every worker full) becomes an `unplaced` case at once, not at the sweep."""
+        name = s.target.agent_name
+        for room, since in list(s.watch.items()):
+            view = await rooms.view(room)
+            loss = fo.unplaced(view, name, now, free, self._served(s), self.policy)
+            if loss is not None:
+                s.incoming.append(loss)
+            mine = view.dispatches_of(name)
+            settled = not view.exists or not view.callers() or bool(view.agents(name))
+            # Not ours (no dispatch of this agent after a moment), placed, or old enough
+            # for the sweep to take over.
+            if (
+                loss is not None
+                or settled
+                or (not mine and now - since >= self.policy.place_seconds)
+                or now - since >= self.policy.join_timeout_seconds
+            ):
+                del s.watch[room]
+
     async def _snapshot(self, rooms: Rooms) -> RoomsSnapshot:
         """Every room of a deployment with its participants and dispatches: 1 + 3 x rooms
         LiveKit API calls, made once per deployment and sweep period (`self._snapshots`)."""
@@ -529,7 +574,7 @@ class Failover:
         names = await rooms.rooms()
         return RoomsSnapshot.of(at, [await rooms.view(r) for r in names])
 
-    async def _sweep(self, s: _State, rooms: Rooms, now: float) -> None:
+    async def _sweep(self, s: _State, rooms: Rooms, now: float, free: int = 1) -> None:
         name = s.target.agent_name
         snap = await self._snapshots.get(
             s.target.deployment, lambda: self._snapshot(rooms), self.sweep_seconds
@@ -541,6 +586,19 @@ class Failover:
         # Judged as of the snapshot: "no agent for 5 s" and "no pending dispatch" are about
         # the rooms as they were when read.
         losses, s.absent = fo.orphans_from_sweep(views, [name], s.absent, snap.at, self.policy)
+        # A call LiveKit could not place, found by the sweep (after an operator restart, or
+        # with webhooks off), is read afresh too.
+        found = {x.room for x in losses}
+        served = self._served(s)
+        unplaced = [
+            v.room
+            for v in views
+            if v.room not in found and fo.unplaced(v, name, snap.at, free, served, self.policy)
+        ]
+        for view in [await rooms.view(r) for r in unplaced]:
+            loss = fo.unplaced(view, name, now, free, served, self.policy)
+            if loss is not None:
+                s.incoming.append(loss)
         if losses:
             # The snapshot may be up to a period old: a room it shows orphaned is read again
             # (rare: only such rooms) before a case is opened, so that a recovery since (by
@@ -557,28 +615,56 @@ class Failover:
             return
         if loss.lost_identity and (loss.room, loss.lost_identity) in s.settled:
             return  # a late notice of a loss already handled
+        if not loss.lost_identity and (loss.room, "") in s.settled:
+            return  # given up on lately: not again at every sweep
         case = fo.merge_loss(s.cases, loss)
         if case is not None:
             s.cases[case.key] = case
             s.counted.discard(case.key)
 
-    async def _step_cases(self, s: _State, rooms: Rooms, post: PostEvent) -> None:
+    async def _step_cases(
+        self, s: _State, rooms: Rooms, post: PostEvent, free: int | None = None
+    ) -> None:
+        """Each open case against its room; `free` worker slots are shared out, oldest case
+        first, so that one freed slot is not offered to every waiting call at once."""
         t = s.target
-        for key, case in list(s.cases.items()):
+        for key, case in sorted(s.cases.items(), key=lambda kv: kv[1].loss.at):
             if case.outcome is not None:
                 continue
             view = await rooms.view(case.loss.room)
             now = self.clock()
-            action = fo.step(case, view, now, self.policy)
+            action = fo.step(case, view, now, self.policy, free)
             first = key not in s.counted
             if first and action.case.outcome != "ended":
                 s.counted.add(key)
-                self.metrics.orphans.labels(t.namespace, t.name, case.loss.source).inc()
+                unplaced = case.loss.source == "unplaced"
+                counter = self.metrics.unplaced.labels(t.namespace, t.name)
+                if not unplaced:
+                    counter = self.metrics.orphans.labels(t.namespace, t.name, case.loss.source)
+                counter.inc()
                 log.info(
-                    "%s/%s: session in room %s orphaned (noticed by %s)",
-                    t.namespace, t.name, case.loss.room, case.loss.source,
+                    "%s/%s: %s in room %s%s",
+                    t.namespace, t.name,
+                    "LiveKit could not place the call" if unplaced else "session orphaned",
+                    case.loss.room,
+                    "" if unplaced else f" (noticed by {case.loss.source})",
+                )  # fmt: skip
+            if action.case.waiting_since and not case.waiting_since:
+                # Said once per call, not at every tick it waits.
+                waiting = self.waiting(t.namespace, t.name) + 1
+                post(
+                    "Warning",
+                    "WaitingForCapacity",
+                    f"room {case.loss.room}: no worker has a free slot; the call waits for "
+                    f"one ({waiting} waiting)",
+                )
+                log.info(
+                    "%s/%s: room %s waits for a free worker slot (%d waiting)",
+                    t.namespace, t.name, case.loss.room, waiting,
                 )  # fmt: skip
             if action.kind == "dispatch":
+                if free is not None:
+                    free -= 1
                 metadata = fo.dispatch_metadata(case, view)
                 # Recorded first: a dispatch whose answer is lost may still have landed.
                 s.cases[key] = action.case
@@ -603,11 +689,33 @@ class Failover:
         if case.loss.lost_identity:
             s.settled[(case.loss.room, case.loss.lost_identity)] = now
         s.settled = {k: at for k, at in s.settled.items() if now - at < SETTLED_SECONDS}
+        if outcome == "gave_up" and not case.loss.lost_identity:
+            s.settled[(case.loss.room, "")] = now
         if outcome == "ended" or not counted:
             log.debug("%s/%s: room %s: %s", t.namespace, t.name, case.loss.room, action.reason)
             return
-        self.metrics.failovers.labels(t.namespace, t.name, outcome).inc()
         room = case.loss.room
+        if case.loss.source == "unplaced":
+            # Not a failover: no agent was lost. Said once, when the call has its agent.
+            if outcome == "redispatched":
+                new = fo.joined_after(view, case)
+                took = f" {max(0.0, new.joined_at - case.loss.at):.1f}s" if new else ""
+                post(
+                    "Normal",
+                    "CallPlaced",
+                    f"room {room}: a call LiveKit could not place (no free worker slot) got "
+                    f"its agent{took} after it was noticed",
+                )
+            log.info(
+                "%s/%s: room %s: unplaced call %s (%s)",
+                t.namespace,
+                t.name,
+                room,
+                outcome,
+                action.reason,
+            )
+            return
+        self.metrics.failovers.labels(t.namespace, t.name, outcome).inc()
         if outcome == "redispatched":
             new = fo.joined_after(view, case)
             latency = max(0.0, new.joined_at - case.loss.at) if new else None
@@ -685,6 +793,7 @@ def register_failover(
                         timeout = await failover.tick(
                             va, feed.pods(ns, name), feed.readings(ns, name), post
                         )
+                        feed.set_waiting(ns, name, failover.waiting(ns, name))
                     except KubeError as e:
                         log.warning("failover %s/%s: %s; retrying", ns, name, e)
                     except Exception:

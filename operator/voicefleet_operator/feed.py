@@ -75,6 +75,8 @@ class _Watch:
 class _Fleet:
     pods: dict[str, _Watch] = field(default_factory=dict)
     wakes: set[asyncio.Event] = field(default_factory=set)
+    # Calls LiveKit could not place (failover's count): demand the autoscaler adds.
+    waiting: int = 0
 
 
 def error_reason(e: BaseException) -> str:
@@ -164,6 +166,18 @@ class SessionFeed:
         if fleet is not None:
             fleet.wakes.discard(event)
             self._drop_if_unused((namespace, va))
+
+    def set_waiting(self, namespace: str, va: str, calls: int) -> None:
+        """Failover's count of this VoiceAgent's calls with no agent that LiveKit could not
+        place; a change wakes the consumers (the autoscaler counts them as demand)."""
+        fleet = self._fleets.get((namespace, va))
+        if fleet is not None and fleet.waiting != calls:
+            fleet.waiting = calls
+            self._wake(fleet)
+
+    def waiting(self, namespace: str, va: str) -> int:
+        fleet = self._fleets.get((namespace, va))
+        return fleet.waiting if fleet else 0
 
     def poke(self, namespace: str, va: str) -> None:
         """Wake this VoiceAgent's consumers (its Deployment or spec changed)."""

@@ -594,6 +594,7 @@ def register_autoscaler(
                             {pod: r.report for pod, r in readings.items()},
                             post,
                             body.get("status") or {},  # a live view, like spec
+                            feed.waiting(ns, name),
                         )
                         if not settled(d, current):
                             timeout = TICK_SECONDS

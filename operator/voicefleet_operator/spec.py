@@ -25,6 +25,7 @@ from voicefleet_contract import (
     SECRET_ENV,
     Env,
 )
+from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
 from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
 
 AutoscalingMode = Literal["builtin", "hpa", "keda", "none"]
@@ -108,6 +109,7 @@ class LiveKit:
     credentialsSecret: str
     apiKeyKey: str = "apiKey"
     apiSecretKey: str = "apiSecret"
+    targetLoad: float = DEFAULT_TARGET_LOAD
 
     @property
     def api_key_ref(self) -> SecretKeyRef:
@@ -299,6 +301,9 @@ def _livekit(raw: Any) -> LiveKit:
         credentialsSecret=secret,
         apiKeyKey=_str(d, "apiKeyKey", path, pattern=SECRET_KEY_RE) or "apiKey",
         apiSecretKey=_str(d, "apiSecretKey", path, pattern=SECRET_KEY_RE) or "apiSecret",
+        targetLoad=_num(
+            d, "targetLoad", path, DEFAULT_TARGET_LOAD, MIN_TARGET_LOAD, MAX_TARGET_LOAD
+        ),
     )
 
 
@@ -330,7 +335,7 @@ def _check_model(model: dict[str, Any]) -> None:
         raise SpecError(f"{path}.turnDetection.eagerness", "is only valid with type semantic_vad")
 
 
-def _config(name: str, namespace: str, spec: Mapping[str, Any], livekit_url: str) -> AgentConfig:
+def _config(name: str, namespace: str, spec: Mapping[str, Any], livekit: LiveKit) -> AgentConfig:
     model = _obj(spec.get("model"), "spec.model", required=True)
     _check_model(model)
     tools = _list(spec, "tools", "spec", MAX_TOOLS)
@@ -339,7 +344,8 @@ def _config(name: str, namespace: str, spec: Mapping[str, Any], livekit_url: str
         "namespace": namespace,
         "voiceAgent": name,
         "agentName": agent_name,
-        "livekitURL": livekit_url,
+        "livekitURL": livekit.url,
+        "livekitTargetLoad": livekit.targetLoad,
         "model": {k: v for k, v in model.items() if k != "apiKeySecret"},
         "tools": tools,
         "sessions": spec.get("sessions"),
@@ -356,6 +362,7 @@ def _spec_path(config_field: str) -> str:
     """The spec path of an agent.json field: they share names but for these few."""
     renames = {
         "livekitURL": "spec.livekit.url",
+        "livekitTargetLoad": "spec.livekit.targetLoad",
         "voiceAgent": "metadata.name",
         "namespace": "metadata.namespace",
     }
@@ -512,7 +519,7 @@ def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
         namespace=namespace,
         livekit=livekit,
         apiKeySecret=api_key,
-        config=_config(name, namespace, d, livekit.url),
+        config=_config(name, namespace, d, livekit),
         replicas=_int(d, "replicas", "spec", None, 0, MAX_REPLICAS),
         autoscaling=_autoscaling(d.get("autoscaling")),
         disruption=_disruption(d.get("disruptionBudget")),

@@ -12,6 +12,7 @@ from voicefleet_operator.autoscaler import (
     Recommendation,
     decide,
     deletion_costs,
+    free_slots,
     needed_replicas,
 )
 
@@ -155,3 +156,47 @@ def test_replicas_change_at_most_once_a_second() -> None:
     assert pace(down, 4, 11.0, 10.0).desired == 3
     same = decide(10.0, [PodSample("a", 5, 10)], 1, policy)
     assert pace(same, 1, 10.1, 10.0) == same
+
+
+@pytest.mark.parametrize(
+    ("target", "active", "waiting", "expected"),
+    [
+        # Every worker exactly at maxPerWorker (5), no buffer: a call LiveKit could not
+        # place asks for one more worker at once, at targetUtilization 1.0 and 0.7.
+        (1.0, (5, 5), 0, 2),
+        (1.0, (5, 5), 1, 3),
+        (1.0, (5, 5), 6, 4),  # 16 / 5
+        (0.7, (5, 5), 0, 3),  # 10 / 3.5
+        (0.7, (5, 5), 1, 4),  # 11 / 3.5
+    ],
+)
+def test_calls_waiting_for_an_agent_count_as_demand(
+    target: float, active: tuple[int, ...], waiting: int, expected: int
+) -> None:
+    policy = Policy(max_replicas=10, max_per_worker=5, target_utilization=target, scale_up_step=4)
+    d = decide(0, pods(*active, capacity=5), len(active), policy, waiting=waiting)
+    assert d.desired == min(expected, len(active) + 4), d
+    assert d.waiting == waiting
+    assert d.sessions == sum(active)  # live sessions stay what the workers serve
+    if waiting:
+        assert f"{waiting} waiting for an agent" in d.reason
+
+
+def test_waiting_calls_never_let_the_fleet_shrink() -> None:
+    policy = Policy(min_replicas=1, max_per_worker=5, target_utilization=1.0)
+    d = decide(0, pods(5, 0, capacity=5), 2, policy, waiting=1, history=())
+    assert d.desired == 2  # 5 + 1 waiting need 2
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([], 0),
+        ([PodSample("a", 5, 5), PodSample("b", 5, 5)], 0),
+        ([PodSample("a", 4, 5), PodSample("b", 5, 5)], 1),
+        ([PodSample("a", 0, 5), PodSample("b", None, 5)], 5),  # unanswered counts as full
+        ([PodSample("a", 0, 5, draining=True), PodSample("b", 3, 5)], 2),  # draining takes none
+    ],
+)
+def test_free_slots(samples: list[PodSample], expected: int) -> None:
+    assert free_slots(samples) == expected

@@ -29,6 +29,7 @@ from voicefleet_operator.failover import (
     merge_loss,
     orphans_from_sweep,
     step,
+    unplaced,
     vanished_rooms,
 )
 
@@ -175,12 +176,21 @@ def test_late_notice_of_the_same_loss(
 
 
 def test_attempts_are_counted_in_livekit_across_restarts() -> None:
-    # Three dispatches after the loss, none joined: a fresh case (restart) gives up.
-    after = tuple(Dispatch("support", created_at=t, id=f"d{t}") for t in (101, 112, 125))
+    # Three dispatches after the loss that LiveKit placed, none joined: a fresh case
+    # (restart) gives up.
+    after = tuple(
+        Dispatch("support", created_at=t, id=f"d{t}", job_status=JOB_RUNNING)
+        for t in (101, 112, 125)
+    )
     a = step(Case(LOSS), view(CALLER, dispatches=after), now=200, policy=P)
     assert (a.kind, a.case.outcome) == ("done", "gave_up")
+    # Three LiveKit never placed (no job: no worker had a slot then) say nothing about the
+    # call: with a slot now, it is dispatched again.
+    dropped = tuple(Dispatch("support", created_at=t, id=f"d{t}") for t in (101, 112, 125))
+    a = step(Case(LOSS), view(CALLER, dispatches=dropped), now=200, policy=P, free=1)
+    assert (a.kind, a.case.attempts) == ("dispatch", 1)
     # One dispatch after the loss, timed out: the next one is attempt 2, after backoff.
-    one = (Dispatch("support", created_at=101),)
+    one = (Dispatch("support", created_at=101, job_status=JOB_RUNNING),)
     a = step(Case(LOSS), view(CALLER, dispatches=one), now=112, policy=P)
     assert (a.kind, a.case.attempts) == ("dispatch", 2)
 
@@ -262,3 +272,62 @@ def test_deliberate_leave_from_webhook() -> None:
     assert deliberate_leave("participant_left", KIND_AGENT, attrs, 14) is None
     assert deliberate_leave("participant_left", KIND_STANDARD, attrs, 1) is None
     assert deliberate_leave("participant_joined", KIND_AGENT, attrs, 1) is None
+
+
+# --- calls LiveKit could not place (issue 13: the capacity deadlock) ----------------------
+
+DROPPED = Dispatch("support", created_at=50, metadata="m", id="d1")  # no job: never placed
+
+
+@pytest.mark.parametrize(
+    ("participants", "dispatches", "now", "free", "served", "found"),
+    [
+        ((CALLER,), (DROPPED,), 60, 0, (), True),
+        ((CALLER,), (DROPPED,), 52, 0, (), False),  # within place_seconds: may be on its way
+        ((CALLER,), (DROPPED,), 60, 1, (), False),  # a slot somewhere: the sweep judges later
+        ((CALLER,), (replace(DROPPED, job_status=JOB_RUNNING),), 60, 0, (), False),  # placed
+        ((CALLER,), (DROPPED,), 60, 0, ("r1",), False),  # a worker lists the room
+        ((CALLER, GHOST), (DROPPED,), 60, 0, (), False),  # an agent of ours is there
+        ((), (DROPPED,), 60, 0, (), False),  # nobody to serve
+        ((CALLER,), (), 60, 0, (), False),  # nobody asked for our agent
+        ((CALLER,), (replace(DROPPED, agent_name="other"),), 60, 0, (), False),
+    ],
+)  # fmt: skip
+def test_unplaced(
+    participants: tuple[Participant, ...],
+    dispatches: tuple[Dispatch, ...],
+    now: float,
+    free: int,
+    served: tuple[str, ...],
+    found: bool,
+) -> None:
+    loss = unplaced(view(*participants, dispatches=dispatches), "support", now, free, served, P)
+    assert (loss is not None) == found
+    if loss is not None:
+        assert (loss.source, loss.metadata, loss.lost_identity) == ("unplaced", "m", "")
+
+
+def test_a_call_waits_for_a_slot_without_using_up_attempts_then_is_dispatched() -> None:
+    case = Case(Loss("r1", "support", at=60, source="unplaced", metadata="m"))
+    v = view(CALLER, dispatches=(DROPPED,))
+    for now in (61, 100, 1000):  # however long the fleet takes to grow
+        a = step(case, v, now=now, policy=P, free=0)
+        assert (a.kind, a.case.outcome, a.case.attempts) == ("wait", None, 0)
+        assert a.case.waiting_since == 61 and "free slot" in a.reason
+        case = a.case
+    a = step(case, v, now=1001, policy=P, free=1)
+    assert (a.kind, a.case.attempts, a.case.waiting_since) == ("dispatch", 1, 0.0)
+
+
+def test_a_dispatch_livekit_dropped_for_want_of_a_slot_is_not_waited_on() -> None:
+    """Dispatched when a slot looked free, but LiveKit had none (a race with another call):
+    no job after place_seconds while the fleet is full means wait for capacity now, not
+    for the 10 s join timeout."""
+    case = Case(LOSS, attempts=1, last_dispatch_at=101)
+    mine = (Dispatch("support", created_at=101, id="d2"),)
+    assert step(case, view(CALLER, dispatches=mine), now=103, policy=P, free=0).kind == "wait"
+    a = step(case, view(CALLER, dispatches=mine), now=105, policy=P, free=0)
+    assert a.case.waiting_since == 105 and "free slot" in a.reason
+    # With a slot somewhere, a dispatch without a job may still be on its way: wait for it.
+    a = step(case, view(CALLER, dispatches=mine), now=105, policy=P, free=2)
+    assert "pending" in a.reason

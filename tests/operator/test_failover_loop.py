@@ -127,10 +127,14 @@ FEEDS: dict[int, FakeScraper] = {}  # each test's Failover -> its workers
 
 
 def f_readings(f: Failover) -> dict[str, Reading]:
-    return FEEDS[id(f)].readings([POD])
+    return FEEDS[id(f)].readings([POD, SPARE])
 
 
 POD = WorkerPod("w1", "127.0.0.9", True, False)
+# A healthy worker with free slots: where a lost call can go (without one the call waits
+# for capacity instead: test_a_call_waits_for_a_free_slot_*).
+SPARE = WorkerPod("w2", "127.0.0.10", True, False)
+SPARE_READING = {SPARE.name: Reading(SessionsReport(0, 10, False, ()))}
 events: list[tuple[str, str, str]] = []
 
 
@@ -148,7 +152,7 @@ async def tick(
 ) -> None:
     clock.t += dt
     lk.now = clock.t
-    await f.tick(spec, [POD], f_readings(f), post)
+    await f.tick(spec, [POD, SPARE], f_readings(f), post)
 
 
 async def test_worker_death_during_a_livekit_outage_is_dispatched_once_when_it_is_back(
@@ -449,7 +453,7 @@ async def tick_all(
     """One tick of every VoiceAgent, all at once (their daemons run concurrently)."""
     clock.t += dt
     lk.now = clock.t
-    await asyncio.gather(*(f.tick(s, [], {}, post) for s in specs))
+    await asyncio.gather(*(f.tick(s, [SPARE], SPARE_READING, post) for s in specs))
 
 
 async def test_voiceagents_of_one_deployment_share_one_sweep_per_period() -> None:
@@ -467,7 +471,7 @@ async def test_voiceagents_of_one_deployment_share_one_sweep_per_period() -> Non
     # One at a time (daemons that do not tick together) share it the same way.
     clock.t += 10
     for s in specs:
-        await f.tick(s, [], {}, post)
+        await f.tick(s, [SPARE], SPARE_READING, post)
     assert lk.listings == 3
     assert lk.viewed == {r: 3 for r in lk.views}
     assert lk.dispatched == []
@@ -618,3 +622,57 @@ def test_judging_only_the_rooms_dispatched_to_an_agent_finds_what_judging_all_do
         own = fo.orphans_from_sweep(snap.dispatched(name), [name], absent, 104.0, fo.Policy())
         assert own == everything
     assert sum(len(fo.orphans_from_sweep(views, [a], absent, 104, fo.Policy())[0]) for a in agents)
+
+
+async def test_a_call_livekit_could_not_place_waits_for_a_slot_and_is_counted_as_demand() -> None:
+    """Issue 13's deadlock: every worker full, a caller joins, LiveKit drops the job (no
+    job on the dispatch). The caller's join (webhook) is watched; the call is found
+    unplaced within place_seconds, waits (said once: an Event, the metrics), counts as
+    demand, and is dispatched exactly once when a worker has a slot."""
+    from livekit.protocol.models import ParticipantInfo, Room
+    from livekit.protocol.webhook import WebhookEvent
+
+    f, lk, scraper, clock, spec, metrics = setup()
+    lk.dispatches = [fo.Dispatch(spec.agent_name, clock.t, "meta", "d0")]  # never placed
+    scraper.rooms["w1"] = [RoomSession(f"busy{i}", f"j{i}", 1.0, f"a{i}") for i in range(10)]
+    full = [POD]
+    await f.tick(spec, full, f_readings(f), post)  # learns the VoiceAgent
+    joined = WebhookEvent(
+        event="participant_joined",
+        id="EV-join",
+        created_at=int(clock.t),
+        room=Room(name="r1"),
+        participant=ParticipantInfo(identity="caller", kind=ParticipantInfo.Kind.STANDARD),
+    )
+    await f.on_webhook(joined, secret_id("k", "s" * 32))
+    before = len(events)
+    labels = {"namespace": "voice", "voiceagent": "support"}
+    for _ in range(30):  # 30 s with every worker full: the call waits, said once
+        clock.t += 1
+        lk.now = clock.t
+        await f.tick(spec, full, f_readings(f), post)
+    assert f.waiting("voice", "support") == 1
+    assert len(lk.dispatches) == 1  # nothing dispatched into a full fleet
+    said = [e for e in events[before:] if e[1] == "WaitingForCapacity"]
+    assert len(said) == 1 and "no worker has a free slot" in said[0][2], events[before:]
+    assert value(metrics, "voicefleet_calls_unplaced_total", labels) == 1
+    assert value(metrics, "voicefleet_calls_waiting", labels) == 1
+    assert (
+        value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": "sweep"})
+        == 0
+    )
+
+    # A worker with room turns up (the autoscaler added it): exactly one dispatch.
+    for _ in range(3):
+        clock.t += 1
+        lk.now = clock.t
+        await f.tick(spec, [POD, SPARE], f_readings(f), post)
+    assert [d.id for d in lk.dispatches] == ["d0", "d1"]
+    lk.participants.append(fo.Participant("agent-new", fo.KIND_AGENT, spec.agent_name, clock.t))
+    clock.t += 1
+    await f.tick(spec, [POD, SPARE], f_readings(f), post)
+    assert f.waiting("voice", "support") == 0
+    assert value(metrics, "voicefleet_calls_waiting", labels) == 0
+    assert events[-1][1] == "CallPlaced", events[-1]
+    # Not a failover: no agent was lost.
+    assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "redispatched"}) == 0

@@ -28,10 +28,11 @@ from livekit.agents.voice import Agent, AgentSession
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from voicefleet_contract.capacity import full_threshold
 from voicefleet_contract.config import AgentConfig
 
 from .config import Settings
-from .load import LOAD_THRESHOLD, idle_processes, session_load
+from .load import idle_processes, session_load
 from .metrics import WorkerMetrics
 from .model import ObservedRealtimeModel, realtime_kwargs
 from .observe import SessionObserver
@@ -310,15 +311,16 @@ def _resume(
 def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
     s = runtime.settings
     capacity = s.config.sessions.maxPerWorker
+    target = s.config.livekitTargetLoad
     os.environ.setdefault(PRELOAD_LOCAL_INFERENCE_ENV, "0")
 
     def load_fnc(server: AgentServer) -> float:
         # the jobs livekit-agents runs, so its per-job estimate matches (see load.py)
-        return session_load(len(server.active_jobs), capacity)
+        return session_load(len(server.active_jobs), capacity, target)
 
     server = AgentServer(
         job_executor_type=JobExecutorType.THREAD,
-        load_threshold=LOAD_THRESHOLD,
+        load_threshold=full_threshold(target),
         drain_timeout=s.config.sessions.drainTimeoutSeconds,
         num_idle_processes=idle_processes(capacity),
         ws_url=s.livekit_url,
