@@ -249,14 +249,15 @@ class Fleet:
             identity=f"caller-{self._callers}",
         )
 
-    async def join(self, caller: Caller) -> Caller:
+    async def join(self, caller: Caller, timeout: float = JOIN_TIMEOUT_S) -> Caller:
+        """The caller joins and waits up to `timeout` for its agent to listen."""
         try:
             await asyncio.wait_for(caller.connect(), JOIN_TIMEOUT_S)
         except TimeoutError:
             caller.report.errors.append(f"could not join the room in {JOIN_TIMEOUT_S:.0f}s")
             return caller
-        if not await caller.wait_agent(JOIN_TIMEOUT_S):
-            caller.report.errors.append(f"no agent joined in {JOIN_TIMEOUT_S:.0f}s")
+        if not await caller.wait_agent(timeout):
+            caller.report.errors.append(f"no agent joined in {timeout:.0f}s")
             return caller
         # As a client app does, talk once the agent says it listens (livekit-agents publishes
         # its state as a participant attribute) and its audio plays: speech before its

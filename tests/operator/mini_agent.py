@@ -26,6 +26,7 @@ from aiohttp import web
 from livekit.agents import AgentServer, JobContext, JobExecutorType
 
 from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
+from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, full_threshold, reported_load
 from voicefleet_contract.sessions import (
     SESSIONS_PATH,
     ChangeNotifier,
@@ -47,8 +48,9 @@ server = AgentServer(
     num_idle_processes=0,
     host=POD_IP,
     port=int(os.environ.get(Env.HEALTH_PORT, HEALTH_PORT)),
-    load_fnc=lambda: len(jobs) / CAPACITY,
-    load_threshold=0.99,
+    # The contract's capacity model, as the real worker reports it (LiveKit's target_load).
+    load_fnc=lambda: reported_load(len(jobs), CAPACITY, DEFAULT_TARGET_LOAD),
+    load_threshold=full_threshold(DEFAULT_TARGET_LOAD),
     drain_timeout=5,
 )
 
