@@ -54,7 +54,7 @@ DELIBERATE_REASONS: Final = frozenset(
     }
 )
 
-Source = Literal["worker", "pod", "webhook", "sweep", "unplaced"]
+Source = Literal["worker", "pod", "hung", "webhook", "sweep", "unplaced"]
 Outcome = Literal["redispatched", "caller_gone", "gave_up", "ended"]
 ActionKind = Literal["dispatch", "wait", "done"]
 
@@ -175,6 +175,10 @@ class Action:
     kind: ActionKind
     case: Case
     reason: str
+    # With "dispatch": the lost agent's participant, still in the room, to remove first
+    # (a dead one lingers ~20 s in LiveKit, a hung one for as long as it hangs): a call
+    # never has two agents, even for a moment.
+    evict: str = ""
 
 
 def step(case: Case, view: RoomView, now: float, policy: Policy, free: int | None = None) -> Action:
@@ -234,10 +238,12 @@ def step(case: Case, view: RoomView, now: float, policy: Policy, free: int | Non
     last = max([case.last_dispatch_at, *(d.created_at for d in after)])
     if attempts and now < last + policy.backoff_seconds * 2 ** (attempts - 1):
         return Action("wait", case, "backing off before the next dispatch")
+    lingering = any(a.identity == loss.lost_identity for a in view.agents(loss.agent_name))
     return Action(
         "dispatch",
         replace(case, attempts=attempts + 1, last_dispatch_at=now, waiting_since=0.0),
         f"orphaned (noticed by {loss.source}); dispatch {attempts + 1}/{policy.max_attempts}",
+        loss.lost_identity if loss.lost_identity and lingering else "",
     )
 
 
@@ -287,14 +293,19 @@ class WorkerRoom:
 
 def losses_from_workers(
     previous: Mapping[str, Sequence[WorkerRoom]],
-    unreachable: Iterable[str],
+    refused: Iterable[str],
     gone: Iterable[str],
     now: float,
+    hung: Iterable[str] = (),
 ) -> list[Loss]:
-    """Rooms last served by workers that are now gone (pod deleted) or refuse connections
-    (the process died). A worker that merely answers slowly is not declared dead here."""
+    """Rooms last served by workers that are gone (pod deleted), whose process died (its
+    address refuses connections), or that hang (the kubelet's readiness probe fails AND a
+    fresh read of /sessions gets no answer: two witnesses, one on the node). A worker the
+    operator merely cannot reach while the kubelet still finds it ready is not lost: that
+    is the network between them, and its calls go on."""
     sources: list[tuple[str, Source]] = [(k, "pod") for k in gone]
-    sources += [(k, "worker") for k in unreachable]
+    sources += [(k, "worker") for k in refused]
+    sources += [(k, "hung") for k in hung]
     return [
         Loss(r.room, r.agent_name, now, source, r.participant, r.metadata, r.started_at)
         for key, source in sources

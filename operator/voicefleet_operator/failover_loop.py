@@ -93,6 +93,8 @@ class Rooms(Protocol):
 
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None: ...
 
+    async def remove_participant(self, room: str, identity: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -176,6 +178,14 @@ class LiveKitRooms:
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
         await self._client().agent_dispatch.delete_dispatch(dispatch_id, room)
 
+    async def remove_participant(self, room: str, identity: str) -> None:
+        req = lkapi.RoomParticipantIdentity(room=room, identity=identity)
+        try:
+            await self._client().room.remove_participant(req)
+        except lkapi.TwirpError as e:
+            if e.code != "not_found":  # gone already: what we wanted
+                raise
+
     async def close(self) -> None:
         if self._api is not None:
             await self._api.aclose()
@@ -223,6 +233,9 @@ class _State:
     # the caller has hung up since (it would count an orphan and a `caller_gone`).
     settled: dict[tuple[str, str], float] = field(default_factory=dict)
     next_sweep: float = 0.0
+    # (room, agent identity) this operator removed from a room (a dead or hung agent): its
+    # `participant_left` (PARTICIPANT_REMOVED) is not the agent ending the call on purpose.
+    evicted: dict[tuple[str, str], float] = field(default_factory=dict)
     # Rooms a caller joined (a webhook), watched each tick until an agent of ours comes:
     # room -> since when. A call LiveKit could not place is found here within seconds.
     watch: dict[str, float] = field(default_factory=dict)
@@ -338,8 +351,11 @@ class Failover:
                     self.clock(),
                     p.joined_at_ms / 1000 if p.joined_at_ms else float(p.joined_at),
                 )
-                if fo.deliberate_leave(
-                    event.event, int(p.kind), dict(p.attributes), int(p.disconnect_reason)
+                if (
+                    fo.deliberate_leave(
+                        event.event, int(p.kind), dict(p.attributes), int(p.disconnect_reason)
+                    )
+                    and (event.room.name, p.identity) not in s.evicted
                 ):
                     s.ended_pending.append(event.room.name)
                 if loss is not None:
@@ -481,6 +497,7 @@ class Failover:
         current: dict[str, list[fo.WorkerRoom]] = {}
         # A pod without an IP (its container restarting) has no process serving anything.
         refused = [p.name for p in pods if not p.ip]
+        hung = []
         for p in pods:
             r = readings.get(p.name)
             if not p.ip or r is None:
@@ -492,9 +509,13 @@ class Failover:
                 ]
             elif r.error == "refused":
                 refused.append(p.name)
+            elif not p.ready and not p.deleting and r.error in ("timeout", "unreachable"):
+                # The feed reads a worker afresh when it turns not ready: no answer to that
+                # either, and the kubelet's probe on the node failing too, is a hang.
+                hung.append(p.name)
         present = {p.name for p in pods}
         gone = [k for k in s.previous if k not in present]
-        for loss in fo.losses_from_workers(s.previous, refused, gone, now):
+        for loss in fo.losses_from_workers(s.previous, refused, gone, now, hung):
             s.incoming.append(loss)
         for suspect in fo.vanished_rooms(s.previous, current):
             if suspect.room not in s.ended:
@@ -505,7 +526,7 @@ class Failover:
         # What each worker serves now; a dead one's rooms were turned into losses above.
         for k in gone:
             s.previous.pop(k, None)
-        for k in refused:
+        for k in [*refused, *hung]:
             s.previous[k] = []
         s.previous.update(current)
 
@@ -665,6 +686,15 @@ class Failover:
             if action.kind == "dispatch":
                 if free is not None:
                     free -= 1
+                if action.evict:
+                    # The lost agent still sits in the room (dead, or hung): out first, so
+                    # the caller never has two agents.
+                    s.evicted[(case.loss.room, action.evict)] = now
+                    await rooms.remove_participant(case.loss.room, action.evict)
+                    log.info(
+                        "%s/%s: removed the lost agent %s from room %s",
+                        t.namespace, t.name, action.evict, case.loss.room,
+                    )  # fmt: skip
                 metadata = fo.dispatch_metadata(case, view)
                 # Recorded first: a dispatch whose answer is lost may still have landed.
                 s.cases[key] = action.case
@@ -689,6 +719,7 @@ class Failover:
         if case.loss.lost_identity:
             s.settled[(case.loss.room, case.loss.lost_identity)] = now
         s.settled = {k: at for k, at in s.settled.items() if now - at < SETTLED_SECONDS}
+        s.evicted = {k: at for k, at in s.evicted.items() if now - at < SETTLED_SECONDS}
         if outcome == "gave_up" and not case.loss.lost_identity:
             s.settled[(case.loss.room, "")] = now
         if outcome == "ended" or not counted:

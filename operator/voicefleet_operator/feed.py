@@ -28,6 +28,7 @@ and are woken whenever one of its pods' readings or the pod set changes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import time
@@ -80,9 +81,14 @@ class _Fleet:
 
 
 def error_reason(e: BaseException) -> str:
+    """Why a read failed. Only `refused` (ECONNREFUSED: the pod's address answers, nothing
+    listens on the port) says the worker's process is gone; `unreachable` (no route, host
+    down, DNS) and `timeout` may be the network between the operator and the node."""
     if isinstance(e, TimeoutError):
         return "timeout"
     if isinstance(e, aiohttp.ClientConnectorError):
+        return "refused" if e.os_error.errno == errno.ECONNREFUSED else "unreachable"
+    if isinstance(e, ConnectionRefusedError):
         return "refused"
     if isinstance(e, ValueError):  # includes JSONDecodeError
         return f"bad response: {e}"
@@ -117,10 +123,12 @@ class SessionFeed:
             return
         if w is None:
             w = fleet.pods[pod.name] = _Watch(pod)
-        elif w.pod.ip != pod.ip or (pod.ready and not w.pod.ready):
+        elif w.pod.ip != pod.ip or pod.ready != w.pod.ready:
             # A new address is a new process; a worker that just turned ready is read
             # afresh: a "refused" from before it listened would count it as full, and
-            # every new worker would ask for one more (a runaway scale-up).
+            # every new worker would ask for one more (a runaway scale-up). One that
+            # turned not ready (the kubelet's probe failed) is read afresh too, with a
+            # plain read, not the open long poll: if it does not answer either, it hangs.
             self._stop(w)
             w.reading = None
         w.pod = pod

@@ -106,9 +106,21 @@ def test_worker_view_losses_only_for_dead_or_deleted_workers() -> None:
         "ns/w2": [WorkerRoom("r2", "support", "agent-2")],
         "ns/w3": [WorkerRoom("r3", "support", "agent-3")],
     }
-    losses = losses_from_workers(previous, unreachable=["ns/w1"], gone=["ns/w2"], now=9)
+    losses = losses_from_workers(previous, refused=["ns/w1"], gone=["ns/w2"], now=9)
     assert sorted((x.room, x.source) for x in losses) == [("r1", "worker"), ("r2", "pod")]
     assert next(x for x in losses if x.room == "r1").metadata == "m"
+    hung = losses_from_workers(previous, refused=[], gone=[], now=9, hung=["ns/w3"])
+    assert [(x.room, x.source, x.lost_identity) for x in hung] == [("r3", "hung", "agent-3")]
+
+
+def test_the_lost_agent_still_in_the_room_is_removed_before_the_new_one_is_dispatched() -> None:
+    original = (Dispatch("support", created_at=0.5, metadata="m"),)
+    a = step(Case(LOSS), view(CALLER, GHOST, dispatches=original), now=100.5, policy=P)
+    assert (a.kind, a.evict) == ("dispatch", "agent-old")
+    gone = step(Case(LOSS), view(CALLER, dispatches=original), now=100.5, policy=P)
+    assert (gone.kind, gone.evict) == ("dispatch", "")  # it left already: nothing to remove
+    sweep = Case(Loss("r1", "support", at=100, source="sweep"))
+    assert step(sweep, view(CALLER, dispatches=original), now=100.5, policy=P).evict == ""
 
 
 def test_sweep_needs_grace_and_no_pending_dispatch() -> None:

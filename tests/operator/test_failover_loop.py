@@ -66,6 +66,7 @@ class FakeLiveKit:
         self.dispatches: list[fo.Dispatch] = [fo.Dispatch(agent, 5, "meta", "d0", fo.JOB_RUNNING)]
         self.down = False
         self.lost_answers = 0  # dispatches that reach LiveKit but whose answer is lost
+        self.removed: list[str] = []  # participants the operator removed
         self.now = 0.0
 
     def _check(self) -> None:
@@ -93,6 +94,11 @@ class FakeLiveKit:
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
         self._check()
         self.dispatches = [d for d in self.dispatches if d.id != dispatch_id]
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        self._check()
+        self.removed.append(identity)
+        self.participants = [p for p in self.participants if p.identity != identity]
 
     async def close(self) -> None:
         pass
@@ -391,6 +397,9 @@ class Deployment:
     async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
         pass
 
+    async def remove_participant(self, room: str, identity: str) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
@@ -676,3 +685,73 @@ async def test_a_call_livekit_could_not_place_waits_for_a_slot_and_is_counted_as
     assert events[-1][1] == "CallPlaced", events[-1]
     # Not a failover: no agent was lost.
     assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "redispatched"}) == 0
+
+
+async def test_a_worker_the_operator_cannot_reach_but_the_kubelet_finds_ready_keeps_its_calls() -> (
+    None
+):
+    """Issue 13, item 2: a network blip between the operator and a node (reads time out or
+    the host is unreachable) is not a death: no loss, no dispatch, no second agent."""
+    f, lk, scraper, clock, spec, metrics = setup()
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    await tick(f, lk, clock, spec)
+    for error in ("timeout", "unreachable"):
+        for _ in range(30):
+            clock.t += 1
+            lk.now = clock.t
+            readings = {POD.name: Reading(None, error), **SPARE_READING}
+            await f.tick(spec, [POD, SPARE], readings, post)
+    assert len(lk.dispatches) == 1 and lk.removed == []
+    labels = {"namespace": "voice", "voiceagent": "support"}
+    for src in ("worker", "hung", "pod"):
+        assert (
+            value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": src})
+            == 0
+        )
+
+
+async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> None:
+    """Issue 13, item 3: the kubelet's readiness probe fails (the pod turns not ready) and
+    the operator's fresh read gets no answer either: the worker hangs. Its agent, still in
+    the room, is removed before the new one is dispatched; its PARTICIPANT_REMOVED notice
+    is not taken for the agent ending the call."""
+    from livekit.protocol.models import DisconnectReason, ParticipantInfo, Room
+    from livekit.protocol.webhook import WebhookEvent
+
+    f, lk, scraper, clock, spec, metrics = setup()
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    await tick(f, lk, clock, spec)
+    hung_pod = replace(POD, ready=False)
+    clock.t += 1
+    lk.now = clock.t
+    readings = {POD.name: Reading(None, "timeout"), **SPARE_READING}
+    await f.tick(spec, [hung_pod, SPARE], readings, post)
+    assert lk.removed == ["agent-old"]
+    assert [d.id for d in lk.dispatches] == ["d0", "d1"]
+    removed = WebhookEvent(
+        event="participant_left",
+        id="EV-removed",
+        created_at=int(clock.t),
+        room=Room(name="r1"),
+        participant=ParticipantInfo(
+            identity="agent-old",
+            kind=ParticipantInfo.Kind.AGENT,
+            attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
+            disconnect_reason=DisconnectReason.PARTICIPANT_REMOVED,
+            joined_at=10,
+        ),
+    )
+    await f.on_webhook(removed, secret_id("k", "s" * 32))
+    lk.participants.append(fo.Participant("agent-new", fo.KIND_AGENT, spec.agent_name, clock.t))
+    for _ in range(3):
+        clock.t += 1
+        lk.now = clock.t
+        await f.tick(spec, [hung_pod, SPARE], readings, post)
+    assert [d.id for d in lk.dispatches] == ["d0", "d1"]  # the new dispatch was kept
+    labels = {"namespace": "voice", "voiceagent": "support"}
+    assert (
+        value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": "hung"}) == 1
+    )
+    assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "redispatched"}) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -12,12 +13,14 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
 
 from voicefleet_contract.sessions import parse_sessions
 from voicefleet_operator.autoscale_loop import WorkerPod
-from voicefleet_operator.feed import Reading, SessionFeed
+from voicefleet_operator.feed import Reading, SessionFeed, error_reason
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import wait_for
 
@@ -184,3 +187,19 @@ async def test_a_worker_turning_ready_is_read_afresh(
     feed.upsert("ns", "va", t.pod())  # now ready
     assert "w0" not in feed.readings("ns", "va")  # not read yet, rather than refused
     await until(feed, lambda r: sessions(r.get("w0")) == 2, "read again once ready")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (errno.ECONNREFUSED, "refused"),  # the pod answers, nothing listens: the process died
+        (errno.EHOSTUNREACH, "unreachable"),  # the network between operator and node
+        (errno.ENETUNREACH, "unreachable"),
+        (errno.ETIMEDOUT, "unreachable"),
+    ],
+)
+def test_only_a_refused_connection_says_the_process_is_gone(error: int, reason: str) -> None:
+    key = ConnectionKey("127.0.0.9", 9464, False, True, None, None, None, None)
+    e = aiohttp.ClientConnectorError(key, OSError(error, os.strerror(error)))
+    assert error_reason(e) == reason
+    assert error_reason(TimeoutError()) == "timeout"

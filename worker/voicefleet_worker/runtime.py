@@ -20,7 +20,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from livekit import api
 from livekit.agents import AgentServer, JobContext, JobExecutorType, llm
@@ -308,6 +308,9 @@ def _resume(
     return resumed, writer
 
 
+LIVEKIT_RETRIES: Final = 2**31 - 1  # at most 10 s apart: forever
+
+
 def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
     s = runtime.settings
     capacity = s.config.sessions.maxPerWorker
@@ -329,6 +332,11 @@ def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
         host=s.pod_ip,
         port=s.health_port,
         load_fnc=load_fnc,
+        # Never give up on LiveKit: livekit-agents' default (16 tries, ~2.5 min) exits the
+        # process, and CrashLoopBackOff then delays recovery by minutes after LiveKit is
+        # back. Retrying every 10 s forever keeps the pod alive and not Ready (`/ready`
+        # follows registration) and re-registers within 10 s of LiveKit's return.
+        max_retry=LIVEKIT_RETRIES,
         log_level="INFO",
     )
     server.rtc_session(_job_main(runtime, entrypoint), agent_name=s.config.agentName)
