@@ -20,6 +20,7 @@ from typing import Any
 
 from . import controlplane as cp
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
+from .livekit_config import livekit_config
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
 from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
@@ -259,21 +260,14 @@ class Stack:
             config = self.dir / "livekit.yaml"
             config.write_text(
                 json.dumps(
-                    {
-                        "port": s.ports["livekit"],
-                        "bind_addresses": ["127.0.0.1"],
-                        "rtc": {
-                            "tcp_port": s.ports["livekit-rtc-tcp"],
-                            "udp_port": s.ports["livekit-rtc-udp"],
-                            "use_external_ip": False,
-                            "node_ip": "127.0.0.1",
-                        },
-                        "keys": {LIVEKIT_KEY: s.livekit_secret},
-                        # Signed with the key's secret; nobody listens until an operator
-                        # under test binds the port (LiveKit drops undeliverable ones).
-                        "webhook": {"api_key": LIVEKIT_KEY, "urls": [self.webhook_url]},
-                        "logging": {"level": "info"},
-                    }
+                    livekit_config(
+                        port=s.ports["livekit"],
+                        udp_port=s.ports["livekit-rtc-udp"],
+                        keys={LIVEKIT_KEY: s.livekit_secret},
+                        # nobody listens until an operator under test binds the port
+                        webhook_api_key=LIVEKIT_KEY,
+                        webhook_urls=[self.webhook_url],
+                    )
                 )
             )
             config.chmod(0o600)
@@ -456,7 +450,6 @@ class Stack:
             "apiserver",
             "kcm",
             "livekit",
-            "livekit-rtc-tcp",
             "prometheus",
             "realtime",
             "operator-metrics",
