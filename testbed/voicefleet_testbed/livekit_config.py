@@ -6,8 +6,10 @@ its source (pkg/service/roommanager.go, mediatransportutil's rtcconfig and trans
 
 - `rtc.stun_servers`: when empty (and no TURN is configured) every client's JoinResponse
   gets LiveKit's public defaults (global.stun.twilio.com, stun.l.google.com). LiveKit
-  cannot be told to name none, so it names its own media address: clients check it anyway,
-  and it answers only ICE checks, so they gather no server-reflexive candidates from it.
+  cannot be told to name none, so it names its own signalling address (host and port)
+  over UDP, where nothing answers: clients contact nothing else and gather no
+  server-reflexive candidates. Not the media port: libwebrtc takes every packet from a
+  STUN server's address for a STUN response, so ICE through that port never connects.
 - `rtc.interfaces.includes` / `rtc.ips.includes`: the UDP mux binds one socket per address
   of the included interfaces that passes the IP filter; without them it binds every
   external address of the host. `enable_loopback_candidate` is needed for `lo` at all.
@@ -81,7 +83,7 @@ def livekit_config(
             "tcp_port": 0,
             "use_external_ip": False,
             "node_ip": node_ip,
-            "stun_servers": [f"{node_ip}:{udp_port}"],
+            "stun_servers": [f"{node_ip}:{port}"],
             "enable_loopback_candidate": loopback,
             "interfaces": {"includes": interfaces},
             "ips": {"includes": [f"{ip}/32" for ip in ips]},

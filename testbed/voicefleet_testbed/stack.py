@@ -20,7 +20,7 @@ from typing import Any
 
 from . import controlplane as cp
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
-from .livekit_config import livekit_config
+from .livekit_config import LOOPBACK, MediaAddress, livekit_config
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
 from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
@@ -163,6 +163,13 @@ class Stack:
         return f"ws://127.0.0.1:{self.state.ports['livekit']}"
 
     @property
+    def livekit_addresses(self) -> tuple[MediaAddress, ...]:
+        """The only addresses LiveKit listens on, gathers ICE candidates on and names to
+        clients (docs/testbed.md, "What the testbed's LiveKit is told"); the first is the
+        one its candidates name."""
+        return (LOOPBACK,)
+
+    @property
     def webhook_port(self) -> int:
         """Where LiveKit sends its webhooks: the operator under test listens here
         (`--webhook-port`); 0 for a stack started before this existed."""
@@ -267,6 +274,7 @@ class Stack:
                         # nobody listens until an operator under test binds the port
                         webhook_api_key=LIVEKIT_KEY,
                         webhook_urls=[self.webhook_url],
+                        addresses=self.livekit_addresses,
                     )
                 )
             )
