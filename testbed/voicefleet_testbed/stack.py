@@ -20,6 +20,7 @@ from typing import Any
 
 from . import controlplane as cp
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
+from .livekit_config import LOOPBACK, MediaAddress, livekit_config
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
 from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
@@ -162,6 +163,13 @@ class Stack:
         return f"ws://127.0.0.1:{self.state.ports['livekit']}"
 
     @property
+    def livekit_addresses(self) -> tuple[MediaAddress, ...]:
+        """The only addresses LiveKit listens on, gathers ICE candidates on and names to
+        clients (docs/testbed.md, "What the testbed's LiveKit is told"); the first is the
+        one its candidates name."""
+        return (LOOPBACK,)
+
+    @property
     def webhook_port(self) -> int:
         """Where LiveKit sends its webhooks: the operator under test listens here
         (`--webhook-port`); 0 for a stack started before this existed."""
@@ -259,21 +267,15 @@ class Stack:
             config = self.dir / "livekit.yaml"
             config.write_text(
                 json.dumps(
-                    {
-                        "port": s.ports["livekit"],
-                        "bind_addresses": ["127.0.0.1"],
-                        "rtc": {
-                            "tcp_port": s.ports["livekit-rtc-tcp"],
-                            "udp_port": s.ports["livekit-rtc-udp"],
-                            "use_external_ip": False,
-                            "node_ip": "127.0.0.1",
-                        },
-                        "keys": {LIVEKIT_KEY: s.livekit_secret},
-                        # Signed with the key's secret; nobody listens until an operator
-                        # under test binds the port (LiveKit drops undeliverable ones).
-                        "webhook": {"api_key": LIVEKIT_KEY, "urls": [self.webhook_url]},
-                        "logging": {"level": "info"},
-                    }
+                    livekit_config(
+                        port=s.ports["livekit"],
+                        udp_port=s.ports["livekit-rtc-udp"],
+                        keys={LIVEKIT_KEY: s.livekit_secret},
+                        # nobody listens until an operator under test binds the port
+                        webhook_api_key=LIVEKIT_KEY,
+                        webhook_urls=[self.webhook_url],
+                        addresses=self.livekit_addresses,
+                    )
                 )
             )
             config.chmod(0o600)
@@ -456,7 +458,6 @@ class Stack:
             "apiserver",
             "kcm",
             "livekit",
-            "livekit-rtc-tcp",
             "prometheus",
             "realtime",
             "operator-metrics",
