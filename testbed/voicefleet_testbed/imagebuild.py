@@ -28,10 +28,10 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .binaries import REPO_DIR
 from .images import (
@@ -162,14 +162,31 @@ class Buildah:
             self.out("pull", "--quiet", f"oci-archive:{img.archive}")
 
     def run(
-        self, image: str, argv: Sequence[str], *, user: str, timeout: float = 120
+        self,
+        image: str,
+        argv: Sequence[str],
+        *,
+        user: str,
+        env: Mapping[str, str] | None = None,
+        volumes: Sequence[str] = (),
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Run argv in a throw-away container of `image`. chroot isolation shares the host's
         network: run nothing that listens."""
         ctr = self.out("from", "--pull=never", image)
         try:
             return subprocess.run(
-                self.argv("run", "--isolation=chroot", "--user", user, ctr, "--", *argv),
+                self.argv(
+                    "run",
+                    "--isolation=chroot",
+                    "--user",
+                    user,
+                    *(f"--env={k}={v}" for k, v in (env or {}).items()),
+                    *(f"--volume={v}" for v in volumes),
+                    ctr,
+                    "--",
+                    *argv,
+                ),
                 capture_output=True,
                 text=True,
                 stdin=subprocess.DEVNULL,
@@ -342,6 +359,7 @@ def build_image(b: Buildah, p: ImagePlan, repo: Path, d: Path) -> BuiltImage:
         "--pull=never",
         "--isolation=chroot",
         "--network=host",
+        "--no-cache",  # keyed by our own cache; buildah keeps no intermediate layers
         "--force-rm",  # a failed build leaves no container holding its base image
         *(f"--volume={v}" for v in build_volumes(d)),
         *(f"--build-arg={k}={v}" for k, v in p.build_args.items()),
@@ -379,6 +397,22 @@ def build_image(b: Buildah, p: ImagePlan, repo: Path, d: Path) -> BuiltImage:
     )
     p.record(d).write_text(json.dumps(rec.to_dict(), indent=2) + "\n")
     return rec
+
+
+def archive_config(archive: Path) -> dict[str, Any]:
+    """The image configuration (user, entrypoint, env, ports...) an OCI archive carries:
+    what a node's runtime will run."""
+    with tarfile.open(archive) as t:
+
+        def blob(digest: str) -> Any:
+            f = t.extractfile("blobs/" + digest.replace(":", "/", 1))
+            assert f is not None
+            return json.load(f)
+
+        idx = t.extractfile("index.json")
+        assert idx is not None
+        manifest_digest, _ = read_archive_index(json.load(idx))
+        return dict(blob(blob(manifest_digest)["config"]["digest"]))
 
 
 def _layer_bytes(archive: Path) -> int:
