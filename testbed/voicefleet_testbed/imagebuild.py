@@ -49,6 +49,7 @@ from .images import (
     built,
     images_dir,
     manifest_document,
+    name_in_index,
     normalize,
     pick_uv_wheel,
     plan,
@@ -376,6 +377,10 @@ def build_image(b: Buildah, p: ImagePlan, repo: Path, d: Path) -> BuiltImage:
     tmp = archive.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
     run_logged("buildah push", b.argv("push", "--quiet", p.ref, f"oci-archive:{tmp}:{p.ref}"), log)
+    named = archive.with_suffix(".named.tmp")
+    name_archive(tmp, named, p.ref)
+    tmp.unlink()
+    tmp = named
     manifest_digest, config_digest, ref = archive_info(tmp)
     if ref != p.ref:
         raise BuildFailed(f"{tmp}: its index names {ref!r}, not {p.ref!r}")
@@ -397,6 +402,20 @@ def build_image(b: Buildah, p: ImagePlan, repo: Path, d: Path) -> BuiltImage:
     )
     p.record(d).write_text(json.dumps(rec.to_dict(), indent=2) + "\n")
     return rec
+
+
+def name_archive(src: Path, dst: Path, ref: str) -> None:
+    """Copy an OCI archive with its index naming `ref` for containerd too (the blobs, and so
+    the image's digests, are unchanged)."""
+    with tarfile.open(src) as s, tarfile.open(dst, "w") as d:
+        for member in s:
+            f = s.extractfile(member) if member.isfile() else None
+            if member.name == "index.json" and f is not None:
+                data = json.dumps(name_in_index(json.load(f), ref)).encode()
+                member.size = len(data)
+                d.addfile(member, io.BytesIO(data))
+            else:
+                d.addfile(member, f)
 
 
 def archive_config(archive: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import yaml
 from .binaries import REPO_DIR, cache_dir
 
 # Bump when the build procedure changes in a way the inputs below do not show.
-SCHEMA = 1
+SCHEMA = 2
 IMAGE_NAMES = ("operator", "worker")
 DOCKERFILES = {"operator": "operator/Dockerfile", "worker": "worker/Dockerfile"}
 TAG_PREFIX = "dev-"
@@ -506,6 +506,19 @@ def stale_archives(
             if key not in now:
                 out.append((name, key))
     return out
+
+
+def name_in_index(index: Mapping[str, Any], ref: str) -> dict[str, Any]:
+    """The index with its one image named `ref` both ways: `io.containerd.image.name`
+    (what `ctr images import` takes as the name) and `org.opencontainers.image.ref.name`."""
+    read_archive_index(index)
+    (m,) = index["manifests"]
+    notes = {
+        **(m.get("annotations") or {}),
+        "io.containerd.image.name": ref,
+        "org.opencontainers.image.ref.name": ref,
+    }
+    return {**index, "manifests": [{**m, "annotations": notes}]}
 
 
 class MissingImages(RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,10 @@ def test_archives_hold_the_current_sources_under_their_refs(
         assert (img.ref, img.key) == (p.ref, p.key)
         manifest, config_digest, ref = imagebuild.archive_info(Path(img.archive))
         assert (manifest, config_digest, ref) == (img.manifest_digest, img.image_id, img.ref)
+        with tarfile.open(img.archive) as t:
+            index = json.load(t.extractfile("index.json"))  # type: ignore[arg-type]
+        # the name `ctr images import` gives it
+        assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == img.ref
     doc = json.loads((images_dir() / "images.json").read_text())
     assert {n: i["ref"] for n, i in doc["images"].items()} == {n: i.ref for n, i in images.items()}
 

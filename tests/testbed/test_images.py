@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from voicefleet_testbed.images import (
     ignored,
     image_key,
     image_tag,
+    name_in_index,
     normalize,
     parse_dockerfile,
     pick_uv_wheel,
@@ -311,6 +313,24 @@ def test_read_archive_index() -> None:
     assert read_archive_index(one) == ("sha256:aa", "r/x:t")
     with pytest.raises(ImageError, match="expected one manifest, found 0"):
         read_archive_index({"manifests": []})
+
+
+def test_name_in_index_names_the_image_for_containerd_and_oci() -> None:
+    index: dict[str, Any] = {
+        "schemaVersion": 2,
+        "manifests": [{"digest": "sha256:aa", "size": 1, "annotations": {"x": "y"}}],
+    }
+    named = name_in_index(index, "ghcr.io/voicefleet/worker:dev-1")
+    (m,) = named["manifests"]
+    assert m["annotations"] == {
+        "x": "y",
+        "io.containerd.image.name": "ghcr.io/voicefleet/worker:dev-1",
+        "org.opencontainers.image.ref.name": "ghcr.io/voicefleet/worker:dev-1",
+    }
+    assert (named["schemaVersion"], m["digest"], m["size"]) == (2, "sha256:aa", 1)
+    assert index["manifests"] == [  # the input is left as it was
+        {"digest": "sha256:aa", "size": 1, "annotations": {"x": "y"}}
+    ]
 
 
 def test_built_names_what_is_missing(tmp_path: Path) -> None:
