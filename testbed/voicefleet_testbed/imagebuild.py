@@ -499,7 +499,7 @@ def build(repo: Path = REPO_DIR, *, rebuild: bool = False) -> dict[str, BuiltIma
             if todo:
                 prune(Buildah(d), plans, d)
     images = built(repo, d)
-    doc = manifest_document(images.values())
+    doc = manifest_document(images)
     tmp = d / f".{MANIFEST_NAME}.{os.getpid()}"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.rename(d / MANIFEST_NAME)
@@ -526,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for p in plan():
                 print(f"{p.name:<9} {p.ref}  key {p.key[:16]}  bases {', '.join(p.bases)}")
         elif args.cmd == "manifest":
-            print(json.dumps(manifest_document(built().values()), indent=2))
+            print(json.dumps(manifest_document(built()), indent=2))
         else:
             build(rebuild=args.rebuild)
     except (ImageError, BuildFailed, MissingImages) as e:

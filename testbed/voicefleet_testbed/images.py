@@ -478,8 +478,23 @@ class BuiltImage:
             raise ImageError(f"image record: missing field {e.args[0]}") from None
 
 
-def manifest_document(images: Iterable[BuiltImage]) -> dict[str, Any]:
-    return {"schema": SCHEMA, "images": {i.name: i.to_dict() for i in images}}
+def chart_values(images: Mapping[str, BuiltImage]) -> dict[str, Any]:
+    """The chart values that install the operator from the built images and make it run
+    workers from the built worker image (`helm install -f` this as YAML or JSON)."""
+    op, wk = images["operator"], images["worker"]
+    return {
+        "image": {"repository": op.repository, "tag": op.tag, "pullPolicy": "IfNotPresent"},
+        "worker": {"image": {"repository": wk.repository, "tag": wk.tag}},
+    }
+
+
+def manifest_document(images: Mapping[str, BuiltImage]) -> dict[str, Any]:
+    """images.json: every image's record, and the chart values that use them."""
+    return {
+        "schema": SCHEMA,
+        "images": {n: i.to_dict() for n, i in images.items()},
+        "chart_values": chart_values(images),
+    }
 
 
 def read_archive_index(index: Mapping[str, Any]) -> tuple[str, str | None]:

@@ -22,9 +22,9 @@ from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import parse_spec
 from voicefleet_testbed import imagebuild
-from voicefleet_testbed.images import BuiltImage, entrypoint, images_dir, plan
+from voicefleet_testbed.images import BuiltImage, chart_values, entrypoint, images_dir, plan
 
-from .chart import CHART, REPO
+from .chart import CHART, REPO, by_kind, template
 
 DOCKERFILES = {
     "operator": REPO / "operator" / "Dockerfile",
@@ -248,3 +248,24 @@ def test_worker_image_imports_its_runtime_as_its_user(
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["10001", "10001", "/tmp"]
+
+
+@pytest.mark.images
+def test_chart_values_install_the_built_images(images: dict[str, BuiltImage]) -> None:
+    v = chart_values(images)
+    (dep,) = by_kind(
+        template(
+            {
+                "image.repository": v["image"]["repository"],
+                "image.tag": v["image"]["tag"],
+                "worker.image.repository": v["worker"]["image"]["repository"],
+                "worker.image.tag": v["worker"]["image"]["tag"],
+            }
+        ),
+        "Deployment",
+    )
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == images["operator"].ref
+    assert f"--default-image={images['worker'].ref}" in container["args"]
+    doc = json.loads((images_dir() / "images.json").read_text())
+    assert doc["chart_values"] == v
