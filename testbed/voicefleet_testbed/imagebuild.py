@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -248,7 +249,7 @@ def build_python_base(b: Buildah, base: PythonBase, key: str, d: Path) -> str:
             # Absolute /usr/local/bin/python paths of the slim image keep working.
             'ln -sf /usr/bin/python3 "$1"/usr/local/bin/python3',
             'ln -sf /usr/bin/python3 "$1"/usr/local/bin/python',
-            f'chroot "$1" python3 -c "import platform; print(platform.python_version())" > {version_file}',
+            f'chroot "$1" python3 -c "import platform; print(platform.python_version())" > {shlex.quote(str(version_file))}',
         ]
         argv = [
             "mmdebstrap",
