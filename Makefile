@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 # make demo DEMO_ARGS="--callers 5 --turns 2"
 DEMO_ARGS ?=
 
-.PHONY: help setup binaries up down status demo test lint typecheck unit bench dashboards clean
+.PHONY: help setup binaries images up down status demo test lint typecheck unit bench dashboards clean
 
 help:
 	@echo "make demo      start the local stack, apply examples/voiceagent.yaml and call it (does all set-up)"
 	@echo "make test      lint, typecheck and run every test against the real stack"
 	@echo "make up/down   start/stop the local stack in the background (.testbed/env)"
 	@echo "make status    what the local stack runs, and what is unhealthy"
+	@echo "make images    build the operator and worker images with buildah (no registry, no Docker)"
 	@echo "make bench     run the benchmarks (bench/results/*.json)"
 
 # Python: uv from PyPI, then the locked workspace into .venv.
@@ -32,6 +33,13 @@ setup: .venv/.synced
 # Go module proxy into ~/.cache/voicefleet/bin/<name>-<version>) and Debian's prometheus.
 binaries:
 	@bash testbed/build/binaries.sh all
+
+# The operator and worker images from their Dockerfiles, with buildah and local stand-ins for
+# the base images, as OCI archives in ~/.cache/voicefleet/images (images.json lists them).
+# Cached by a hash of what each build reads. make images IMAGES_ARGS=--rebuild forces it.
+IMAGES_ARGS ?=
+images: setup
+	@$(RUN) python -m voicefleet_testbed.imagebuild build $(IMAGES_ARGS)
 
 up: setup binaries
 	@$(RUN) testbed up
@@ -55,9 +63,9 @@ typecheck: setup
 	@$(RUN) mypy
 
 unit: setup
-	@$(RUN) pytest -m "not cluster and not livekit" $(PYTEST_ARGS)
+	@$(RUN) pytest -m "not cluster and not livekit and not images" $(PYTEST_ARGS)
 
-test: setup binaries lint typecheck
+test: setup binaries images lint typecheck
 	@echo "==> pytest (starts its own stack on free loopback ports)"
 	@$(RUN) pytest $(PYTEST_ARGS)
 
