@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from voicefleet_contract import Env
+
 from .container import Backoff, ContainerRunner, InProcessFactory, Probes, now_iso
 from .inprocess import INPROCESS
 from .kubeapi import ApiError, KubeApi
@@ -139,6 +141,10 @@ class PodWorker:
             "HOSTNAME": self.name,
             "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": port,
+            # Every pod shares the host's network here (a cluster gives each its own
+            # namespace): the worker's servers must bind the pod's own 127.x address, not
+            # the 0.0.0.0 it binds in a real pod. The container's env may still override.
+            Env.BIND_ADDRESS: self.pod_ip,
             **rule.env,
         }
         # No fixed /var/run/secrets path on a shared host: point clients at a kubeconfig.
