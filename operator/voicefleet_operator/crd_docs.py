@@ -103,7 +103,7 @@ EXAMPLES: Final[dict[str, Any]] = {
     "spec.template.priorityClassName": "voice-critical",
     "spec.template.annotations": {"example.com/owner": "support-team"},
     "spec.template.labels": {"team": "support"},
-    "spec.template.securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+    "spec.template.securityContext": {"fsGroup": 10001},
     "spec.template.containerSecurityContext": {"readOnlyRootFilesystem": True},
 }
 

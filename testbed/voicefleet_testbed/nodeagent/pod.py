@@ -32,6 +32,8 @@ from .podspec import (
 from .status import ContainerView, pod_status
 from .volumes import decode_secret, materialise
 
+# `--bind-address` of voicefleet_operator (cmd.py: VOICEFLEET_OPERATOR_<FLAG>).
+OPERATOR_BIND_ADDRESS = "VOICEFLEET_OPERATOR_BIND_ADDRESS"
 log = logging.getLogger("nodeagent.pod")
 JSON = dict[str, Any]
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -145,6 +147,7 @@ class PodWorker:
             # namespace): the worker's servers must bind the pod's own 127.x address, not
             # the 0.0.0.0 it binds in a real pod. The container's env may still override.
             Env.BIND_ADDRESS: self.pod_ip,
+            OPERATOR_BIND_ADDRESS: self.pod_ip,  # the operator's, from the Helm chart
             **rule.env,
         }
         # No fixed /var/run/secrets path on a shared host: point clients at a kubeconfig.
