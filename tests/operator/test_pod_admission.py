@@ -9,8 +9,10 @@ ResourceQuota (usage kept by the resourcequota controller) refuses them.
   API's own reason (`FailedCreate`) and message within seconds (the Deployment's own
   progress deadline is 600 s), and clears once the cause is fixed.
 
-Unschedulable pods need a scheduler, which this stack does not run yet (the node agent
-binds every pod): that decision is table-tested in test_status.py and test_triggers.py.
+- A worker pod the scheduler cannot place shows as `Unschedulable` with the scheduler's
+  message, and clears once it fits. This needs a kube-scheduler in the stack (the real
+  node's stack runs one); without it the node agent binds every pod itself, and the test
+  is skipped (the decision is table-tested in test_status.py and test_triggers.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from voicefleet_contract import KIND
+from voicefleet_contract import GROUP, KIND, PLURAL, VERSION
 from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
 
 from .cluster import OperatorProcess, condition, get_va, secrets, voiceagent, wait_for
 from .util import LIVEKIT_URL, OPENAI_BASE_URL
@@ -158,3 +161,30 @@ def test_quota_rejection_shows_at_once_and_clears(
     kube.core.delete_namespaced_resource_quota("no-pods", namespace)
     wait_for(lambda: ready(kube, namespace, "capped"), CLEARS_WITHIN, "Ready without the quota")
     print(f"cleared {time.monotonic() - t1:.1f}s after the quota was deleted")
+
+
+def test_unschedulable_workers_show_at_once_and_clear(
+    operator: OperatorProcess, stack: Stack, kube: Kube, namespace: str
+) -> None:
+    if not stack.running().get("kube-scheduler"):
+        pytest.skip("the stack runs no kube-scheduler: the node agent binds every pod")
+    secrets(kube, namespace)
+    nowhere = {"voicefleet.dev/test-nowhere": namespace}
+    t0 = time.monotonic()
+    kube.create(voiceagent("adrift", namespace, spec(template={"nodeSelector": nowhere})))
+    va = wait_for(lambda: degraded(kube, namespace, "adrift", "Unschedulable"), SHOWS_WITHIN,
+                  "Degraded=True Unschedulable")  # fmt: skip
+    print(f"\nunschedulable in the VoiceAgent's conditions after {time.monotonic() - t0:.1f}s")
+    message = condition(va, "Degraded")["message"]
+    assert "nodes are available" in message, message  # the scheduler's own words
+    assert condition(va, "Ready")["status"] == "False"
+    got = wait_for(lambda: warnings(kube, namespace, "adrift"), 10, "a Warning Event")
+    assert [e["reason"] for e in got] == ["Unschedulable"]
+
+    # Fixing the cause: a spec the nodes fit rolls a new pod, the old one goes.
+    t1 = time.monotonic()
+    kube.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "adrift", {"spec": {"template": {"nodeSelector": None}}}
+    )
+    wait_for(lambda: ready(kube, namespace, "adrift"), CLEARS_WITHIN, "Ready once it fits")
+    print(f"cleared {time.monotonic() - t1:.1f}s after the nodeSelector was removed")
