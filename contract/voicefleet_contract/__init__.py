@@ -28,9 +28,10 @@ MANAGED_BY: Final = "voicefleet-operator"
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
 POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
 
-# Ports a worker serves on its pod IP.
+# Ports a worker serves (on every address of its pod, see Env.BIND_ADDRESS).
 METRICS_PORT: Final = 9464  # Prometheus /metrics and /sessions (voicefleet's own)
 HEALTH_PORT: Final = 8081  # livekit-agents' health server: GET / is 200 or 503
+DEFAULT_BIND_ADDRESS: Final = "0.0.0.0"
 METRICS_PORT_NAME: Final = "metrics"
 HEALTH_PORT_NAME: Final = "health"
 # Readiness, on the metrics port: 200 only once the worker is registered with LiveKit (a
@@ -50,7 +51,13 @@ class Env:
     CONFIG_FILE: Final = "VOICEFLEET_CONFIG"  # path of agent.json
     POD_NAME: Final = "POD_NAME"
     POD_NAMESPACE: Final = "POD_NAMESPACE"
-    POD_IP: Final = "POD_IP"  # every server in a pod binds here
+    # The pod's own address (status.podIP): logged, and where the operator reaches the
+    # worker's /sessions. Servers do not bind it (see BIND_ADDRESS).
+    POD_IP: Final = "POD_IP"
+    # Where the worker's servers listen; default all addresses (0.0.0.0): the pod's own
+    # network namespace isolates them, and `kubectl port-forward`, sidecars and probes need
+    # more than the pod IP. `::` for an IPv6-only cluster.
+    BIND_ADDRESS: Final = "VOICEFLEET_BIND_ADDRESS"
     METRICS_PORT: Final = "VOICEFLEET_METRICS_PORT"
     HEALTH_PORT: Final = "VOICEFLEET_HEALTH_PORT"
     LOG_FORMAT: Final = "VOICEFLEET_LOG_FORMAT"  # json | text

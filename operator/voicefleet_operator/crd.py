@@ -550,10 +550,17 @@ def template_schema() -> Schema:
                     )
                 ],
             },
-            "securityContext": free_object("Pod security context (Kubernetes PodSecurityContext)."),
+            "securityContext": free_object(
+                "Pod security context (Kubernetes PodSecurityContext), merged key by key over "
+                "the default, which passes Pod Security restricted: runAsNonRoot true, "
+                "runAsUser and runAsGroup 10001 (the worker image's user), seccompProfile "
+                "RuntimeDefault. A key set here replaces the default's whole."
+            ),
             "containerSecurityContext": free_object(
-                "Worker container security context; default: no privilege escalation, all "
-                "capabilities dropped."
+                "Worker container security context, merged key by key over the default, "
+                "which passes Pod Security restricted: allowPrivilegeEscalation false, "
+                "capabilities drop ALL. A key set here replaces the default's whole (a "
+                "capabilities without drop ALL fails restricted)."
             ),
         },
         default={},

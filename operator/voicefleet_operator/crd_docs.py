@@ -103,7 +103,7 @@ EXAMPLES: Final[dict[str, Any]] = {
     "spec.template.priorityClassName": "voice-critical",
     "spec.template.annotations": {"example.com/owner": "support-team"},
     "spec.template.labels": {"team": "support"},
-    "spec.template.securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+    "spec.template.securityContext": {"fsGroup": 10001},
     "spec.template.containerSecurityContext": {"readOnlyRootFilesystem": True},
 }
 
@@ -322,10 +322,17 @@ def render(crd: Schema) -> str:
         "`InvalidSpec`, `SecretNotFound`, `SecretKeyMissing`, `SecretUnreadable`, "
         "`ApplyFailed` |",
         "| `Progressing` | a rollout or scale is under way | `RollingOut`; False: "
-        "`RolloutComplete`, `ProgressDeadlineExceeded`, or the blocking problem's reason |",
-        "| `Degraded` | something needs a human | `WorkersFailing` (CrashLoopBackOff, "
-        "ErrImagePull... per pod), `ProgressDeadlineExceeded`, or the blocking problem's "
-        "reason; False: `AsExpected` |",
+        "`RolloutComplete`, `ProgressDeadlineExceeded`, `FailedCreate` (pods cannot be "
+        "created), or the blocking problem's reason |",
+        "| `Degraded` | something needs a human | `FailedCreate` (the ReplicaSet cannot "
+        "create pods: Pod Security, a ResourceQuota; the API's message), `Unschedulable` "
+        "(the scheduler's message), `WorkersFailing` (CrashLoopBackOff, ErrImagePull... "
+        "per pod), `ProgressDeadlineExceeded`, or the blocking problem's reason; False: "
+        "`AsExpected` |",
+        "",
+        "`FailedCreate` and `Unschedulable` show within seconds, in the API server's and the "
+        "scheduler's own words, long before the Deployment's 600 s progress deadline; they "
+        "clear once the cause is fixed (see docs/operations.md).",
         "",
         "## Events",
         "",
@@ -339,8 +346,9 @@ def render(crd: Schema) -> str:
         "| `Scaled` | Normal | the built-in autoscaler changed the worker count |",
         "| the problem's reason | Warning | a problem appeared or changed (once, not repeated) |",
         "| `Resolved` | Normal | the problem went away |",
-        "| `WorkersFailing`, `ProgressDeadlineExceeded` | Warning | workers crash-loop, cannot "
-        "pull their image, or a rollout stalls (once per reason) |",
+        "| `FailedCreate`, `Unschedulable`, `WorkersFailing`, `ProgressDeadlineExceeded` | "
+        "Warning | pods cannot be created or placed, workers crash-loop or cannot pull their "
+        "image, or a rollout stalls (once per reason) |",
         "| `Recovered` | Normal | the workers stopped failing |",
         "",
     ]

@@ -2,8 +2,10 @@
 
 Triggers: the VoiceAgent's create/update/resume (kopf retries these on transient
 errors), events of the owned Deployments, ConfigMaps, Services and PDBs (deleted or
-edited by hand -> repaired within a second, status follows the rollout), and a timer per
-VoiceAgent (the backstop: Secrets that appear later, anything a watch missed).
+edited by hand -> repaired within a second, status follows the rollout), events of the
+worker pods when what the status says about one changes (unschedulable, a container stuck:
+a status refresh), and a timer per VoiceAgent (the backstop: Secrets that appear later,
+anything a watch missed).
 
 Not every trigger needs a full reconcile (`triggers.py`): a child event that is only a
 controller writing the child's status refreshes the VoiceAgent's status (a Deployment's)
@@ -42,6 +44,7 @@ from voicefleet_contract import (
     APP_NAME,
     GROUP,
     KIND,
+    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
@@ -262,19 +265,25 @@ class Reconciler:
         return outcome
 
     def submit(
-        self, namespace: str, name: str, trigger: str, *, child: ChildEvent | None = None
+        self,
+        namespace: str,
+        name: str,
+        trigger: str,
+        *,
+        child: ChildEvent | None = None,
+        full: bool = True,
     ) -> None:
         """`reconcile` in the background; its errors are logged by the run, and retried
         by the timer."""
-        task = asyncio.create_task(self._quietly(namespace, name, trigger, child))
+        task = asyncio.create_task(self._quietly(namespace, name, trigger, child, full))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _quietly(
-        self, namespace: str, name: str, trigger: str, child: ChildEvent | None
+        self, namespace: str, name: str, trigger: str, child: ChildEvent | None, full: bool
     ) -> None:
         with contextlib.suppress(kopf.TemporaryError):
-            await self.reconcile(namespace, name, trigger, child=child)
+            await self.reconcile(namespace, name, trigger, child=child, full=full)
 
     async def close(self) -> None:
         """Cancel the background requests (the operator is stopping)."""
@@ -452,6 +461,36 @@ def register(
     def _deleted(namespace: str | None, name: str, **_: Any) -> None:
         # optional: no finalizer; the children go by garbage collection.
         reconciler.forget(namespace or "", name)
+
+    # Worker pods whose status the VoiceAgent reports (unschedulable, stuck): the last
+    # signal of each, so only a change asks for a status refresh (triggers.pod_action).
+    signals: dict[tuple[str, str], str] = {}
+
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        # The autoscaler's filter: kopf serves both handlers from one watch.
+        labels={LABEL_NAME: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY},
+        id="worker-pod-signals",
+        registry=registry,
+    )
+    async def _pod_signal(
+        type: str | None,
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        labels: kopf.Labels,
+        **_: Any,
+    ) -> None:
+        key = (namespace or "", name)
+        after = None if type == "DELETED" else triggers.pod_signal(body)
+        before = signals.pop(key, None)
+        if after is not None:
+            signals[key] = after
+        owner = labels.get(LABEL_INSTANCE)
+        if owner and namespace and triggers.pod_action(type, before, after) == "status":
+            reconciler.submit(namespace, owner, f"Pod {type} ({after or 'recovered'})", full=False)
 
     for group, version, plural in CHILD_RESOURCES:
 

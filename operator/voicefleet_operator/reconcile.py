@@ -561,13 +561,15 @@ def _observe(
     previous: dict[str, Any] = body.get("status") or {}
     pods: list[dict[str, Any]] = []
     dstatus = (deployment or {}).get("status", {})
+    have, ready = dstatus.get("replicas") or 0, dstatus.get("readyReplicas") or 0
     if (
         deployment is not None
-        and (dstatus.get("replicas") or 0) > 0
-        and (dstatus.get("readyReplicas") or 0) < (deployment.get("spec", {}).get("replicas") or 0)
+        and have > 0
+        and (ready < (deployment.get("spec", {}).get("replicas") or 0) or have > ready)
     ):
-        # Only a fleet short of ready workers needs the pods' reasons, and only once it
-        # has pods (a Deployment just created has none yet).
+        # Only a fleet short of ready workers, or with a pod not ready yet (a rollout's
+        # surge pod the scheduler cannot place), needs the pods' reasons, and only once
+        # it has pods (a Deployment just created has none yet).
         pods = kube.list(path("v1", "Pod", namespace), selector_string(name))
 
     agent_name = spec.agent_name if spec else str(raw_spec.get("agentName") or name)

@@ -8,6 +8,7 @@ rendered *without* `spec.replicas`: who owns replicas depends on the autoscaling
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Final
@@ -44,6 +45,22 @@ CONTAINER_NAME: Final = "agent"
 CONFIG_VOLUME: Final = "agent-config"
 DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
 MAX_SURGE: Final = "25%"  # a percentage rounds up, so a rollout always surges >= 1 pod
+# The worker image's user (worker/Dockerfile: USER 10001:10001). A numeric runAsUser also
+# lets the kubelet verify runAsNonRoot for a custom image whose USER is a name.
+WORKER_UID: Final = 10001
+# Workers pass Pod Security `restricted` unless the VoiceAgent's template says otherwise:
+# its securityContext / containerSecurityContext are merged over these key by key (a key
+# it sets replaces ours whole, e.g. `capabilities`).
+DEFAULT_POD_SECURITY_CONTEXT: Final[dict[str, Any]] = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "runAsGroup": WORKER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+DEFAULT_CONTAINER_SECURITY_CONTEXT: Final[dict[str, Any]] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 @dataclass(frozen=True)
@@ -203,6 +220,12 @@ def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]
     return env + user
 
 
+def security_context(defaults: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    """The template's security context over our defaults, top-level key by key: setting
+    `fsGroup` keeps `restricted`; setting `runAsUser` or `capabilities` replaces ours."""
+    return {**copy.deepcopy(defaults), **(user or {})}
+
+
 def _probe(
     period: int, failures: int, path: str = "/", port: str = HEALTH_PORT_NAME
 ) -> dict[str, Any]:
@@ -238,8 +261,9 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
         # its health turns 503; a restart would drop every call the worker still serves.
         "livenessProbe": _probe(10, 12),
         "resources": t.resources if t.resources is not None else DEFAULT_RESOURCES,
-        "securityContext": t.containerSecurityContext
-        or {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": security_context(
+            DEFAULT_CONTAINER_SECURITY_CONTEXT, t.containerSecurityContext
+        ),
         "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True}],
     }
     pull_policy = t.imagePullPolicy or settings.image_pull_policy
@@ -266,6 +290,7 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
         "enableServiceLinks": False,
         # Workers need no Kubernetes API; mount a token only for an explicit account.
         "automountServiceAccountToken": t.serviceAccountName is not None,
+        "securityContext": security_context(DEFAULT_POD_SECURITY_CONTEXT, t.securityContext),
     }
     optional = {
         "serviceAccountName": t.serviceAccountName,
@@ -274,7 +299,6 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
         "tolerations": list(t.tolerations) or None,
         "affinity": t.affinity,
         "topologySpreadConstraints": list(t.topologySpreadConstraints) or None,
-        "securityContext": t.securityContext,
         "imagePullSecrets": [{"name": n} for n in t.imagePullSecrets] or None,
     }
     pod.update({k: v for k, v in optional.items() if v is not None})

@@ -28,6 +28,13 @@ FAILING_WAIT_REASONS: Final = frozenset(
     }
 )
 MAX_MESSAGE: Final = 1024
+# The Deployment controller copies a ReplicaSet's `ReplicaFailure` condition (reason
+# `FailedCreate`: Pod Security admission, a ResourceQuota, a missing ServiceAccount...)
+# onto the Deployment; the scheduler marks a pod it cannot place `PodScheduled=False`,
+# reason `Unschedulable`. Both say within seconds what the 600 s progress deadline
+# would only say much later, and why.
+REPLICA_FAILURE: Final = "ReplicaFailure"
+UNSCHEDULABLE: Final = "Unschedulable"
 
 
 class Reason:
@@ -96,6 +103,53 @@ def failing_pods(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(out)
 
 
+@dataclass(frozen=True)
+class Blocker:
+    """Why workers cannot start, in the API's own words: its reason and message."""
+
+    reason: str
+    message: str
+    creates: bool  # pods cannot even be created (the rollout cannot move at all)
+
+
+def _pod_condition(pod: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return c  # type: ignore[no-any-return]
+    return {}
+
+
+def unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message for a pod it cannot place, else None."""
+    c = _pod_condition(pod, "PodScheduled")
+    if c.get("status") == "False" and c.get("reason") == UNSCHEDULABLE:
+        return str(c.get("message") or "no node fits the pod")
+    return None
+
+
+def blocker(dep: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Blocker | None:
+    """What keeps workers from starting: the Deployment's `ReplicaFailure` condition, else
+    pods the scheduler cannot place. Pure."""
+    failure = _dep_condition(dep, REPLICA_FAILURE)
+    if failure.get("status") == "True":
+        return Blocker(
+            str(failure.get("reason") or "FailedCreate"),
+            str(failure.get("message") or "the ReplicaSet cannot create pods"),
+            creates=True,
+        )
+    stuck = sorted(
+        (str(p.get("metadata", {}).get("name", "?")), msg)
+        for p in pods
+        if not p.get("metadata", {}).get("deletionTimestamp")
+        and (msg := unschedulable(p)) is not None
+    )
+    if stuck:
+        name, msg = stuck[0]
+        others = f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else ""
+        return Blocker(UNSCHEDULABLE, f"pod {name}{others}: {msg}", creates=False)
+    return None
+
+
 def _truncate(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
@@ -162,6 +216,7 @@ def _conditions(
             ("Degraded", "False", Reason.AS_EXPECTED, ""),
         ]
     failing = failing_pods(o.pods)
+    blocked = blocker(dep, o.pods)
     stalled = _dep_condition(dep, "Progressing").get("reason") == Reason.DEADLINE_EXCEEDED
     dgen = _int(dep.get("metadata", {}).get("generation"))
     seen = _int(dep.get("status", {}).get("observedGeneration")) >= dgen
@@ -172,7 +227,8 @@ def _conditions(
     elif ready >= desired:
         ready_c = ("Ready", "True", Reason.WORKERS_READY, f"{ready}/{desired} workers ready")
     else:
-        detail = f"; {', '.join(failing)}" if failing else ""
+        why = [f"{blocked.reason}: {blocked.message}"] if blocked else []
+        detail = f"; {', '.join(why + failing)}" if why or failing else ""
         ready_c = (
             "Ready",
             "False",
@@ -180,7 +236,10 @@ def _conditions(
             f"{ready}/{desired} workers ready{detail}",
         )
 
-    if stalled:
+    if blocked is not None and blocked.creates:
+        # Nothing moves until someone fixes the cause: not progressing, say so now.
+        progressing_c = ("Progressing", "False", blocked.reason, blocked.message)
+    elif stalled:
         prog = _dep_condition(dep, "Progressing").get("message", "rollout stalled")
         progressing_c = ("Progressing", "False", Reason.DEADLINE_EXCEEDED, str(prog))
     elif rolling:
@@ -192,7 +251,9 @@ def _conditions(
     else:
         progressing_c = ("Progressing", "False", Reason.ROLLOUT_COMPLETE, "rollout complete")
 
-    if failing:
+    if blocked is not None:
+        degraded_c = ("Degraded", "True", blocked.reason, blocked.message)
+    elif failing:
         degraded_c = ("Degraded", "True", Reason.WORKERS_FAILING, ", ".join(failing))
     elif stalled:
         degraded_c = ("Degraded", "True", Reason.DEADLINE_EXCEEDED, progressing_c[3])

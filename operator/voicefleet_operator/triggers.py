@@ -12,6 +12,10 @@ Pure decisions for handlers.py, on what the last full reconcile left behind (`Ma
   needs no apply: a Deployment's only needs the VoiceAgent's status refreshed (and its
   replicas checked against the mode's bounds), a PDB's nothing. Anything else (an edit by hand, a
   deletion, an unknown object) gets a full reconcile, which repairs it.
+- A worker pod's watch event (the watch the autoscaler already holds): a status refresh
+  only when what the status says about the pod changes (`pod_signal`: the scheduler
+  cannot place it, a container is stuck), so an unschedulable or crash-looping worker
+  shows in seconds, not at the next timer tick; every other pod event costs nothing.
 - The timer: a full reconcile when the last one had a problem (retry: a Secret may have
   appeared) or failed, or when the last full reconcile is older than the resync period;
   a status refresh while the fleet is not settled (not Ready, rolling, degraded: the
@@ -25,6 +29,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .status import FAILING_WAIT_REASONS, unschedulable
 
 # resync: a full reconcile that also deletes autoscaler objects nothing expects (the
 # periodic backstop, see reconcile.stale_autoscalers); full: a full reconcile; status: a
@@ -142,3 +148,24 @@ def settled(status: Mapping[str, Any] | None) -> bool:
         and conds.get("Progressing") == "False"
         and conds.get("Degraded") == "False"
     )
+
+
+def pod_signal(pod: Mapping[str, Any]) -> str | None:
+    """What the VoiceAgent's status says about this worker pod, reduced to what changes
+    it (reasons, not messages): None when nothing."""
+    status = pod.get("status") or {}
+    found = ["Unschedulable"] if unschedulable(pod) is not None else []
+    for cs in status.get("containerStatuses") or []:
+        reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason in FAILING_WAIT_REASONS:
+            found.append(f"{cs.get('name', '?')}:{reason}")
+    return ",".join(sorted(found)) or None
+
+
+def pod_action(event_type: str | None, before: str | None, after: str | None) -> Action:
+    """A worker pod's event, given its signal as last seen and now: a status refresh when
+    the signal changed. The initial listing (`event_type` None) asks nothing: the resume
+    of every VoiceAgent reconciles in full anyway."""
+    if not event_type or before == after:
+        return "none"
+    return "status"

@@ -18,8 +18,8 @@ from .pki import Pki
 SERVICE_CIDR = "10.0.0.0/24"
 
 # Controllers the project needs: Deployments and ReplicaSets, garbage collection of owned
-# objects, namespace deletion, HPA (mode: hpa), PDB status, default ServiceAccounts and the
-# root CA ConfigMap (for service-account token volumes).
+# objects, namespace deletion, HPA (mode: hpa), PDB status, default ServiceAccounts, the
+# root CA ConfigMap (for service-account token volumes) and ResourceQuota usage.
 CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
@@ -31,6 +31,9 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "job-controller",
     "clusterrole-aggregation-controller",  # fills view/edit/admin
+    # ResourceQuota usage: without it quota admission refuses every pod in a namespace
+    # with a quota ("status unknown"), where a cluster says "exceeded quota".
+    "resourcequota-controller",
 )
 
 

@@ -8,12 +8,12 @@ import json
 import tarfile
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from ..pod_security import restricted_violations
 from .chart import ALL_MODES, CHART, REPO, by_kind, run_helm, template
 
 K8S_VERSION = "1.36.0"  # the testbed's kube-apiserver minor
@@ -213,49 +213,15 @@ def test_ha_mode() -> None:
     assert not by_kind(template(), "ClusterKopfPeering")
 
 
-def _restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
-    """Pod Security Standards `restricted` (v1.36), the checks a pod template can fail."""
-    bad = []
-    psc = pod_spec.get("securityContext") or {}
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod_spec.get(flag):
-            bad.append(flag)
-    for v in pod_spec.get("volumes") or []:
-        allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}  # fmt: skip
-        if not set(v) - {"name"} <= allowed:
-            bad.append(f"volume {v['name']}")
-    for c in pod_spec.get("initContainers", []) + pod_spec["containers"]:
-        sc = c.get("securityContext") or {}
-        if sc.get("privileged"):
-            bad.append(f"{c['name']}: privileged")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            bad.append(f"{c['name']}: allowPrivilegeEscalation must be false")
-        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
-            bad.append(f"{c['name']}: runAsNonRoot")
-        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
-            bad.append(f"{c['name']}: runAsUser 0")
-        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            bad.append(f"{c['name']}: seccompProfile")
-        caps = sc.get("capabilities") or {}
-        if "ALL" not in (caps.get("drop") or []):
-            bad.append(f"{c['name']}: capabilities must drop ALL")
-        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
-            bad.append(f"{c['name']}: capabilities add")
-        if any(p.get("hostPort") for p in c.get("ports") or []):
-            bad.append(f"{c['name']}: hostPort")
-    return bad
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_pods_pass_pod_security_restricted(mode: str) -> None:
     docs = template(MODES[mode])
     (dep,) = by_kind(docs, "Deployment")
-    assert _restricted_violations(dep["spec"]["template"]["spec"]) == []
+    assert restricted_violations(dep["spec"]["template"]["spec"]) == []
     sc = dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
     for pod in by_kind(docs, "Pod"):  # the helm test pod
-        assert _restricted_violations(pod["spec"]) == []
+        assert restricted_violations(pod["spec"]) == []
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """The chart installed by the real helm into the testbed (issue 7): the operator it deploys
 runs as a pod under the chart's RBAC only (namespace-scoped mode, in a namespace that
-enforces Pod Security `restricted`), reconciles a VoiceAgent to Ready, and the testbed's
+enforces Pod Security `restricted`, as does the workers' namespace), reconciles a VoiceAgent to Ready, and the testbed's
 real Prometheus scrapes it and its workers with the labels the dashboards expect.
 
 Besides VoiceAgents on the tiny fake worker (load set from outside, so the autoscaler
@@ -200,15 +200,13 @@ def installed(stack: Stack, kube: Kube) -> Iterator[Installed]:
     inst = Installed(
         stack, f"vf-{uid}", f"vf-system-{uid}", f"voice-{uid}", live_agent=f"live-{uid}"
     )
-    # The operator's namespace enforces Pod Security `restricted`: the API server's
-    # admission rejects the operator pod if the chart's securityContext falls short.
-    _namespace(
-        kube,
-        inst.system_ns,
-        {"pod-security.kubernetes.io/enforce": "restricted",
-         "pod-security.kubernetes.io/enforce-version": "latest"},
-    )  # fmt: skip
-    _namespace(kube, inst.ns)
+    # Both namespaces enforce Pod Security `restricted`: the API server's admission
+    # rejects the operator pod if the chart's securityContext falls short, and the worker
+    # pods (the real worker image's too) if the operator's rendered defaults do.
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted",
+                  "pod-security.kubernetes.io/enforce-version": "latest"}  # fmt: skip
+    _namespace(kube, inst.system_ns, restricted)
+    _namespace(kube, inst.ns, restricted)
     out = _helm(
         stack,
         "install", inst.release, str(CHART),

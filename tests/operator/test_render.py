@@ -27,6 +27,7 @@ from voicefleet_operator.render import (
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import DRAIN_MARGIN_SECONDS, SpecError, parse_spec
 
+from ..pod_security import restricted_violations
 from .util import body, full_spec, minimal_spec
 
 OWNER = Owner("support", "voice", "uid-1")
@@ -196,3 +197,74 @@ def test_replicas_ownership_per_mode(
 
 def test_owner_from_body() -> None:
     assert Owner.from_body(body(minimal_spec())).uid.startswith("1f0e")
+
+
+def _pod(template: dict[str, Any]) -> dict[str, Any]:
+    spec = minimal_spec()
+    spec["template"] = template
+    pod: dict[str, Any] = _children(spec).deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def test_workers_pass_pod_security_restricted_by_default() -> None:
+    pod = _pod({})
+    assert restricted_violations(pod) == []
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,  # worker/Dockerfile's USER
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("template", "pod_sc", "container_sc", "restricted"),
+    [
+        # A key the template sets is added; the defaults stay.
+        (
+            {"securityContext": {"fsGroup": 2000}, "containerSecurityContext": {"readOnlyRootFilesystem": True}},
+            {"fsGroup": 2000, "runAsUser": 10001, "runAsNonRoot": True},
+            {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
+            True,
+        ),
+        # A key the template sets replaces ours whole.
+        ({"securityContext": {"runAsUser": 4242}}, {"runAsUser": 4242, "runAsGroup": 10001}, {}, True),
+        (
+            {"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "w.json"}}},
+            {"seccompProfile": {"type": "Localhost", "localhostProfile": "w.json"}},
+            {},
+            True,
+        ),
+        # Saying otherwise is the VoiceAgent's call: it no longer passes restricted.
+        ({"securityContext": {"runAsNonRoot": False, "runAsUser": 0}}, {"runAsNonRoot": False, "runAsUser": 0}, {}, False),
+        (
+            {"containerSecurityContext": {"capabilities": {"add": ["NET_ADMIN"]}}},
+            {},
+            {"capabilities": {"add": ["NET_ADMIN"]}, "allowPrivilegeEscalation": False},
+            False,
+        ),
+        ({"containerSecurityContext": {"allowPrivilegeEscalation": True}}, {}, {"allowPrivilegeEscalation": True}, False),
+    ],
+)  # fmt: skip
+def test_template_security_context_merges_key_by_key(
+    template: dict[str, Any],
+    pod_sc: dict[str, Any],
+    container_sc: dict[str, Any],
+    restricted: bool,
+) -> None:
+    pod = _pod(template)
+    assert pod["securityContext"].items() >= pod_sc.items()
+    assert pod["containers"][0]["securityContext"].items() >= container_sc.items()
+    assert (restricted_violations(pod) == []) is restricted, restricted_violations(pod)
+
+
+def test_defaults_are_not_shared_between_renders() -> None:
+    first = _pod({})
+    first["securityContext"]["seccompProfile"]["type"] = "Unconfined"
+    first["containers"][0]["securityContext"]["capabilities"]["drop"].append("X")
+    assert restricted_violations(_pod({})) == []
+    assert _pod({})["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from voicefleet_operator.status import Observation, Problem, compute_status, status_changed
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -133,3 +135,81 @@ def test_transition_time_moves_only_with_status() -> None:
     assert cond(broken, "Ready")["lastTransitionTime"] == "2026-01-01T00:05:00Z"
     assert cond(broken, "Degraded")["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert status_changed(first, broken)
+
+
+PSA_MESSAGE = (
+    'pods "support-7d4b9-x2k" is forbidden: violates PodSecurity "restricted:latest": '
+    "allowPrivilegeEscalation != false"
+)
+QUOTA_MESSAGE = 'pods "support-7d4b9-q8z" is forbidden: exceeded quota: q, requested: pods=1'
+SCHED_MESSAGE = "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+
+
+def failed_create(d: dict[str, Any], message: str, status: str = "True") -> dict[str, Any]:
+    """A Deployment carrying the ReplicaSet's ReplicaFailure, as its controller copies it."""
+    d["status"]["conditions"].append(
+        {"type": "ReplicaFailure", "status": status, "reason": "FailedCreate", "message": message}
+    )
+    return d
+
+
+def pod(name: str, scheduled: str | None = None, waiting: str | None = None, deleting: bool = False) -> dict[str, Any]:  # fmt: skip
+    p: dict[str, Any] = {"metadata": {"name": name}, "status": {"conditions": []}}
+    if scheduled is not None:
+        p["status"]["conditions"].append(
+            {"type": "PodScheduled", "status": "False", "reason": scheduled, "message": SCHED_MESSAGE}
+        )  # fmt: skip
+    if waiting is not None:
+        p["status"]["containerStatuses"] = [{"state": {"waiting": {"reason": waiting}}}]
+    if deleting:
+        p["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return p
+
+
+@pytest.mark.parametrize(
+    ("deployment", "pods", "ready", "progressing", "degraded"),
+    [
+        # Pod Security or a quota: the ReplicaSet cannot create pods. Nothing moves until
+        # a human acts, so not Progressing, with the API's reason and message.
+        (failed_create(dep(replicas=0, ready=0, updated=0), PSA_MESSAGE), [],
+         ("False", "WorkersNotReady", "FailedCreate: " + PSA_MESSAGE),
+         ("False", "FailedCreate", PSA_MESSAGE), ("True", "FailedCreate", PSA_MESSAGE)),
+        (failed_create(dep(replicas=2, ready=2, updated=2), QUOTA_MESSAGE), [],
+         ("False", "WorkersNotReady", QUOTA_MESSAGE),
+         ("False", "FailedCreate", QUOTA_MESSAGE), ("True", "FailedCreate", QUOTA_MESSAGE)),
+        # A condition the controller has cleared (status False) is no failure.
+        (failed_create(dep(), QUOTA_MESSAGE, status="False"), [],
+         ("True", "WorkersReady", "3/3"), ("False", "RolloutComplete", ""), ("False", "AsExpected", "")),
+        # Created but not placed: the scheduler's own reason and message.
+        (dep(ready=1), [pod("support-b", "Unschedulable"), pod("support-a", "Unschedulable"), pod("support-c")],
+         ("False", "WorkersNotReady", "Unschedulable: pod support-a (and 1 more): " + SCHED_MESSAGE),
+         ("True", "RollingOut", ""), ("True", "Unschedulable", "pod support-a (and 1 more): " + SCHED_MESSAGE)),
+        # A rollout's surge pod that fits nowhere: the fleet serves, the rollout is stuck.
+        (dep(replicas=4, ready=3, updated=1), [pod("support-new", "Unschedulable")],
+         ("True", "WorkersReady", ""), ("True", "RollingOut", ""),
+         ("True", "Unschedulable", "pod support-new: " + SCHED_MESSAGE)),
+        # A pod going away, or one only waiting for its scheduler turn, is no blocker.
+        (dep(ready=2), [pod("support-x", "Unschedulable", deleting=True), pod("support-y", "SchedulerError")],
+         ("False", "WorkersNotReady", "2/3"), ("True", "RollingOut", ""), ("False", "AsExpected", "")),
+        # A blocker outranks failing containers in Degraded; Ready names both.
+        (dep(ready=1), [pod("support-u", "Unschedulable"), pod("support-c", waiting="CrashLoopBackOff")],
+         ("False", "WorkersNotReady", "support-c: CrashLoopBackOff"),
+         ("True", "RollingOut", ""), ("True", "Unschedulable", "pod support-u: ")),
+    ],
+)  # fmt: skip
+def test_why_workers_cannot_start(
+    deployment: dict[str, Any],
+    pods: list[dict[str, Any]],
+    ready: tuple[str, str, str],
+    progressing: tuple[str, str, str],
+    degraded: tuple[str, str, str],
+) -> None:
+    s = compute_status(obs(deployment=deployment, pods=pods))
+    for type_, (status, reason, message) in (
+        ("Ready", ready),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+    ):
+        c = cond(s, type_)
+        assert (c["status"], c["reason"]) == (status, reason), c
+        assert message in c["message"], c

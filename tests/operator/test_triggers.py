@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from voicefleet_operator import triggers
 from voicefleet_operator.triggers import Mark, Marks, child_action, settled, timer_action
 
 LABELS = {"app.kubernetes.io/managed-by": "voicefleet-operator"}
@@ -138,3 +139,51 @@ def test_a_deployments_replicas_alone_are_no_edit() -> None:
     edited = copy.deepcopy(scaled)
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = "evil"
     assert child_action("Deployment", "MODIFIED", edited, marks) == "full"
+
+
+def _pod(scheduled: str | None = None, **waiting: str) -> dict[str, Any]:
+    conds = [
+        {"type": "PodScheduled", "status": "False", "reason": scheduled, "message": "0/1 nodes"}
+    ]
+    return {
+        "metadata": {"name": "w-1"},
+        "status": {
+            "conditions": conds if scheduled else [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {"name": c, "state": {"waiting": {"reason": r}}} for c, r in waiting.items()
+            ],
+        },
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pod", "signal"),
+    [
+        (_pod(), None),
+        (_pod(agent="ContainerCreating"), None),  # starting, not stuck
+        (_pod("Unschedulable"), "Unschedulable"),
+        (_pod("SchedulingGated"), None),
+        (_pod(agent="CrashLoopBackOff"), "agent:CrashLoopBackOff"),
+        (_pod("Unschedulable", agent="ImagePullBackOff"), "Unschedulable,agent:ImagePullBackOff"),
+        ({"metadata": {"name": "bare"}}, None),
+    ],
+)
+def test_pod_signal(pod: dict[str, Any], signal: str | None) -> None:
+    assert triggers.pod_signal(pod) == signal
+
+
+@pytest.mark.parametrize(
+    ("event", "before", "after", "action"),
+    [
+        ("MODIFIED", None, "Unschedulable", "status"),  # became unschedulable
+        ("MODIFIED", "Unschedulable", None, "status"),  # placed: the condition clears
+        ("MODIFIED", "Unschedulable", "Unschedulable", "none"),  # a new message only
+        ("MODIFIED", None, None, "none"),  # most pod events: probes, IPs, restarts
+        ("ADDED", None, "Unschedulable", "status"),
+        ("DELETED", "agent:CrashLoopBackOff", None, "status"),
+        ("DELETED", None, None, "none"),
+        (None, None, "Unschedulable", "none"),  # the initial listing: resume reconciles
+    ],
+)
+def test_pod_action(event: str | None, before: str | None, after: str | None, action: str) -> None:
+    assert triggers.pod_action(event, before, after) == action

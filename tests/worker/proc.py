@@ -153,6 +153,8 @@ def worker_proc(
     ip = pod_ip()
     full = {
         Env.POD_IP: ip,
+        # A process on the host's network, as the node agent runs a pod: its own address.
+        Env.BIND_ADDRESS: ip,
         Env.METRICS_PORT: str(free_port(ip)),
         Env.HEALTH_PORT: str(free_port(ip)),
         Env.LOG_FORMAT: "json",

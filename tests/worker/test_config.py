@@ -25,6 +25,7 @@ def test_loads_config_and_env(tmp_path: Path) -> None:
     assert s.config.model.voice == "cedar"
     assert s.config.sessions.maxPerWorker == 2
     assert (s.pod_ip, s.metrics_port, s.health_port) == ("127.0.0.1", 9464, 8081)
+    assert s.bind_address == "0.0.0.0"  # every address of the pod, not only its IP
     assert s.openai_base_url == "http://127.0.0.1:9/v1"  # the config's baseURL wins
     assert s.secrets.livekit_api_secret == SECRET
     assert SECRET not in repr(s) and OPENAI_KEY not in repr(s)
@@ -56,8 +57,9 @@ def test_missing_env_names_it(tmp_path: Path, missing: str, field: str) -> None:
 @pytest.mark.parametrize(
     ("env_over", "field"),
     [
-        ({Env.POD_IP: "0.0.0.0"}, Env.POD_IP),
         ({Env.POD_IP: "not-an-ip"}, Env.POD_IP),
+        ({Env.BIND_ADDRESS: "localhost"}, Env.BIND_ADDRESS),
+        ({Env.BIND_ADDRESS: "0.0.0.0:9464"}, Env.BIND_ADDRESS),
         ({Env.METRICS_PORT: "http"}, Env.METRICS_PORT),
         ({Env.HEALTH_PORT: "70000"}, Env.HEALTH_PORT),
         ({Env.LOG_FORMAT: "xml"}, Env.LOG_FORMAT),
@@ -67,6 +69,20 @@ def test_bad_env_names_it(tmp_path: Path, env_over: dict[str, str], field: str) 
     with pytest.raises(ConfigError) as e:
         load_settings(worker_env(write_config(tmp_path, agent_config()), **env_over))
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("address", ["127.1.2.3", "::", "0.0.0.0"])
+def test_explicit_bind_address(tmp_path: Path, address: str) -> None:
+    s = load_settings(
+        worker_env(write_config(tmp_path, agent_config()), **{Env.BIND_ADDRESS: f" {address} "})
+    )
+    assert s.bind_address == address
+
+
+def test_no_pod_ip_outside_a_pod(tmp_path: Path) -> None:
+    env = worker_env(write_config(tmp_path, agent_config()))
+    del env[Env.POD_IP]
+    assert load_settings(env).pod_ip == ""
 
 
 def test_bad_file(tmp_path: Path) -> None:

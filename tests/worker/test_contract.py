@@ -34,6 +34,8 @@ def test_worker_loads_the_rendered_pod(tmp_path: Path) -> None:
         s = load_settings(env)
         assert s.config == spec.config
         assert s.pod_ip == "127.1.0.5"
+        # probes reach the pod IP, port-forward 127.0.0.1: the servers bind every address
+        assert s.bind_address == "0.0.0.0"
         assert s.livekit_url == spec.config.livekitURL
         assert s.secrets.openai_api_key in {v for d in SECRETS.values() for v in d.values()}
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from voicefleet_contract import HEALTH_PORT, METRICS_PORT, Env
+from voicefleet_contract import DEFAULT_BIND_ADDRESS, HEALTH_PORT, METRICS_PORT, Env
 from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
 
 OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"
@@ -36,9 +36,10 @@ class Settings:
     config: AgentConfig
     secrets: Secrets
     livekit_url: str
-    pod_ip: str
+    pod_ip: str  # "" outside a pod; logged, never bound
     metrics_port: int
     health_port: int
+    bind_address: str = DEFAULT_BIND_ADDRESS
     log_format: str = "text"
     pod_name: str = ""
     pod_namespace: str = ""
@@ -66,15 +67,14 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
-def _pod_ip(env: Mapping[str, str]) -> str:
-    raw = env.get(Env.POD_IP, "").strip() or "127.0.0.1"
+def _ip(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
     try:
-        addr = ipaddress.ip_address(raw)
+        ipaddress.ip_address(raw)
     except ValueError:
-        raise ConfigError(Env.POD_IP, f"must be an IP address; got {raw!r}") from None
-    if addr.is_unspecified:
-        # every server in a pod binds to the pod's own address, never to all interfaces
-        raise ConfigError(Env.POD_IP, f"must be the pod's own address, not {raw}")
+        raise ConfigError(name, f"must be an IP address; got {raw!r}") from None
     return raw
 
 
@@ -110,9 +110,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secrets=secrets,
         # the env var (the operator's spec.livekit.url) wins; the config carries the same URL
         livekit_url=env.get(Env.LIVEKIT_URL, "").strip() or config.livekitURL,
-        pod_ip=_pod_ip(env),
+        pod_ip=_ip(env, Env.POD_IP, ""),
         metrics_port=_port(env, Env.METRICS_PORT, METRICS_PORT),
         health_port=_port(env, Env.HEALTH_PORT, HEALTH_PORT),
+        # All addresses by default: the pod's network namespace isolates them.
+        bind_address=_ip(env, Env.BIND_ADDRESS, DEFAULT_BIND_ADDRESS),
         log_format=log_format,
         pod_name=env.get(Env.POD_NAME, ""),
         pod_namespace=env.get(Env.POD_NAMESPACE, "") or config.namespace,

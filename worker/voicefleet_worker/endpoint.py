@@ -1,4 +1,4 @@
-"""The metrics endpoint on POD_IP:VOICEFLEET_METRICS_PORT: `/metrics` (Prometheus text),
+"""The metrics endpoint on VOICEFLEET_BIND_ADDRESS:VOICEFLEET_METRICS_PORT: `/metrics` (Prometheus text),
 `/sessions` (the contract's `SessionsReport` with its version; `?since=&wait=` long-polls
 it: the answer comes when the report changes or `wait` seconds pass) and `/ready` (the
 readiness probe: 200 once registered with LiveKit, else 503)."""

@@ -329,7 +329,7 @@ def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
         ws_url=s.livekit_url,
         api_key=s.secrets.livekit_api_key,
         api_secret=s.secrets.livekit_api_secret,
-        host=s.pod_ip,
+        host=s.bind_address,
         port=s.health_port,
         load_fnc=load_fnc,
         # Never give up on LiveKit: livekit-agents' default (16 tries, ~2.5 min) exits the
@@ -386,7 +386,7 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
     server = build_server(runtime, entrypoint)
     endpoint = MetricsServer(
         make_app(runtime.metrics, runtime.sessions, lambda: runtime.registered),
-        s.pod_ip,
+        s.bind_address,
         s.metrics_port,
     )
     await endpoint.start()
@@ -396,6 +396,7 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
             "agent_name": s.config.agentName,
             "livekit_url": s.livekit_url,
             "pod_ip": s.pod_ip,
+            "bind_address": s.bind_address,
             "metrics_port": endpoint.port,
             "health_port": s.health_port,
             "capacity": s.config.sessions.maxPerWorker,

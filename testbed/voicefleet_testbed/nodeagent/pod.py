@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from voicefleet_contract import Env
+
 from .container import Backoff, ContainerRunner, InProcessFactory, Probes, now_iso
 from .inprocess import INPROCESS
 from .kubeapi import ApiError, KubeApi
@@ -30,6 +32,8 @@ from .podspec import (
 from .status import ContainerView, pod_status
 from .volumes import decode_secret, materialise
 
+# `--bind-address` of voicefleet_operator (cmd.py: VOICEFLEET_OPERATOR_<FLAG>).
+OPERATOR_BIND_ADDRESS = "VOICEFLEET_OPERATOR_BIND_ADDRESS"
 log = logging.getLogger("nodeagent.pod")
 JSON = dict[str, Any]
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -139,6 +143,11 @@ class PodWorker:
             "HOSTNAME": self.name,
             "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": port,
+            # Every pod shares the host's network here (a cluster gives each its own
+            # namespace): the worker's servers must bind the pod's own 127.x address, not
+            # the 0.0.0.0 it binds in a real pod. The container's env may still override.
+            Env.BIND_ADDRESS: self.pod_ip,
+            OPERATOR_BIND_ADDRESS: self.pod_ip,  # the operator's, from the Helm chart
             **rule.env,
         }
         # No fixed /var/run/secrets path on a shared host: point clients at a kubeconfig.
