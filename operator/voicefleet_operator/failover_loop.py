@@ -47,6 +47,7 @@ from .events import PostEvent, poster
 from .feed import Reading, SessionFeed, wait_for_wake
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics, _build, _label_sets
+from .names import AgentNames
 from .shared import TtlShared
 from .spec import ParsedSpec, VoiceAgentSpec
 from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
@@ -60,6 +61,8 @@ SECRET_RETRY_SECONDS = 5.0
 # How long a handled loss is remembered: longer than LiveKit takes to time a dead
 # participant out (~20 s) and to deliver its webhook (retries included).
 SETTLED_SECONDS = 300.0
+# How often a VoiceAgent whose agent name another holds looks again (dict lookups only).
+YIELD_RECHECK_SECONDS = 2.0
 
 
 class FailoverMetrics:
@@ -305,6 +308,7 @@ class Failover:
         sweep_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
         rooms_factory: Callable[[str, str, str], Rooms] = LiveKitRooms,
+        names: AgentNames | None = None,
     ) -> None:
         self.kube = kube
         self.metrics = metrics
@@ -319,6 +323,10 @@ class Failover:
             clock, SECRET_RETRY_SECONDS
         )
         self._snapshots: TtlShared[tuple[str, str], RoomsSnapshot] = TtlShared(clock, TICK_SECONDS)
+        self.names = names
+        # VoiceAgents whose agent name another one holds (names.py): no failover for them.
+        self._yielding: dict[tuple[str, str], str] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     # --- what the webhook receiver needs ------------------------------------------------
     def known_credentials(self) -> dict[str, set[str]]:
@@ -393,12 +401,15 @@ class Failover:
                 s.target = replace(s.target, api_key=creds[0], api_secret=creds[1])
         if s is None:
             return None  # the reconciler reports a missing Secret as a condition
+        before = s.target.deployment
         s.target = replace(
             s.target,
             agent_name=spec.agent_name,
             url=spec.livekit.url,
             enabled=spec.config.failover.enabled,
         )
+        if s.target.deployment != before:
+            self._release_clients()  # the previous deployment's client, if nobody else's
         if not s.target.enabled:
             s.cases.clear()
             s.incoming.clear()
@@ -417,8 +428,12 @@ class Failover:
         return SecretData(got.get("data") or {})
 
     def forget(self, namespace: str, name: str) -> None:
+        """The VoiceAgent is gone (or its failover stands down): its state, its metrics,
+        and the LiveKit client when no other VoiceAgent uses it."""
         self._states.pop((namespace, name), None)
+        self._yielding.pop((namespace, name), None)
         self.metrics.forget(namespace, name)
+        self._release_clients()
 
     def client(self, t: FleetTarget) -> Rooms:
         c = self._clients.get(t.deployment)
@@ -426,12 +441,62 @@ class Failover:
             c = self._clients[t.deployment] = self.rooms_factory(t.url, t.api_key, t.api_secret)
         return c
 
+    def _release_clients(self) -> None:
+        """Close the LiveKit clients no VoiceAgent uses any more (each holds an HTTP
+        session and its connections): after a VoiceAgent goes, or moves to another
+        LiveKit deployment or credentials. Closed in the background: callers are sync."""
+        used = {s.target.deployment for s in self._states.values()}
+        for key in [k for k in self._clients if k not in used]:
+            client = self._clients.pop(key)
+            self._snapshots.forget(key)
+            task = asyncio.get_running_loop().create_task(self._close_client(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_client(client: Rooms) -> None:
+        try:
+            await client.close()
+        except Exception as e:  # a client that fails to close is still dropped
+            log.warning("failover: closing a LiveKit client: %s", e)
+
+    @property
+    def clients(self) -> int:
+        """LiveKit clients open now (one per LiveKit deployment and credentials in use)."""
+        return len(self._clients)
+
     async def close(self) -> None:
         self._secrets.clear()
         self._snapshots.clear()
         for c in self._clients.values():
             await c.close()
         self._clients.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _yields(self, spec: VoiceAgentSpec) -> bool:
+        """Another VoiceAgent holds this one's agent name on its LiveKit server: this one's
+        failover acts on nothing (the holder's does), said once."""
+        key = (spec.namespace, spec.name)
+        holder = (
+            self.names.rival_of(spec.namespace, spec.name, spec.livekit.url, spec.agent_name)
+            if self.names is not None
+            else None
+        )
+        if holder is None:
+            if self._yielding.pop(key, None) is not None:
+                log.info("failover %s/%s: agent name %r is this VoiceAgent's again", *key,
+                         spec.agent_name)  # fmt: skip
+            return False
+        if self._yielding.get(key) != holder.ref:
+            log.warning(
+                "failover %s/%s: off; agent name %r on %s belongs to VoiceAgent %s",
+                *key, spec.agent_name, holder.url, holder.ref,
+            )  # fmt: skip
+            self._states.pop(key, None)  # no webhook, sweep or dispatch acts for it
+            self.metrics.forget(*key)
+            self._release_clients()
+            self._yielding[key] = holder.ref
+        return True
 
     async def tick(
         self,
@@ -442,6 +507,8 @@ class Failover:
     ) -> float:
         """One look at one VoiceAgent; returns how long it may wait for the next if nothing
         wakes it (a second while a case is open, else until the next sweep)."""
+        if self._yields(spec):
+            return YIELD_RECHECK_SECONDS
         s = await self.configure(spec)
         if s is None or not s.target.enabled:
             return self.sweep_seconds

@@ -61,6 +61,7 @@ from .gate import PriorityGate
 from .kube import KubeApi, KubeError
 from .lookups import Lookups
 from .metrics import OperatorMetrics
+from .names import AgentNames, claim_of_configmap, claim_of_voiceagent
 from .settings import Settings
 from .spec import ParsedSpec
 
@@ -108,11 +109,13 @@ class Reconciler:
         metrics: OperatorMetrics,
         lookups: Lookups | None = None,
         clock: Callable[[], float] = time.monotonic,
+        names: AgentNames | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.metrics = metrics
         self.lookups = lookups or Lookups.cached()
+        self.names = names
         self.clock = clock
         self._keys: dict[tuple[str, str], _KeyState] = {}
         self._random = random.Random()
@@ -214,6 +217,7 @@ class Reconciler:
                     lookups=self.lookups,
                     thorough=thorough,
                     body=body if state.requested == 1 else None,
+                    agent_names=self.names.rival_from_thread if self.names else None,
                 )
                 async with self._gate.slot(DEPLOY):
                     outcome = await asyncio.to_thread(_step, steps)
@@ -412,8 +416,14 @@ def register(
         return info if info is not None else kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def _startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure_kopf(settings, ours)
+        if reconciler.names is not None:
+            reconciler.names.attach(
+                kwargs["agent_name_claims"],
+                kwargs["agent_name_holders"],
+                asyncio.get_running_loop(),
+            )
         # asyncio.to_thread's pool: reconciles are blocking API calls, mostly waiting.
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(ours.api_threads, thread_name_prefix="kube")
@@ -492,6 +502,9 @@ def register(
         if owner and namespace and triggers.pod_action(type, before, after) == "status":
             reconciler.submit(namespace, owner, f"Pod {type} ({after or 'recovered'})", full=False)
 
+    if reconciler.names is not None:
+        register_agent_names(registry, reconciler)
+
     for group, version, plural in CHILD_RESOURCES:
 
         @kopf.on.event(
@@ -517,6 +530,44 @@ def register(
             # returns, and a run still to come folds it in (one refresh with the latest
             # state, not one after another for each step of a rollout).
             reconciler.submit(namespace, owner, f"{kind} {type}", child=(kind, type, dict(body)))
+
+
+def register_agent_names(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """The indexes `names.AgentNames` answers from (kopf fills them from its watches of
+    VoiceAgents and agent ConfigMaps before any handler runs), and the nudge that lets a
+    VoiceAgent waiting for an agent name take it within seconds of its holder letting go."""
+
+    @kopf.index(GROUP, VERSION, PLURAL, id="agent_name_claims", registry=registry)
+    def agent_name_claims(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        claim = claim_of_voiceagent(namespace or "", name, body)
+        return None if claim is None else {claim.key: claim}
+
+    @kopf.index(
+        "",
+        "v1",
+        "configmaps",
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
+        id="agent_name_holders",
+        registry=registry,
+    )
+    def agent_name_holders(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+        owner = owner_name(body)
+        key = claim_of_configmap(namespace or "", body.get("data"))
+        if owner is None or not namespace or key is None:
+            return None
+        return {(namespace, owner): key}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="agent-names", registry=registry)
+    async def _claims(
+        type: str | None, namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> None:
+        names = reconciler.names
+        if names is None:
+            return
+        ns = namespace or ""
+        claim = None if type == "DELETED" else claim_of_voiceagent(ns, name, body)
+        for other in names.changed(ns, name, claim):
+            reconciler.submit(*other, "agent name released")
 
 
 def register_autoscaler(

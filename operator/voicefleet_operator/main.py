@@ -17,6 +17,7 @@ from .feed import SessionFeed
 from .handlers import Reconciler, register
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .names import AgentNames
 from .settings import Settings
 
 
@@ -63,9 +64,10 @@ def run(settings: Settings) -> None:
         on_failure=lambda ns, va, reason: metrics.as_scrape_failures.labels(ns, va, reason).inc()
     )
     autoscaler = Autoscaler(kube, metrics)
-    register(registry, Reconciler(kube, settings, metrics), settings, autoscaler, feed)
+    names = AgentNames()  # one agent name per LiveKit server: the reconciler and failover
+    register(registry, Reconciler(kube, settings, metrics, names=names), settings, autoscaler, feed)
     failover = Failover(
-        kube, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds
+        kube, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds, names=names
     )
     register_failover(registry, failover, feed, settings.bind_address, settings.webhook_port)
     host = settings.bind_address

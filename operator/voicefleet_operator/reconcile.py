@@ -25,14 +25,15 @@ if it changed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voicefleet_contract import API_VERSION, KIND
 
 from .kube import KubeApi, KubeError, path
 from .lookups import Lookups
+from .names import Claim, conflict_problem, normalise_url
 from .render import (
     ANNOTATION_AUTOSCALING_MODE,
     ChildNames,
@@ -55,6 +56,9 @@ from .triggers import Mark, Marks, unchanged_since_apply
 
 log = logging.getLogger(__name__)
 DEFAULT_REPLICAS = 1  # what the API server sets when a Deployment is created without any
+# Whether a VoiceAgent must yield its agent name (names.AgentNames.rival_from_thread):
+# (the VoiceAgent it must yield to or None, whether its own workers run under the claim).
+NameCheck = Callable[[Claim], tuple[Claim | None, bool]]
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,27 @@ def needs_fresh_secrets(previous: Mapping[str, Any], generation: int) -> bool:
     if previous.get("observedGeneration") != generation:
         return True
     return ready_condition(previous).get("reason") in _PROBLEM_REASONS
+
+
+def check_agent_name(
+    spec: VoiceAgentSpec,
+    meta: Mapping[str, Any],
+    current: Mapping[str, Any] | None,
+    names: NameCheck,
+) -> Problem | None:
+    """Another VoiceAgent holds this one's agent name on its LiveKit server (names.py):
+    nothing new is rendered, what runs stays as it is."""
+    me = Claim(
+        spec.namespace,
+        spec.name,
+        normalise_url(spec.livekit.url, spec.namespace),
+        spec.agent_name,
+        str(meta.get("creationTimestamp") or ""),
+    )
+    holder, holds = names(me)
+    if holder is None:
+        return None
+    return conflict_problem(replace(me, holds=holds), holder, running=current is not None and holds)
 
 
 def check_autoscaler_api(kube: KubeApi, spec: VoiceAgentSpec, lookups: Lookups) -> Problem | None:
@@ -250,6 +275,7 @@ _PROBLEM_REASONS = frozenset(
         Reason.SECRET_UNREADABLE,
         Reason.APPLY_FAILED,
         Reason.AUTOSCALER_UNAVAILABLE,
+        Reason.AGENT_NAME_CONFLICT,
     }
 )
 
@@ -405,12 +431,15 @@ def reconcile(
     thorough: bool = False,
     body: dict[str, Any] | None = None,
     active_sessions: int | None = None,
+    agent_names: NameCheck | None = None,
 ) -> Outcome:
     """Converge one VoiceAgent. Raises `KubeError` only for transient API errors.
 
     `lookups`: Secret and KEDA answers shared with other reconciles (None: ask the API
     server each time); `thorough`: also delete autoscaler objects no bookkeeping expects
-    (`stale_autoscalers`); `body`: the VoiceAgent as just read (None: GET it)."""
+    (`stale_autoscalers`); `body`: the VoiceAgent as just read (None: GET it); `agent_names`:
+    whether another VoiceAgent holds its agent name on its LiveKit server (None: not
+    checked)."""
     steps = reconcile_steps(
         kube,
         settings,
@@ -420,6 +449,7 @@ def reconcile(
         thorough=thorough,
         body=body,
         active_sessions=active_sessions,
+        agent_names=agent_names,
     )
     while True:
         try:
@@ -439,6 +469,7 @@ def reconcile_steps(
     thorough: bool = False,
     body: dict[str, Any] | None = None,
     active_sessions: int | None = None,
+    agent_names: NameCheck | None = None,
 ) -> Generator[None, None, Outcome]:
     """`reconcile` in two steps: it yields once the Deployment is applied (a new fleet's
     workers can start), so a caller with many VoiceAgents to create can apply every
@@ -465,7 +496,9 @@ def reconcile_steps(
         spec = parse_spec(name, namespace, raw_spec)
     except SpecError as e:
         problem = Problem(Reason.INVALID_SPEC, str(e))
-    if spec is not None:
+    if spec is not None and agent_names is not None:
+        problem = check_agent_name(spec, meta, current, agent_names)
+    if spec is not None and problem is None:
         fresh = needs_fresh_secrets(previous, generation)
         problem = check_secrets(kube, spec, lookups, fresh=fresh) or check_autoscaler_api(
             kube, spec, lookups

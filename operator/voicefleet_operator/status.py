@@ -44,6 +44,7 @@ class Reason:
     SECRET_UNREADABLE: Final = "SecretUnreadable"
     APPLY_FAILED: Final = "ApplyFailed"
     AUTOSCALER_UNAVAILABLE: Final = "AutoscalerUnavailable"
+    AGENT_NAME_CONFLICT: Final = "AgentNameConflict"
     DEPLOYMENT_MISSING: Final = "DeploymentMissing"
     WORKERS_READY: Final = "WorkersReady"
     WORKERS_NOT_READY: Final = "WorkersNotReady"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from voicefleet_operator.kube import Applied, KubeError, path_of
 from voicefleet_operator.lookups import Lookups
+from voicefleet_operator.names import Claim
 from voicefleet_operator.reconcile import (
     needs_fresh_secrets,
     reconcile,
@@ -144,6 +146,43 @@ def test_missing_secret_changes_nothing_running() -> None:
     assert reconcile(k, Settings(), NS, "support").events == []
     k.put(f"/api/v1/namespaces/{NS}/secrets/openai", {"data": {"apiKey": ""}})
     assert [e.reason for e in reconcile(k, Settings(), NS, "support").events] == ["Resolved"]
+
+
+def test_agent_name_conflict_renders_nothing_and_keeps_what_runs() -> None:
+    """The second claimant of an agent name on a LiveKit server: a condition and one
+    Warning, nothing applied; a fleet it ran before is left as it is; when the holder
+    lets go, it renders."""
+    holder = Claim("prod", "support", "http://livekit:7880", "support", "2025-01-01T00:00:00Z")
+    answer: list[tuple[Claim | None, bool]] = [(holder, False)]
+    asked: list[Claim] = []
+
+    def names(me: Claim) -> tuple[Claim | None, bool]:
+        asked.append(me)
+        return answer[0]
+
+    k = _setup()
+    out = reconcile(k, Settings(), NS, "support", agent_names=names)
+    assert k.applies == [] and out.problem is not None
+    ready = _ready(out.status or {})
+    assert ready["status"] == "False" and ready["reason"] == "AgentNameConflict"
+    assert "prod/support" in ready["message"]
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "AgentNameConflict")]
+    assert asked[0].namespace == NS and asked[0].agent_name == "support"
+    assert reconcile(k, Settings(), NS, "support", agent_names=names).events == []
+    # The holder lets go: it renders, and says the problem is over.
+    answer[0] = (None, False)
+    out = reconcile(k, Settings(), NS, "support", agent_names=names)
+    assert [e.reason for e in out.events] == ["Resolved", "Created"] and out.ready is False
+    applies = len(k.applies)
+    # A conflict arising while it runs (both hold: it is the newer): nothing is changed.
+    answer[0] = (replace(holder, holds=True), True)
+    spec = minimal_spec()
+    spec["model"]["instructions"] = "changed"
+    k.objects[va_path(NS, "support")]["spec"] = spec
+    k.objects[va_path(NS, "support")]["metadata"]["generation"] = 2
+    out = reconcile(k, Settings(), NS, "support", agent_names=names)
+    assert len(k.applies) == applies
+    assert "left as they are" in _ready(out.status or {})["message"]
 
 
 def test_missing_key() -> None:
