@@ -755,3 +755,67 @@ async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> No
         value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": "hung"}) == 1
     )
     assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "redispatched"}) == 1
+
+
+async def test_a_voiceagent_that_yields_its_agent_name_does_no_failover() -> None:
+    """Another VoiceAgent holds the agent name on this LiveKit server (names.py): no
+    dispatch, no webhook acts for it, until the holder lets go."""
+    from voicefleet_operator.names import AgentNames, Claim, normalise_url
+
+    f, lk, scraper, clock, spec, _ = setup()
+    url = normalise_url(spec.livekit.url, spec.namespace)
+    me = Claim("voice", "support", url, spec.agent_name, "2026-02-01T00:00:00Z")
+    holder = Claim("prod", "support", url, spec.agent_name, "2026-01-01T00:00:00Z", holds=True)
+    claims: dict[tuple[str, str], list[Claim]] = {me.key: [me, holder]}
+    held = {("prod", "support"): [me.key]}
+    f.names = AgentNames()
+    f.names.attach(claims, held, asyncio.get_running_loop())
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    await tick(f, lk, clock, spec)
+    scraper.dead.add("w1")  # its worker dies mid-call
+    f.sweep_seconds = 0
+    for _ in range(5):
+        await tick(f, lk, clock, spec)
+    assert len(lk.dispatches) == 1  # the holder's failover is the one that acts
+    assert f.known_credentials() == {} and f.clients == 0
+    # The holder goes: this one's failover runs again, within a tick.
+    claims[me.key] = [me]
+    del held[("prod", "support")]
+    scraper.dead.discard("w1")
+    await tick(f, lk, clock, spec)
+    assert f.known_credentials() == {"k": {"s" * 32}} and f.clients == 1
+
+
+async def test_livekit_clients_no_voiceagent_uses_are_closed() -> None:
+    closed: list[str] = []
+
+    class Client(Deployment):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+
+        async def close(self) -> None:
+            closed.append(self.url)
+
+    made: list[Client] = []
+
+    def factory(url: str, key: str, secret: str) -> Client:
+        made.append(Client(url))
+        return made[-1]
+
+    f, _, _, _, specs, _ = fleet(["a", "b"])
+    f.rooms_factory = factory
+    for s in specs:
+        await f.tick(s, [SPARE], SPARE_READING, post)
+    assert len(made) == 1 and f.clients == 1  # one deployment, one client
+    f.forget("voice", "a")
+    await asyncio.sleep(0)
+    assert closed == []  # b still uses it
+    # b moves to another LiveKit: the old client is closed, a new one made.
+    moved = replace(specs[1], livekit=replace(specs[1].livekit, url="ws://other:7880"))
+    await f.tick(moved, [SPARE], SPARE_READING, post)
+    await asyncio.sleep(0)
+    assert closed == [made[0].url] and len(made) == 2 and f.clients == 1
+    f.forget("voice", "b")
+    await asyncio.sleep(0)
+    assert closed == [made[0].url, "ws://other:7880"] and f.clients == 0
