@@ -567,6 +567,10 @@ def register_agent_names(registry: kopf.OperatorRegistry, reconciler: Reconciler
         ns = namespace or ""
         claim = None if type == "DELETED" else claim_of_voiceagent(ns, name, body)
         for other in names.changed(ns, name, claim):
+            log.info(
+                "%s/%s let go of its agent name claim: reconciling %s/%s, which claims it too",
+                ns, name, *other,
+            )  # fmt: skip
             reconciler.submit(*other, "agent name released")
 
 

@@ -552,3 +552,67 @@ def test_fifty_voiceagents_all_become_ready(
         kube.create(voiceagent(n, namespace, spec()))
     wait_for(lambda: all(ready(kube, namespace, n) for n in names), 600, "50 VoiceAgents Ready")
     print(f"50 VoiceAgents Ready in {time.monotonic() - t0:.1f}s")
+
+
+def test_two_voiceagents_one_agent_name_the_second_waits_and_takes_over(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    """`support` in two namespaces, one LiveKit server (spelled two ways), one agent name:
+    the second gets AgentNameConflict naming the first, a Warning and no children, its
+    failover stands down; the first is untouched. When the first goes, the second takes
+    the name by itself within seconds; a first re-created then is the newer claimant and
+    waits in its turn (a running fleet is never displaced)."""
+    other = f"{namespace}-b"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        for ns in (namespace, other):
+            secrets(kube, ns)
+        kube.create(voiceagent("support", namespace, spec()))
+        first = wait_for(lambda: ready(kube, namespace, "support"), 90, "the first Ready")
+        # The same server under another spelling (ws vs http, trailing slash).
+        second_spec = spec(livekit={"url": LIVEKIT_URL.replace("ws://", "http://") + "/",
+                                    "credentialsSecret": "livekit"})  # fmt: skip
+        kube.create(voiceagent("support", other, second_spec))
+
+        def conflict(ns: str) -> dict[str, Any] | None:
+            c = condition(get_va(kube, ns, "support"), "Ready")
+            return c if c.get("reason") == "AgentNameConflict" else None
+
+        c = wait_for(lambda: conflict(other), 60, "AgentNameConflict on the second")
+        assert c["status"] == "False" and f"{namespace}/support" in c["message"], c
+        assert "spec.agentName" in c["message"]
+        assert all(obj is None for obj in children(kube, other, "support").values())
+        warnings = [
+            e for e in events(kube, other, "support")
+            if e["type"] == "Warning" and e["reason"] == "AgentNameConflict"
+        ]  # fmt: skip
+        assert len(warnings) == 1 and f"{namespace}/support" in warnings[0]["message"]
+        wait_for(
+            lambda: f"failover {other}/support: off" in operator.tail(400),
+            30,
+            "the second's failover standing down",
+        )
+        # The first is untouched: still Ready, the same status and children.
+        now = ready(kube, namespace, "support")
+        assert now is not None
+        assert condition(now, "Ready") == condition(first, "Ready")
+        assert not [e for e in events(kube, namespace, "support") if e["type"] == "Warning"]
+
+        # The first goes: the second renders and becomes Ready, nudged by the release.
+        kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "support")
+        released = time.monotonic()
+        wait_for(lambda: children(kube, other, "support")["Deployment"], 30, "second renders")
+        took = time.monotonic() - released
+        wait_for(lambda: ready(kube, other, "support"), 90, "the second Ready")
+        assert f"reconciling {other}/support, which claims it too" in operator.tail(400)
+        assert took < 15, took
+        assert any(e["reason"] == "Resolved" for e in events(kube, other, "support"))
+
+        # The first again: now the newer claimant, and the second's fleet runs.
+        wait_for(lambda: get_va(kube, namespace, "support") is None, 30, "the first gone")
+        kube.create(voiceagent("support", namespace, spec()))
+        c = wait_for(lambda: conflict(namespace), 60, "AgentNameConflict on the re-created")
+        assert f"{other}/support" in c["message"] and "already run" in c["message"], c
+        assert ready(kube, other, "support") is not None
+    finally:
+        kube.core.delete_namespace(other)
