@@ -7,6 +7,7 @@ import base64
 import datetime
 import hashlib
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -15,7 +16,14 @@ from livekit.api import AccessToken
 from livekit.protocol.models import ParticipantInfo, Room
 from livekit.protocol.webhook import WebhookEvent
 
-from voicefleet_operator.webhook import WEBHOOK_PATH, WebhookServer, WebhookVerifier, secret_id
+from voicefleet_operator.webhook import (
+    MAX_BODY,
+    WEBHOOK_PATH,
+    Verdict,
+    WebhookServer,
+    WebhookVerifier,
+    secret_id,
+)
 from voicefleet_testbed.ports import free_port
 
 KEY, SECRET = "devkey", "s" * 32
@@ -141,3 +149,53 @@ async def test_server_counts_and_delivers_only_accepted() -> None:
         await server.stop()
     assert got == [("EV_live", secret_id(KEY, SECRET))]
     assert counts == {"accepted": 1, "stale": 1, "bad_signature": 2, "malformed": 1}
+
+
+async def test_oversized_webhook_is_refused_with_413_before_verification() -> None:
+    """A body over MAX_BODY (with a Content-Length, or chunked without one) is answered
+    413 and counted as malformed without being verified or delivered; one at the limit is
+    read, and the server keeps serving."""
+    port = free_port()
+    got: list[str] = []
+    counts: dict[str, int] = {}
+    verified: list[int] = []
+
+    class Counting(WebhookVerifier):
+        def verify(self, body: bytes, authorization: str | None) -> Verdict:
+            verified.append(len(body))
+            return super().verify(body, authorization)
+
+    async def on_event(event: WebhookEvent, credentials: str) -> None:
+        got.append(event.id)
+
+    def count(result: str) -> None:
+        counts[result] = counts.get(result, 0) + 1
+
+    server = WebhookServer(Counting(lambda: {KEY: [SECRET]}, clock=time.time), on_event, count)
+    await server.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    big = b"x" * (MAX_BODY + 1)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 64 * 1024):
+            yield big[i : i + 64 * 1024]
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=big, headers={"Authorization": sign(big)}) as resp:
+                assert resp.status == 413, await resp.text()
+            async with http.post(url, data=chunks(), headers={"Authorization": sign(big)}) as resp:
+                assert resp.status == 413, await resp.text()
+                assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+            at_limit = b" " * MAX_BODY
+            async with http.post(
+                url, data=at_limit, headers={"Authorization": sign(at_limit)}
+            ) as resp:
+                assert resp.status == 400  # read and verified: signed, but not an event
+            good = event_body("EV_after", created_at=time.time())
+            async with http.post(url, data=good, headers={"Authorization": sign(good)}) as resp:
+                assert resp.status == 200
+    finally:
+        await server.stop()
+    assert verified == [MAX_BODY, len(good)]  # the oversized ones never reached it
+    assert counts == {"malformed": 3, "accepted": 1} and got == ["EV_after"]
