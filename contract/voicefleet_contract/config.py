@@ -12,8 +12,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, cast
+from urllib.parse import urlsplit
 
 from .capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
+from .netguard import forbidden_host
 
 CONFIG_VERSION: Final = 1
 TOOL_NAME_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
@@ -22,6 +24,27 @@ MODALITIES: Final = ("audio", "text")
 NOISE_REDUCTION_TYPES: Final = ("near_field", "far_field")
 EAGERNESS: Final = ("low", "medium", "high", "auto")
 TOOL_CHOICES: Final = ("auto", "none", "required")
+# RFC 9110 token: what an HTTP header name may be.
+HEADER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$")
+TOOL_HEADER_ENV_RE: Final = re.compile(r"^VOICEFLEET_TOOL_[0-9]+_HEADER_[0-9]+$")
+MAX_TOOL_HEADERS: Final = 16
+# Set by the worker itself, or by HTTP: a tool header may not be one of these.
+RESERVED_TOOL_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "x-voicefleet-room",
+        "x-voicefleet-job",
+    }
+)
+
+
+def tool_header_env(tool: int, header: int) -> str:
+    """The env var that carries header `header` of tool `tool` (indexes in spec.tools)."""
+    return f"VOICEFLEET_TOOL_{tool}_HEADER_{header}"
 
 
 class ConfigError(ValueError):
@@ -72,12 +95,22 @@ class Model:
 
 
 @dataclass(frozen=True)
+class ToolHeader:
+    """An HTTP header a tool call sends; its value is in the worker's environment
+    (`env`, a secretKeyRef the operator renders), never in this file."""
+
+    name: str
+    env: str
+
+
+@dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     url: str
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
     timeoutSeconds: float = 10.0
+    headers: tuple[ToolHeader, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +152,10 @@ class AgentConfig:
         # (`"default": null`): keep them verbatim.
         for tool, rendered in zip(self.tools, out["tools"], strict=True):
             rendered["parameters"] = tool.parameters
+            if not tool.headers:
+                # Absent, not []: a tool without headers renders as before they existed,
+                # so an operator upgrade does not change every fleet's config hash.
+                del rendered["headers"]
         return out
 
     def to_json(self) -> str:
@@ -225,6 +262,20 @@ def _url(r: _Reader, key: str, schemes: tuple[str, ...], *, required: bool) -> s
     return value
 
 
+def _tool_url(r: _Reader) -> str:
+    """A tool's URL: http(s), and never a link-local or cloud metadata address
+    (netguard.py; the worker checks again after DNS)."""
+    value = cast(str, _url(r, "url", ("http", "https"), required=True))
+    host = urlsplit(value).hostname or ""
+    why = forbidden_host(host)
+    if why:
+        raise ConfigError(
+            r.at("url"),
+            f"must not point at a link-local or cloud metadata address: {why}; got {value!r}",
+        )
+    return value
+
+
 def _turn_detection(r: _Reader | None) -> TurnDetection:
     if r is None:
         return TurnDetection()
@@ -276,6 +327,29 @@ def _model(r: _Reader | None) -> Model:
     )
 
 
+def _tool_headers(t: _Reader) -> tuple[ToolHeader, ...]:
+    raw = t.items("headers")
+    if len(raw) > MAX_TOOL_HEADERS:
+        raise ConfigError(t.at("headers"), f"must have at most {MAX_TOOL_HEADERS} items")
+    out: list[ToolHeader] = []
+    seen: set[str] = set()
+    for j, item in enumerate(raw):
+        h = _Reader(item, t.at(f"headers[{j}]"))
+        name = h.req_str("name")
+        if not HEADER_NAME_RE.match(name):
+            raise ConfigError(h.at("name"), f"is not an HTTP header name: {name!r}")
+        if name.lower() in RESERVED_TOOL_HEADERS:
+            raise ConfigError(h.at("name"), f"{name} is set by the worker or by HTTP itself")
+        if name.lower() in seen:
+            raise ConfigError(h.at("name"), f"duplicate header {name!r}")
+        seen.add(name.lower())
+        env = h.req_str("env")
+        if not TOOL_HEADER_ENV_RE.match(env):
+            raise ConfigError(h.at("env"), f"must match {TOOL_HEADER_ENV_RE.pattern}; got {env!r}")
+        out.append(ToolHeader(name, env))
+    return tuple(out)
+
+
 def _tools(r: _Reader) -> tuple[Tool, ...]:
     tools: list[Tool] = []
     seen: set[str] = set()
@@ -287,6 +361,7 @@ def _tools(r: _Reader) -> tuple[Tool, ...]:
         if name in seen:
             raise ConfigError(t.at("name"), f"duplicate tool name {name!r}")
         seen.add(name)
+        headers = _tool_headers(t)
         params = t.obj("parameters")
         if params is not None and params.data.get("type", "object") != "object":
             raise ConfigError(params.at("type"), "a tool's parameters must be a JSON object schema")
@@ -294,9 +369,10 @@ def _tools(r: _Reader) -> tuple[Tool, ...]:
             Tool(
                 name=name,
                 description=t.req_str("description"),
-                url=cast(str, _url(t, "url", ("http", "https"), required=True)),
+                url=_tool_url(t),
                 parameters=params.data if params else {"type": "object", "properties": {}},
                 timeoutSeconds=cast(float, t.num("timeoutSeconds", 10.0, 0.1, 300.0)),
+                headers=headers,
             )
         )
     return tuple(tools)

@@ -99,6 +99,7 @@ class _KeyState:
     last_full: float | None = None  # monotonic time the last full reconcile finished
     period: float = 0.0  # when the next resync is due after last_full (jittered)
     first_body: dict[str, Any] | None = None  # kopf's copy, for the key's first run
+    secrets: rc.SecretsApplied | None = None  # the Secret values the last full one applied
 
 
 class Reconciler:
@@ -244,6 +245,7 @@ class Reconciler:
             return outcome
         if full:
             state.marks = outcome.marks
+            state.secrets = outcome.secrets
             state.last_full = self.clock()
             # Jittered below the period: VoiceAgents created (or resumed) together spread
             # their resyncs over the last fifth of it instead of all in the same second.
@@ -311,6 +313,20 @@ class Reconciler:
             settled=last is not None and triggers.settled(last.status),
             marks=state.marks,
         )
+
+    async def secrets_rotated(self, namespace: str, name: str) -> bool:
+        """Whether a Secret value this VoiceAgent's workers use changed since its last full
+        reconcile (`reconcile.secrets_rotated`: the shared Secret answers, so the timer of
+        a thousand VoiceAgents reads each Secret once every few seconds, not a thousand
+        times, and no Secret watch, which would need every Secret of the cluster)."""
+        state = self._keys.get((namespace, name))
+        if state is None or state.secrets is None or state.pending:
+            return False
+        applied = state.secrets
+        async with self._gate.slot(STATUS):
+            return await asyncio.to_thread(
+                rc.secrets_rotated, self.kube, self.lookups, namespace, applied
+            )
 
     def forget(self, namespace: str, name: str) -> None:
         self._keys.pop((namespace, name), None)
@@ -458,6 +474,8 @@ def register(
     async def _resync(namespace: str | None, name: str, **_: Any) -> None:
         ns = namespace or ""
         action = reconciler.timer_action(ns, name)
+        if action == "none" and await reconciler.secrets_rotated(ns, name):
+            action = "full"  # a key was rotated: roll the workers (reconcile.secrets_hash)
         if action != "none":
             await reconciler.reconcile(
                 ns,

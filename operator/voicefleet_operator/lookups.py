@@ -2,18 +2,19 @@
 is served. 1,000 VoiceAgents naming the same Secret read it once per few seconds, not once
 each.
 
-Only what the reconciler checks is kept (a Secret's key names, never its values), and an
-absence only briefly: a VoiceAgent waiting for a Secret or for KEDA sees it soon after it
+Only what the reconciler checks is kept (a Secret's key names, and a SHA-256 of each value
+so that a rotation can roll the workers; never the values), and an absence only briefly: a VoiceAgent waiting for a Secret or for KEDA sees it soon after it
 appears. Errors are never kept. Thread-safe (reconciles run in a thread pool), and one
 read per key at a time: the threads that miss the same key together wait for one answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 from .kube import KubeApi, path
@@ -91,9 +92,27 @@ class TtlCache(Generic[K, V]):
             return entry
 
 
+@dataclass(frozen=True)
+class SecretInfo:
+    """What the reconciler keeps of a Secret: its key names, and per key a SHA-256 of the
+    value (to tell a rotation; the values themselves are dropped at once)."""
+
+    keys: frozenset[str]
+    digests: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, secret: Mapping[str, object]) -> SecretInfo:
+        data = secret.get("data") or {}
+        assert isinstance(data, Mapping)
+        digests = {k: hashlib.sha256(str(v).encode()).hexdigest() for k, v in data.items()}
+        string_data = secret.get("stringData") or {}
+        assert isinstance(string_data, Mapping)
+        return cls(frozenset(data) | frozenset(string_data), digests)
+
+
 @dataclass
 class Lookups:
-    secrets: TtlCache[tuple[str, str], frozenset[str]]
+    secrets: TtlCache[tuple[str, str], SecretInfo]
     keda: TtlCache[str, bool]
 
     @classmethod
@@ -113,12 +132,17 @@ class Lookups:
     ) -> frozenset[str] | None:
         """The key names of a Secret (`data` and `stringData`), None when it does not exist.
         `fresh`: read it now (and keep that answer for the others)."""
+        info = self.secret_info(kube, namespace, name, fresh=fresh)
+        return None if info is None else info.keys
 
-        def read() -> frozenset[str] | None:
+    def secret_info(
+        self, kube: KubeApi, namespace: str, name: str, *, fresh: bool = False
+    ) -> SecretInfo | None:
+        """`secret_keys` with the digests of the values (None: no such Secret)."""
+
+        def read() -> SecretInfo | None:
             secret = kube.get(path("v1", "Secret", namespace, name))
-            if secret is None:
-                return None
-            return frozenset(secret.get("data") or {}) | frozenset(secret.get("stringData") or {})
+            return None if secret is None else SecretInfo.of(secret)
 
         return self.secrets.get((namespace, name), read, fresh=fresh)
 

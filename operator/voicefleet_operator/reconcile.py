@@ -24,6 +24,9 @@ if it changed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
@@ -32,10 +35,11 @@ from typing import Any
 from voicefleet_contract import API_VERSION, KIND
 
 from .kube import KubeApi, KubeError, path
-from .lookups import Lookups
+from .lookups import Lookups, SecretInfo
 from .names import Claim, conflict_problem, normalise_url
 from .render import (
     ANNOTATION_AUTOSCALING_MODE,
+    ANNOTATION_SECRETS_HASH,
     ChildNames,
     Owner,
     desired_replicas,
@@ -68,6 +72,15 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class SecretsApplied:
+    """The Secret keys the applied pod template uses, and the hash of their values."""
+
+    uid: str
+    refs: tuple[SecretKeyRef, ...]
+    hash: str
+
+
 @dataclass
 class Outcome:
     body: dict[str, Any] | None = None  # the VoiceAgent (None: it is gone)
@@ -77,6 +90,7 @@ class Outcome:
     # What a full reconcile without a problem applied (handlers.py tells drift from the
     # controllers' own writes by it); None after a status refresh or a problem.
     marks: Marks | None = None
+    secrets: SecretsApplied | None = None  # what a full reconcile applied (rotation check)
 
     @property
     def ready(self) -> bool:
@@ -87,26 +101,36 @@ def va_path(namespace: str, name: str) -> str:
     return path(API_VERSION, KIND, namespace, name)
 
 
-def check_secrets(
-    kube: KubeApi, spec: VoiceAgentSpec, lookups: Lookups, *, fresh: bool = False
-) -> Problem | None:
-    """Each referenced Secret exists and has the key; values are never looked at.
-    `fresh`: not from `lookups`' recent answers (see `needs_fresh_secrets`)."""
-    refs: list[tuple[SecretKeyRef, str]] = [
-        (spec.livekit.api_key_ref, "spec.livekit.apiKeyKey"),
-        (spec.livekit.api_secret_ref, "spec.livekit.apiSecretKey"),
-        (spec.apiKeySecret, "spec.model.apiKeySecret.key"),
+def secret_refs(spec: VoiceAgentSpec) -> list[tuple[SecretKeyRef, str, str]]:
+    """Every Secret key the workers get, with the fields that name its Secret and key."""
+    lk = "spec.livekit"
+    refs = [
+        (spec.livekit.api_key_ref, f"{lk}.credentialsSecret", f"{lk}.apiKeyKey"),
+        (spec.livekit.api_secret_ref, f"{lk}.credentialsSecret", f"{lk}.apiSecretKey"),
+        (spec.apiKeySecret, "spec.model.apiKeySecret.name", "spec.model.apiKeySecret.key"),
     ]
-    seen: dict[str, frozenset[str] | None] = {}
-    for ref, key_field in refs:
-        secret_field = (
-            "spec.model.apiKeySecret.name"
-            if key_field.startswith("spec.model")
-            else "spec.livekit.credentialsSecret"
-        )
+    for h in spec.tool_headers:
+        p = f"{h.path}.valueFrom.secretKeyRef"
+        refs.append((h.ref, f"{p}.name", f"{p}.key"))
+    return refs
+
+
+def check_secrets(
+    kube: KubeApi,
+    spec: VoiceAgentSpec,
+    lookups: Lookups,
+    *,
+    fresh: bool = False,
+    digests: dict[SecretKeyRef, str] | None = None,
+) -> Problem | None:
+    """Each referenced Secret exists and has the key; values are never looked at, only
+    their digests (`Lookups`), which go into `digests` when given (`secrets_hash`).
+    `fresh`: not from `lookups`' recent answers (see `needs_fresh_secrets`)."""
+    seen: dict[str, SecretInfo | None] = {}
+    for ref, secret_field, key_field in secret_refs(spec):
         if ref.name not in seen:
             try:
-                seen[ref.name] = lookups.secret_keys(kube, spec.namespace, ref.name, fresh=fresh)
+                seen[ref.name] = lookups.secret_info(kube, spec.namespace, ref.name, fresh=fresh)
             except KubeError as e:
                 if e.transient:
                     raise
@@ -114,20 +138,50 @@ def check_secrets(
                     Reason.SECRET_UNREADABLE,
                     f"cannot read Secret {ref.name!r} ({secret_field}): {e.status} {e.reason}",
                 )
-        keys = seen[ref.name]
-        if keys is None:
+        info = seen[ref.name]
+        if info is None:
             return Problem(
                 Reason.SECRET_NOT_FOUND,
                 f"Secret {ref.name!r} ({secret_field}) does not exist in namespace "
                 f"{spec.namespace!r}",
             )
-        if ref.key not in keys:
+        if ref.key not in info.keys:
             return Problem(
                 Reason.SECRET_KEY_MISSING,
                 f"Secret {ref.name!r} has no key {ref.key!r} ({key_field}); "
-                f"it has: {', '.join(sorted(keys)) or 'no keys'}",
+                f"it has: {', '.join(sorted(info.keys)) or 'no keys'}",
             )
+        if digests is not None:
+            digests[ref] = info.digests.get(ref.key, "")
     return None
+
+
+def secrets_hash(uid: str, digests: Mapping[SecretKeyRef, str]) -> str:
+    """What the workers' Secret values are, as a pod-template annotation: a rotation
+    changes it and so rolls the workers. Only the keys they use count. A keyed digest
+    (the VoiceAgent's uid) of the values' SHA-256s, cut to 64 bits: nothing in it helps
+    to guess a value, and equal values in two VoiceAgents do not look equal. Pure."""
+    text = json.dumps(sorted([r.name, r.key, d] for r, d in digests.items()))
+    return hmac.new(uid.encode(), text.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def secrets_rotated(
+    kube: KubeApi, lookups: Lookups, namespace: str, applied: SecretsApplied
+) -> bool:
+    """Whether a Secret value the workers use changed since `applied` (the timer's cheap
+    check: the shared answers of `lookups`, one read per Secret every few seconds
+    however many VoiceAgents use it). A Secret gone or unreadable: not a rotation, the
+    full reconcile that follows anyway tells."""
+    digests: dict[SecretKeyRef, str] = {}
+    for ref in applied.refs:
+        try:
+            info = lookups.secret_info(kube, namespace, ref.name)
+        except KubeError:
+            return False
+        if info is None:
+            return False
+        digests[ref] = info.digests.get(ref.key, "")
+    return secrets_hash(applied.uid, digests) != applied.hash
 
 
 def needs_fresh_secrets(previous: Mapping[str, Any], generation: int) -> bool:
@@ -298,8 +352,9 @@ def _apply_children(
     previous: Mapping[str, Any],
     generation: int,
     thorough: bool,
+    secrets: str | None = None,
 ) -> Generator[None, None, _Applied]:
-    """Apply every child; the events say what was created, re-created or repaired.
+    """Apply every child (`secrets`: `secrets_hash`, for the pod template); the events say what was created, re-created or repaired.
 
     Order: the ConfigMap (new pods mount it), the clean-up of another mode's autoscaler
     object, the Deployment; then (after a `yield`, see `reconcile_steps`) what the
@@ -310,7 +365,7 @@ def _apply_children(
     a read before it: a child deleted by hand between that read and the apply is created
     by the apply, and must be reported as re-created, not as drift on the old object.
     """
-    children = render_children(spec, owner, settings)
+    children = render_children(spec, owner, settings, secrets)
     dep_path = path("apps/v1", "Deployment", spec.namespace, spec.name)
     created: list[str] = []
     marks: dict[str, Mark] = {}
@@ -340,7 +395,9 @@ def _apply_children(
             deployment.get("metadata", {}).get("generation")
         ):
             events.append(
-                _deployment_change_event(spec, children.config_hash, previous, generation)
+                _deployment_change_event(
+                    spec, children.config_hash, previous, generation, current, secrets
+                )
             )
     yield  # the workers can start: the rest may wait behind other VoiceAgents' Deployments
     seed = desired_replicas(spec, None)
@@ -403,7 +460,12 @@ def _apply_deployment(
 
 
 def _deployment_change_event(
-    spec: VoiceAgentSpec, hash_: str, previous: Mapping[str, Any], generation: int
+    spec: VoiceAgentSpec,
+    hash_: str,
+    previous: Mapping[str, Any],
+    generation: int,
+    current: Mapping[str, Any],
+    secrets: str | None,
 ) -> Event:
     old_hash = previous.get("configHash")
     if old_hash and old_hash != hash_:
@@ -411,6 +473,15 @@ def _deployment_change_event(
             "Normal",
             "ConfigChanged",
             f"agent.json changed ({old_hash} -> {hash_}); rolling workers",
+        )
+    template = current.get("spec", {}).get("template", {}).get("metadata", {})
+    old_secrets = (template.get("annotations") or {}).get(ANNOTATION_SECRETS_HASH)
+    if secrets and old_secrets and old_secrets != secrets:
+        return Event(
+            "Normal",
+            "SecretsChanged",
+            "a Secret value the workers use changed (LiveKit or OpenAI key, tool header); "
+            "rolling workers",
         )
     if previous.get("observedGeneration") == generation:
         return Event(
@@ -498,16 +569,28 @@ def reconcile_steps(
         problem = Problem(Reason.INVALID_SPEC, str(e))
     if spec is not None and agent_names is not None:
         problem = check_agent_name(spec, meta, current, agent_names)
+    digests: dict[SecretKeyRef, str] = {}
     if spec is not None and problem is None:
         fresh = needs_fresh_secrets(previous, generation)
-        problem = check_secrets(kube, spec, lookups, fresh=fresh) or check_autoscaler_api(
-            kube, spec, lookups
-        )
+        problem = check_secrets(
+            kube, spec, lookups, fresh=fresh, digests=digests
+        ) or check_autoscaler_api(kube, spec, lookups)
+    uid = str(meta.get("uid") or "")
+    secrets = secrets_hash(uid, digests) if spec is not None and problem is None else None
     if spec is not None and problem is None:
         try:
             owner = Owner.from_body(body)
             applied = yield from _apply_children(
-                kube, spec, owner, settings, lookups, current, previous, generation, thorough
+                kube,
+                spec,
+                owner,
+                settings,
+                lookups,
+                current,
+                previous,
+                generation,
+                thorough,
+                secrets,
             )
             deployment = applied.deployment
             _apply_autoscaler(kube, spec, owner, settings)
@@ -537,6 +620,7 @@ def reconcile_steps(
         outcome.events += applied.events
         if problem is None:
             outcome.marks = Marks(generation, applied.config_hash, applied.marks)
+            outcome.secrets = SecretsApplied(uid, tuple(digests), secrets or "")
     return outcome
 
 

@@ -41,6 +41,9 @@ from .spec import DRAIN_MARGIN_SECONDS, SpecError, VoiceAgentSpec
 # On the worker Deployment: the autoscaling mode it was last applied in, so a reconcile
 # knows whether an HPA or ScaledObject of another mode can be left to delete.
 ANNOTATION_AUTOSCALING_MODE: Final = f"{GROUP}/autoscaling-mode"
+# On the pod template: a keyed digest of the Secret values the workers use
+# (reconcile.secrets_hash), so that rotating a key rolls them as a spec change does.
+ANNOTATION_SECRETS_HASH: Final = f"{GROUP}/secrets-hash"
 CONTAINER_NAME: Final = "agent"
 CONFIG_VOLUME: Final = "agent-config"
 DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
@@ -213,6 +216,8 @@ def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]
         _secret_env(Env.LIVEKIT_API_KEY, lk.api_key_ref.name, lk.api_key_ref.key),
         _secret_env(Env.LIVEKIT_API_SECRET, lk.api_secret_ref.name, lk.api_secret_ref.key),
         _secret_env(Env.OPENAI_API_KEY, spec.apiKeySecret.name, spec.apiKeySecret.key),
+        # Tool headers (agent.json names the variable, never the value).
+        *(_secret_env(h.env, h.ref.name, h.ref.key) for h in spec.tool_headers),
     ]
     user = [dict(e) for e in spec.template.env]
     if settings.otlp_endpoint and all(e["name"] != Env.OTLP_ENDPOINT for e in user):
@@ -237,7 +242,9 @@ def _probe(
     }
 
 
-def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) -> dict[str, Any]:
+def render_pod_template(
+    spec: VoiceAgentSpec, settings: Settings, hash_: str, secrets: str | None = None
+) -> dict[str, Any]:
     t = spec.template
     image = t.image or settings.default_image
     if not image:
@@ -276,6 +283,8 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
         **t.annotations,
         ANNOTATION_CONFIG_HASH: hash_,
     }
+    if secrets:
+        annotations[ANNOTATION_SECRETS_HASH] = secrets
     pod: dict[str, Any] = {
         "containers": [container],
         "volumes": [
@@ -312,7 +321,7 @@ def render_pod_template(spec: VoiceAgentSpec, settings: Settings, hash_: str) ->
 
 
 def render_deployment(
-    spec: VoiceAgentSpec, owner: Owner, settings: Settings, hash_: str
+    spec: VoiceAgentSpec, owner: Owner, settings: Settings, hash_: str, secrets: str | None = None
 ) -> dict[str, Any]:
     meta = _meta(spec, owner, ChildNames.of(spec.name).deployment, "worker")
     meta["annotations"] = {ANNOTATION_AUTOSCALING_MODE: spec.autoscaling.mode}
@@ -329,18 +338,21 @@ def render_deployment(
             },
             "revisionHistoryLimit": 5,
             "progressDeadlineSeconds": 600,
-            "template": render_pod_template(spec, settings, hash_),
+            "template": render_pod_template(spec, settings, hash_, secrets),
         },
     }
 
 
-def render_children(spec: VoiceAgentSpec, owner: Owner, settings: Settings) -> Children:
+def render_children(
+    spec: VoiceAgentSpec, owner: Owner, settings: Settings, secrets: str | None = None
+) -> Children:
+    """`secrets`: the hash of the Secret values the workers use (None: no annotation)."""
     hash_ = config_hash(agent_json(spec))
     return Children(
         configmap=render_configmap(spec, owner),
         service=render_service(spec, owner),
         pdb=render_pdb(spec, owner),
-        deployment=render_deployment(spec, owner, settings, hash_),
+        deployment=render_deployment(spec, owner, settings, hash_, secrets),
         config_hash=hash_,
     )
 

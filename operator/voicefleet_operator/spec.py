@@ -26,7 +26,13 @@ from voicefleet_contract import (
     Env,
 )
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
-from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
+from voicefleet_contract.config import (
+    MAX_TOOL_HEADERS,
+    AgentConfig,
+    ConfigError,
+    parse_config,
+    tool_header_env,
+)
 
 AutoscalingMode = Literal["builtin", "hpa", "keda", "none"]
 AUTOSCALING_MODES: Final[tuple[AutoscalingMode, ...]] = ("builtin", "hpa", "keda", "none")
@@ -67,6 +73,8 @@ RESERVED_ENV: Final = frozenset(
     }
     | SECRET_ENV
 )
+# Tool headers' values (spec.tools[].headers) reach workers as these env vars.
+TOOL_HEADER_ENV_PREFIX: Final = "VOICEFLEET_TOOL_"
 # Pod labels the selector depends on: a template label may not override them.
 RESERVED_LABELS: Final = frozenset({LABEL_INSTANCE, LABEL_NAME})
 
@@ -101,6 +109,15 @@ class SpecError(ValueError):
 class SecretKeyRef:
     name: str
     key: str
+
+
+@dataclass(frozen=True)
+class ToolHeaderRef:
+    """A tool header's value: a Secret key, rendered as a secretKeyRef env var `env`."""
+
+    env: str
+    ref: SecretKeyRef
+    path: str  # spec.tools[i].headers[j], for errors
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,7 @@ class VoiceAgentSpec:
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     disruption: Disruption = field(default_factory=Disruption)
     template: Template = field(default_factory=Template)
+    tool_headers: tuple[ToolHeaderRef, ...] = ()
 
     @property
     def agent_name(self) -> str:
@@ -335,10 +353,45 @@ def _check_model(model: dict[str, Any]) -> None:
         raise SpecError(f"{path}.turnDetection.eagerness", "is only valid with type semantic_vad")
 
 
-def _config(name: str, namespace: str, spec: Mapping[str, Any], livekit: LiveKit) -> AgentConfig:
+def _tools(raw: list[Any]) -> tuple[list[Any], tuple[ToolHeaderRef, ...]]:
+    """spec.tools as agent.json has them: each header's `valueFrom.secretKeyRef` becomes
+    the env var that carries it (`env`); the Secret keys, for the pod template."""
+    tools: list[Any] = []
+    refs: list[ToolHeaderRef] = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, Mapping) or tool.get("headers") is None:
+            tools.append(tool)  # parse_config names what is wrong with it
+            continue
+        headers = _list(tool, "headers", f"spec.tools[{i}]", MAX_TOOL_HEADERS)
+        rendered = []
+        for j, header in enumerate(headers):
+            p = f"spec.tools[{i}].headers[{j}]"
+            h = _obj(header, p, required=True)
+            if "value" in h:
+                raise SpecError(
+                    f"{p}.value",
+                    "a tool header comes from a Secret (valueFrom.secretKeyRef), never a "
+                    "literal value: it would be stored in the agent ConfigMap",
+                )
+            source = _obj(h.get("valueFrom"), f"{p}.valueFrom", required=True)
+            ref = _secret_ref(
+                source.get("secretKeyRef"), f"{p}.valueFrom.secretKeyRef", default_key=""
+            )
+            if not ref.key:
+                raise SpecError(f"{p}.valueFrom.secretKeyRef.key", "is required")
+            env = tool_header_env(i, j)
+            refs.append(ToolHeaderRef(env, ref, p))
+            rendered.append({"name": h.get("name"), "env": env})
+        tools.append({**tool, "headers": rendered})
+    return tools, tuple(refs)
+
+
+def _config(
+    name: str, namespace: str, spec: Mapping[str, Any], livekit: LiveKit
+) -> tuple[AgentConfig, tuple[ToolHeaderRef, ...]]:
     model = _obj(spec.get("model"), "spec.model", required=True)
     _check_model(model)
-    tools = _list(spec, "tools", "spec", MAX_TOOLS)
+    tools, header_refs = _tools(_list(spec, "tools", "spec", MAX_TOOLS))
     agent_name = _str(spec, "agentName", "spec", pattern=AGENT_NAME_RE) or name
     data = {
         "namespace": namespace,
@@ -353,7 +406,7 @@ def _config(name: str, namespace: str, spec: Mapping[str, Any], livekit: LiveKit
         "observability": spec.get("observability"),
     }
     try:
-        return parse_config(data)
+        return parse_config(data), header_refs
     except ConfigError as e:
         raise SpecError(_spec_path(e.field), e.message) from None
 
@@ -427,7 +480,7 @@ def _env(items: list[Any]) -> tuple[dict[str, Any], ...]:
                 "spec.livekit.credentialsSecret or spec.model.apiKeySecret; "
                 "it cannot be set in spec.template.env, least of all as a literal value",
             )
-        if name in RESERVED_ENV:
+        if name in RESERVED_ENV or (name or "").startswith(TOOL_HEADER_ENV_PREFIX):
             raise SpecError(f"{p}.name", f"{name} is set by the operator and cannot be overridden")
         if "value" in e and "valueFrom" in e:
             raise SpecError(p, "set value or valueFrom, not both")
@@ -514,12 +567,14 @@ def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
     livekit = _livekit(d.get("livekit"))
     model = _obj(d.get("model"), "spec.model", required=True)
     api_key = _secret_ref(model.get("apiKeySecret"), "spec.model.apiKeySecret", "apiKey")
+    config, tool_headers = _config(name, namespace, d, livekit)
     return VoiceAgentSpec(
         name=name,
         namespace=namespace,
         livekit=livekit,
         apiKeySecret=api_key,
-        config=_config(name, namespace, d, livekit),
+        config=config,
+        tool_headers=tool_headers,
         replicas=_int(d, "replicas", "spec", None, 0, MAX_REPLICAS),
         autoscaling=_autoscaling(d.get("autoscaling")),
         disruption=_disruption(d.get("disruptionBudget")),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -16,11 +18,14 @@ from voicefleet_operator.reconcile import (
     needs_fresh_secrets,
     reconcile,
     refresh_status,
+    secrets_hash,
+    secrets_rotated,
     stale_autoscalers,
     va_path,
 )
-from voicefleet_operator.render import ANNOTATION_AUTOSCALING_MODE
+from voicefleet_operator.render import ANNOTATION_AUTOSCALING_MODE, ANNOTATION_SECRETS_HASH
 from voicefleet_operator.settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
+from voicefleet_operator.spec import SecretKeyRef
 
 from .util import body, minimal_spec
 
@@ -183,6 +188,81 @@ def test_agent_name_conflict_renders_nothing_and_keeps_what_runs() -> None:
     out = reconcile(k, Settings(), NS, "support", agent_names=names)
     assert len(k.applies) == applies
     assert "left as they are" in _ready(out.status or {})["message"]
+
+
+def _template(k: FakeKube) -> dict[str, Any]:
+    dep = k.objects[f"/apis/apps/v1/namespaces/{NS}/deployments/support"]
+    return dict(dep["spec"]["template"])
+
+
+def test_rotating_a_key_rolls_the_workers_and_the_timer_notices() -> None:
+    """The pod template carries a digest of the Secret values the workers use (never the
+    values): a rotation changes it, with a SecretsChanged Event, and `secrets_rotated`
+    (the timer's check) says so until it is applied. Keys no worker uses do not count."""
+    k = _setup()
+    lookups = Lookups.uncached()
+    out = reconcile(k, Settings(), NS, "support", lookups=lookups)
+    before = _template(k)["metadata"]["annotations"][ANNOTATION_SECRETS_HASH]
+    assert len(before) == 16 and out.secrets is not None and out.secrets.hash == before
+    assert not secrets_rotated(k, lookups, NS, out.secrets)
+    # A key nobody uses changes: nothing to roll.
+    k.objects[f"/api/v1/namespaces/{NS}/secrets/openai"]["data"]["unused"] = "eA=="
+    assert not secrets_rotated(k, lookups, NS, out.secrets)
+    # The OpenAI key is rotated.
+    k.objects[f"/api/v1/namespaces/{NS}/secrets/openai"]["data"]["apiKey"] = "c2stbmV3"
+    assert secrets_rotated(k, lookups, NS, out.secrets)
+    again = reconcile(k, Settings(), NS, "support", lookups=lookups)
+    after = _template(k)["metadata"]["annotations"][ANNOTATION_SECRETS_HASH]
+    assert after != before and "c2stbmV3" not in after
+    assert [e.reason for e in again.events] == ["SecretsChanged"]
+    assert again.secrets is not None
+    assert not secrets_rotated(k, lookups, NS, again.secrets)
+    # Nothing changed: nothing applied anew, no Event.
+    assert reconcile(k, Settings(), NS, "support", lookups=lookups).events == []
+
+
+def test_secrets_hash_is_keyed_and_hides_values() -> None:
+    ref = SecretKeyRef("openai", "apiKey")
+    digest = hashlib.sha256(b"c2stMTIz").hexdigest()
+    a, b = secrets_hash("uid-a", {ref: digest}), secrets_hash("uid-b", {ref: digest})
+    assert a != b and len(a) == 16 and a not in digest  # equal values do not look equal
+    assert secrets_hash("uid-a", {ref: digest}) == a  # stable: no roll without a change
+
+
+def test_tool_header_secrets_are_checked_and_rendered_as_secret_env() -> None:
+    spec = minimal_spec()
+    spec["tools"] = [
+        {
+            "name": "lookup",
+            "description": "d",
+            "url": "http://orders.svc/x",
+            "headers": [
+                {
+                    "name": "Authorization",
+                    "valueFrom": {"secretKeyRef": {"name": "tools", "key": "token"}},
+                }
+            ],
+        }
+    ]
+    k = _setup(spec)
+    out = reconcile(k, Settings(), NS, "support")
+    ready = _ready(out.status or {})
+    assert ready["reason"] == "SecretNotFound" and k.applies == []
+    assert "spec.tools[0].headers[0].valueFrom.secretKeyRef.name" in ready["message"]
+    k.put(f"/api/v1/namespaces/{NS}/secrets/tools", {"data": {"other": "eA=="}})
+    ready = _ready(reconcile(k, Settings(), NS, "support").status or {})
+    assert ready["reason"] == "SecretKeyMissing"
+    assert "spec.tools[0].headers[0].valueFrom.secretKeyRef.key" in ready["message"]
+    k.put(f"/api/v1/namespaces/{NS}/secrets/tools", {"data": {"token": "QmVhcmVyIHg="}})
+    reconcile(k, Settings(), NS, "support")
+    env = {e["name"]: e for e in _template(k)["spec"]["containers"][0]["env"]}
+    assert env["VOICEFLEET_TOOL_0_HEADER_0"] == {
+        "name": "VOICEFLEET_TOOL_0_HEADER_0",
+        "valueFrom": {"secretKeyRef": {"name": "tools", "key": "token"}},
+    }
+    cm = k.objects[f"/api/v1/namespaces/{NS}/configmaps/support-config"]
+    assert "QmVhcmVyIHg=" not in json.dumps(cm) and "Bearer" not in json.dumps(cm)
+    assert '"env":"VOICEFLEET_TOOL_0_HEADER_0"' in cm["data"]["agent.json"]
 
 
 def test_missing_key() -> None:

@@ -67,6 +67,64 @@ def test_full_spec_parses() -> None:
         ),
         (lambda s: s.update(tools=[_tool("1bad")]), "spec.tools[0].name"),
         (lambda s: s.update(tools=[{**_tool("a"), "url": "ftp://x"}]), "spec.tools[0].url"),
+        *(
+            (
+                lambda s, u=u: s.update(tools=[_tool("a"), {**_tool("b"), "url": u}]),
+                "spec.tools[1].url",
+            )
+            for u in (
+                "http://169.254.169.254/latest/meta-data/",
+                "http://[fe80::1]/x",
+                "http://2852039166/",
+                "http://[::ffff:169.254.169.254]/",
+                "http://100.100.100.200/latest",
+                "http://metadata.google.internal/computeMetadata/v1/",
+                "http://METADATA/",
+            )
+        ),
+        (
+            lambda s: s.update(
+                tools=[
+                    {**_tool("a"), "headers": [{"name": "Authorization", "value": "Bearer sk-123"}]}
+                ]
+            ),
+            "spec.tools[0].headers[0].value",
+        ),
+        (
+            lambda s: s.update(tools=[{**_tool("a"), "headers": [{"name": "Authorization"}]}]),
+            "spec.tools[0].headers[0].valueFrom",
+        ),
+        (
+            lambda s: s.update(
+                tools=[
+                    {
+                        **_tool("a"),
+                        "headers": [
+                            {"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "t"}}}
+                        ],
+                    }
+                ]
+            ),
+            "spec.tools[0].headers[0].valueFrom.secretKeyRef.key",
+        ),
+        (
+            lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("Bad Name")]}]),
+            "spec.tools[0].headers[0].name",
+        ),
+        (
+            lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("Host")]}]),
+            "spec.tools[0].headers[0].name",
+        ),
+        (
+            lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("X-A"), _header("x-a")]}]),
+            "spec.tools[0].headers[1].name",
+        ),
+        (
+            lambda s: s.update(
+                template={"env": [{"name": "VOICEFLEET_TOOL_0_HEADER_0", "value": "x"}]}
+            ),
+            "spec.template.env[0].name",
+        ),
         (
             lambda s: s.update(template={"env": [{"name": "OPENAI_API_KEY", "value": "sk-123"}]}),
             "spec.template.env[0].name",
@@ -99,6 +157,48 @@ def test_bad_specs_name_the_field(mutate: Any, field: str) -> None:
 
 def _tool(name: str) -> dict[str, Any]:
     return {"name": name, "description": "d", "url": "http://tools.svc/x"}
+
+
+def _header(name: str, secret: str = "tools", key: str = "token") -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def test_tool_headers_come_from_secrets_through_env() -> None:
+    spec = minimal_spec()
+    spec["tools"] = [
+        _tool("a"),
+        {**_tool("b"), "headers": [_header("Authorization"), _header("X-Api-Key", key="k2")]},
+    ]
+    parsed = parse_spec("support", "voice", spec)
+    (a, b) = parsed.config.tools
+    assert a.headers == ()
+    assert [(h.name, h.env) for h in b.headers] == [
+        ("Authorization", "VOICEFLEET_TOOL_1_HEADER_0"),
+        ("X-Api-Key", "VOICEFLEET_TOOL_1_HEADER_1"),
+    ]
+    assert [(h.env, h.ref.name, h.ref.key) for h in parsed.tool_headers] == [
+        ("VOICEFLEET_TOOL_1_HEADER_0", "tools", "token"),
+        ("VOICEFLEET_TOOL_1_HEADER_1", "tools", "k2"),
+    ]
+    text = parsed.config.to_json()
+    assert "secretKeyRef" not in text and '"headers"' in text
+    # A tool without headers renders as before headers existed (no config hash change).
+    assert (
+        '"headers"'
+        not in parse_spec("support", "voice", {**spec, "tools": [_tool("a")]}).config.to_json()
+    )
+
+
+def test_a_refused_tool_url_says_why() -> None:
+    spec = minimal_spec()
+    spec["tools"] = [{**_tool("a"), "url": "http://169.254.169.254/latest/meta-data/"}]
+    e = _err(spec)
+    assert e.field == "spec.tools[0].url"
+    assert "link-local" in e.message and "169.254.169.254" in e.message
+    # Cluster Services, private and loopback addresses are what tools call.
+    for url in ("http://orders.shop.svc/x", "http://10.0.0.7:8080/x", "http://127.0.0.1:9/x"):
+        spec["tools"] = [{**_tool("a"), "url": url}]
+        parse_spec("support", "voice", spec)
 
 
 def test_any_voice_with_a_compatible_endpoint() -> None:
