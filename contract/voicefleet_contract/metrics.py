@@ -91,7 +91,9 @@ WORKER_FIRST_AUDIO_LATENCY: Final = MetricSpec(
 WORKER_TOOL_CALLS: Final = MetricSpec(
     "voicefleet_worker_tool_calls_total",
     "counter",
-    "Tool (function) calls, by tool and outcome: ok, http_error, timeout, error.",
+    "Tool (function) calls, by tool and outcome: ok, http_error, timeout, refused (a "
+    "link-local or metadata address, a redirect to another host, a header with no value), "
+    "error.",
     ("tool", "outcome"),
 )
 WORKER_TOOL_LATENCY: Final = MetricSpec(

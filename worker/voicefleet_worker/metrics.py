@@ -21,7 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from voicefleet_contract import metrics as spec
 from voicefleet_contract.metrics import WORKER_METRICS, MetricSpec
 
-TOOL_OUTCOMES = ("ok", "http_error", "timeout", "error")
+TOOL_OUTCOMES = ("ok", "http_error", "timeout", "refused", "error")
 SESSION_OUTCOMES = ("completed", "caller_gone", "error", "drain_timeout")
 LINKS = ("livekit", "realtime", "room")
 SUMMARY_RESULTS = ("ok", "error")
