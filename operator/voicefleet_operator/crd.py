@@ -21,12 +21,16 @@ from voicefleet_contract import GROUP, KIND, PLURAL, SECRET_ENV, VERSION
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
 from voicefleet_contract.config import (
     EAGERNESS,
+    HEADER_NAME_RE,
+    MAX_TOOL_HEADERS,
     MODALITIES,
     NOISE_REDUCTION_TYPES,
+    RESERVED_TOOL_HEADERS,
     TOOL_CHOICES,
     TOOL_NAME_RE,
     TURN_DETECTION_TYPES,
 )
+from voicefleet_contract.netguard import METADATA_HOSTS
 
 from .spec import (
     AGENT_NAME_RE,
@@ -44,6 +48,7 @@ from .spec import (
     RESERVED_ENV,
     RESERVED_LABELS,
     SECRET_KEY_RE,
+    TOOL_HEADER_ENV_PREFIX,
     VOICE_RE,
 )
 
@@ -354,6 +359,74 @@ def model_schema() -> Schema:
     )
 
 
+# What the API server can tell of a link-local or metadata host (netguard.py judges the
+# rest, and the worker again after DNS): 169.254.x, fe80::/10, IPv4-mapped link-local,
+# Alibaba's and AWS's IPv6 metadata addresses, and hosts written as one integer or in hex.
+METADATA_HOST_RE: Final = (
+    r"^(169\.254\.|[fF][eE][89aAbB][0-9a-fA-F]:|::[fF]{4}:169\.254\.|100\.100\.100\.200$"
+    r"|[fF][dD]00:[eE][cC]2::254$|[0-9]+$|0[xX])"
+)
+
+
+def tool_url_schema() -> Schema:
+    s = url("HTTP(S) endpoint the worker calls; never a link-local or cloud metadata address.",
+            HTTP_URL_RE)  # fmt: skip
+    host = "url(self).getHostname().lowerAscii()"
+    s["x-kubernetes-validations"].append(
+        rule(
+            f"!isURL(self) || !({host} in {_cel_list(METADATA_HOSTS)} "
+            f"|| {host}.matches(r'{METADATA_HOST_RE}'))",
+            message_expression=(
+                "'must not point at a link-local or cloud metadata address (where node "
+                "credentials live), got: ' + self"
+            ),
+        )
+    )
+    return s
+
+
+def tool_header_schema() -> Schema:
+    reserved = _cel_list(RESERVED_TOOL_HEADERS)
+    return obj(
+        "An HTTP header sent with every call. Its value comes from a Secret key, never a "
+        "literal: agent.json only names the environment variable that carries it.",
+        {
+            "name": string(
+                "Header name, e.g. Authorization.", maxLength=256, pattern=HEADER_NAME_RE.pattern
+            ),
+            "valueFrom": obj(
+                "Where the value comes from.",
+                {
+                    "secretKeyRef": obj(
+                        "A key of a Secret in the VoiceAgent's namespace (its whole value is "
+                        "sent, e.g. 'Bearer <token>').",
+                        {
+                            "name": string(
+                                "Secret name.",
+                                maxLength=253,
+                                pattern=DNS1123_SUBDOMAIN_RE.pattern,
+                            ),
+                            "key": string(
+                                "Key in the Secret.", maxLength=253, pattern=SECRET_KEY_RE.pattern
+                            ),
+                        },
+                        required=("name", "key"),
+                    )
+                },
+                required=("secretKeyRef",),
+            ),
+        },
+        required=("name", "valueFrom"),
+        rules=(
+            rule(
+                f"!(self.name.lowerAscii() in {reserved})",
+                message_expression="self.name + ' is set by the worker or by HTTP itself'",
+                field_path=".name",
+            ),
+        ),
+    )
+
+
 def tool_schema() -> Schema:
     return obj(
         "A function the model may call; the worker POSTs its JSON arguments to url and "
@@ -366,7 +439,7 @@ def tool_schema() -> Schema:
                 pattern=TOOL_NAME_RE.pattern,
             ),
             "description": string("What the tool does, for the model.", maxLength=4096),
-            "url": url("HTTP(S) endpoint the worker calls.", HTTP_URL_RE),
+            "url": tool_url_schema(),
             "parameters": {
                 **free_object("JSON Schema of the arguments; must be an object schema."),
                 # Declared so the server can check it; everything else passes through.
@@ -375,6 +448,20 @@ def tool_schema() -> Schema:
                 },
             },
             "timeoutSeconds": number("Call timeout.", 0.1, 300.0, default=10.0),
+            "headers": array(
+                "HTTP headers sent with every call (e.g. an API token), from Secrets.",
+                tool_header_schema(),
+                MAX_TOOL_HEADERS,
+                **{
+                    "x-kubernetes-validations": [
+                        rule(
+                            "self.all(h, self.exists_one(o, o.name.lowerAscii() == "
+                            "h.name.lowerAscii()))",
+                            "header names must be unique (case does not count)",
+                        )
+                    ]
+                },
+            ),
         },
         required=("name", "description", "url"),
     )
@@ -456,6 +543,14 @@ def env_schema() -> Schema:
                     f"!(self.name in {reserved_other})",
                     message_expression=(
                         "self.name + ' is set by the operator and cannot be overridden'"
+                    ),
+                    field_path=".name",
+                ),
+                rule(
+                    f"!self.name.startsWith('{TOOL_HEADER_ENV_PREFIX}')",
+                    message_expression=(
+                        "self.name + ' is set by the operator (tool headers) and cannot be "
+                        "overridden'"
                     ),
                     field_path=".name",
                 ),
@@ -573,7 +668,9 @@ def spec_schema() -> Schema:
         {
             "agentName": string(
                 "LiveKit agent_name the workers register under (explicit dispatch); "
-                "default: metadata.name.",
+                "default: metadata.name. One VoiceAgent per name and LiveKit server in the "
+                "cluster: a second one waits (Ready=False, AgentNameConflict) until the "
+                "first lets go.",
                 maxLength=63,
                 pattern=AGENT_NAME_RE.pattern,
             ),

@@ -62,6 +62,15 @@ EXAMPLES: Final[dict[str, Any]] = {
         "properties": {"orderId": {"type": "string"}},
         "required": ["orderId"],
     },
+    "spec.tools[].headers": [
+        {
+            "name": "Authorization",
+            "valueFrom": {"secretKeyRef": {"name": "orders-api", "key": "token"}},
+        }
+    ],
+    "spec.tools[].headers[].name": "Authorization",
+    "spec.tools[].headers[].valueFrom.secretKeyRef.name": "orders-api",
+    "spec.tools[].headers[].valueFrom.secretKeyRef.key": "token",
     "spec.disruptionBudget.maxUnavailable": "25%",
     "spec.template.image": "ghcr.io/voicefleet/worker:0.1.0",
     "spec.template.imagePullSecrets": [{"name": "registry"}],
@@ -320,7 +329,8 @@ def render(crd: Schema) -> str:
         "| `Ready` | enough workers are ready to take calls (all desired ones) | "
         "`WorkersReady`, `ScaledToZero`; False: `WorkersNotReady`, `DeploymentMissing`, "
         "`InvalidSpec`, `SecretNotFound`, `SecretKeyMissing`, `SecretUnreadable`, "
-        "`ApplyFailed` |",
+        "`ApplyFailed`, `AgentNameConflict` (another VoiceAgent, named in the message, uses "
+        "this agent name on this LiveKit server) |",
         "| `Progressing` | a rollout or scale is under way | `RollingOut`; False: "
         "`RolloutComplete`, `ProgressDeadlineExceeded`, `FailedCreate` (pods cannot be "
         "created), or the blocking problem's reason |",
@@ -342,6 +352,8 @@ def render(crd: Schema) -> str:
         "| `Recreated` | Normal | a child deleted outside the operator was created again |",
         "| `DriftRepaired` | Normal | the Deployment was edited outside the operator and restored |",
         "| `ConfigChanged` | Normal | agent.json changed; the workers roll |",
+        "| `SecretsChanged` | Normal | a Secret value the workers use (LiveKit or OpenAI key, "
+        "tool header) changed; the workers roll |",
         "| `Updated` | Normal | the Deployment changed for another spec change |",
         "| `Scaled` | Normal | the built-in autoscaler changed the worker count |",
         "| the problem's reason | Warning | a problem appeared or changed (once, not repeated) |",

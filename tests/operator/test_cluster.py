@@ -461,14 +461,32 @@ BAD: list[tuple[str, Any, str]] = [
     ("negative replicas", lambda s: s.update(replicas=-1), "spec.replicas"),
     ("unknown mode", lambda s: s.update(autoscaling={"mode": "cpu"}), "spec.autoscaling.mode"),
     ("temperature too hot", lambda s: s["model"].update(temperature=3), "spec.model.temperature"),
+    ("metadata tool url", lambda s: s.update(tools=[{**_tool("a"), "url": "http://169.254.169.254/latest/meta-data/"}]), "spec.tools[0].url"),
+    ("link-local ipv6 tool url", lambda s: s.update(tools=[{**_tool("a"), "url": "http://[fe80::1]:80/x"}]), "spec.tools[0].url"),
+    ("metadata host tool url", lambda s: s.update(tools=[{**_tool("a"), "url": "http://Metadata.Google.Internal/x"}]), "spec.tools[0].url"),
+    ("integer ip tool url", lambda s: s.update(tools=[{**_tool("a"), "url": "http://2852039166/x"}]), "spec.tools[0].url"),
+    ("literal tool header", lambda s: s.update(tools=[{**_tool("a"), "headers": [{"name": "Authorization", "value": "Bearer x"}]}]), "spec.tools[0].headers[0]"),
+    ("tool header without a source", lambda s: s.update(tools=[{**_tool("a"), "headers": [{"name": "Authorization"}]}]), "spec.tools[0].headers[0].valueFrom"),
+    ("reserved tool header", lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("Host")]}]), "spec.tools[0].headers[0].name"),
+    ("duplicate tool headers", lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("X-A"), _header("x-a")]}]), "spec.tools[0].headers"),
+    ("tool header env", lambda s: s.update(template={"env": [{"name": "VOICEFLEET_TOOL_0_HEADER_0", "value": "x"}]}), "spec.template.env[0].name"),
 ]  # fmt: skip
 
 
-STRICT_DECODING = {"voice of the wrong type (object)", "tools not a list", "unknown field"}
+STRICT_DECODING = {
+    "voice of the wrong type (object)",
+    "tools not a list",
+    "unknown field",
+    "literal tool header",
+}
 
 
 def _tool(name: str) -> dict[str, Any]:
     return {"name": name, "description": "d", "url": "http://tools.svc/x"}
+
+
+def _header(name: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": "tools", "key": "token"}}}
 
 
 @pytest.mark.parametrize(("what", "mutate", "field"), BAD, ids=[b[0] for b in BAD])
