@@ -446,10 +446,14 @@ class Failover:
         session and its connections): after a VoiceAgent goes, or moves to another
         LiveKit deployment or credentials. Closed in the background: callers are sync."""
         used = {s.target.deployment for s in self._states.values()}
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (never in the operator): `close` takes them all at the end
         for key in [k for k in self._clients if k not in used]:
             client = self._clients.pop(key)
             self._snapshots.forget(key)
-            task = asyncio.get_running_loop().create_task(self._close_client(client))
+            task = loop.create_task(self._close_client(client))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
