@@ -402,3 +402,73 @@ async def test_sweep_recovers_when_webhooks_are_off_and_the_operator_restarts(
             operator.extra_args = []
             operator.start()
         print(json.dumps({"dispatches": len(await f.dispatches(room))}))
+
+
+async def test_a_second_voiceagent_with_the_agent_name_gets_no_call_and_dispatches_none(
+    stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """`owner` in two namespaces with one agent name on one LiveKit: the second waits
+    (AgentNameConflict) and runs no worker, so a call can only reach the first's; when
+    the first's agent dies mid-call, exactly one new dispatch is made (the second's
+    failover stands down) and the new agent is the first fleet's again."""
+    from kubernetes import client
+
+    from .cluster import condition, get_va, wait_for
+
+    other = f"{namespace}-b"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        async with fleet(stack, kube, namespace, "owner") as f:
+            secrets(kube, other, stack.livekit_secret)
+            spec = {
+                "agentName": f.agent_name,
+                "livekit": {"url": stack.livekit_url, "credentialsSecret": "livekit"},
+                "model": {"apiKeySecret": {"name": "openai"}, "baseURL": OPENAI_BASE_URL},
+                "sessions": {"drainTimeoutSeconds": 5},
+                "autoscaling": {"mode": "none"},
+                "replicas": 2,
+                "template": {"image": MINI_IMAGE},
+            }
+            kube.create(voiceagent("owner", other, spec))
+            c = await asyncio.to_thread(
+                wait_for,
+                lambda: (
+                    condition(get_va(kube, other, "owner"), "Ready").get("reason")
+                    == "AgentNameConflict"
+                ),
+                60,
+                "AgentNameConflict on the second",
+            )
+            assert c
+            room = f"call-{namespace}"
+            _, first = await f.call(room, "m1")
+            pod = await f.serving_pod(room)  # one of the first fleet's workers
+            await until(lambda: f.seen_by_operator(pod, room), 10, "the operator to see it")
+            await f.control(pod, "crash")
+
+            async def new_agent() -> list[str]:
+                return [a for a in await f.agents(room) if a != first]
+
+            second = (await until(new_agent, 30, "a new agent in the room"))[0]
+            assert (await f.serving_pod(room))["metadata"]["namespace"] == namespace
+
+            async def one_agent_two_dispatches() -> Any:
+                agents, dispatches = await f.agents(room), await f.dispatches(room)
+                if agents == [second] and len(dispatches) == 2:
+                    return True
+                return (agents, dispatches)
+
+            await stays(one_agent_two_dispatches, 8, "one new dispatch, one new agent")
+            assert kube.core.list_namespaced_pod(other).items == []
+            labels = {"namespace": other, "voiceagent": "owner"}
+            assert metric(operator, "voicefleet_failovers_total", **labels) == 0
+            assert metric(operator, "voicefleet_failover_orphans_found_total", **labels) == 0
+            assert (
+                metric(
+                    operator, "voicefleet_failovers_total", namespace=namespace,
+                    voiceagent="owner", outcome="redispatched",
+                )
+                == 1
+            )  # fmt: skip
+    finally:
+        kube.core.delete_namespace(other)
