@@ -25,7 +25,7 @@ NOISE_REDUCTION_TYPES: Final = ("near_field", "far_field")
 EAGERNESS: Final = ("low", "medium", "high", "auto")
 TOOL_CHOICES: Final = ("auto", "none", "required")
 # RFC 9110 token: what an HTTP header name may be.
-HEADER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$")
+HEADER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 TOOL_HEADER_ENV_RE: Final = re.compile(r"^VOICEFLEET_TOOL_[0-9]+_HEADER_[0-9]+$")
 MAX_TOOL_HEADERS: Final = 16
 # Set by the worker itself, or by HTTP: a tool header may not be one of these.
