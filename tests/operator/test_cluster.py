@@ -579,58 +579,60 @@ def test_two_voiceagents_one_agent_name_the_second_waits_and_takes_over(
     the second gets AgentNameConflict naming the first, a Warning and no children, its
     failover stands down; the first is untouched. When the first goes, the second takes
     the name by itself within seconds; a first re-created then is the newer claimant and
-    waits in its turn (a running fleet is never displaced)."""
+    waits in its turn (a running fleet is never displaced). Named after the namespace: a
+    `support` of an earlier test, its namespace still terminating, would hold `support`."""
     other = f"{namespace}-b"
+    name = f"support-{namespace[-5:]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
     try:
         for ns in (namespace, other):
             secrets(kube, ns)
-        kube.create(voiceagent("support", namespace, spec()))
-        first = wait_for(lambda: ready(kube, namespace, "support"), 90, "the first Ready")
+        kube.create(voiceagent(name, namespace, spec()))
+        first = wait_for(lambda: ready(kube, namespace, name), 90, "the first Ready")
         # The same server under another spelling (ws vs http, trailing slash).
         second_spec = spec(livekit={"url": LIVEKIT_URL.replace("ws://", "http://") + "/",
                                     "credentialsSecret": "livekit"})  # fmt: skip
-        kube.create(voiceagent("support", other, second_spec))
+        kube.create(voiceagent(name, other, second_spec))
 
         def conflict(ns: str) -> dict[str, Any] | None:
-            c = condition(get_va(kube, ns, "support"), "Ready")
+            c = condition(get_va(kube, ns, name), "Ready")
             return c if c.get("reason") == "AgentNameConflict" else None
 
         c = wait_for(lambda: conflict(other), 60, "AgentNameConflict on the second")
-        assert c["status"] == "False" and f"{namespace}/support" in c["message"], c
+        assert c["status"] == "False" and f"{namespace}/{name}" in c["message"], c
         assert "spec.agentName" in c["message"]
-        assert all(obj is None for obj in children(kube, other, "support").values())
+        assert all(obj is None for obj in children(kube, other, name).values())
         warnings = [
-            e for e in events(kube, other, "support")
+            e for e in events(kube, other, name)
             if e["type"] == "Warning" and e["reason"] == "AgentNameConflict"
         ]  # fmt: skip
-        assert len(warnings) == 1 and f"{namespace}/support" in warnings[0]["message"]
+        assert len(warnings) == 1 and f"{namespace}/{name}" in warnings[0]["message"]
         wait_for(
-            lambda: f"failover {other}/support: off" in operator.tail(400),
+            lambda: f"failover {other}/{name}: off" in operator.tail(400),
             30,
             "the second's failover standing down",
         )
         # The first is untouched: still Ready, the same status and children.
-        now = ready(kube, namespace, "support")
+        now = ready(kube, namespace, name)
         assert now is not None
         assert condition(now, "Ready") == condition(first, "Ready")
-        assert not [e for e in events(kube, namespace, "support") if e["type"] == "Warning"]
+        assert not [e for e in events(kube, namespace, name) if e["type"] == "Warning"]
 
         # The first goes: the second renders and becomes Ready, nudged by the release.
-        kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "support")
+        kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         released = time.monotonic()
-        wait_for(lambda: children(kube, other, "support")["Deployment"], 30, "second renders")
+        wait_for(lambda: children(kube, other, name)["Deployment"], 30, "second renders")
         took = time.monotonic() - released
-        wait_for(lambda: ready(kube, other, "support"), 90, "the second Ready")
-        assert f"reconciling {other}/support, which claims it too" in operator.tail(400)
+        wait_for(lambda: ready(kube, other, name), 90, "the second Ready")
+        assert f"reconciling {other}/{name}, which claims it too" in operator.tail(400)
         assert took < 15, took
-        assert any(e["reason"] == "Resolved" for e in events(kube, other, "support"))
+        assert any(e["reason"] == "Resolved" for e in events(kube, other, name))
 
         # The first again: now the newer claimant, and the second's fleet runs.
-        wait_for(lambda: get_va(kube, namespace, "support") is None, 30, "the first gone")
-        kube.create(voiceagent("support", namespace, spec()))
+        wait_for(lambda: get_va(kube, namespace, name) is None, 30, "the first gone")
+        kube.create(voiceagent(name, namespace, spec()))
         c = wait_for(lambda: conflict(namespace), 60, "AgentNameConflict on the re-created")
-        assert f"{other}/support" in c["message"] and "already run" in c["message"], c
-        assert ready(kube, other, "support") is not None
+        assert f"{other}/{name}" in c["message"] and "already run" in c["message"], c
+        assert ready(kube, other, name) is not None
     finally:
         kube.core.delete_namespace(other)
