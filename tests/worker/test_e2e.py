@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from livekit import api
 
+from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, float32
 from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
@@ -254,8 +255,14 @@ async def test_full_worker_refuses_and_another_worker_serves(make_agent: Any) ->
         for c in callers[:2]:
             await _joined(c)
         await until(lambda: a.sessions().activeSessions == 2, 15, "worker A full")
-        # the load livekit-agents reports to LiveKit is sessions / maxPerWorker
-        await until(lambda: a.worker_info().get("worker_load") == 1.0, 10, "A reports load 1.0")
+        # Full, the load livekit-agents reports to LiveKit is exactly the server's target_load
+        # (sessions / maxPerWorker on LiveKit's scale: voicefleet_contract.capacity).
+        full = float32(DEFAULT_TARGET_LOAD)
+        await until(
+            lambda: float32(a.worker_info().get("worker_load", 0.0)) == full,
+            10,
+            f"A reports load {full}",
+        )
         assert a.health() == 200  # full is not unhealthy: the worker stays Ready
         b = agent.worker()
         await asyncio.to_thread(b.wait_registered)
@@ -268,7 +275,12 @@ async def test_full_worker_refuses_and_another_worker_serves(make_agent: Any) ->
         # a call ends: A has room again
         await callers[0].close()
         await until(lambda: a.sessions().activeSessions == 1, 20, "A down to one session")
-        await until(lambda: a.worker_info().get("worker_load") == 0.5, 10, "A reports load 0.5")
+        half = float32(DEFAULT_TARGET_LOAD / 2)
+        await until(
+            lambda: float32(a.worker_info().get("worker_load", 0.0)) == half,
+            10,
+            f"A reports load {half}",
+        )
     finally:
         for c in callers:
             await c.close()
