@@ -545,6 +545,32 @@ class Stack:
         assert node is not None
         return node
 
+    def stop_real_node(self) -> list[str]:
+        """Stop the real node and tear it down (the rest of the stack keeps running);
+        returns what tear-down could not remove (empty when clean)."""
+        node = self.real_node
+        host = Host([])
+        if node is None:
+            return []
+        for name in ("kube-proxy", "kubelet", "coredns", "containerd"):
+            ref = self.state.procs.pop(name, None)
+            if ref is None:
+                continue
+            if name == "containerd" and ref.alive():
+                node.remove_pods(host)
+            stop(ref, grace=5)
+        node.teardown(host)
+        from .kube import Kube
+
+        try:  # a node that is gone for good leaves the cluster (its pods are collected)
+            Kube.admin(self).core.delete_node(node.name)
+        except Exception as e:  # the API server may be down already
+            if getattr(e, "status", None) != 404:
+                host.errors.append(f"delete node {node.name}: {e}")
+        self.state.real_node = False
+        self.state.save()
+        return host.errors
+
     def _prepare_real_node(self) -> None:
         import random
         import subprocess

@@ -61,6 +61,15 @@ def machine_lock(timeout: float) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def lock_holder() -> str | None:
+    """The state dir of the stack that runs this machine's real node, or None."""
+    try:
+        with machine_lock(timeout=0):
+            return None
+    except NodeBusy:
+        return OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else "?"
+
+
 @dataclass(frozen=True)
 class RealNode:
     stack_dir: Path
