@@ -740,7 +740,18 @@ class Stack:
                 f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
                 f"  prometheus      {self.prometheus_url}  (discovers worker pods through the API server)",
                 f"  realtime        {self.openai_base_url()}  (OpenAI Realtime API stand-in; OPENAI_BASE_URL)",
-                f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
+                f"  node agent      hollow node testbed-node (tainted): pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
+                *(
+                    [
+                        f"  real node       {node.name}: kubelet v{v['KUBERNETES_VERSION']}, containerd "
+                        f"{v['CONTAINERD_VERSION']}, pod network {node.net.subnet} on bridge {node.net.bridge}, "
+                        f"cluster DNS {node_config.DNS_SERVICE_IP}",
+                        f"                  pods go there from namespaces annotated "
+                        f"{scheduling.NODE_SELECTOR_ANNOTATION}={scheduling.node_selector('real')}",
+                    ]
+                    if (node := self.real_node) is not None
+                    else []
+                ),
                 f"  logs            {self.logs_dir}",
                 *(
                     [

@@ -212,6 +212,8 @@ def containerd_config(paths: NodePaths, pause_image: str, cni_bin_dir: str, runc
                 # "can't get final child's PID from pipe: EOF".
                 "restrict_oom_score_adj": True,
                 "enable_selinux": False,
+                # Pod network namespaces under our state dir, not the host's /run/netns.
+                "netns_mounts_under_state_dir": True,
             },
             f"{cri_rt}.containerd": {"default_runtime_name": "runc"},
             runc_rt: {"runtime_type": "io.containerd.runc.v2"},
