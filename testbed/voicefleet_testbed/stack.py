@@ -407,13 +407,14 @@ class Stack:
             return []
         s = self.state
 
-        def kubelet() -> ProcRef:
+        def coredns() -> ProcRef:
             from .kube import Kube
 
+            # RBAC for CoreDNS and the apiserver's kubelet client, the kube-dns Service.
             kube = Kube.admin(self)
             for obj in node.cluster_objects():
                 kube.apply(obj, manager="testbed")
-            return node.start_kubelet()
+            return node.start_coredns(s.ports["coredns-health"], s.ports["coredns-ready"])
 
         def kubelet_ready() -> bool:
             from .kube import Kube
@@ -425,13 +426,8 @@ class Stack:
 
         return [
             Component("containerd", node.start_containerd, node.containerd_ready, 60),
-            Component(
-                "coredns",
-                lambda: node.start_coredns(s.ports["coredns-health"], s.ports["coredns-ready"]),
-                coredns_ready,
-                60,
-            ),
-            Component("kubelet", kubelet, kubelet_ready, 90),
+            Component("coredns", coredns, coredns_ready, 60),
+            Component("kubelet", node.start_kubelet, kubelet_ready, 90),
             Component("kube-proxy", node.start_kube_proxy, node.kube_proxy_healthy, 60),
         ]
 

@@ -65,13 +65,14 @@ def busybox(real_node: RealNode, busybox_archive: Path) -> str:
 
 def web_pod(name: str, image: str) -> JSON:
     """httpd serving PAGE on 8080, after printing a line to its log."""
-    script = f"echo started {name}; mkdir -p /tmp/www; printf '{PAGE}' > /tmp/www/index.html; exec /bin/busybox httpd -f -p 8080 -h /tmp/www"
+    script = f"echo started {name}; printf '{PAGE}' > /www/index.html; exec /bin/busybox httpd -f -p 8080 -h /www"
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {
             "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "www", "emptyDir": {}}],
             "containers": [
                 {
                     "name": "web",
@@ -79,6 +80,7 @@ def web_pod(name: str, image: str) -> JSON:
                     "imagePullPolicy": "Never",
                     "command": ["/bin/busybox", "sh", "-c", script],
                     "ports": [{"containerPort": 8080, "name": "http"}],
+                    "volumeMounts": [{"name": "www", "mountPath": "/www"}],
                     "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -190,14 +192,13 @@ def test_services_resolve_through_coredns_and_route_through_kube_proxy(
     fqdn = f"web.{ns}.svc.cluster.local"
     name = pod["metadata"]["name"]
 
-    def resolved() -> bool:
-        r = kubectl(stack, "-n", ns, "exec", name, "--", "/bin/busybox", "nslookup", fqdn)
-        return r.returncode == 0 and cluster_ip in r.stdout
-
-    wait_for(resolved, 30, f"{fqdn} to resolve to {cluster_ip} inside the pod")
-    # Names outside the cluster are not forwarded anywhere.
+    got = wait_for(lambda: lookup(stack, ns, name, fqdn), 30, f"{fqdn} inside the pod")
+    assert got == cluster_ip
+    # A short name through the pod's search path (resolv.conf from the kubelet).
+    assert lookup(stack, ns, name, "web") == cluster_ip
+    # Names outside the cluster are refused, never forwarded anywhere.
     r = kubectl(stack, "-n", ns, "exec", name, "--", "/bin/busybox", "nslookup", "example.com")
-    assert "Address" not in r.stdout.split("example.com", 1)[-1], r.stdout
+    assert r.returncode != 0 and "REFUSED" in r.stdout, r.stdout
 
     # pod -> Service name -> ClusterIP -> a server on the host's bridge address, the way
     # workers will reach LiveKit (a selector-less Service with an EndpointSlice).
@@ -225,15 +226,32 @@ def test_services_resolve_through_coredns_and_route_through_kube_proxy(
             },
             ns,
         )
-        url = f"http://hostsrv.{ns}.svc.cluster.local:8000/"
+        host_ip = wait_for(
+            lambda: lookup(stack, ns, name, f"hostsrv.{ns}.svc.cluster.local"), 30, "hostsrv's name"
+        )
+        assert host_ip == kube.get("v1", "Service", "hostsrv", ns)["spec"]["clusterIP"]  # type: ignore[index]
+        # (busybox-static's wget resolves names through static glibc, which cannot load
+        # NSS modules; real images resolve normally. nslookup above used CoreDNS.)
+        url = f"http://{host_ip}:8000/"
 
         def fetched() -> bool:
-            r = kubectl(
-                stack, "-n", ns, "exec", name, "--", "/bin/busybox", "wget", "-qO-", "-T", "3", url
-            )
+            # Until kube-proxy has the rule, a SYN to the ClusterIP goes unanswered.
+            wget = ["/bin/busybox", "timeout", "3", "/bin/busybox", "wget", "-qO-", url]
+            r = kubectl(stack, "-n", ns, "exec", name, "--", *wget)
             return r.returncode == 0 and r.stdout == "host server\n"
 
         wait_for(fetched, 30, f"{url} from inside the pod")
+
+
+def lookup(stack: Stack, ns: str, pod: str, name: str) -> str | None:
+    """`name`'s address as a pod resolves it (busybox nslookup asks the pod's name server)."""
+    # It tries every search domain and exits 1 if any fails: the answer is what counts.
+    r = kubectl(stack, "-n", ns, "exec", pod, "--", "/bin/busybox", "nslookup", name)
+    if "Name:" not in r.stdout:
+        return None
+    answer = r.stdout.split("Name:", 1)[1]
+    addresses = [line.split()[-1] for line in answer.splitlines() if line.startswith("Address")]
+    return addresses[0] if addresses else None
 
 
 def free_port() -> int:

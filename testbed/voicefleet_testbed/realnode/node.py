@@ -130,7 +130,21 @@ class RealNode:
         _write_json(p.kubelet_config, c.kubelet_config(p, self.net, ca, kubelet_cert, kubelet_key))
         _write_json(p.kube_proxy_config, c.kube_proxy_config(p.kubeconfig("kube-proxy"), self.net))
         p.resolv_conf.write_text(c.resolv_conf(self.net))
+        self._create_cgroup_root()
         self._create_bridge()
+
+    def _create_cgroup_root(self) -> None:
+        """The kubelet wants its cgroup root to exist in every v1 hierarchy; a new cpuset
+        group starts with no CPUs or memory nodes, so it gets its parent's."""
+        base = Path("/sys/fs/cgroup")
+        for hierarchy in base.iterdir():
+            if not hierarchy.is_dir() or hierarchy.is_symlink() or hierarchy.name == "unified":
+                continue
+            group = hierarchy / self.net.cgroup_root.strip("/")
+            group.mkdir(exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (hierarchy / name).exists() and not (group / name).read_text().strip():
+                    (group / name).write_text((hierarchy / name).read_text())
 
     def _create_bridge(self) -> None:
         """The bridge exists before the kubelet starts: its address is the node IP. The CNI
