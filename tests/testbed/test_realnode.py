@@ -143,6 +143,10 @@ def test_pod_is_scheduled_to_the_real_node_and_reachable_from_the_host(
     pod_ip = status["podIP"]
     assert ipaddress.ip_address(pod_ip) in real_node.net.subnet
     assert get(f"http://{pod_ip}:8080/") == PAGE
+    # Starting pods left the host's forwarding alone (no route out of the machine).
+    assert (
+        Path("/proc/sys/net/ipv4/ip_forward").read_text() == real_node.ip_forward_record.read_text()
+    )
 
 
 @contextlib.contextmanager

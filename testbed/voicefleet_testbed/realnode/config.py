@@ -147,9 +147,10 @@ class NodePaths:
 
 
 def cni_conflist(net: PodNet, ipam_dir: Path, service_cidr: str) -> JSON:
-    """bridge + host-local + portmap, then loopback (containerd adds lo itself). Pods get a
-    route to their /24 and the Service range only: no default route, no masquerade, so
-    nothing they send can leave the machine."""
+    """bridge + host-local + portmap (containerd brings up lo itself). Pods get a route to
+    their /24 and, through the bridge's address, to the Service range only: no default
+    route, no masquerade, and the host's ip_forward untouched, so nothing they send can
+    leave the machine."""
     return {
         "cniVersion": "1.0.0",
         "name": net.network_name,
@@ -157,7 +158,10 @@ def cni_conflist(net: PodNet, ipam_dir: Path, service_cidr: str) -> JSON:
             {
                 "type": "bridge",
                 "bridge": net.bridge,
-                "isGateway": True,
+                # The stack gives the bridge its gateway address before the kubelet starts
+                # (it is the node IP). isGateway would make the plugin do that too, and
+                # also turn on the host's net.ipv4.ip_forward on every pod start: left off.
+                "isGateway": False,
                 "isDefaultGateway": False,
                 "ipMasq": False,
                 "hairpinMode": True,

@@ -31,6 +31,7 @@ from .teardown import Host
 LOCK_FILE = Path("/run/voicefleet-realnode.lock")
 OWNER_FILE = Path("/run/voicefleet-realnode.owner")
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 class NodeBusy(RuntimeError):
@@ -88,6 +89,11 @@ class RealNode:
         return c.NodePaths(self.stack_dir / "realnode")
 
     @property
+    def ip_forward_record(self) -> Path:
+        """net.ipv4.ip_forward as it was before the node started."""
+        return self.paths.root / "ip_forward.before"
+
+    @property
     def logs(self) -> Path:
         return self.stack_dir / "logs"
 
@@ -103,6 +109,8 @@ class RealNode:
         p = self.paths
         for d in (p.root, p.cni_conf_dir, p.ipam_dir, p.kubelet_root, p.pod_logs):
             d.mkdir(parents=True, exist_ok=True)
+        # The node must leave the host's forwarding as it found it (a test checks).
+        self.ip_forward_record.write_text(IP_FORWARD.read_text())
         ca = self.pki.ca_cert
         kubelet_cert, kubelet_key = self.pki.issue(
             "kubelet-serving",
