@@ -429,6 +429,7 @@ class Stack:
             Component("coredns", coredns, coredns_ready, 60),
             Component("kubelet", node.start_kubelet, kubelet_ready, 90),
             Component("kube-proxy", node.start_kube_proxy, node.kube_proxy_healthy, 60),
+            Component("apiserver-relay", node.start_api_relay, node.api_relay_ready, 30),
         ]
 
     def extra_scrape_targets(self) -> dict[str, str]:
@@ -526,7 +527,8 @@ class Stack:
     def add_real_node(self) -> realnode.RealNode:
         """Start a real node beside the running stack (the `real_node` test fixture)."""
         if self.real_node is not None and all(
-            self.running().get(n) for n in ("containerd", "coredns", "kubelet", "kube-proxy")
+            self.running().get(n)
+            for n in ("containerd", "coredns", "kubelet", "kube-proxy", "apiserver-relay")
         ):
             return self.real_node
         NodeBinaries.locate().require()
@@ -548,7 +550,7 @@ class Stack:
         host = Host([])
         if node is None:
             return []
-        for name in ("kube-proxy", "kubelet", "coredns", "containerd"):
+        for name in ("apiserver-relay", "kube-proxy", "kubelet", "coredns", "containerd"):
             ref = self.state.procs.pop(name, None)
             if ref is None:
                 continue

@@ -296,6 +296,25 @@ def test_logs_exec_port_forward_through_the_kubelet(
         pf.wait(5)
 
 
+def test_pods_reach_the_api_server_through_the_kubernetes_service(
+    stack: Stack, kube: Kube, real_node: RealNode, real_namespace: str, busybox: str
+) -> None:
+    """10.0.0.1:443 from a pod ends at the API server's TLS listener (through kube-proxy
+    and the relay on the bridge address): plain HTTP gets Go's TLS server's answer."""
+    run_pod(kube, real_namespace, "web", busybox)
+    probe = (
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox timeout 3 /bin/busybox nc 10.0.0.1 443"
+    )
+
+    def answered() -> bool:
+        r = kubectl(
+            stack, "-n", real_namespace, "exec", "web", "--", "/bin/busybox", "sh", "-c", probe
+        )
+        return "Client sent an HTTP request to an HTTPS server" in r.stdout
+
+    wait_for(answered, 30, "the API server through the kubernetes Service")
+
+
 def kubelet_status(real_node: RealNode, token: str | None) -> int:
     ctx = ssl.create_default_context(cafile=str(real_node.pki.ca_cert))
     req = urllib.request.Request(f"https://{real_node.net.gateway}:10250/pods")

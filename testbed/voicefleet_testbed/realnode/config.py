@@ -412,6 +412,26 @@ def kube_dns_objects(net: PodNet) -> list[JSON]:
     ]
 
 
+def kubernetes_endpoints(net: PodNet, port: int) -> JSON:
+    """The `kubernetes` Service's endpoint for pods: the API server relay on the bridge
+    address (the API server itself listens on loopback only, so it reconciles none)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes-testbed-relay",
+            "namespace": "default",
+            "labels": {
+                "kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "testbed.voicefleet.dev",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [net.gateway], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "protocol": "TCP", "port": port}],
+    }
+
+
 def coredns_rbac() -> list[JSON]:
     """What CoreDNS's kubernetes plugin reads, for its own user (a client certificate)."""
     return [

@@ -14,8 +14,10 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from pathlib import Path
 from ..binaries import NodeBinaries
 from ..pki import Pki
 from ..procs import ProcRef, spawn
+from . import apiproxy
 from . import config as c
 from .teardown import Host
 
@@ -177,6 +180,7 @@ class RealNode:
             c.apiserver_kubelet_client_rbac(APISERVER_KUBELET_CLIENT),
             *c.coredns_rbac(),
             *c.kube_dns_objects(self.net),
+            c.kubernetes_endpoints(self.net, apiproxy.PORT),
         ]
 
     # --- processes -------------------------------------------------------------------
@@ -209,6 +213,20 @@ class RealNode:
             self.bins.kubelet, self.paths, self.net, self.paths.kubeconfig("kubelet")
         )
         return spawn("kubelet", argv, self.logs / "kubelet.log")
+
+    def start_api_relay(self) -> ProcRef:
+        port = self.api_server.rsplit(":", 1)[1]
+        argv = [sys.executable, "-m", "voicefleet_testbed.realnode.apiproxy",
+                f"--listen={self.net.gateway}:{apiproxy.PORT}", f"--to=127.0.0.1:{port}"]  # fmt: skip
+        return spawn("apiserver-relay", argv, self.logs / "apiserver-relay.log")
+
+    def api_relay_ready(self) -> bool:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((self.net.gateway, apiproxy.PORT), timeout=1),
+        ):
+            return True
+        return False
 
     def start_kube_proxy(self) -> ProcRef:
         argv = c.kube_proxy_argv(self.bins.kube_proxy, self.paths)

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,25 +144,31 @@ class Host:
                 self.errors.append(f"umount {point}: {r.stderr.strip()}")
         return len(points)
 
-    def remove_cgroups(self, cgroup_root: str) -> int:
+    def remove_cgroups(self, cgroup_root: str, timeout: float = 10.0) -> int:
+        """Remove the node's cgroup root in every hierarchy, deepest groups first, killing
+        what is still inside (a container whose shim died); a killed process leaves its
+        group a moment later, so this sweeps until the groups are gone or `timeout`."""
         base = Path("/sys/fs/cgroup")
         mounts = [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
-        removed = 0
-        for top in cgroup_dirs(mounts, cgroup_root):
-            if not top.is_dir():
-                continue
-            # Deepest first; kill what is still in a group (a container whose shim died).
-            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                self._kill_procs(d)
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            self._kill_procs(top)
-            try:
-                top.rmdir()
-                removed += 1
-            except OSError as e:
-                self.errors.append(f"rmdir {top}: {e}")
-        return removed
+        tops = [t for t in cgroup_dirs(mounts, cgroup_root) if t.is_dir()]
+        deadline = time.monotonic() + timeout
+        while True:
+            left = []
+            for top in tops:
+                groups = sorted(
+                    (p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+                )
+                for d in [*groups, top]:
+                    self._kill_procs(d)
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                if top.is_dir():
+                    left.append(top)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.errors += [f"cgroup {t} still there after {timeout:.0f}s" for t in left]
+        return len(tops) - len(left)
 
     def _kill_procs(self, cgroup: Path) -> None:
         with contextlib.suppress(OSError):
