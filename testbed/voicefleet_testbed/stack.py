@@ -239,6 +239,14 @@ class Stack:
         if "realtime" in self.state.ports:  # absent in a stack started by an older checkout
             env["OPENAI_BASE_URL"] = self.openai_base_url()
             env["VOICEFLEET_REALTIME_URL"] = self.realtime_url
+        node = self.real_node
+        if node is not None:  # crictl and ctr read these
+            nb = node.bins
+            sock = f"unix://{node.paths.containerd_socket}"
+            env["CONTAINER_RUNTIME_ENDPOINT"] = env["IMAGE_SERVICE_ENDPOINT"] = sock
+            env["CONTAINERD_ADDRESS"] = str(node.paths.containerd_socket)
+            env["CONTAINERD_NAMESPACE"] = "k8s.io"
+            env["PATH"] = f"{nb.crictl.parent}:{nb.ctr.parent}:{env['PATH']}"
         env.update(self.state.extra_env)
         return env
 

@@ -211,3 +211,11 @@ def test_mounts_under_deepest_first() -> None:
 )
 def test_is_our_shim(cmdline: list[str], ours: bool) -> None:
     assert teardown.is_our_shim(cmdline, Path("/s/c.sock")) is ours
+
+
+def test_containerd_socket_path_fits_a_unix_socket() -> None:
+    deep = c.NodePaths(
+        Path("/tmp/pytest-of-root/pytest-66/test_up_twice_status_crash_rec0/tb/realnode")
+    )
+    assert len(str(deep.containerd_socket) + ".ttrpc") < 104
+    assert deep.containerd_socket != c.NodePaths(Path("/other/realnode")).containerd_socket

@@ -8,6 +8,7 @@ the node's own names and are removed on tear-down (teardown.py).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass
@@ -103,8 +104,15 @@ class NodePaths:
         return self.root / "containerd" / "state"
 
     @property
+    def run_dir(self) -> Path:
+        """containerd's sockets: a short path of the node's own (a unix socket path may not
+        exceed 104 bytes, and test stacks live deep under /tmp)."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path("/run/voicefleet") / digest
+
+    @property
     def containerd_socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        return self.run_dir / "containerd.sock"
 
     @property
     def containerd_config(self) -> Path:
@@ -234,11 +242,11 @@ def containerd_config(paths: NodePaths, pause_image: str, cni_bin_dir: str, runc
                 "stream_server_port": "0",
             },
             "plugins.'io.containerd.internal.v1.opt'": {"path": str(paths.root / "opt")},
-            # NRI's socket is machine-wide (/var/run/nri); nothing here uses it.
-            "plugins.'io.containerd.nri.v1.nri'": {"disable": True},
         },
         {
             "version": 3,
+            # NRI's socket is machine-wide (/var/run/nri); nothing here uses it.
+            "disabled_plugins": ["io.containerd.nri.v1.nri"],
             "root": str(paths.containerd_root),
             "state": str(paths.containerd_state),
         },

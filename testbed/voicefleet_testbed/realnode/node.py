@@ -110,7 +110,7 @@ class RealNode:
             host.remove_iptables(self.net.network_name)
             self._remove_state(host)
         p = self.paths
-        for d in (p.root, p.cni_conf_dir, p.ipam_dir, p.kubelet_root, p.pod_logs):
+        for d in (p.root, p.cni_conf_dir, p.ipam_dir, p.kubelet_root, p.pod_logs, p.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         # The node must leave the host's forwarding as it found it (a test checks).
         self.ip_forward_record.write_text(IP_FORWARD.read_text())
@@ -286,10 +286,11 @@ class RealNode:
     def _remove_state(self, host: Host) -> None:
         p = self.paths
         host.kill_shims(p.containerd_socket)
-        host.unmount([p.root])
+        host.unmount([p.root, p.run_dir])
         host.remove_cgroups(self.net.cgroup_root)
         host.delete_link(self.net.bridge)
-        for d in (p.containerd_root, p.containerd_state, p.kubelet_root, p.ipam_dir, p.pod_logs):
+        for d in (p.containerd_root, p.containerd_state, p.kubelet_root, p.ipam_dir, p.pod_logs,
+                  p.run_dir):  # fmt: skip
             shutil.rmtree(d, ignore_errors=True)
         for cached in Path("/var/lib/cni/results").glob(f"{self.net.network_name}-*"):
             cached.unlink(missing_ok=True)
