@@ -337,6 +337,25 @@ def test_the_kubelet_api_authenticates_and_authorizes(
     assert kubelet_status(real_node, real_node.pki.admin_token()) == 200
 
 
+def test_node_lifecycle_marks_a_silent_kubelet_not_ready(
+    stack: Stack, kube: Kube, real_node: RealNode
+) -> None:
+    """The node-lifecycle controller: a node whose kubelet stops posting goes Unknown after
+    the grace period (50 s), and Ready again when it comes back."""
+    stack.stop_part("kubelet")
+    try:
+
+        def not_ready() -> str | None:
+            node = kube.get("v1", "Node", real_node.name) or {}
+            ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+            return ready["status"] if ready["status"] != "True" else None
+
+        assert wait_for(not_ready, 120, "the node to turn NotReady", interval=1) == "Unknown"
+    finally:
+        stack.restart("kubelet")
+    assert kube.node_ready(real_node.name)
+
+
 def kube_chains() -> list[str]:
     found = []
     for tool in IPTABLES:
