@@ -16,7 +16,7 @@ DEMO_ARGS ?=
 help:
 	@echo "make demo      start the local stack, apply examples/voiceagent.yaml and call it (does all set-up)"
 	@echo "make test      lint, typecheck and run every test against the real stack"
-	@echo "make up/down   start/stop the local stack in the background (.testbed/env)"
+	@echo "make up/down   start/stop the local stack in the background (.testbed/env), with a real node"
 	@echo "make status    what the local stack runs, and what is unhealthy"
 	@echo "make images    build the operator and worker images with buildah (no registry, no Docker)"
 	@echo "make bench     run the benchmarks (bench/results/*.json)"
@@ -29,8 +29,10 @@ setup: .venv/.synced
 	@$(UV) sync --frozen --all-packages
 	@touch $@
 
-# etcd, kube-apiserver, kube-controller-manager, kubectl, livekit-server, helm (built from the
-# Go module proxy into ~/.cache/voicefleet/bin/<name>-<version>) and Debian's prometheus.
+# etcd, kube-apiserver, kube-controller-manager, kubectl, livekit-server, helm, and the real
+# node's kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS, crictl and pause image (built
+# from the Go module proxy into ~/.cache/voicefleet/bin/<name>-<version>); Debian's prometheus,
+# runc, CNI plugins, conntrack and busybox-static.
 binaries:
 	@bash testbed/build/binaries.sh all
 

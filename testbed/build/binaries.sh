@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or install the testbed's infrastructure binaries into a cache outside the repo,
 # keyed by version, and reuse them when present.
-#   usage: binaries.sh [all|etcd|kubernetes|livekit|helm|prometheus]...
+#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|prometheus]...
 # Cache: ${VOICEFLEET_CACHE:-~/.cache/voicefleet}/bin/<name>-<version>/
 set -euo pipefail
 
@@ -10,6 +10,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../versions.env"
 cache=${VOICEFLEET_CACHE:-$HOME/.cache/voicefleet}
 bin="$cache/bin"
+# The sandbox image the real node pins (built by build_pause, imported by the stack).
+PAUSE_IMAGE="voicefleet.dev/testbed/pause:$PAUSE_VERSION"
 work="$cache/build"
 mkdir -p "$bin" "$work"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
@@ -57,6 +59,44 @@ cluster-bootstrap code-generator component-base component-helpers controller-man
 cri-client cri-streaming csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms
 kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics mount-utils
 pod-security-admission sample-apiserver sample-cli-plugin sample-controller streaming"
+# The wrapper module in $1 with the given k8s.io/kubernetes commands in its tools.go.
+k8s_wrapper() {
+  local w=$1 v=$KUBERNETES_VERSION minor="0.${KUBERNETES_VERSION#1.}"; shift
+  mkdir -p "$w/out"
+  {
+    echo "module local/k8sbuild"; echo; echo "go 1.26"; echo
+    echo "require k8s.io/kubernetes v$v"; echo; echo "replace ("
+    for m in $K8S_STAGING; do echo "	k8s.io/$m => k8s.io/$m v$minor"; done
+    echo ")"
+  } >"$w/go.mod.new"
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for cmd in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+    printf ')\n'
+  } >"$w/tools.go"
+  # Keep a tidied go.mod/go.sum from an earlier run (a re-run skips the tidy).
+  if [[ ! -f $w/go.sum ]] || ! cmp -s "$w/go.mod.new" "$w/go.mod.in"; then
+    cp "$w/go.mod.new" "$w/go.mod"; cp "$w/go.mod.new" "$w/go.mod.in"
+    run_logged "go mod tidy" "$w/tidy.log" bash -c "cd '$w' && go mod tidy" || fail "resolve kubernetes modules" "$w/tidy.log" "$target"
+  fi
+}
+# Version ldflags: without them the binaries report v0.0.0-master+$Format:%H$.
+k8s_ldflags() {
+  local v=$KUBERNETES_VERSION
+  echo "-s -w -X k8s.io/component-base/version.gitVersion=v$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${v#1.} -X k8s.io/client-go/pkg/version.gitVersion=v$v -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=${v#1.}"
+}
+# go build the k8s.io/kubernetes commands in wrapper $1 into $1/out (skipping built ones).
+k8s_build() {
+  local w=$1 target=$2; shift 2
+  local ld; ld=$(k8s_ldflags)
+  for cmd in "$@"; do
+    [[ -x $w/out/$cmd ]] && continue
+    step "go build $cmd"
+    run_logged "$cmd" "$w/$cmd.log" bash -c "cd '$w' && go build -trimpath -ldflags '$ld' -o out/$cmd.tmp k8s.io/kubernetes/cmd/$cmd && mv out/$cmd.tmp out/$cmd" \
+      || fail "build $cmd" "$w/$cmd.log" "$target"
+  done
+}
+
 build_kubernetes() {
   local v=$KUBERNETES_VERSION dest="$bin/kubernetes-$KUBERNETES_VERSION"
   if [[ -x $dest/kube-apiserver && -x $dest/kube-controller-manager && -x $dest/kubectl ]]; then
@@ -64,36 +104,147 @@ build_kubernetes() {
   fi
   need_go
   step "building kube-apiserver, kube-controller-manager, kubectl v$v (Go, 15-25 min cold on 2 cores)"
-  local w="$work/kubernetes-$v" minor="0.${v#1.}"
-  mkdir -p "$w/out"
-  {
-    echo "module local/k8sbuild"; echo; echo "go 1.26"; echo
-    echo "require k8s.io/kubernetes v$v"; echo; echo "replace ("
-    for m in $K8S_STAGING; do echo "	k8s.io/$m => k8s.io/$m v$minor"; done
-    echo ")"
-  } >"$w/go.mod"
-  cat >"$w/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  local ld="-s -w -X k8s.io/component-base/version.gitVersion=v$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${v#1.}"
-  ld="$ld -X k8s.io/client-go/pkg/version.gitVersion=v$v"
-  run_logged "go mod tidy" "$w/tidy.log" bash -c "cd '$w' && go mod tidy" || fail "resolve kubernetes modules" "$w/tidy.log" kubernetes
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
-    [[ -x $w/out/$cmd ]] && continue
-    step "go build $cmd"
-    run_logged "$cmd" "$w/$cmd.log" bash -c "cd '$w' && go build -trimpath -ldflags '$ld' -o out/$cmd.tmp k8s.io/kubernetes/cmd/$cmd && mv out/$cmd.tmp out/$cmd" \
-      || fail "build $cmd" "$w/$cmd.log" kubernetes
-  done
+  local w="$work/kubernetes-$v"
+  target=kubernetes k8s_wrapper "$w" kube-apiserver kube-controller-manager kubectl
+  k8s_build "$w" kubernetes kube-apiserver kube-controller-manager kubectl
   mkdir -p "$dest"; cp "$w"/out/kube-apiserver "$w"/out/kube-controller-manager "$w"/out/kubectl "$dest/"
   echo "kubernetes $v: built into $dest"
+}
+
+# The real node's Kubernetes parts, from the same wrapper module and version, in their own
+# cache dir (so adding them never invalidates the control plane's).
+build_kubernetes_node() {
+  local v=$KUBERNETES_VERSION dest="$bin/kubernetes-node-$KUBERNETES_VERSION"
+  if [[ -x $dest/kubelet && -x $dest/kube-scheduler && -x $dest/kube-proxy ]]; then
+    echo "kubernetes node $v: cached at $dest"; return
+  fi
+  need_go
+  step "building kubelet, kube-scheduler, kube-proxy v$v (Go, ~10 min cold on 2 cores)"
+  local w="$work/kubernetes-node-$v"
+  target=kubernetes-node k8s_wrapper "$w" kubelet kube-scheduler kube-proxy
+  k8s_build "$w" kubernetes-node kubelet kube-scheduler kube-proxy
+  mkdir -p "$dest"; cp "$w"/out/kubelet "$w"/out/kube-scheduler "$w"/out/kube-proxy "$dest/"
+  echo "kubernetes node $v: built into $dest"
+}
+
+# A wrapper module in $1 requiring module $2 at version $3 (go install pkg@v refuses
+# modules whose go.mod has replace directives; a wrapper builds them all the same way).
+go_wrapper() {
+  local w=$1 mod=$2 ver=$3 target=$4
+  mkdir -p "$w/out"
+  if [[ ! -f $w/go.sum ]] || ! grep -q "^require $mod $ver\$" "$w/go.mod" 2>/dev/null; then
+    rm -f "$w/go.mod" "$w/go.sum"
+    (cd "$w" && go mod init local/wrapper >/dev/null 2>&1 && echo "require $mod $ver" >>go.mod)
+    run_logged "go mod tidy" "$w/tidy.log" bash -c "cd '$w' && go mod tidy" || fail "resolve $mod" "$w/tidy.log" "$target"
+  fi
+}
+
+# containerd 2.x with its runc shim and ctr, static (no cgo): the real node's CRI runtime.
+build_containerd() {
+  local v=$CONTAINERD_VERSION dest="$bin/containerd-$CONTAINERD_VERSION"
+  if [[ -x $dest/containerd && -x $dest/containerd-shim-runc-v2 && -x $dest/ctr ]]; then
+    echo "containerd $v: cached at $dest"; return
+  fi
+  need_go
+  step "building containerd, containerd-shim-runc-v2, ctr v$v (Go, ~2 min cold)"
+  local w="$work/containerd-$v" m=github.com/containerd/containerd/v2
+  mkdir -p "$w"
+  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "%s/cmd/containerd"\n\t_ "%s/cmd/containerd-shim-runc-v2"\n\t_ "%s/cmd/ctr"\n)\n' "$m" "$m" "$m" >"$w/tools.go"
+  go_wrapper "$w" "$m" "v$v" containerd
+  local ld="-s -w -X $m/version.Version=$v -X $m/version.Package=github.com/containerd/containerd"
+  for cmd in containerd containerd-shim-runc-v2 ctr; do
+    [[ -x $w/out/$cmd ]] && continue
+    run_logged "$cmd" "$w/$cmd.log" bash -c "cd '$w' && go build -trimpath -tags no_btrfs,no_devmapper,no_zfs -ldflags '$ld' -o out/$cmd.tmp $m/cmd/$cmd && mv out/$cmd.tmp out/$cmd" \
+      || fail "build $cmd" "$w/$cmd.log" containerd
+  done
+  mkdir -p "$dest"; cp "$w"/out/containerd "$w"/out/containerd-shim-runc-v2 "$w"/out/ctr "$dest/"
+  echo "containerd $v: built into $dest"
+}
+
+# CoreDNS with only the plugins cluster DNS needs (the default build links every cloud
+# provider's SDK): it answers cluster.local from the API and forwards nothing.
+build_coredns() {
+  local v=$COREDNS_VERSION dest="$bin/coredns-$COREDNS_VERSION"
+  [[ -x $dest/coredns ]] && { echo "coredns $v: cached at $dest"; return; }
+  need_go
+  step "building coredns v$v (Go, ~3 min cold; plugins: errors log health ready kubernetes cache loadbalance)"
+  local w="$work/coredns-$v" m=github.com/coredns/coredns
+  mkdir -p "$w"
+  cat >"$w/main.go" <<GO
+package main
+
+import (
+	"$m/coremain"
+
+	_ "$m/plugin/bind"
+	_ "$m/plugin/cache"
+	_ "$m/plugin/errors"
+	_ "$m/plugin/health"
+	_ "$m/plugin/kubernetes"
+	_ "$m/plugin/loadbalance"
+	_ "$m/plugin/log"
+	_ "$m/plugin/ready"
+)
+
+func main() { coremain.Run() }
+GO
+  go_wrapper "$w" "$m" "v$v" coredns
+  run_logged coredns "$w/build.log" bash -c "cd '$w' && go build -trimpath -ldflags '-s -w' -o out/coredns.tmp . && mv out/coredns.tmp out/coredns" \
+    || fail "build coredns" "$w/build.log" coredns
+  mkdir -p "$dest"; cp "$w/out/coredns" "$dest/"
+  echo "coredns $v: built into $dest"
+}
+
+# crictl: the CRI command line (tests kill containers with it, as an operator would).
+build_crictl() {
+  local v=$CRICTL_VERSION dest="$bin/crictl-$CRICTL_VERSION"
+  [[ -x $dest/crictl ]] && { echo "crictl $v: cached at $dest"; return; }
+  need_go
+  step "building crictl v$v (Go, ~1 min cold)"
+  local w="$work/crictl-$v" m=sigs.k8s.io/cri-tools
+  mkdir -p "$w"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/crictl"\n' "$m" >"$w/tools.go"
+  go_wrapper "$w" "$m" "v$v" crictl
+  run_logged crictl "$w/build.log" bash -c "cd '$w' && go build -trimpath -ldflags '-s -w -X $m/pkg/version.Version=v$v' -o out/crictl.tmp $m/cmd/crictl && mv out/crictl.tmp out/crictl" \
+    || fail "build crictl" "$w/build.log" crictl
+  mkdir -p "$dest"; cp "$w/out/crictl" "$dest/"
+  echo "crictl $v: built into $dest"
+}
+
+# The pod sandbox image: Kubernetes' own pause.c (from the module cache), static, in an OCI
+# archive the stack imports into the node's containerd. No registry involved.
+build_pause() {
+  local v=$PAUSE_VERSION dest="$bin/pause-$PAUSE_VERSION"
+  [[ -f $dest/pause.oci.tar ]] && { echo "pause $v: cached at $dest"; return; }
+  need_go
+  command -v gcc >/dev/null || { echo "ERROR: gcc not found (apt-get install gcc libc6-dev)" >&2; exit 1; }
+  step "building the pause image $v (gcc -static)"
+  local src w="$work/pause-$v"; mkdir -p "$w"
+  src=$(cd "$work" && go mod download -json "k8s.io/kubernetes@v$KUBERNETES_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [[ -f $src/build/pause/linux/pause.c ]] || { echo "ERROR: pause.c not found in $src" >&2; exit 1; }
+  gcc -Os -Wall -Werror -static -DVERSION="v$v-voicefleet" -o "$w/pause" "$src/build/pause/linux/pause.c"
+  python3 "$here/oci_pack.py" "$w/pause.oci.tar" "$PAUSE_IMAGE" /pause 65535:65535 "$w/pause:/pause:0755"
+  mkdir -p "$dest"; cp "$w/pause.oci.tar" "$w/pause" "$dest/"
+  echo "pause $v: built into $dest ($PAUSE_IMAGE)"
+}
+
+# Debian's runc (the OCI runtime containerd's shim calls), the CNI plugins (bridge,
+# host-local, loopback, portmap in /usr/lib/cni), iptables and conntrack for kube-proxy,
+# and a static busybox the real-node tests pack into a tiny image (sh, httpd, nslookup).
+install_node_packages() {
+  local missing=()
+  command -v runc >/dev/null || missing+=(runc)
+  [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback && -x /usr/lib/cni/portmap ]] || missing+=(containernetworking-plugins)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v conntrack >/dev/null || missing+=(conntrack)
+  [[ -x /bin/busybox ]] || missing+=(busybox-static)
+  if [[ ${#missing[@]} -eq 0 ]]; then echo "node packages: runc, CNI plugins, iptables, conntrack, busybox present"; return; fi
+  step "installing Debian's ${missing[*]} (apt-get)"
+  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install ${missing[*]}" >&2; exit 1; fi
+  local log="$work/apt-node.log"
+  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${missing[*]}" \
+    || fail "apt-get install ${missing[*]}" "$log" node-packages
+  echo "node packages: installed ${missing[*]}"
 }
 
 build_livekit() {
@@ -135,17 +286,30 @@ install_prometheus() {
   echo "prometheus: installed $(command -v prometheus)"
 }
 
+# Everything the real node needs (kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS,
+# crictl, the pause image, Debian's runc and CNI plugins).
+build_node() {
+  install_node_packages; build_kubernetes_node; build_containerd; build_coredns; build_crictl; build_pause
+}
+
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) build_etcd; build_livekit; build_kubernetes; build_helm; install_prometheus ;;
+    all) build_etcd; build_livekit; build_kubernetes; build_helm; install_prometheus; build_node ;;
+    node) build_node ;;
+    kubernetes-node) build_kubernetes_node ;;
+    containerd) build_containerd ;;
+    coredns) build_coredns ;;
+    crictl) build_crictl ;;
+    pause) build_pause ;;
+    node-packages) install_node_packages ;;
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     livekit) build_livekit ;;
     helm) build_helm ;;
     prometheus) install_prometheus ;;
-    *) echo "unknown target: $t (all|etcd|kubernetes|livekit|helm|prometheus)" >&2; exit 2 ;;
+    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|prometheus)" >&2; exit 2 ;;
   esac
 done
 echo "binaries ready under $bin"

@@ -38,6 +38,7 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kubectl: Path
+    kube_scheduler: Path  # built with the real node's parts; every stack runs it
     livekit_server: Path
     helm: Path
     prometheus: Path | None
@@ -55,6 +56,7 @@ class Binaries:
             kube_apiserver=k8s / "kube-apiserver",
             kube_controller_manager=k8s / "kube-controller-manager",
             kubectl=k8s / "kubectl",
+            kube_scheduler=b / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "kube-scheduler",
             livekit_server=b / f"livekit-{v['LIVEKIT_VERSION']}" / "livekit-server",
             helm=b / f"helm-{v['HELM_VERSION']}" / "helm",
             prometheus=Path(prom) if prom else None,
@@ -67,6 +69,7 @@ class Binaries:
             self.kube_apiserver,
             self.kube_controller_manager,
             self.kubectl,
+            self.kube_scheduler,
             self.livekit_server,
         ]
         return [str(p) for p in required if not p.is_file()]
@@ -78,6 +81,62 @@ class Binaries:
                 "testbed binaries missing: "
                 + ", ".join(missing)
                 + f"\n  build them with: make binaries  (or bash {BUILD_SCRIPT})"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """The real node's parts (testbed/build/binaries.sh node)."""
+
+    kubelet: Path
+    kube_proxy: Path
+    containerd: Path
+    containerd_shim: Path
+    ctr: Path
+    coredns: Path
+    crictl: Path
+    pause_archive: Path
+    pause_image: str
+    runc: Path
+    cni_bin_dir: Path
+
+    @classmethod
+    def locate(cls) -> NodeBinaries:
+        v = versions()
+        b = cache_dir() / "bin"
+        k8s = b / f"kubernetes-node-{v['KUBERNETES_VERSION']}"
+        ctd = b / f"containerd-{v['CONTAINERD_VERSION']}"
+        return cls(
+            kubelet=k8s / "kubelet",
+            kube_proxy=k8s / "kube-proxy",
+            containerd=ctd / "containerd",
+            containerd_shim=ctd / "containerd-shim-runc-v2",
+            ctr=ctd / "ctr",
+            coredns=b / f"coredns-{v['COREDNS_VERSION']}" / "coredns",
+            crictl=b / f"crictl-{v['CRICTL_VERSION']}" / "crictl",
+            pause_archive=b / f"pause-{v['PAUSE_VERSION']}" / "pause.oci.tar",
+            pause_image=f"voicefleet.dev/testbed/pause:{v['PAUSE_VERSION']}",
+            runc=Path(shutil.which("runc") or "/usr/sbin/runc"),
+            cni_bin_dir=Path("/usr/lib/cni"),
+        )
+
+    def missing(self) -> list[str]:
+        files = [
+            self.kubelet, self.kube_proxy, self.containerd,
+            self.containerd_shim, self.ctr, self.coredns, self.crictl, self.pause_archive,
+            self.runc, self.cni_bin_dir / "bridge", self.cni_bin_dir / "host-local",
+            self.cni_bin_dir / "loopback", self.cni_bin_dir / "portmap",
+        ]  # fmt: skip
+        return [str(p) for p in files if not p.is_file()]
+
+    def require(self) -> NodeBinaries:
+        missing = self.missing()
+        if missing:
+            raise MissingBinary(
+                "real node binaries missing: "
+                + ", ".join(missing)
+                + f"\n  build them with: make binaries  (or bash {BUILD_SCRIPT} node)"
             )
         return self
 

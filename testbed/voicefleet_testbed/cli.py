@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .binaries import MissingBinary
+from .realnode.node import lock_holder
 from .stack import Stack, default_dir
 
 
@@ -26,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="without the VoiceAgent CRD and operator (to run the operator tests against it)",
     )
+    up.add_argument(
+        "--no-real-node",
+        action="store_true",
+        help="without the real node (kubelet, containerd, kube-proxy, CoreDNS)",
+    )
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="what runs and what is unhealthy (exit 1 if anything is down)")
     sub.add_parser("env", help="print the shell exports for the stack")
@@ -38,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(args.dir)
     try:
         if args.cmd == "up":
-            stack.up(operator=not args.no_operator)
+            real_node = not args.no_real_node
+            holder = lock_holder() if real_node else None
+            if holder and Path(holder) != stack.dir:
+                # One real node per machine (kube-proxy's iptables chains are global).
+                print(f"note: the testbed in {holder} runs this machine's real node; "
+                      "starting without one")  # fmt: skip
+                real_node = False
+            stack.up(operator=not args.no_operator, real_node=real_node)
             print(stack.summary())
         elif args.cmd == "down":
             stack.down()

@@ -11,6 +11,7 @@ import json
 import ssl
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .binaries import Binaries
 from .pki import Pki
@@ -34,6 +35,12 @@ CONTROLLERS = (
     # ResourceQuota usage: without it quota admission refuses every pod in a namespace
     # with a quota ("status unknown"), where a cluster says "exceeded quota".
     "resourcequota-controller",
+    # The real node: NotReady when its kubelet stops, taint-based eviction, Service
+    # endpoints for kube-proxy and CoreDNS, pods of deleted nodes cleaned up.
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "endpointslice-controller",
+    "pod-garbage-collector-controller",
 )
 
 
@@ -55,7 +62,15 @@ def etcd_argv(b: Binaries, data_dir: Path, client_port: int, peer_port: int) -> 
     ]
 
 
-def apiserver_argv(b: Binaries, pki: Pki, etcd_port: int, port: int, cert_dir: Path) -> list[str]:
+def apiserver_argv(
+    b: Binaries,
+    pki: Pki,
+    etcd_port: int,
+    port: int,
+    cert_dir: Path,
+    admission_config: Path,
+    kubelet_client: tuple[Path, Path],
+) -> list[str]:
     return [
         str(b.kube_apiserver),
         f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -67,7 +82,16 @@ def apiserver_argv(b: Binaries, pki: Pki, etcd_port: int, port: int, cert_dir: P
         f"--tls-private-key-file={pki.serving_key}",
         f"--client-ca-file={pki.ca_cert}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--authorization-mode=RBAC",
+        # Kubelets act as their node (system:node:<name>) and only for its own pods.
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction",
+        f"--admission-control-config-file={admission_config}",
+        # The kubelet API (logs, exec, port-forward): a client certificate, and the
+        # kubelet's serving certificate checked against the stack's CA.
+        f"--kubelet-client-certificate={kubelet_client[0]}",
+        f"--kubelet-client-key={kubelet_client[1]}",
+        f"--kubelet-certificate-authority={pki.ca_cert}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         f"--token-auth-file={pki.tokens_csv}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
@@ -99,6 +123,33 @@ def controller_manager_argv(b: Binaries, pki: Pki, kubeconfig: Path, port: int) 
         "--kube-api-burst=400",
         "--v=1",
     ]
+
+
+def scheduler_config(kubeconfig: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        # Benchmarks create thousands of pods at once (the node agent used to bind them).
+        "clientConnection": {"kubeconfig": str(kubeconfig), "qps": 500, "burst": 1000},
+        "leaderElection": {"leaderElect": False},
+    }
+
+
+def scheduler_argv(b: Binaries, config: Path, kubeconfig: Path, port: int) -> list[str]:
+    return [
+        str(b.kube_scheduler),
+        f"--config={config}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--v=1",
+    ]
+
+
+def scheduler_healthy(port: int) -> bool:
+    status, _ = _get(f"https://127.0.0.1:{port}/healthz", verify=False)
+    return status == 200
 
 
 def kubeconfig_yaml(server: str, ca_file: Path, token: str, user: str = "admin") -> str:

@@ -1,4 +1,5 @@
-"""Certificates and keys for the testbed's API server (a throwaway CA, made once per state dir)."""
+"""Certificates and keys for the testbed's cluster (a throwaway CA, made once per state dir):
+the API server's serving certificate, tokens, and client certificates for components."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ class Pki:
     @property
     def ca_cert(self) -> Path:
         return self.dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
 
     @property
     def serving_cert(self) -> Path:
@@ -49,6 +54,52 @@ class Pki:
     def admin_token(self) -> str:
         return self.admin_token_file.read_text().strip()
 
+    def cert(self, name: str) -> tuple[Path, Path]:
+        """(certificate, key) of an identity issued by `issue`."""
+        return self.dir / f"{name}.crt", self.dir / f"{name}.key"
+
+    def issue(
+        self,
+        name: str,
+        common_name: str,
+        organizations: tuple[str, ...] = (),
+        server_names: tuple[str, ...] = (),
+        server_ips: tuple[str, ...] = (),
+    ) -> tuple[Path, Path]:
+        """A certificate signed by the stack's CA, made once: a client certificate for the
+        user `common_name` in groups `organizations` (how the API server authenticates
+        components), also a serving one when names or IPs are given (the kubelet)."""
+        cert_path, key_path = self.cert(name)
+        if cert_path.exists() and key_path.exists():
+            return cert_path, key_path
+        ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        usages = [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=3650))
+        )
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in server_ips]
+        if sans:
+            usages.append(x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(
+            ca_key, hashes.SHA256()
+        )
+        _write_key(key_path, key)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
+
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
     path.write_bytes(
@@ -65,8 +116,13 @@ def ensure_pki(directory: Path) -> Pki:
     """Create the CA, the API server's serving cert, the service-account key pair and an
     admin token, unless they exist already (a restarted stack keeps its identity)."""
     pki = Pki(directory)
-    if pki.serving_cert.exists() and pki.admin_token_file.exists() and pki.sa_pub.exists():
+    made = (pki.serving_cert, pki.admin_token_file, pki.sa_pub, pki.ca_key)
+    if all(p.exists() for p in made):
         return pki
+    # Made by an older checkout that did not keep the CA key: start over (certificates
+    # issued later need it).
+    for old in directory.glob("*.crt") if directory.exists() else ():
+        old.unlink()
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -121,6 +177,7 @@ def ensure_pki(directory: Path) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_key(pki.ca_key, ca_key)
     pki.serving_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(pki.serving_key, key)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

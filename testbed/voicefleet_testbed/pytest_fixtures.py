@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 
 from .kube import Kube
+from .realnode import REAL_NODE_ANNOTATIONS, RealNode
 from .stack import Stack
 
 
@@ -48,5 +49,26 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def real_node(stack: Stack) -> RealNode:
+    """The stack's real node (kubelet, containerd, kube-proxy, CoreDNS), started the first
+    time a test asks for it and kept for the session (a test that stops it gets a new one).
+    Its `name` is the Node's name; `import_image(oci_archive)` loads an image into it."""
+    return stack.add_real_node()
+
+
+@pytest.fixture
+def real_namespace(
+    kube: Kube, real_node: RealNode, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh namespace whose pods go to the real node (not the node agent's)."""
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    meta = client.V1ObjectMeta(name=name, annotations=dict(REAL_NODE_ANNOTATIONS))
+    kube.core.create_namespace(client.V1Namespace(metadata=meta))
     yield name
     kube.core.delete_namespace(name)

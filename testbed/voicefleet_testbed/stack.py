@@ -1,6 +1,7 @@
-"""The local stack: real etcd, kube-apiserver, kube-controller-manager and LiveKit server,
-plus the node agent and the OpenAI Realtime API stand-in, started in the background on
-free loopback ports.
+"""The local stack: real etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+LiveKit server, the node agent's hollow node, optionally a real node (kubelet, containerd,
+kube-proxy, CoreDNS; realnode/), and the OpenAI Realtime API stand-in, started in the
+background on free loopback ports (the real node's servers: on its bridge address).
 
 State lives in one directory (`.testbed/` for `make up`, a temporary one per test run):
 `state.json` (ports, PIDs), `env` (shell exports), `kubeconfig`, `logs/`, `pods/`.
@@ -19,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from . import controlplane as cp
-from .binaries import REPO_DIR, TESTBED_DIR, Binaries, versions
+from . import realnode
+from .binaries import REPO_DIR, TESTBED_DIR, Binaries, NodeBinaries, versions
 from .livekit_config import LOOPBACK, MediaAddress, livekit_config
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
 from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
 from .prometheus import prometheus_config
+from .realnode import config as node_config
+from .realnode import scheduling
+from .realnode.teardown import Host
 
 Progress = Callable[[str], None]
 LIVEKIT_KEY = "devkey"
@@ -48,6 +53,8 @@ class StackState:
     pod_net: int = 0  # pods get 127.<pod_net>.x.y
     extra_env: dict[str, str] = field(default_factory=dict)
     operator: bool = False  # runs the voicefleet operator from this checkout
+    real_node: bool = False  # runs a real node (kubelet, containerd, ...)
+    node_net: int = 0  # the real node's pod network: 10.244.<node_net>.0/24
 
     @property
     def file(self) -> Path:
@@ -62,6 +69,8 @@ class StackState:
             "pod_net": self.pod_net,
             "extra_env": self.extra_env,
             "operator": self.operator,
+            "real_node": self.real_node,
+            "node_net": self.node_net,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -85,6 +94,8 @@ class StackState:
             pod_net=int(data.get("pod_net", 0)),
             extra_env=dict(data.get("extra_env", {})),
             operator=bool(data.get("operator", False)),
+            real_node=bool(data.get("real_node", False)),
+            node_net=int(data.get("node_net", 0)),
         )
 
 
@@ -135,6 +146,28 @@ class Stack:
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "kubeconfig"
+
+    @property
+    def real_node(self) -> realnode.RealNode | None:
+        """The real node (kubelet + containerd), when this stack runs one: its `name`, its
+        pod network `net`, `import_image(oci_archive)`, `crictl(...)`."""
+        if not self.state.real_node or not self.state.node_net:
+            return None
+        return realnode.RealNode(
+            stack_dir=self.dir,
+            net=node_config.PodNet(self.state.node_net),
+            bins=NodeBinaries.locate(),
+            pki=self.pki,
+            api_server=self.api_server,
+            service_cidr=cp.SERVICE_CIDR,
+        )
+
+    def import_image(self, oci_archive: Path) -> list[str]:
+        """Import an OCI image archive into the real node's containerd (no registry)."""
+        node = self.real_node
+        if node is None:
+            raise RuntimeError(f"the stack in {self.dir} runs no real node")
+        return node.import_image(oci_archive)
 
     @property
     def pods_dir(self) -> Path:
@@ -214,6 +247,14 @@ class Stack:
         if "realtime" in self.state.ports:  # absent in a stack started by an older checkout
             env["OPENAI_BASE_URL"] = self.openai_base_url()
             env["VOICEFLEET_REALTIME_URL"] = self.realtime_url
+        node = self.real_node
+        if node is not None:  # crictl and ctr read these
+            nb = node.bins
+            sock = f"unix://{node.paths.containerd_socket}"
+            env["CONTAINER_RUNTIME_ENDPOINT"] = env["IMAGE_SERVICE_ENDPOINT"] = sock
+            env["CONTAINERD_ADDRESS"] = str(node.paths.containerd_socket)
+            env["CONTAINERD_NAMESPACE"] = "k8s.io"
+            env["PATH"] = f"{nb.crictl.parent}:{nb.ctr.parent}:{env['PATH']}"
         env.update(self.state.extra_env)
         return env
 
@@ -241,9 +282,25 @@ class Stack:
 
         def apiserver() -> ProcRef:
             argv = cp.apiserver_argv(
-                b, pki, s.ports["etcd"], s.ports["apiserver"], self.dir / "apiserver-certs"
+                b,
+                pki,
+                s.ports["etcd"],
+                s.ports["apiserver"],
+                self.dir / "apiserver-certs",
+                self.dir / "admission" / "admission.yaml",
+                pki.cert(realnode.node.APISERVER_KUBELET_CLIENT),
             )
             return spawn("kube-apiserver", argv, logs / "kube-apiserver.log")
+
+        def scheduler() -> ProcRef:
+            config = self.dir / "kube-scheduler.yaml"
+            config.write_text(
+                json.dumps(cp.scheduler_config(self.dir / "kube-scheduler.kubeconfig"))
+            )
+            argv = cp.scheduler_argv(
+                b, config, self.dir / "kube-scheduler.kubeconfig", s.ports["kube-scheduler"]
+            )
+            return spawn("kube-scheduler", argv, logs / "kube-scheduler.log")
 
         def kcm() -> ProcRef:
             argv = cp.controller_manager_argv(b, pki, self.kubeconfig, s.ports["kcm"])
@@ -336,7 +393,14 @@ class Stack:
                 lambda: cp.controller_manager_healthy(s.ports["kcm"]),
                 60,
             ),
+            Component(
+                "kube-scheduler",
+                scheduler,
+                lambda: cp.scheduler_healthy(s.ports["kube-scheduler"]),
+                60,
+            ),
             Component("node-agent", node_agent, self._node_ready, 30),
+            *self._real_node_components(),
             Component("livekit-server", livekit, self._livekit_ready, 30),
             Component("realtime-standin", realtime, self._realtime_ready, 30),
             *(
@@ -345,6 +409,37 @@ class Stack:
                 else []
             ),
             *([Component(OPERATOR, operator, operator_healthy, 60)] if s.operator else []),
+        ]
+
+    def _real_node_components(self) -> list[Component]:
+        node = self.real_node
+        if node is None:
+            return []
+        s = self.state
+
+        def coredns() -> ProcRef:
+            from .kube import Kube
+
+            # RBAC for CoreDNS and the apiserver's kubelet client, the kube-dns Service.
+            kube = Kube.admin(self)
+            for obj in node.cluster_objects():
+                kube.apply(obj, manager="testbed")
+            return node.start_coredns(s.ports["coredns-health"], s.ports["coredns-ready"])
+
+        def kubelet_ready() -> bool:
+            from .kube import Kube
+
+            return Kube.admin(self).node_ready(node.name)
+
+        def coredns_ready() -> bool:
+            return realnode.node._http_ok(f"http://127.0.0.1:{s.ports['coredns-ready']}/ready")
+
+        return [
+            Component("containerd", node.start_containerd, node.containerd_ready, 60),
+            Component("coredns", coredns, coredns_ready, 60),
+            Component("kubelet", node.start_kubelet, kubelet_ready, 90),
+            Component("kube-proxy", node.start_kube_proxy, node.kube_proxy_healthy, 60),
+            Component("apiserver-relay", node.start_api_relay, node.api_relay_ready, 30),
         ]
 
     def extra_scrape_targets(self) -> dict[str, str]:
@@ -391,14 +486,20 @@ class Stack:
     def running(self) -> dict[str, bool]:
         return {name: ref.alive() for name, ref in self.state.procs.items()}
 
-    def up(self, operator: bool = False) -> Stack:
+    def up(self, operator: bool = False, real_node: bool = False) -> Stack:
         """Start whatever is not running; a stack that is fully up is left alone.
 
         `operator`: also install the CRD and RBAC and run the operator from this checkout
         under its own ServiceAccount (`make up`); tests run their own and leave it off.
+        `real_node`: also run a real node (kubelet, containerd, kube-proxy, CoreDNS); one
+        per machine (see realnode/node.py). Tests add it with `add_real_node` when needed.
         """
         b = Binaries.locate().require()
+        if real_node:
+            NodeBinaries.locate().require()
         alive = self.running()
+        if alive and all(alive.values()) and real_node and not self.state.real_node:
+            self.add_real_node()
         if alive and all(alive.values()) and (OPERATOR in alive) == operator:
             self.progress(f"testbed already up ({self.dir})")
             return self
@@ -420,6 +521,7 @@ class Stack:
             )
             self.down(quiet=True)
         self.state.operator = operator
+        self.state.real_node = real_node
         self._prepare()
         t0 = time.monotonic()
         for comp in self._components(b):
@@ -431,6 +533,73 @@ class Stack:
         self.write_env_file()
         self.progress(f"testbed up in {time.monotonic() - t0:.1f}s")
         return self
+
+    def add_real_node(self) -> realnode.RealNode:
+        """Start a real node beside the running stack (the `real_node` test fixture)."""
+        if self.real_node is not None and all(
+            self.running().get(n)
+            for n in ("containerd", "coredns", "kubelet", "kube-proxy", "apiserver-relay")
+        ):
+            return self.real_node
+        NodeBinaries.locate().require()
+        self.progress("  adding a real node (kubelet, containerd, kube-proxy, CoreDNS) ...")
+        t0 = time.monotonic()
+        self.state.real_node = True
+        self._prepare_real_node()
+        for comp in self._real_node_components():
+            self._start(comp)
+        self.progress(f"  real node up in {time.monotonic() - t0:.1f}s")
+        node = self.real_node
+        assert node is not None
+        return node
+
+    def stop_real_node(self) -> list[str]:
+        """Stop the real node and tear it down (the rest of the stack keeps running);
+        returns what tear-down could not remove (empty when clean)."""
+        node = self.real_node
+        host = Host([])
+        if node is None:
+            return []
+        for name in ("apiserver-relay", "kube-proxy", "kubelet", "coredns", "containerd"):
+            ref = self.state.procs.pop(name, None)
+            if ref is None:
+                continue
+            if name == "containerd" and ref.alive():
+                node.remove_pods(host)
+            stop(ref, grace=5)
+        node.teardown(host)
+        from .kube import Kube
+
+        try:  # a node that is gone for good leaves the cluster (its pods are collected)
+            Kube.admin(self).core.delete_node(node.name)
+        except Exception as e:  # the API server may be down already
+            if getattr(e, "status", None) != 404:
+                host.errors.append(f"delete node {node.name}: {e}")
+        self.state.real_node = False
+        self.state.save()
+        return host.errors
+
+    def _prepare_real_node(self) -> None:
+        import random
+        import subprocess
+
+        routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True)
+        used = node_config.used_pod_net_indexes(routes.stdout)
+        if self.state.node_net:
+            used.discard(self.state.node_net)  # ours, from a previous run: reuse it
+            choice = self.state.node_net
+        else:
+            choice = random.randint(2, 254)
+        self.state.node_net = node_config.pick_pod_net(self.is_default, used, choice).index
+        self.state.save()
+        node = self.real_node
+        assert node is not None
+        try:
+            node.prepare()
+        except realnode.NodeBusy:
+            self.state.real_node = False
+            self.state.save()
+            raise
 
     def _start(self, comp: Component) -> None:
         self.progress(f"  starting {comp.name} ...")
@@ -463,6 +632,9 @@ class Stack:
             "operator-metrics",
             "operator-health",
             "operator-webhook",
+            "kube-scheduler",
+            "coredns-health",
+            "coredns-ready",
         ]
         # Keep the ports of a previous run when they are still free (stable URLs).
         preferred = dict(self.state.ports)
@@ -479,7 +651,19 @@ class Stack:
             cp.kubeconfig_yaml(self.api_server, self.pki.ca_cert, self.pki.admin_token())
         )
         self.kubeconfig.chmod(0o600)
+        for path, text in scheduling.admission_files(self.dir / "admission").items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        pki = self.pki
+        pki.issue(realnode.node.APISERVER_KUBELET_CLIENT, realnode.node.APISERVER_KUBELET_CLIENT)
+        cert, key = pki.issue("kube-scheduler", "system:kube-scheduler")
+        sched_kubeconfig = self.dir / "kube-scheduler.kubeconfig"
+        sched_kubeconfig.write_text(json.dumps(node_config.cert_kubeconfig(
+            self.api_server, pki.ca_cert, cert, key, "system:kube-scheduler")))  # fmt: skip
+        sched_kubeconfig.chmod(0o600)
         self.state.save()
+        if self.state.real_node:
+            self._prepare_real_node()
 
     def _bootstrap(self) -> None:
         """Cluster objects every test expects: the node (registered by the agent) and the
@@ -496,14 +680,25 @@ class Stack:
     def down(self, quiet: bool = False) -> list[str]:
         """Stop every process this stack started, in reverse order, by PID."""
         stopped = []
+        node = self.real_node
+        host = Host([])
         for name in reversed(list(self.state.procs)):
             ref = self.state.procs[name]
+            if name == "containerd" and node is not None and ref.alive():
+                node.remove_pods(host)  # the kubelet is gone; containerd still answers
             if ref.alive():
                 stop(ref, grace=15 if name == "node-agent" else 5)
                 stopped.append(name)
         from .nodeagent.agent import kill_leftovers
 
         leftovers = kill_leftovers(self.pods_dir) if self.pods_dir.exists() else 0
+        if node is not None:
+            try:
+                node.teardown(host)
+            except realnode.NodeBusy as e:
+                host.errors.append(str(e))
+            if host.errors and not quiet:
+                self.progress("real node tear-down left errors:\n  " + "\n  ".join(host.errors))
         self.state.procs = {}
         if self.state.file.parent.exists():
             self.state.save()
@@ -552,7 +747,18 @@ class Stack:
                 f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
                 f"  prometheus      {self.prometheus_url}  (discovers worker pods through the API server)",
                 f"  realtime        {self.openai_base_url()}  (OpenAI Realtime API stand-in; OPENAI_BASE_URL)",
-                f"  node agent      pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
+                f"  node agent      hollow node testbed-node (tainted): pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
+                *(
+                    [
+                        f"  real node       {node.name}: kubelet v{v['KUBERNETES_VERSION']}, containerd "
+                        f"{v['CONTAINERD_VERSION']}, pod network {node.net.subnet} on bridge {node.net.bridge}, "
+                        f"cluster DNS {node_config.DNS_SERVICE_IP}",
+                        f"                  pods go there from namespaces annotated "
+                        f"{scheduling.NODE_SELECTOR_ANNOTATION}={scheduling.node_selector('real')}",
+                    ]
+                    if (node := self.real_node) is not None
+                    else []
+                ),
                 f"  logs            {self.logs_dir}",
                 *(
                     [

@@ -1,5 +1,7 @@
-"""The node agent: registers a Ready Node, keeps its Lease, binds Pending pods to itself and
-runs each pod's containers as local processes (see docs/testbed.md)."""
+"""The node agent: registers a Ready, tainted Node (the hollow node), keeps its Lease and
+runs the containers of each pod kube-scheduler binds to it as local processes (see
+docs/testbed.md). Pods reach it by tolerating its taint and selecting its label
+(realnode/scheduling.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import yaml
 
 from ..procs import start_time
 from ..prometheus import scrape_targets, write_targets
+from ..realnode.config import NODE_ROLE_LABEL
+from ..realnode.scheduling import HOLLOW_TAINT
 from .container import Backoff
 from .kubeapi import ApiError, Credentials, KubeApi, WatchExpired
 from .pod import NodeContext, PodWorker
@@ -104,7 +108,6 @@ class NodeAgent:
         self.ips = IpPool(pod_cidr)
         self.http: aiohttp.ClientSession | None = None
         self.ctx: NodeContext | None = None
-        self._binding: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -157,24 +160,30 @@ class NodeAgent:
         }
 
     async def register(self) -> None:
-        body = {
+        labels = {
+            "kubernetes.io/hostname": self.node_name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "node.kubernetes.io/instance-type": "testbed",
+            NODE_ROLE_LABEL: "hollow",
+        }
+        # Only pods meant for processes come here; user workloads go to the real node.
+        spec: JSON = {"taints": [HOLLOW_TAINT]}
+        body: JSON = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {
-                "name": self.node_name,
-                "labels": {
-                    "kubernetes.io/hostname": self.node_name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "node.kubernetes.io/instance-type": "testbed",
-                },
-            },
+            "metadata": {"name": self.node_name, "labels": labels},
+            "spec": spec,
         }
         try:
             await self.api.post("/api/v1/nodes", body)
         except ApiError as e:
             if e.status != 409:
                 raise
+            await self.api.merge_patch(
+                f"/api/v1/nodes/{self.node_name}",
+                {"metadata": {"labels": labels}, "spec": spec},
+            )
         await self._post_node_status()
         log.info("node %s registered and Ready", self.node_name)
 
@@ -222,42 +231,6 @@ class NodeAgent:
         )
         return str(resp["status"]["token"])
 
-    async def _bind(self, pod: JSON) -> None:
-        meta = pod["metadata"]
-        uid = meta["uid"]
-        if uid in self._binding:
-            return
-        self._binding.add(uid)
-        delay = 1.0
-        while True:
-            try:
-                await self.api.post(
-                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Binding",
-                        "metadata": {
-                            "name": meta["name"],
-                            "namespace": meta["namespace"],
-                            "uid": uid,
-                        },
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
-                    },
-                )
-                return
-            except ApiError as e:
-                if e.status not in (404, 409):
-                    log.warning("bind %s/%s: %s", meta["namespace"], meta["name"], e)
-                    self._binding.discard(uid)
-                return
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                # A busy API server (thousands of pods at once): retry, or the pod stays
-                # Pending forever (its uid is taken as being bound).
-                log.warning("bind %s/%s: %s; retrying", meta["namespace"], meta["name"],
-                            str(e) or type(e).__name__)  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
     async def publish_targets(self) -> None:
         """Keep Prometheus's file_sd target file in step with the pods (at most 1/s)."""
         if self.scrape_targets is None:
@@ -279,13 +252,10 @@ class NodeAgent:
             if worker is not None:
                 worker.deleted()
                 self._forget(uid)
-            self._binding.discard(uid)
             return
         node = spec.get("nodeName")
         if not node:
-            if not meta.get("deletionTimestamp"):
-                self._spawn(self._bind(pod))
-            return
+            return  # kube-scheduler binds it (here or to the real node)
         if node != self.node_name:
             return
         if worker is not None:
