@@ -44,6 +44,12 @@ READY_PATH: Final = "/ready"
 CONFIG_MOUNT_PATH: Final = "/etc/voicefleet"
 CONFIG_FILE_KEY: Final = "agent.json"
 
+# The Secret the operator creates per VoiceAgent (`<name>-worker-keys`, owned by it) for
+# what only its workers and the operator may know; never overwritten once there.
+WORKER_KEYS_SUFFIX: Final = "-worker-keys"
+WORKER_KEYS_RESUME: Final = "resumeKey"  # 32 random bytes, base64: seals the resume summary
+WORKER_KEYS_TOKEN: Final = "sessionsToken"  # the bearer token of a worker's /sessions
+
 
 class Env:
     """Environment variables the operator sets on worker containers."""
@@ -66,7 +72,18 @@ class Env:
     LIVEKIT_API_SECRET: Final = "LIVEKIT_API_SECRET"  # always a secretKeyRef
     OPENAI_API_KEY: Final = "OPENAI_API_KEY"  # always a secretKeyRef
     OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    # From the worker-keys Secret the operator makes per VoiceAgent (WORKER_KEYS_*):
+    RESUME_KEY: Final = "VOICEFLEET_RESUME_KEY"  # AES-256 key (base64) sealing the summary
+    SESSIONS_TOKEN: Final = "VOICEFLEET_SESSIONS_TOKEN"  # bearer token for /sessions
 
 
-SECRET_ENV: Final = frozenset({Env.LIVEKIT_API_KEY, Env.LIVEKIT_API_SECRET, Env.OPENAI_API_KEY})
+SECRET_ENV: Final = frozenset(
+    {
+        Env.LIVEKIT_API_KEY,
+        Env.LIVEKIT_API_SECRET,
+        Env.OPENAI_API_KEY,
+        Env.RESUME_KEY,
+        Env.SESSIONS_TOKEN,
+    }
+)
 """Env vars that carry secrets: never a literal `value`, never logged."""

@@ -21,6 +21,8 @@ from voicefleet_contract.sessions import SessionsReport, parse_sessions
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import wait_for
 
+from .util import RESUME_KEY
+
 
 def pod_ip() -> str:
     return f"127.{random.randint(200, 250)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
@@ -159,6 +161,7 @@ def worker_proc(
         Env.HEALTH_PORT: str(free_port(ip)),
         Env.LOG_FORMAT: "json",
         Env.OPENAI_API_KEY: "sk-test-not-a-real-key",
+        Env.RESUME_KEY: RESUME_KEY,  # the operator's worker-keys Secret provides it
         **livekit,
         **env,
     }

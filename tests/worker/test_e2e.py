@@ -19,11 +19,11 @@ from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
-from voicefleet_worker.resume import Turn, http_url, read_summary
+from voicefleet_worker.resume import Binding, Turn, http_url, parse_key, read_summary
 
 from .proc import WorkerProc, worker_proc
 from .test_integration import livekit_env
-from .util import agent_config
+from .util import RESUME_KEY, agent_config
 
 pytestmark = [pytest.mark.livekit, pytest.mark.slow]
 
@@ -391,19 +391,23 @@ async def test_unreachable_model_ends_the_session_as_error_and_the_worker_lives(
         await caller.close()
 
 
-async def _room_metadata(agent: Agent, room: str) -> str:
+async def _room_metadata(agent: Agent, room: str) -> tuple[str, str]:
+    """The room's metadata and SID ("", "" when there is no such room)."""
     async with api.LiveKitAPI(
         http_url(agent.stack.livekit_url), LIVEKIT_KEY, agent.stack.livekit_secret
     ) as lk:
         rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
-        return str(rooms.rooms[0].metadata) if rooms.rooms else ""
+        return (str(rooms.rooms[0].metadata), str(rooms.rooms[0].sid)) if rooms.rooms else ("", "")
 
 
 async def _summary_until(agent: Agent, room: str, check: Any, what: str) -> tuple[Turn, ...]:
+    """The summary in the room metadata, opened with the workers' resume key."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while True:
-        turns = read_summary(await _room_metadata(agent, room))
+        meta, sid = await _room_metadata(agent, room)
+        found = read_summary(meta, parse_key(RESUME_KEY), Binding(room, sid))
+        turns = found.turns if found is not None else ()
         if check(turns):
             return turns
         if loop.time() > deadline:
@@ -439,8 +443,10 @@ async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
         assert {t.text for t in turns} == {user_said, agent_said}
         assert a.metric('voicefleet_worker_summary_writes_total{result="ok"}') >= 1
         assert a.metric('voicefleet_worker_summary_writes_total{result="error"}') == 0
-        # the caller's own view of the room carries it too (room metadata is broadcast)
+        # the caller's own view of the room carries it too (room metadata is broadcast),
+        # sealed: not a word of the conversation
         await until(lambda: "voicefleet" in caller.room.metadata, 10, "caller sees metadata")
+        assert user_said not in caller.room.metadata and "A-17" not in caller.room.metadata
 
         # a healthy worker B is ready (started now: the call already went to A); A dies,
         # and B is dispatched into the same room (the operator's failover does that)

@@ -1,20 +1,23 @@
-"""The failover resume summary: pure functions, and the writer against the real LiveKit
-server (the room metadata a re-dispatched agent reads)."""
+"""The failover resume summary: pure functions (sealing, binding to one call, when it is
+removed), and the writer against the real LiveKit server (the room metadata a
+re-dispatched agent reads)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from livekit import api
 from livekit.agents import JobContext
 
-from voicefleet_contract.config import Failover
+from voicefleet_contract import Env
+from voicefleet_contract.config import ConfigError, Failover
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 from voicefleet_worker.config import load_settings
@@ -23,7 +26,10 @@ from voicefleet_worker.resume import (
     MAX_SUMMARY_BYTES,
     MAX_TEXT_CHARS,
     METADATA_KEY,
+    PAD_BYTES,
     RESUME_NOTE_ID,
+    Binding,
+    Summary,
     SummaryWriter,
     Turn,
     append_turn,
@@ -31,14 +37,29 @@ from voicefleet_worker.resume import (
     enabled,
     http_url,
     merge_metadata,
+    parse_key,
+    plaintext,
     read_summary,
+    resumable,
     resume_instructions,
     resume_note,
-    section,
+    seal,
+    should_clear,
+    unseal,
+    without_section,
 )
 from voicefleet_worker.runtime import Job, RoomMetadataSink, Runtime
 
-from .util import agent_config, worker_env, write_config
+from .util import RESUME_KEY, agent_config, worker_env, write_config
+
+KEY = parse_key(RESUME_KEY)
+OTHER_KEY = bytes(32)
+ROOM = Binding("call-1", "RM_aaaa")
+TURNS = (Turn("user", "where is my order A-17"), Turn("assistant", "it shipped yesterday"))
+
+
+def _summary(turns: tuple[Turn, ...] = TURNS, callers: tuple[str, ...] = ("PA_caller",)) -> Summary:
+    return Summary(turns, job="AJ_1", callers=frozenset(callers), updated_at=3.0)
 
 
 # --- pure --------------------------------------------------------------------------------
@@ -62,20 +83,86 @@ def test_append_turn_keeps_the_last_n_and_skips_empty_or_unknown() -> None:
     assert append_turn((), "assistant", "y" * 1000, keep=2)[0].text == clip("y" * 1000)
 
 
-def test_section_drops_oldest_turns_until_it_fits() -> None:
+def test_parse_key_wants_32_bytes_of_base64() -> None:
+    assert len(KEY) == 32
+    urlsafe = base64.urlsafe_b64encode(b"\xfb" * 32).decode().rstrip("=")
+    assert parse_key(urlsafe) == b"\xfb" * 32
+    for bad in ("", "not base64 at all!", base64.b64encode(b"short").decode()):
+        with pytest.raises(ValueError, match=r"32 bytes|base64"):
+            parse_key(bad)
+
+
+def test_a_bad_resume_key_is_a_config_error_naming_the_variable(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, agent_config())
+    with pytest.raises(ConfigError, match=Env.RESUME_KEY):
+        load_settings(worker_env(cfg, **{Env.RESUME_KEY: "abc"}))
+    assert load_settings(worker_env(cfg, **{Env.RESUME_KEY: ""})).secrets.resume_key is None
+    settings = load_settings(worker_env(cfg))
+    assert settings.secrets.resume_key == KEY
+    assert RESUME_KEY not in repr(settings)
+
+
+def test_plaintext_drops_oldest_turns_until_it_fits_and_pads() -> None:
     turns = tuple(Turn("user", f"{i:03d} " + "é" * 290) for i in range(50))
-    sec = section(turns, 1.5)
-    size = len(json.dumps(sec, ensure_ascii=False, separators=(",", ":")).encode())
-    assert size <= MAX_SUMMARY_BYTES
-    kept = [t["text"][:3] for t in sec["summary"]]
-    assert kept and kept[-1] == "049"  # the newest survive
-    assert len(kept) < 50
-    assert sec["v"] == 1 and sec["updatedAt"] == 1.5
-    assert section((), 2.0)["summary"] == []
+    raw = plaintext(_summary(turns))
+    assert len(raw) % PAD_BYTES == 0
+    doc = json.loads(raw)  # the padding is JSON whitespace
+    assert len(raw.rstrip()) <= MAX_SUMMARY_BYTES
+    kept = [t["text"][:3] for t in doc["summary"]]
+    assert kept and kept[-1] == "049" and len(kept) < 50  # the newest survive
+    assert doc["v"] == 2 and doc["updatedAt"] == 3.0 and doc["callers"] == ["PA_caller"]
+    # one short turn or another: the same length, so the size says little
+    assert len(plaintext(_summary((Turn("user", "yes"),)))) == len(
+        plaintext(_summary((Turn("user", "my card number is 4242 4242"),)))
+    )
+
+
+def test_seal_hides_every_word_and_opens_only_with_its_key_and_room() -> None:
+    sec = seal(KEY, ROOM, _summary())
+    text = json.dumps(sec)
+    for t in TURNS:  # (short words turn up in any base64 by chance)
+        for word in [w for w in t.text.split() if len(w) >= 6] + [t.text]:
+            assert word not in text
+    assert "PA_caller" not in text and "AJ_1" not in text
+    assert unseal(KEY, ROOM, sec) == _summary()
+    assert unseal(OTHER_KEY, ROOM, sec) is None  # another VoiceAgent's key
+    assert unseal(KEY, Binding("call-1", "RM_bbbb"), sec) is None  # the room made again
+    assert unseal(KEY, Binding("call-2", "RM_aaaa"), sec) is None  # another room
+    # two seals of the same summary differ (a fresh nonce each)
+    assert seal(KEY, ROOM, _summary())["sealed"] != sec["sealed"]
+    tampered = dict(
+        sec,
+        sealed=sec["sealed"][:-6] + ("A" if sec["sealed"][-6] != "A" else "B") + sec["sealed"][-5:],
+    )
+    assert unseal(KEY, ROOM, tampered) is None
+    for bad in (None, "x", {}, {"v": 1, "summary": []}, {"v": 2, "sealed": "%%%"}, {"v": 2}):
+        assert unseal(KEY, ROOM, bad) is None
+    assert unseal(KEY, ROOM, sec, keep=1) == _summary(TURNS[-1:])
+
+
+def test_read_summary_from_room_metadata() -> None:
+    meta = merge_metadata('{"app": 1}', seal(KEY, ROOM, _summary())) or ""
+    assert json.loads(meta)["app"] == 1
+    got = read_summary(meta, KEY, ROOM)
+    assert got is not None and got.turns == TURNS and got.job == "AJ_1"
+    old_plaintext = json.dumps(
+        {METADATA_KEY: {"v": 1, "summary": [{"role": "user", "text": "hi"}]}}
+    )
+    for bad in ("", "not json", "[]", '{"app": 1}', '{"voicefleet": "x"}', old_plaintext):
+        assert read_summary(bad, KEY, ROOM) is None
+
+
+def test_only_the_same_call_resumes() -> None:
+    s = _summary(callers=("PA_caller", "PA_second"))
+    assert resumable(s, {"PA_second", "PA_agent"}) == TURNS  # a caller of the call is there
+    assert resumable(s, {"PA_new_caller"}) == ()  # a new call in the same room
+    assert resumable(s, set()) == ()
+    assert resumable(None, {"PA_caller"}) == ()
+    assert resumable(_summary(callers=()), {"PA_caller"}) == ()
 
 
 def test_merge_keeps_foreign_keys_and_never_clobbers_non_json() -> None:
-    sec = {"v": 1, "summary": [{"role": "user", "text": "hi"}], "updatedAt": 1.0}
+    sec = {"v": 2, "sealed": "abc"}
     assert json.loads(merge_metadata("", sec) or "") == {METADATA_KEY: sec}
     merged = merge_metadata('{"crm": {"ticket": 7}, "voicefleet": {"old": true}}', sec)
     assert json.loads(merged or "") == {"crm": {"ticket": 7}, METADATA_KEY: sec}
@@ -83,24 +170,35 @@ def test_merge_keeps_foreign_keys_and_never_clobbers_non_json() -> None:
     assert merge_metadata("[1, 2]", sec) is None
 
 
-def test_read_summary_roundtrip_and_tolerance() -> None:
-    turns = (Turn("user", "where is my order"), Turn("assistant", "let me check"))
-    meta = merge_metadata('{"app": 1}', section(turns, 3.0)) or ""
-    assert read_summary(meta) == turns
-    assert read_summary(meta, keep=1) == turns[-1:]
-    for bad in (
-        "",
-        "not json",
-        "[]",
-        '{"app": 1}',
-        '{"voicefleet": "x"}',
-        '{"voicefleet": {"summary": "x"}}',
-    ):
-        assert read_summary(bad) == ()
-    odd = json.dumps(
-        {METADATA_KEY: {"summary": [{"role": "user", "text": "ok"}, {"role": "x"}, 7, None]}}
-    )
-    assert read_summary(odd) == (Turn("user", "ok"),)
+def test_without_section_removes_only_ours() -> None:
+    ours, theirs = {"v": 2, "sealed": "ours"}, {"v": 2, "sealed": "next agent's"}
+    meta = merge_metadata('{"crm": 7}', ours) or ""
+    assert json.loads(without_section(meta, ours) or "") == {"crm": 7}
+    assert without_section(merge_metadata("", ours) or "", ours) == ""  # nothing left
+    assert without_section(merge_metadata("", theirs) or "", ours) is None  # not ours
+    assert without_section('{"crm": 7}', ours) is None  # nothing to remove
+    assert without_section("app text", ours) is None
+    assert without_section(merge_metadata("", theirs) or "", None) == ""  # any of ours
+
+
+@pytest.mark.parametrize(
+    ("reason", "present", "clear"),
+    [
+        ("participant_disconnected", None, True),  # the caller hung up
+        ("user_initiated", None, True),  # the agent (or the app) ended it
+        ("task_completed", None, True),
+        ("job_shutdown", False, True),  # the agent left, and so did every caller
+        ("job_shutdown", True, False),  # the agent was removed from a call that goes on
+        ("job_shutdown", None, False),  # unknown: kept until the room ends
+        (None, True, False),  # the session never closed (the room connection dropped)
+        ("error", False, True),
+        ("error", True, False),
+    ],
+)
+def test_when_a_session_end_removes_the_summary(
+    reason: str | None, present: bool | None, clear: bool
+) -> None:
+    assert should_clear(reason, present) is clear
 
 
 def test_resume_note_and_instructions() -> None:
@@ -142,15 +240,23 @@ async def _metadata(stack: Stack, room: str) -> str:
         return str(rooms.rooms[0].metadata)
 
 
+def _sealer(binding: Binding) -> Any:
+    return lambda turns: seal(KEY, binding, Summary(tuple(turns), "AJ_w", frozenset({"PA_c"}), 1.0))
+
+
 @pytest.mark.livekit
-async def test_writer_keeps_the_summary_in_room_metadata(stack: Stack, room: str) -> None:
+async def test_writer_keeps_the_sealed_summary_in_room_metadata_and_clears_it(
+    stack: Stack, room: str
+) -> None:
     sink = RoomMetadataSink(stack.livekit_url, LIVEKIT_KEY, stack.livekit_secret)
+    binding = Binding(room, "RM_test")
     results: list[bool] = []
     writer = SummaryWriter(
         room=room,
         keep=4,
         sink=sink,
         current_metadata=lambda: '{"app": {"ticket": 7}}',
+        seal=_sealer(binding),
         on_result=results.append,
         initial=(Turn("user", "from the previous agent"),),
     )
@@ -160,27 +266,65 @@ async def test_writer_keeps_the_summary_in_room_metadata(stack: Stack, room: str
             writer.add("user" if i % 2 else "assistant", f"turn {i}")
         writer.add("assistant", "")  # nothing to add: no write
         await writer.idle()
+        meta = await _metadata(stack, room)
+        assert json.loads(meta)["app"] == {"ticket": 7}  # foreign metadata kept
+        assert "turn" not in meta  # sealed: no word of it in what LiveKit hands out
+        got = read_summary(meta, KEY, binding)
+        assert got is not None
+        assert [t.text for t in got.turns] == ["turn 2", "turn 3", "turn 4", "turn 5"]
+        assert results and all(results)
+        assert 1 <= writer.writes < 6
+
+        # the call ends: the summary goes, the application's metadata stays
+        assert await writer.clear()
+        assert json.loads(await _metadata(stack, room)) == {"app": {"ticket": 7}}
+        writer.add("user", "after the end")  # a stopped writer writes nothing more
+        await writer.idle()
+        assert json.loads(await _metadata(stack, room)) == {"app": {"ticket": 7}}
     finally:
         await writer.aclose()
         await sink.aclose()
-    meta = await _metadata(stack, room)
-    assert json.loads(meta)["app"] == {"ticket": 7}  # foreign metadata kept
-    assert [t.text for t in read_summary(meta)] == ["turn 2", "turn 3", "turn 4", "turn 5"]
-    assert results and all(results)
-    assert 1 <= writer.writes < 6
+
+
+@pytest.mark.livekit
+async def test_writer_never_removes_a_summary_written_since_by_another_agent(
+    stack: Stack, room: str
+) -> None:
+    sink = RoomMetadataSink(stack.livekit_url, LIVEKIT_KEY, stack.livekit_secret)
+    binding = Binding(room, "RM_test")
+    writer = SummaryWriter(
+        room=room, keep=2, sink=sink, current_metadata=lambda: "", seal=_sealer(binding)
+    )
+    try:
+        writer.add("user", "hello")
+        await writer.idle()
+        # the next agent of the call has written its own summary since
+        newer = merge_metadata("", _sealer(binding)([Turn("user", "newer")])) or ""
+        await sink(room, newer)
+        assert not await writer.clear()
+        assert await _metadata(stack, room) == newer
+    finally:
+        await sink.aclose()
 
 
 @pytest.mark.livekit
 async def test_writer_counts_failures_and_never_raises(stack: Stack, room: str) -> None:
     dead = f"ws://127.0.0.1:{free_port('127.0.0.1')}"  # nothing listens there
     sink = RoomMetadataSink(dead, LIVEKIT_KEY, stack.livekit_secret)
+    binding = Binding(room, "RM_test")
     results: list[bool] = []
     writer = SummaryWriter(
-        room=room, keep=2, sink=sink, current_metadata=lambda: "", on_result=results.append
+        room=room,
+        keep=2,
+        sink=sink,
+        current_metadata=lambda: "",
+        seal=_sealer(binding),
+        on_result=results.append,
     )
     try:
         writer.add("user", "hello")
         await writer.idle()
+        assert not await writer.clear()  # nothing was written: nothing to remove
     finally:
         await writer.aclose()
         await sink.aclose()
@@ -190,7 +334,12 @@ async def test_writer_counts_failures_and_never_raises(stack: Stack, room: str) 
     results.clear()
     sink = RoomMetadataSink(stack.livekit_url, LIVEKIT_KEY, stack.livekit_secret)
     writer = SummaryWriter(
-        room=room, keep=2, sink=sink, current_metadata=lambda: "app text", on_result=results.append
+        room=room,
+        keep=2,
+        sink=sink,
+        current_metadata=lambda: "app text",
+        seal=_sealer(binding),
+        on_result=results.append,
     )
     try:
         writer.add("user", "hello")

@@ -10,6 +10,9 @@ from voicefleet_contract import Env
 
 SECRET = "a-livekit-secret-that-is-long-enough-1234"
 OPENAI_KEY = "sk-test-not-a-real-key-5678"
+# what the operator's worker-keys Secret holds: 32 bytes of base64, and a token
+RESUME_KEY = "dm9pY2VmbGVldC10ZXN0LXJlc3VtZS1rZXktMzJieXQ="
+SESSIONS_TOKEN = "test-sessions-token-0123456789"
 
 
 def agent_config(**over: Any) -> dict[str, Any]:
@@ -40,6 +43,7 @@ def worker_env(config_path: Path, **over: str) -> dict[str, str]:
         Env.POD_IP: "127.0.0.1",
         Env.METRICS_PORT: "0",
         Env.HEALTH_PORT: "0",
+        Env.RESUME_KEY: RESUME_KEY,
     }
     env.update(over)
     return env

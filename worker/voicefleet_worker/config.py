@@ -17,6 +17,8 @@ from typing import Final
 from voicefleet_contract import DEFAULT_BIND_ADDRESS, HEALTH_PORT, METRICS_PORT, Env
 from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
 
+from .resume import parse_key
+
 OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"
 LOG_FORMATS: Final = ("json", "text")
 
@@ -26,9 +28,14 @@ class Secrets:
     livekit_api_key: str = field(repr=False)
     livekit_api_secret: str = field(repr=False)
     openai_api_key: str = field(repr=False)
+    # From the operator's worker-keys Secret; None when not set (a worker run by hand):
+    # no resume summary is kept without a key, /sessions is open without a token.
+    resume_key: bytes | None = field(default=None, repr=False)
+    sessions_token: str | None = field(default=None, repr=False)
 
     def values(self) -> tuple[str, ...]:
-        return (self.livekit_api_key, self.livekit_api_secret, self.openai_api_key)
+        extra = (self.sessions_token,) if self.sessions_token else ()
+        return (self.livekit_api_key, self.livekit_api_secret, self.openai_api_key, *extra)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,16 @@ def _ip(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def _resume_key(env: Mapping[str, str]) -> bytes | None:
+    raw = env.get(Env.RESUME_KEY, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_key(raw)
+    except ValueError as e:
+        raise ConfigError(Env.RESUME_KEY, str(e)) from None
+
+
 def read_config_file(path: str) -> AgentConfig:
     """Read and validate agent.json; file and JSON errors name `VOICEFLEET_CONFIG`."""
     try:
@@ -99,6 +116,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         livekit_api_key=_required(env, Env.LIVEKIT_API_KEY),
         livekit_api_secret=_required(env, Env.LIVEKIT_API_SECRET),
         openai_api_key=_required(env, Env.OPENAI_API_KEY),
+        resume_key=_resume_key(env),
+        sessions_token=env.get(Env.SESSIONS_TOKEN, "").strip() or None,
     )
     log_format = env.get(Env.LOG_FORMAT, "").strip() or "text"
     if log_format not in LOG_FORMATS:

@@ -94,6 +94,7 @@ class SessionObserver:
     turns: TurnTimer = field(default_factory=TurnTimer)
     ready_at: float | None = None
     caller_disconnect_reason: int | None = None
+    close_reason: str | None = None  # livekit-agents' CloseReason, once the session closed
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _extra(self, **kw: Any) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class SessionObserver:
 
     def _on_close(self, ev: CloseEvent) -> None:
         reason = ev.reason.value if hasattr(ev.reason, "value") else str(ev.reason)
+        self.close_reason = reason
         outcome = session_outcome(reason, self.caller_disconnect_reason)
         log.info("session closed", extra=self._extra(reason=reason, outcome=outcome))
         if self.on_close is not None:

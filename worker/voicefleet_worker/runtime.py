@@ -17,17 +17,19 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from livekit import api
+from livekit import api, rtc
 from livekit.agents import AgentServer, JobContext, JobExecutorType, llm
 from livekit.agents.voice import Agent, AgentSession
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from voicefleet_contract import Env
 from voicefleet_contract.capacity import full_threshold
 from voicefleet_contract.config import AgentConfig
 
@@ -39,16 +41,22 @@ from .observe import SessionObserver
 from .resume import (
     RESUME_GREETING,
     RESUME_NOTE_ID,
+    Binding,
+    Summary,
     SummaryWriter,
     Turn,
     http_url,
     read_summary,
+    resumable,
     resume_instructions,
     resume_note,
+    seal,
+    should_clear,
 )
 from .resume import (
     enabled as resume_enabled,
 )
+from .resume import ended_on_purpose as call_ended_on_purpose
 from .sessions import JobEnd, SessionRegistry
 from .tools import HEADER_JOB, HEADER_ROOM, make_tools
 
@@ -177,9 +185,15 @@ Entrypoint = Callable[[Job], Awaitable[None]]
 
 
 async def realtime_agent(job: Job) -> None:
-    """The stock entrypoint: the CR-configured Realtime agent."""
+    """The stock entrypoint: the CR-configured Realtime agent.
+
+    `session_host=False`: livekit-agents 1.8.9 otherwise answers any participant of the
+    room (over the `lk.agent.session` byte stream) with the whole chat history, the
+    agent's instructions and chat context (a resumed call's earlier turns included), lets
+    it inject user input, and broadcasts every conversation item to everyone in the room.
+    A caller's app gets live captions through the transcription stream as before."""
     session = job.agent_session()
-    await session.start(agent=job.agent(), room=job.ctx.room)
+    await session.start(agent=job.agent(), room=job.ctx.room, session_host=False)
     job.greet_resumed(session)
 
 
@@ -218,7 +232,7 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             on_close=on_close,
         )
         observer.attach_room(ctx.room)
-        resumed, writer = _resume(ctx, runtime, job_id)
+        resumed, writer = await _resume(ctx, runtime, job_id, observer)
         if writer is not None:
             observer.on_turn = writer.add
 
@@ -242,19 +256,32 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
 
 
 class RoomMetadataSink:
-    """Writes room metadata with the worker's LiveKit credentials (one API client per
-    job, made on the job's event loop on first use)."""
+    """The room's metadata and participants through the LiveKit API, with the worker's
+    credentials (one API client per job, made on the job's event loop on first use)."""
 
     def __init__(self, url: str, api_key: str, api_secret: str) -> None:
         self._url, self._key, self._secret = http_url(url), api_key, api_secret
         self._api: api.LiveKitAPI | None = None
 
-    async def __call__(self, room: str, metadata: str) -> None:
+    def _client(self) -> api.LiveKitAPI:
         if self._api is None:
             self._api = api.LiveKitAPI(self._url, self._key, self._secret)
-        await self._api.room.update_room_metadata(
+        return self._api
+
+    async def __call__(self, room: str, metadata: str) -> None:
+        await self._client().room.update_room_metadata(
             api.UpdateRoomMetadataRequest(room=room, metadata=metadata)
         )
+
+    async def read(self, room: str) -> str | None:
+        rooms = await self._client().room.list_rooms(api.ListRoomsRequest(names=[room]))
+        return str(rooms.rooms[0].metadata) if rooms.rooms else None
+
+    async def callers(self, room: str) -> set[str]:
+        """The participant SIDs of everyone in the room but agents."""
+        got = await self._client().room.list_participants(api.ListParticipantsRequest(room=room))
+        agent = api.ParticipantInfo.Kind.AGENT
+        return {p.sid for p in got.participants if p.kind != agent}
 
     async def aclose(self) -> None:
         if self._api is not None:
@@ -262,30 +289,59 @@ class RoomMetadataSink:
                 await self._api.aclose()
 
 
-def _resume(
-    ctx: JobContext, runtime: Runtime, job_id: str
+def _callers_now(ctx: JobContext) -> set[str]:
+    """The participant SIDs of the callers (everyone but agents) this agent sees now."""
+    agent = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+    return {p.sid for p in ctx.room.remote_participants.values() if p.kind != agent and p.sid}
+
+
+async def _resume(
+    ctx: JobContext, runtime: Runtime, job_id: str, observer: SessionObserver
 ) -> tuple[tuple[Turn, ...], SummaryWriter | None]:
-    """What a session needs for failover resume: the turns a previous agent left in the
-    room (read from the room as dispatched), and the writer that keeps this session's own
-    summary there. Both off without `failover.resumeConversation` (or with 0 turns)."""
+    """What a session needs for failover resume: the turns a previous agent of the same
+    call left in the room (read from the room as dispatched, opened with the resume key,
+    and only when one of the callers it was written for is still in the room), and the
+    writer that keeps this session's own summary there, removed when the session ends
+    (see `should_clear`). Both off without `failover.resumeConversation` (or with 0
+    turns) or without a resume key."""
     s = runtime.settings
     fo = s.config.failover
-    if not resume_enabled(fo):
+    key = s.secrets.resume_key
+    if not resume_enabled(fo) or key is None:
         return (), None
     room = ctx.job.room.name
-    resumed = read_summary(ctx.job.room.metadata, fo.summaryTurns)
-    if resumed:
-        runtime.metrics.sessions_resumed.inc()
-        log.info(
-            "resuming the conversation a previous agent left",
-            extra={"job_id": job_id, "room": room, "turns": len(resumed)},
-        )
+    binding = Binding(room, ctx.job.room.sid)
+    extra = {"job_id": job_id, "room": room}
     sink = RoomMetadataSink(s.livekit_url, s.secrets.livekit_api_key, s.secrets.livekit_api_secret)
+    found = read_summary(ctx.job.room.metadata, key, binding, fo.summaryTurns)
+    resumed: tuple[Turn, ...] = ()
+    if found is not None and found.turns:
+        try:
+            resumed = resumable(found, await sink.callers(room))
+        except Exception as e:  # no resume rather than a session that does not start
+            log.warning(
+                "could not list the room's participants: not resuming",
+                extra={**extra, "error": f"{type(e).__name__}: {str(e)[:200]}"},
+            )
+        if resumed:
+            runtime.metrics.sessions_resumed.inc()
+            log.info(
+                "resuming the conversation a previous agent left",
+                extra={**extra, "turns": len(resumed)},
+            )
+        else:
+            log.info("a summary of another call is in the room: not resuming", extra=extra)
+    callers: set[str] = set(found.callers) if resumed and found is not None else set()
 
     def current() -> str:
         if ctx.room.isconnected():
             return ctx.room.metadata or ""
         return ctx.job.room.metadata or ""
+
+    def sealed(turns: Sequence[Turn]) -> dict[str, Any]:
+        # the callers of this call so far: a caller who rejoined keeps it resumable
+        callers.update(_callers_now(ctx))
+        return seal(key, binding, Summary(tuple(turns), job_id, frozenset(callers), time.time()))
 
     def on_result(ok: bool) -> None:
         runtime.metrics.summary_writes.labels(result="ok" if ok else "error").inc()
@@ -295,14 +351,28 @@ def _resume(
         keep=fo.summaryTurns,
         sink=sink,
         current_metadata=current,
+        seal=sealed,
         on_result=on_result,
         initial=resumed,
-        extra={"job_id": job_id, "room": room},
+        extra=extra,
     )
 
+    async def callers_present() -> bool | None:
+        try:
+            return bool(callers & await sink.callers(room))
+        except Exception:
+            return None  # unknown: kept (the room's end removes it anyway)
+
     async def close() -> None:
-        await writer.aclose()  # a pending write finishes first
-        await sink.aclose()
+        # livekit-agents runs this after the agent left the room
+        try:
+            await writer.aclose()  # a pending write finishes first
+            reason = observer.close_reason
+            present = None if call_ended_on_purpose(reason) else await callers_present()
+            if should_clear(reason, present) and await writer.clear():
+                log.info("conversation summary removed: the call is over", extra=extra)
+        finally:
+            await sink.aclose()
 
     ctx.add_shutdown_callback(close)
     return resumed, writer
@@ -390,6 +460,12 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
         s.metrics_port,
     )
     await endpoint.start()
+    if resume_enabled(s.config.failover) and s.secrets.resume_key is None:
+        log.warning(
+            "failover.resumeConversation is on but %s is not set: no conversation summary "
+            "is kept (the operator sets it from the VoiceAgent's worker-keys Secret)",
+            Env.RESUME_KEY,
+        )
     log.info(
         "voicefleet worker starting",
         extra={
