@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from livekit import api
+from livekit import api, rtc
+from livekit.protocol.agent_pb import agent_session as agent_pb
 
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, float32
 from voicefleet_contract.metrics import WORKER_METRICS
@@ -504,3 +505,207 @@ async def test_failover_resume_a_new_agent_continues_from_the_room_summary(
         assert any(t.text == agent_said for t in turns)
     finally:
         await caller.close()
+
+
+class Spy:
+    """Everything a participant's `rtc.Room` is handed that could carry words: the room
+    metadata (first and every change), every other participant's name, metadata and
+    attributes, data packets, and the byte and text streams of livekit-agents' topics
+    (its session host and transcriptions)."""
+
+    TOPICS_BYTES = ("lk.agent.session",)
+    TOPICS_TEXT = ("lk.transcription", "lk.chat")
+
+    def __init__(self, room: Any, *, transcriptions: bool = True) -> None:
+        self.room = room
+        self.seen: list[str] = []
+        self.streams: list[str] = []  # the topic of every stream received
+        self._tasks: set[asyncio.Task[None]] = set()
+        room.on("room_metadata_changed", lambda old, new: self.seen.append(new))
+        room.on("participant_connected", self._participant)
+        room.on("participant_metadata_changed", lambda p, old, new: self.seen.append(new))
+        room.on(
+            "participant_attributes_changed", lambda changed, p: self.seen.append(repr(changed))
+        )
+        room.on("data_received", lambda pkt: self.seen.append(repr(bytes(pkt.data))))
+        for topic in self.TOPICS_BYTES:
+            room.register_byte_stream_handler(topic, self._bytes)
+        for topic in self.TOPICS_TEXT if transcriptions else ():
+            room.register_text_stream_handler(topic, self._text)
+
+    def _participant(self, p: Any) -> None:
+        self.seen += [p.name, p.metadata, repr(dict(p.attributes))]
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _bytes(self, reader: Any, identity: str) -> None:
+        async def read() -> None:
+            self.streams.append(reader.info.topic)
+            self.seen.append(repr(b"".join([c async for c in reader])))
+
+        self._spawn(read())
+
+    def _text(self, reader: Any, identity: str) -> None:
+        async def read() -> None:
+            self.streams.append(reader.info.topic)
+            self.seen.append(await reader.read_all())
+
+        self._spawn(read())
+
+    def text(self) -> str:
+        """All of it, as of now (the room's current state included)."""
+        now = [self.room.metadata]
+        for p in self.room.remote_participants.values():
+            now += [p.name, p.metadata, repr(dict(p.attributes))]
+        return "\n".join(self.seen + now)
+
+
+async def _no_voicefleet_section(agent: Agent, room: str) -> bool:
+    meta, _ = await _room_metadata(agent, room)
+    return "voicefleet" not in meta
+
+
+async def test_callers_never_read_earlier_turns_and_a_new_call_never_resumes_them(
+    make_agent: Any,
+) -> None:
+    """Issue 13, item 6, on the real LiveKit: nothing LiveKit hands a participant holds a
+    word of the conversation (the summary is sealed; livekit-agents' session host, which
+    answers any participant with the chat history, is off). A caller who hangs up takes
+    the summary with them; a new call in the same room (the same room instance: another
+    participant keeps it open) starts fresh, also when the previous agent died mid-call."""
+    secret_words = ("ZEBRA-4417", "Quokka", "member code")
+    user_said = "My member code is ZEBRA-4417."
+    agent_said = "Thank you Quokka, member code ZEBRA-4417 is verified."
+    agent: Agent = make_agent()
+    agent.config["failover"] = {"enabled": True, "resumeConversation": True, "summaryTurns": 6}
+    agent.config["model"]["inputAudioTranscription"] = {"model": "whisper-1"}
+    await agent.standin.configure(
+        modelDelayMs=MODEL_DELAY_MS, responseMs=800, transcript=agent_said, userTranscript=user_said
+    )
+    a = agent.worker()
+    await asyncio.to_thread(a.wait_registered, 120)
+    first = agent.caller()
+    room = first.room_name
+    spy = Spy(first.room, transcriptions=False)  # its own live captions are its call
+    # a late joiner that agents never take for their caller (like a recorder: kind egress)
+    observer = rtc.Room()
+    late = Spy(observer)
+    callers = [first]
+    try:
+        await _joined(first)
+        # ask the agent for the chat history the way a livekit-agents RemoteSession does
+        ask = agent_pb.AgentSessionMessage(
+            request=agent_pb.SessionRequest(
+                request_id="r1", get_chat_history=agent_pb.SessionRequest.GetChatHistory()
+            )
+        )
+        await first.room.local_participant.send_bytes(
+            ask.SerializeToString(), topic="lk.agent.session", name="AS_spy"
+        )
+        for _ in range(2):
+            turn = await first.turn(1.0, timeout=20)
+            assert turn.latency_s is not None, "the agent never answered"
+        turns = await _summary_until(agent, room, lambda t: len(t) >= 4, "the sealed summary")
+        assert {t.text for t in turns} == {user_said, agent_said}  # the workers can read it
+        await until(lambda: "voicefleet" in first.room.metadata, 10, "the caller sees metadata")
+
+        # someone joins the call late: its room hands it none of the earlier turns
+        token = (
+            api.AccessToken(LIVEKIT_KEY, agent.stack.livekit_secret)
+            .with_identity("late-joiner")
+            .with_kind("egress")
+            .with_grants(api.VideoGrants(room_join=True, room=room))
+        )
+        await observer.connect(agent.stack.livekit_url, token.to_jwt())
+        await until(
+            lambda: any(p.identity in first.agents for p in observer.remote_participants.values()),
+            10,
+            "the late joiner sees the agent",
+        )
+        for s in (spy, late):
+            seen = s.text()
+            for word in secret_words:
+                assert word not in seen, f"{word!r} reached a participant:\n{seen}"
+        # the session host would have answered the request and broadcast every item
+        assert "lk.agent.session" not in spy.streams + late.streams
+
+        # the caller hangs up: the call ended on purpose, the summary goes with it
+        await first.close()
+        callers.remove(first)
+        assert await _poll_async(lambda: _no_voicefleet_section(agent, room), 20), (
+            "the summary outlived the call"
+        )
+        assert a.metric("voicefleet_worker_sessions_resumed_total") == 0
+
+        # a new call in the same room (the late joiner keeps the room instance open)
+        await agent.standin.reset()
+        await agent.standin.configure(
+            modelDelayMs=MODEL_DELAY_MS,
+            responseMs=800,
+            transcript="Hello, how can I help?",
+            userTranscript="Hi, I am a new caller.",
+        )
+        second = _api_caller(agent, room)
+        second_spy = Spy(second.room)
+        callers.append(second)
+        await _joined(second)
+        turn = await second.turn(1.0, timeout=20)
+        assert turn.latency_s is not None
+        turns = await _summary_until(agent, room, lambda t: len(t) >= 2, "call 2's summary")
+        assert all(t.text not in (user_said, agent_said) for t in turns)
+        stats = await agent.standin.stats()
+        assert not [m for m in stats["createdMessages"] if m["role"] == "system"]
+        assert a.metric("voicefleet_worker_sessions_resumed_total") == 0
+
+        # the agent of call 2 dies mid-call (its summary stays, sealed); the caller gives
+        # up, a third caller comes into the same room and is served by a healthy worker:
+        # the summary is readable by it, but it is not its call
+        b = agent.worker()
+        await asyncio.to_thread(b.wait_registered, 120)
+        a.kill()
+        await second.close()
+        callers.remove(second)
+        third = _api_caller(agent, room)
+        third_spy = Spy(third.room)
+        callers.append(third)
+        await _joined(third)
+        turn = await third.turn(1.0, timeout=20)
+        assert turn.latency_s is not None
+        await until(lambda: b.metric("voicefleet_worker_sessions_started_total") >= 1, 10, "B")
+        assert b.metric("voicefleet_worker_sessions_resumed_total") == 0
+        stats = await agent.standin.stats()
+        assert not [m for m in stats["createdMessages"] if m["role"] == "system"]
+        for s in (second_spy, third_spy, late):
+            seen = s.text()
+            for word in secret_words:
+                assert word not in seen, f"{word!r} reached a participant:\n{seen}"
+    finally:
+        for c in callers:
+            await c.close()
+        await observer.disconnect()
+
+
+async def _poll_async(check: Any, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _api_caller(agent: Agent, room: str) -> Caller:
+    """A caller into an existing room: the agent comes by CreateDispatch (a token's room
+    configuration dispatches only when its join creates the room)."""
+    return Caller(
+        agent.stack.livekit_url,
+        LIVEKIT_KEY,
+        agent.stack.livekit_secret,
+        room=room,
+        agent_name=agent.name,
+        dispatch="api",
+    )

@@ -154,11 +154,14 @@ def test_read_summary_from_room_metadata() -> None:
 
 def test_only_the_same_call_resumes() -> None:
     s = _summary(callers=("PA_caller", "PA_second"))
-    assert resumable(s, {"PA_second", "PA_agent"}) == TURNS  # a caller of the call is there
+    assert resumable(s, {"PA_second", "PA_caller"}) == TURNS  # the call's callers
+    assert resumable(s, {"PA_second"}) == TURNS  # one of them left meanwhile
     assert resumable(s, {"PA_new_caller"}) == ()  # a new call in the same room
+    assert resumable(s, {"PA_second", "PA_new_caller"}) == ()  # someone new beside them
     assert resumable(s, set()) == ()
     assert resumable(None, {"PA_caller"}) == ()
     assert resumable(_summary(callers=()), {"PA_caller"}) == ()
+    assert resumable(_summary(turns=()), {"PA_caller"}) == ()
 
 
 def test_merge_keeps_foreign_keys_and_never_clobbers_non_json() -> None:

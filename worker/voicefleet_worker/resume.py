@@ -17,8 +17,8 @@ Sealed inside: the turns, the job that wrote them, and the participant SIDs of t
 callers in the room at the time. The room's name and SID are the associated data, so a
 summary opens only in the room instance it was written in (a room closed and created
 again under the same name has a new SID). A re-dispatched agent resumes only when one of
-those callers is still in the room: a new caller, even in a room that was never closed,
-never gets an earlier caller's words. The plaintext is padded to a multiple of
+those callers are in the room, and nobody else: a new caller, even in a room that was
+never closed, never gets an earlier caller's words (see `resumable`). The plaintext is padded to a multiple of
 `PAD_BYTES`, so its length tells little about what was said. When a call ends on purpose
 (the caller hangs up, the agent ends it) or its callers are gone, the summary is removed
 (`without_section`).
@@ -240,9 +240,12 @@ def read_summary(metadata: str, key: bytes, binding: Binding, keep: int = 50) ->
 
 
 def resumable(summary: Summary | None, present: Collection[str]) -> tuple[Turn, ...]:
-    """The turns to resume from: only when a caller the summary was written for (by
-    participant SID) is in the room now, i.e. the same call. () otherwise."""
-    if summary is None or not summary.turns or not (summary.callers & set(present)):
+    """The turns to resume from: only when everyone in the room now (but agents, by
+    participant SID) was already a caller of the call when the summary was last written.
+    A new caller, also beside one who stayed, gets a fresh conversation: earlier turns
+    never reach someone who was not there. () otherwise."""
+    here = set(present)
+    if summary is None or not summary.turns or not here or not here <= summary.callers:
         return ()
     return summary.turns
 
