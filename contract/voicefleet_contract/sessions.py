@@ -15,14 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 SESSIONS_PATH: Final = "/sessions"
+# Held long polls a worker keeps at once: the operator holds one per worker (one per
+# replica during an HA handover); a request beyond them is answered at once, as if it had
+# not asked to wait (the client then reads once a second, see `held`).
+MAX_HELD_LONG_POLLS: Final = 8
 SINCE_PARAM: Final = "since"  # the version the client already has
 WAIT_PARAM: Final = "wait"  # how long the server may hold the request for a change
 MAX_WAIT_SECONDS: Final = 60.0
@@ -158,11 +163,73 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+AUTH_HEADER: Final = "Authorization"
+
+
+def bearer(token: str) -> str:
+    """The `Authorization` value a client sends."""
+    return f"Bearer {token}"
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """Whether a request's `Authorization` header carries `token` (always, when the
+    worker has no token: `/sessions` is then open). Constant-time comparison."""
+    if not token:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer ") :].strip().encode(), token.encode())
+
+
+class LongPollLimit:
+    """At most `limit` long polls held at once (a client holding many, by mistake or
+    not, cannot pile up open requests on a worker). `hold()` is a context manager whose
+    value says whether this request may wait; only the event loop's thread uses it."""
+
+    def __init__(self, limit: int = MAX_HELD_LONG_POLLS) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = 0  # requests answered at once because the limit was reached
+
+    @contextlib.contextmanager
+    def hold(self, poll: LongPoll) -> Iterator[bool]:
+        waits = poll.since is not None and poll.wait > 0
+        if waits and self.held >= self.limit:
+            self.refused += 1
+            yield False
+            return
+        if waits:
+            self.held += 1
+        try:
+            yield True
+        finally:
+            if waits:
+                self.held -= 1
+
+
+def held(poll_since: str | None, answer_version: str, elapsed: float, wait: float) -> bool:
+    """Whether the server held a long poll as asked (the client's side of the limit): an
+    unchanged answer that came well before `wait` was not held, and asking again at once
+    would spin. Pure."""
+    if not poll_since or answer_version != poll_since:
+        return True
+    return elapsed >= wait / 2
+
+
 async def serve_long_poll(
-    render: Callable[[], dict[str, Any]], notifier: ChangeNotifier, poll: LongPoll
+    render: Callable[[], dict[str, Any]],
+    notifier: ChangeNotifier,
+    poll: LongPoll,
+    limit: LongPollLimit | None = None,
 ) -> dict[str, Any]:
     """The body to answer with: at once if the report differs from `poll.since`, else as
-    soon as it does, or at the deadline. `render` returns the current report as a dict."""
+    soon as it does, or at the deadline. `render` returns the current report as a dict.
+    With `limit`, a request beyond its held long polls is answered at once."""
+    if limit is not None:
+        with limit.hold(poll) as may_wait:
+            return await serve_long_poll(
+                render, notifier, poll if may_wait else LongPoll(poll.since, 0.0)
+            )
     deadline = time.monotonic() + poll.wait
     while True:
         body = with_version(render())

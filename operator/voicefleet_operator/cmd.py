@@ -101,6 +101,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "ClusterKopfPeering cluster-wide); one replica is active, the others stand by. "
         "Empty: standalone",
     )
+    p.add_argument(
+        "--sessions-auth",
+        choices=("true", "false"),
+        default=str(default("sessions-auth", "true" if d.sessions_auth else "false")).lower(),
+        help="workers' /sessions (room names) answer only with the bearer token of the "
+        "VoiceAgent's worker-keys Secret, which the operator sends (default true)",
+    )
     return p
 
 
@@ -125,4 +132,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         webhook_port=args.webhook_port,
         failover_sweep_seconds=args.failover_sweep_seconds,
         api_threads=max(1, args.api_threads),
+        sessions_auth=args.sessions_auth == "true",
     )

@@ -18,8 +18,13 @@ What a reading says:
   failover takes as the process gone. A hung worker is noticed when its long poll times
   out (`wait_seconds` + 5 s at worst), or when its readiness probe fails.
 
-A worker that does not long-poll (its report has no version, from an older image) is
-read once a second, as before.
+A worker that does not long-poll (its report has no version, from an older image), or
+that answers at once because it holds its limit of long polls already, is read once a
+second, as before.
+
+Each request carries the VoiceAgent's bearer token (`WorkerTokens`: its worker-keys
+Secret), which workers require on `/sessions` when the operator runs with
+`--sessions-auth` (the default); a 401 has the token read again at once.
 
 Pods come from the pod watch (`upsert`, `remove`); consumers `subscribe` to a VoiceAgent
 and are woken whenever one of its pods' readings or the pod set changes.
@@ -28,30 +33,77 @@ and are woken whenever one of its pods' readings or the pod set changes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from voicefleet_contract import METRICS_PORT
+from voicefleet_contract import METRICS_PORT, WORKER_KEYS_TOKEN
 from voicefleet_contract.sessions import (
+    AUTH_HEADER,
     SESSIONS_PATH,
     SessionsReport,
+    bearer,
+    held,
     parse_sessions,
     query_string,
 )
 
 from .autoscale_loop import WorkerPod
+from .kube import KubeApi, path
+from .render import ChildNames
+from .shared import TtlShared
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, VoiceAgent)
 COALESCE_SECONDS = 0.05
 LONG_POLL_MARGIN_SECONDS = 5.0
+TOKEN_REFRESH_SECONDS = 300.0  # a worker-keys Secret is read again once this old
+TOKEN_RETRY_SECONDS = 2.0  # after a failed read (or a 401: at once)
+
+
+class Tokens(Protocol):
+    async def get(self, namespace: str, va: str) -> str | None: ...
+
+    def forget(self, namespace: str, va: str) -> None: ...
+
+
+class NoTokens:
+    async def get(self, namespace: str, va: str) -> str | None:
+        return None
+
+    def forget(self, namespace: str, va: str) -> None:
+        pass
+
+
+class WorkerTokens:
+    """Each VoiceAgent's `/sessions` bearer token, from its worker-keys Secret: one read
+    per VoiceAgent per `TOKEN_REFRESH_SECONDS`, shared by all its pods' long polls. The
+    values are never printed."""
+
+    def __init__(self, kube: KubeApi, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self._shared: TtlShared[Key, str | None] = TtlShared(clock, TOKEN_RETRY_SECONDS)
+
+    async def get(self, namespace: str, va: str) -> str | None:
+        return await self._shared.get(
+            (namespace, va), lambda: self._read(namespace, va), TOKEN_REFRESH_SECONDS
+        )
+
+    def forget(self, namespace: str, va: str) -> None:
+        self._shared.forget((namespace, va))
+
+    async def _read(self, namespace: str, va: str) -> str | None:
+        secret_path = path("v1", "Secret", namespace, ChildNames.of(va).keys)
+        got = await asyncio.to_thread(self.kube.get, secret_path)
+        raw = ((got or {}).get("data") or {}).get(WORKER_KEYS_TOKEN)
+        return base64.b64decode(raw).decode().strip() or None if raw else None
 
 
 @dataclass(frozen=True)
@@ -104,7 +156,9 @@ class SessionFeed:
         port: int = METRICS_PORT,
         on_failure: Callable[[str, str, str], None] = lambda ns, va, reason: None,
         clock: Callable[[], float] = time.monotonic,
+        tokens: Tokens | None = None,
     ) -> None:
+        self.tokens: Tokens = tokens or NoTokens()
         self.wait_seconds = wait_seconds
         self.timeout = timeout  # to connect, and to answer a plain (non-waiting) read
         self.retry_seconds = retry_seconds
@@ -223,8 +277,16 @@ class SessionFeed:
             )
         return self._session
 
-    async def _read(self, ip: str, since: str | None) -> SessionsReport:
+    async def _token(self, namespace: str, va: str) -> str | None:
+        try:
+            return await self.tokens.get(namespace, va)
+        except Exception as e:  # the read goes without one; a 401 says so
+            log.debug("worker token unreadable for %s/%s: %s", namespace, va, type(e).__name__)
+            return None
+
+    async def _read(self, ip: str, since: str | None, token: str | None = None) -> SessionsReport:
         wait = self.wait_seconds if since else 0.0
+        headers = {AUTH_HEADER: bearer(token)} if token else {}
         url = f"http://{ip}:{self.port}{SESSIONS_PATH}{query_string(since, wait)}"
         timeout = aiohttp.ClientTimeout(
             # A long poll's answer may come a little after `wait` from a busy worker (or a
@@ -233,7 +295,7 @@ class SessionFeed:
             sock_connect=self.timeout,
             sock_read=wait + LONG_POLL_MARGIN_SECONDS if wait else self.timeout,
         )
-        async with self._http().get(url, timeout=timeout) as resp:
+        async with self._http().get(url, timeout=timeout, headers=headers) as resp:
             if resp.status != 200:
                 raise _HttpStatus(resp.status)
             return parse_sessions(json.loads(await resp.read()))
@@ -243,10 +305,14 @@ class SessionFeed:
         since: str | None = None
         retried = False
         while True:
+            token = await self._token(namespace, va)
+            started = time.monotonic()
             try:
-                report = await self._read(ip, since)
+                report = await self._read(ip, since, token)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError, _HttpStatus) as e:
                 reason = f"HTTP {e.status}" if isinstance(e, _HttpStatus) else error_reason(e)
+                if isinstance(e, _HttpStatus) and e.status == 401:
+                    self.tokens.forget(namespace, va)  # made or changed since: read it again
                 if not retried and reason.startswith("error:"):
                     # The connection was dropped (a stale keep-alive, the worker's process
                     # died under an open long poll): ask again at once, the answer says
@@ -261,9 +327,13 @@ class SessionFeed:
                 continue
             retried = False
             self._publish(namespace, va, w, Reading(report, "", self.clock()))
-            if report.version:
+            elapsed = time.monotonic() - started
+            if report.version and held(since, report.version, elapsed, self.wait_seconds):
                 since = report.version
-            else:  # a worker without the long poll: read it once a second
+            else:
+                # a worker without the long poll, or one that holds its limit of them
+                # already (answered at once, unchanged): read it once a second
+                since = report.version or None
                 await asyncio.sleep(self.retry_seconds)
 
     def _publish(self, namespace: str, va: str, w: _Watch, reading: Reading) -> None:

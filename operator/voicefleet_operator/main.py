@@ -13,7 +13,7 @@ import kopf
 from . import cmd
 from .autoscale_loop import Autoscaler
 from .failover_loop import Failover, FailoverMetrics, register_failover
-from .feed import SessionFeed
+from .feed import SessionFeed, WorkerTokens
 from .handlers import Reconciler, register
 from .kube import Kube
 from .metrics import OperatorMetrics
@@ -61,7 +61,8 @@ def run(settings: Settings) -> None:
     registry = kopf.OperatorRegistry()
     kube = Kube.connect(settings.kubeconfig, settings.api_threads)
     feed = SessionFeed(
-        on_failure=lambda ns, va, reason: metrics.as_scrape_failures.labels(ns, va, reason).inc()
+        on_failure=lambda ns, va, reason: metrics.as_scrape_failures.labels(ns, va, reason).inc(),
+        tokens=WorkerTokens(kube),
     )
     autoscaler = Autoscaler(kube, metrics)
     names = AgentNames()  # one agent name per LiveKit server: the reconciler and failover

@@ -40,11 +40,13 @@ from .names import Claim, conflict_problem, normalise_url
 from .render import (
     ANNOTATION_AUTOSCALING_MODE,
     ANNOTATION_SECRETS_HASH,
+    WORKER_KEYS,
     ChildNames,
     Owner,
     desired_replicas,
     render_children,
     render_replicas_patch,
+    render_worker_keys,
     selector_string,
 )
 from .render_autoscaler import (
@@ -53,7 +55,12 @@ from .render_autoscaler import (
     render_hpa,
     render_scaled_object,
 )
-from .settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
+from .settings import (
+    FIELD_MANAGER,
+    REPLICAS_FIELD_MANAGER,
+    WORKER_KEYS_FIELD_MANAGER,
+    Settings,
+)
 from .spec import SecretKeyRef, SpecError, VoiceAgentSpec, parse_spec
 from .status import Observation, Problem, Reason, compute_status, ready_condition, status_changed
 from .triggers import Mark, Marks, unchanged_since_apply
@@ -182,6 +189,25 @@ def secrets_rotated(
             return False
         digests[ref] = info.digests.get(ref.key, "")
     return secrets_hash(applied.uid, digests) != applied.hash
+
+
+def ensure_worker_keys(kube: KubeApi, spec: VoiceAgentSpec, owner: Owner, lookups: Lookups) -> bool:
+    """The VoiceAgent's worker-keys Secret has every key (`WORKER_KEYS`); missing ones
+    are added with fresh values, existing ones never touched (running workers hold
+    them). True when the Secret was created. Asked when pods may start from it (a new or
+    changed fleet, the periodic resync), not on every reconcile."""
+    name = ChildNames.of(spec.name).keys
+    # Always read afresh: a shared answer a moment old may predate our own creation, and
+    # new values over live ones would lock the running workers out.
+    keys = lookups.secret_keys(kube, spec.namespace, name, fresh=True)
+    if keys is not None and set(WORKER_KEYS) <= keys:
+        return False
+    missing = set(WORKER_KEYS) - (keys or frozenset())
+    kube.apply(
+        render_worker_keys(spec, owner if keys is None else None, missing),
+        WORKER_KEYS_FIELD_MANAGER,
+    )
+    return keys is None
 
 
 def needs_fresh_secrets(previous: Mapping[str, Any], generation: int) -> bool:
@@ -376,6 +402,10 @@ def _apply_children(
         if applied.created:
             created.append(f"{obj['kind']} {obj['metadata']['name']}")
 
+    # Before anything that starts pods: they read it at start (secretKeyRef).
+    keys_due = current is None or thorough or previous.get("observedGeneration") != generation
+    if keys_due and ensure_worker_keys(kube, spec, owner, lookups):
+        created.append(f"Secret {ChildNames.of(spec.name).keys}")
     apply(children.configmap)
     stale = stale_autoscalers(spec.autoscaling.mode, current, previous, thorough=thorough)
     _delete_autoscalers(kube, spec, lookups, stale)

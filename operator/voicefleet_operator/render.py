@@ -8,8 +8,11 @@ rendered *without* `spec.replicas`: who owns replicas depends on the autoscaling
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
+import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +35,9 @@ from voicefleet_contract import (
     METRICS_PORT,
     METRICS_PORT_NAME,
     READY_PATH,
+    WORKER_KEYS_RESUME,
+    WORKER_KEYS_SUFFIX,
+    WORKER_KEYS_TOKEN,
     Env,
 )
 
@@ -96,10 +102,17 @@ class ChildNames:
     configmap: str
     service: str
     pdb: str
+    keys: str  # the worker-keys Secret (render_worker_keys)
 
     @classmethod
     def of(cls, name: str) -> ChildNames:
-        return cls(deployment=name, configmap=f"{name}-config", service=f"{name}-workers", pdb=name)
+        return cls(
+            deployment=name,
+            configmap=f"{name}-config",
+            service=f"{name}-workers",
+            pdb=name,
+            keys=f"{name}{WORKER_KEYS_SUFFIX}",
+        )
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,42 @@ def render_pdb(spec: VoiceAgentSpec, owner: Owner) -> dict[str, Any]:
     }
 
 
+WORKER_KEYS: Final = (WORKER_KEYS_RESUME, WORKER_KEYS_TOKEN)
+
+
+def new_worker_key(key: str) -> str:
+    """A fresh value for a worker-keys entry: 32 random bytes, base64 (the resume key is
+    an AES-256 key; the token is as hard to guess)."""
+    del key  # both are the same kind of value
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def render_worker_keys(
+    spec: VoiceAgentSpec, owner: Owner | None, missing: Collection[str]
+) -> dict[str, Any]:
+    """The apply body of the worker-keys Secret with fresh values for the `missing` keys
+    only (keys already there are never replaced: running workers hold them). `owner`
+    only when the operator creates it (a Secret the user made stays theirs)."""
+    meta: dict[str, Any] = {
+        "name": ChildNames.of(spec.name).keys,
+        "namespace": spec.namespace,
+        "labels": labels(spec.name, "worker-keys"),
+    }
+    if owner is not None:
+        meta["ownerReferences"] = [owner.reference()]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "data": {
+            k: base64.b64encode(new_worker_key(k).encode()).decode()
+            for k in WORKER_KEYS
+            if k in missing
+        },
+    }
+
+
 def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
@@ -218,7 +267,12 @@ def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]
         _secret_env(Env.OPENAI_API_KEY, spec.apiKeySecret.name, spec.apiKeySecret.key),
         # Tool headers (agent.json names the variable, never the value).
         *(_secret_env(h.env, h.ref.name, h.ref.key) for h in spec.tool_headers),
+        _secret_env(Env.RESUME_KEY, ChildNames.of(spec.name).keys, WORKER_KEYS_RESUME),
     ]
+    if settings.sessions_auth:
+        env.append(
+            _secret_env(Env.SESSIONS_TOKEN, ChildNames.of(spec.name).keys, WORKER_KEYS_TOKEN)
+        )
     user = [dict(e) for e in spec.template.env]
     if settings.otlp_endpoint and all(e["name"] != Env.OTLP_ENDPOINT for e in user):
         env.append({"name": Env.OTLP_ENDPOINT, "value": settings.otlp_endpoint})

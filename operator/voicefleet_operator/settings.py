@@ -11,6 +11,8 @@ FIELD_MANAGER: Final = "voicefleet-operator"
 # A second field manager that owns nothing but the Deployment's spec.replicas, so the
 # operator can let go of replicas (hpa/keda modes) without the main apply deleting them.
 REPLICAS_FIELD_MANAGER: Final = "voicefleet-operator-replicas"
+# Adds missing keys to a worker-keys Secret (never the keys already there).
+WORKER_KEYS_FIELD_MANAGER: Final = "voicefleet-operator-keys"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Settings:
     # (cluster-wide) object the replicas share; one is active, the others stand by.
     # None: standalone, one operator replica, no peering objects needed.
     peering: str | None = None
+    # Workers' /sessions answer only with the bearer token from the VoiceAgent's
+    # worker-keys Secret (VOICEFLEET_SESSIONS_TOKEN); the feed sends it. Off: open.
+    sessions_auth: bool = True
 
     @property
     def standalone(self) -> bool:

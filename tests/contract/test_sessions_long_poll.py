@@ -15,8 +15,12 @@ from voicefleet_contract.sessions import (
     MAX_WAIT_SECONDS,
     ChangeNotifier,
     LongPoll,
+    LongPollLimit,
     RoomSession,
     SessionsReport,
+    authorized,
+    bearer,
+    held,
     parse_long_poll,
     parse_sessions,
     query_string,
@@ -114,3 +118,49 @@ async def test_serve_long_poll_answers_on_change_or_at_the_deadline() -> None:
     notifier.notify()
     changed = await asyncio.wait_for(held, 4)
     assert changed["activeSessions"] == 1 and changed["version"] != first["version"]
+
+
+@pytest.mark.parametrize(
+    ("header", "token", "ok"),
+    [
+        (None, None, True),  # no token on the worker: open
+        (None, "t0ken", False),
+        ("", "t0ken", False),
+        ("Bearer t0ken", "t0ken", True),
+        ("Bearer  t0ken ", "t0ken", True),
+        ("bearer t0ken", "t0ken", False),
+        ("Basic t0ken", "t0ken", False),
+        ("Bearer t0ke", "t0ken", False),
+        ("Bearer t0kenX", "t0ken", False),
+    ],
+)
+def test_authorized(header: str | None, token: str | None, ok: bool) -> None:
+    assert authorized(header, token) is ok
+    assert authorized(bearer("abc"), "abc")
+
+
+def test_long_poll_limit_counts_only_waiting_requests() -> None:
+    limit = LongPollLimit(1)
+    with limit.hold(LongPoll("v1", 20)) as first:
+        assert first and limit.held == 1
+        with limit.hold(LongPoll("v1", 20)) as second:
+            assert not second  # answered at once
+        with limit.hold(LongPoll(None, 0)) as plain:
+            assert plain  # a plain read never waits, never counts
+        assert limit.held == 1 and limit.refused == 1
+    assert limit.held == 0
+    with limit.hold(LongPoll("v1", 20)) as again:
+        assert again
+
+
+@pytest.mark.parametrize(
+    ("since", "version", "elapsed", "was_held"),
+    [
+        (None, "v1", 0.01, True),  # a first read: nothing to hold
+        ("v1", "v2", 0.01, True),  # a change, at once
+        ("v1", "v1", 20.0, True),  # the deadline, unchanged
+        ("v1", "v1", 0.01, False),  # unchanged at once: the worker did not hold it
+    ],
+)
+def test_held(since: str | None, version: str, elapsed: float, was_held: bool) -> None:
+    assert held(since, version, elapsed, 20.0) is was_held

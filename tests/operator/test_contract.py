@@ -6,14 +6,16 @@ the resolved config file goes through the worker side's loader.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 from voicefleet_contract import CONFIG_FILE_KEY, CONFIG_MOUNT_PATH, SECRET_ENV, Env
 from voicefleet_contract.config import parse_config
-from voicefleet_operator.render import Owner, render_children
+from voicefleet_operator.render import WORKER_KEYS, Owner, render_children, render_worker_keys
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import parse_spec
+from voicefleet_worker.resume import parse_key
 
 from .util import full_spec, minimal_spec
 
@@ -21,6 +23,16 @@ SECRETS = {
     "livekit": {"apiKey": "k", "key": "k2", "apiSecret": "s"},
     "openai": {"apiKey": "sk", "token": "sk2"},
 }
+
+
+def _worker_keys() -> dict[str, str]:
+    """The worker-keys Secret as the operator creates it, decoded as the kubelet does."""
+    spec = parse_spec("support", "voice", minimal_spec())
+    body = render_worker_keys(spec, Owner("support", "voice", "u"), WORKER_KEYS)
+    return {k: base64.b64decode(v).decode() for k, v in body["data"].items()}
+
+
+SECRETS["support-worker-keys"] = _worker_keys()
 POD = {
     "metadata.name": "support-7d9-abcde",
     "metadata.namespace": "voice",
@@ -75,6 +87,9 @@ def test_worker_loads_what_the_operator_renders() -> None:
         assert env[Env.POD_IP] == "127.1.0.5"
         assert int(env[Env.METRICS_PORT]) and int(env[Env.HEALTH_PORT])
         assert env.keys() >= SECRET_ENV
+        # the worker's loader takes the resume key and the token as the operator made them
+        assert len(parse_key(env[Env.RESUME_KEY])) == 32
+        assert env[Env.SESSIONS_TOKEN] == SECRETS["support-worker-keys"]["sessionsToken"]
         # Secrets reach the worker through env only, never through agent.json.
         for value in ("sk", "sk2", "s"):
             assert f'"{value}"' not in files[env[Env.CONFIG_FILE]]

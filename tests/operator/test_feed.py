@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import os
 import socket
@@ -12,17 +13,21 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey
 
-from voicefleet_contract.sessions import parse_sessions
+from voicefleet_contract.sessions import LongPollLimit, parse_sessions
 from voicefleet_operator.autoscale_loop import WorkerPod
 from voicefleet_operator.feed import Reading, SessionFeed, error_reason
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import wait_for
+from voicefleet_worker.endpoint import MetricsServer, make_app
+from voicefleet_worker.metrics import WorkerMetrics
+from voicefleet_worker.sessions import SessionRegistry
 
 
 def port_open(ip: str, port: int) -> bool:
@@ -203,3 +208,74 @@ def test_only_a_refused_connection_says_the_process_is_gone(error: int, reason: 
     e = aiohttp.ClientConnectorError(key, OSError(error, os.strerror(error)))
     assert error_reason(e) == reason
     assert error_reason(TimeoutError()) == "timeout"
+
+
+class FakeTokens:
+    """A VoiceAgent's token as the operator would read it from the worker-keys Secret."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.forgotten = 0
+
+    async def get(self, namespace: str, va: str) -> str | None:
+        return self.value
+
+    def forget(self, namespace: str, va: str) -> None:
+        self.forgotten += 1
+
+
+async def _real_endpoint(ip: str, token: str | None, limit: LongPollLimit) -> Any:
+    m = WorkerMetrics()
+    reg = SessionRegistry(4, m)
+    reg.start("job-a", "+15551234567", "agent-a")
+    requests: list[float] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        requests.append(asyncio.get_running_loop().time())
+        return await handler(request)  # type: ignore[no-any-return]
+
+    app = make_app(m, reg, token=token, limit=limit)
+    app.middlewares.append(count)
+    server = MetricsServer(app, ip, free_port(ip))
+    await server.start()
+    return server, requests
+
+
+async def test_the_feed_sends_the_token_and_reads_it_again_after_a_401() -> None:
+    ip = "127.0.9.30"
+    server, _ = await _real_endpoint(ip, "s3cret-token", LongPollLimit())
+    tokens = FakeTokens()  # the Secret is not there yet
+    feed = SessionFeed(
+        wait_seconds=2.0, timeout=0.3, retry_seconds=0.1, port=server.port, tokens=tokens
+    )
+    try:
+        feed.upsert("ns", "va", WorkerPod("w", ip, True, False))
+        got = await until(feed, lambda r: "w" in r, "a first reading")
+        assert got["w"].error == "HTTP 401" and tokens.forgotten >= 1
+        tokens.value = "s3cret-token"
+        got = await until(feed, lambda r: sessions(r.get("w")) == 1, "read with the token")
+        assert got["w"].report is not None
+        assert got["w"].report.rooms[0].room == "+15551234567"
+    finally:
+        await feed.close()
+        await server.aclose()
+
+
+async def test_a_worker_at_its_long_poll_cap_is_read_once_a_retry_period_not_spun() -> None:
+    ip = "127.0.9.31"
+    server, requests = await _real_endpoint(ip, None, LongPollLimit(0))  # holds none
+    feed = SessionFeed(wait_seconds=20.0, timeout=0.3, retry_seconds=0.2, port=server.port)
+    try:
+        feed.upsert("ns", "va", WorkerPod("w", ip, True, False))
+        await until(feed, lambda r: sessions(r.get("w")) == 1, "first read")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(requests) < 6:
+            assert loop.time() < deadline, f"only {len(requests)} reads"
+            await asyncio.sleep(0.05)
+        gaps = [b - a for a, b in itertools.pairwise(requests[1:])]  # after the first read
+        assert min(gaps) >= 0.15, gaps  # the retry period between reads, not a busy loop
+    finally:
+        await feed.close()
+        await server.aclose()

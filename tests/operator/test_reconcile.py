@@ -24,7 +24,12 @@ from voicefleet_operator.reconcile import (
     va_path,
 )
 from voicefleet_operator.render import ANNOTATION_AUTOSCALING_MODE, ANNOTATION_SECRETS_HASH
-from voicefleet_operator.settings import FIELD_MANAGER, REPLICAS_FIELD_MANAGER, Settings
+from voicefleet_operator.settings import (
+    FIELD_MANAGER,
+    REPLICAS_FIELD_MANAGER,
+    WORKER_KEYS_FIELD_MANAGER,
+    Settings,
+)
 from voicefleet_operator.spec import SecretKeyRef
 
 from .util import body, minimal_spec
@@ -67,6 +72,8 @@ class FakeKube:
             merged.setdefault("spec", {}).update(new.get("spec", {}))
             new = {**merged, **{k: v for k, v in new.items() if k != "spec"}}
             new["spec"] = merged["spec"]
+            if "data" in current:  # a Secret's keys merge too (only its own are applied)
+                new["data"] = {**current["data"], **new.get("data", {})}
         old_meta = (current or {}).get("metadata", {})
         gen = old_meta.get("generation", 0)
         changed = current is None or current.get("spec") != new.get("spec")
@@ -124,6 +131,7 @@ def test_creates_children_then_is_quiet() -> None:
     # the workers do not wait for after it.
     # One worker, the API server's default: no replicas in the apply, none to hand over.
     assert kinds == [
+        ("Secret", WORKER_KEYS_FIELD_MANAGER),  # the worker-keys Secret, before any pod
         ("ConfigMap", FIELD_MANAGER),
         ("Deployment", FIELD_MANAGER),
         ("Service", FIELD_MANAGER),
@@ -474,12 +482,48 @@ def test_create_path_calls_deployment_fourth_and_no_cleanup() -> None:
         ("GET", "support"),  # the Deployment: 404
         ("GET", "livekit"),  # Secrets (uncached here; shared Lookups in the operator)
         ("GET", "openai"),
+        ("GET", "support-worker-keys"),  # 404: created, before anything starts pods
+        ("APPLY", "support-worker-keys"),
         ("APPLY", "support-config"),
-        ("APPLY", "support"),  # the Deployment: the fourth call with the Secrets cached
+        ("APPLY", "support"),  # the Deployment
         ("APPLY", "support-workers"),
         ("APPLY", "support"),  # the PDB
         ("PATCH", "status"),
     ]  # no DELETE of an HPA or ScaledObject that never was, no pod LIST (no pods yet)
+
+
+KEYS = f"/api/v1/namespaces/{NS}/secrets/support-worker-keys"
+
+
+def test_worker_keys_are_created_once_and_never_replaced() -> None:
+    k = _setup()
+    out = reconcile(k, Settings(), NS, "support")
+    assert "Secret support-worker-keys" in out.events[0].message
+    secret = k.objects[KEYS]
+    data = dict(secret["data"])
+    assert set(data) == {"resumeKey", "sessionsToken"}
+    assert data["resumeKey"] != data["sessionsToken"]
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "VoiceAgent"  # GC'd with it
+    # a spec change and a resync look again, and keep what is there
+    k.objects[va_path(NS, "support")]["metadata"]["generation"] = 2
+    reconcile(k, Settings(), NS, "support")
+    reconcile(k, Settings(), NS, "support", thorough=True)
+    assert k.objects[KEYS]["data"] == data
+    # deleted by hand: the resync makes a new one (pods that start need it)
+    del k.objects[KEYS]
+    reconcile(k, Settings(), NS, "support", thorough=True)
+    assert set(k.objects[KEYS]["data"]) == {"resumeKey", "sessionsToken"}
+    assert k.objects[KEYS]["data"]["resumeKey"] != data["resumeKey"]
+
+
+def test_a_users_worker_keys_secret_only_gets_the_missing_key() -> None:
+    k = _setup()
+    k.put(KEYS, {"metadata": {"name": "support-worker-keys"}, "data": {"resumeKey": "bXk="}})
+    reconcile(k, Settings(), NS, "support")
+    applied = k.objects[KEYS]
+    assert applied["data"]["resumeKey"] == "bXk="  # the user's, kept
+    assert applied["data"]["sessionsToken"]
+    assert "ownerReferences" not in applied["metadata"]  # it stays theirs
 
 
 def test_steady_state_calls() -> None:
@@ -499,7 +543,8 @@ def test_shared_secret_is_read_once_for_many_voiceagents() -> None:
     for i in range(20):
         out = reconcile(k, Settings(), NS, f"va{i}", lookups=lookups)
         assert out.problem is None
-    reads = [p for v, p in k.calls if v == "GET" and "/secrets/" in p]
+    # (each VoiceAgent's own worker-keys Secret is read when it is made)
+    reads = [p for v, p in k.calls if v == "GET" and "/secrets/" in p and "-keys" not in p]
     assert sorted(reads) == [SECRET_LK, SECRET_OAI]
 
 

@@ -1,7 +1,13 @@
 """The metrics endpoint on VOICEFLEET_BIND_ADDRESS:VOICEFLEET_METRICS_PORT: `/metrics` (Prometheus text),
 `/sessions` (the contract's `SessionsReport` with its version; `?since=&wait=` long-polls
 it: the answer comes when the report changes or `wait` seconds pass) and `/ready` (the
-readiness probe: 200 once registered with LiveKit, else 503)."""
+readiness probe: 200 once registered with LiveKit, else 503).
+
+`/sessions` lists room names, which can be phone numbers: with a token (the operator's
+`VOICEFLEET_SESSIONS_TOKEN`) it answers only `Authorization: Bearer <token>`, else 401.
+At most `MAX_HELD_LONG_POLLS` long polls are held; one more is answered at once.
+`/metrics` (counts and latencies, no room names or words) and `/ready` (the kubelet's
+probe) stay open; the chart's NetworkPolicy limits who reaches the port at all."""
 
 from __future__ import annotations
 
@@ -13,7 +19,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicefleet_contract import READY_PATH
-from voicefleet_contract.sessions import SESSIONS_PATH, parse_long_poll, serve_long_poll
+from voicefleet_contract.sessions import (
+    AUTH_HEADER,
+    SESSIONS_PATH,
+    LongPollLimit,
+    authorized,
+    parse_long_poll,
+    serve_long_poll,
+)
 
 from .metrics import WorkerMetrics
 from .sessions import SessionRegistry
@@ -23,7 +36,11 @@ def make_app(
     metrics: WorkerMetrics,
     sessions: SessionRegistry,
     registered: Callable[[], bool] = lambda: True,
+    token: str | None = None,
+    limit: LongPollLimit | None = None,
 ) -> web.Application:
+    limit = limit or LongPollLimit()
+
     async def get_metrics(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -31,6 +48,12 @@ def make_app(
     polls: set[asyncio.Task[Any]] = set()  # the /sessions requests being held
 
     async def get_sessions(request: web.Request) -> web.Response:
+        if not authorized(request.headers.get(AUTH_HEADER), token):
+            return web.Response(
+                status=401,
+                text="a bearer token is required\n",
+                headers={"WWW-Authenticate": 'Bearer realm="voicefleet-sessions"'},
+            )
         try:
             poll = parse_long_poll(request.query)
         except ValueError as e:
@@ -40,7 +63,7 @@ def make_app(
         polls.add(task)
         try:
             body = await serve_long_poll(
-                lambda: sessions.report().to_dict(), sessions.changes, poll
+                lambda: sessions.report().to_dict(), sessions.changes, poll, limit
             )
         finally:
             polls.discard(task)

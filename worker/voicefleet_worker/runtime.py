@@ -455,7 +455,12 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
     s = runtime.settings
     server = build_server(runtime, entrypoint)
     endpoint = MetricsServer(
-        make_app(runtime.metrics, runtime.sessions, lambda: runtime.registered),
+        make_app(
+            runtime.metrics,
+            runtime.sessions,
+            lambda: runtime.registered,
+            token=s.secrets.sessions_token,
+        ),
         s.bind_address,
         s.metrics_port,
     )
