@@ -13,6 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from voicefleet_contract import APP_NAME, METRICS_PORT_NAME
+
 from ..pod_security import restricted_violations
 from .chart import ALL_MODES, CHART, REPO, by_kind, run_helm, template
 
@@ -269,3 +271,74 @@ def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
     # The packaged chart renders the same as the directory.
     out = run_helm("template", "voicefleet", str(tgz), "--namespace", "voicefleet-system")
     assert out.returncode == 0
+
+
+NETPOL_ON = {"networkPolicy.enabled": "true", "watchNamespaces[0]": "voice"}
+
+
+def test_network_policy_is_off_by_default_and_sessions_auth_on() -> None:
+    docs = template()
+    assert not by_kind(docs, "NetworkPolicy")
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--sessions-auth=true" in c["args"]
+    (dep,) = by_kind(template({"worker.sessionsAuth": "false"}), "Deployment")
+    assert "--sessions-auth=false" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_network_policy_lets_only_the_operator_and_prometheus_reach_workers() -> None:
+    docs = template({**NETPOL_ON, "watchNamespaces[1]": "voice-staging"})
+    pols = by_kind(docs, "NetworkPolicy")
+    assert [p["metadata"]["namespace"] for p in pols] == ["voice", "voice-staging"]
+    for pol in pols:
+        kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
+        spec = pol["spec"]
+        assert spec["podSelector"] == {
+            "matchLabels": {"app.kubernetes.io/name": "voicefleet-worker"}
+        }
+        assert spec["policyTypes"] == ["Ingress"]  # workers' own connections are not limited
+        (rule,) = spec["ingress"]
+        assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        operator, prometheus = rule["from"]
+        assert operator["namespaceSelector"] == {
+            "matchLabels": {"kubernetes.io/metadata.name": "voicefleet-system"}
+        }
+        # the operator's pods, by the labels its Deployment's pods carry
+        (dep,) = by_kind(docs, "Deployment")
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert operator["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert prometheus == {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    # the workers' port named "metrics" and their label are the ones the operator renders
+    assert METRICS_PORT_NAME == "metrics" and APP_NAME == "voicefleet-worker"
+
+
+def test_network_policy_namespaces_prometheus_and_extra_rules_from_values() -> None:
+    docs = template(
+        {
+            "networkPolicy.enabled": "true",
+            "networkPolicy.namespaces[0]": "calls",
+            "networkPolicy.prometheus.namespaceSelector.matchLabels.team": "obs",
+            "networkPolicy.prometheus.podSelector.matchLabels.app": "prom",
+            "networkPolicy.extraIngress[0].from[0].podSelector.matchLabels.role": "debug",
+        }
+    )
+    (pol,) = by_kind(docs, "NetworkPolicy")
+    kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
+    assert pol["metadata"]["namespace"] == "calls"
+    first, extra = pol["spec"]["ingress"]
+    # (Helm merges maps with the defaults: set a default label to null to drop it)
+    assert first["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"team": "obs"}},
+        "podSelector": {"matchLabels": {"app": "prom", "app.kubernetes.io/name": "prometheus"}},
+    }
+    assert extra == {"from": [{"podSelector": {"matchLabels": {"role": "debug"}}}]}
+
+
+def test_network_policy_without_namespaces_fails_with_a_clear_message() -> None:
+    args = ["template", "voicefleet", str(CHART), "--set", "networkPolicy.enabled=true"]
+    out = run_helm(*args, check=False)
+    assert out.returncode != 0
+    assert "networkPolicy.namespaces" in out.stderr

@@ -42,3 +42,9 @@ def test_resync_and_retry_flags() -> None:
     s = cmd.parse([], env)
     assert (s.resync_seconds, s.retry_seconds) == (300.0, 10.0)
     assert cmd.parse(["--retry-seconds=5"], env).retry_seconds == 5.0
+
+
+def test_sessions_auth_flag_and_env() -> None:
+    assert cmd.parse([], env={}).sessions_auth is True
+    assert cmd.parse(["--sessions-auth=false"], env={}).sessions_auth is False
+    assert cmd.parse([], env={"VOICEFLEET_OPERATOR_SESSIONS_AUTH": "false"}).sessions_auth is False
