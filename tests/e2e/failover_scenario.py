@@ -27,7 +27,7 @@ from voicefleet_testbed.procs import start_time
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
-from ..operator.cluster import OperatorProcess, secrets, voiceagent
+from ..operator.cluster import OperatorProcess, secrets, sessions_headers, voiceagent
 
 WORKER_IMAGE = "ghcr.io/voicefleet/worker:0.1.0"
 SPEECH_S = 0.6  # the caller's turn after a failover: short, the answer is what counts
@@ -63,8 +63,9 @@ def operator_metric(op: OperatorProcess, name: str, **labels: str) -> float:
     return samples(op.metrics(), name, **labels)
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as r:
+def _get(url: str, headers: dict[str, str] | None = None) -> str:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=2) as r:
         return str(r.read().decode())
 
 
@@ -135,7 +136,10 @@ class WorkerFleet:
         return samples(text, name, **labels)
 
     def sessions(self, pod: dict[str, Any]) -> SessionsReport:
-        text = _get(f"http://{pod['status']['podIP']}:{METRICS_PORT}/sessions")
+        text = _get(
+            f"http://{pod['status']['podIP']}:{METRICS_PORT}/sessions",
+            sessions_headers(self.kube, pod),
+        )
         return parse_sessions(json.loads(text))
 
     async def registered(self, n: int) -> list[dict[str, Any]] | None:

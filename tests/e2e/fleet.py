@@ -30,7 +30,7 @@ from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
-from ..operator.cluster import secrets
+from ..operator.cluster import secrets, sessions_headers
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -81,15 +81,17 @@ def pod_name(pod: JSON) -> str:
     return str(pod["metadata"]["name"])
 
 
-def read_sessions(pod: JSON, timeout: float = 2.0) -> SessionsReport | None:
-    """A worker pod's `/sessions`, or None when it does not answer (starting, gone)."""
+def read_sessions(pod: JSON, kube: Kube, timeout: float = 2.0) -> SessionsReport | None:
+    """A worker pod's `/sessions` (with its VoiceAgent's token), or None when it does not
+    answer (starting, gone)."""
     ip = (pod.get("status") or {}).get("podIP")
     if not ip:
         return None
     try:
-        with urllib.request.urlopen(
-            f"http://{ip}:{METRICS_PORT}{SESSIONS_PATH}", timeout=timeout
-        ) as r:
+        req = urllib.request.Request(
+            f"http://{ip}:{METRICS_PORT}{SESSIONS_PATH}", headers=sessions_headers(kube, pod)
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return parse_sessions(json.loads(r.read()))
     except (OSError, ValueError):
         return None
@@ -219,7 +221,7 @@ class Fleet:
         """room -> (pod serving it, whether that worker is draining), over every pod."""
         out: dict[str, tuple[str, bool]] = {}
         for p in self.pods():
-            report = read_sessions(p)
+            report = read_sessions(p, self.kube)
             for r in report.rooms if report else ():
                 out[r.room] = (pod_name(p), report.draining if report else False)
         return out

@@ -57,7 +57,7 @@ def events(fleet: Fleet, reason: str) -> list[JSON]:
 def sessions_per_worker(fleet: Fleet) -> dict[str, int] | None:
     out = {}
     for p in fleet.live_pods():
-        report = read_sessions(p)
+        report = read_sessions(p, fleet.kube)
         if report is None:
             return None
         out[pod_name(p)] = report.activeSessions

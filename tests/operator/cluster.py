@@ -3,6 +3,7 @@ process under its own ServiceAccount (not as admin), wait for things."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -15,7 +16,16 @@ from typing import Any, TypeVar
 
 import yaml
 
-from voicefleet_contract import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from voicefleet_contract import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    WORKER_KEYS_SUFFIX,
+    WORKER_KEYS_TOKEN,
+)
+from voicefleet_contract.sessions import AUTH_HEADER, bearer
 from voicefleet_testbed import controlplane as cp
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.ports import free_port
@@ -187,6 +197,16 @@ def secrets(kube: Kube, namespace: str, livekit_secret: str = "s" * 32) -> None:
                 "stringData": data,
             }
         )
+
+
+def sessions_headers(kube: Kube, pod: dict[str, Any]) -> dict[str, str]:
+    """The `Authorization` a worker pod's `/sessions` wants: its VoiceAgent's token from
+    the worker-keys Secret the operator made (none when there is no such Secret)."""
+    meta = pod["metadata"]
+    va = (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
+    secret = kube.get("v1", "Secret", f"{va}{WORKER_KEYS_SUFFIX}", meta["namespace"])
+    raw = ((secret or {}).get("data") or {}).get(WORKER_KEYS_TOKEN)
+    return {AUTH_HEADER: bearer(base64.b64decode(raw).decode())} if raw else {}
 
 
 def voiceagent(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
