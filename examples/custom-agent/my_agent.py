@@ -40,7 +40,9 @@ async def entrypoint(job: Job) -> None:
     # the configured Realtime model (model, voice, turn detection, ...), observed for
     # turn latency, interruptions and reconnections; keyword arguments override it
     session = job.agent_session()
-    await session.start(agent=Concierge(job), room=job.ctx.room)
+    # session_host=False: otherwise livekit-agents hands any participant of the room the
+    # chat history (a resumed call's earlier turns included) on request
+    await session.start(agent=Concierge(job), room=job.ctx.room, session_host=False)
     # a resumed call gets "I'm back" and carries on; a new one gets a greeting
     if not job.greet_resumed(session):
         await session.generate_reply(instructions="Greet the caller.")
