@@ -129,6 +129,27 @@ def setup() -> tuple[Failover, FakeLiveKit, FakeScraper, Clock, VoiceAgentSpec, 
     return f, lk, scraper, clock, spec, metrics
 
 
+def agent_old_left(spec: VoiceAgentSpec, reason: Any, at: float, event_id: str) -> Any:
+    """LiveKit's `participant_left` for the agent `agent-old` of room r1 (`reason`: a
+    livekit.protocol.models.DisconnectReason)."""
+    from livekit.protocol.models import ParticipantInfo, Room
+    from livekit.protocol.webhook import WebhookEvent
+
+    return WebhookEvent(
+        event="participant_left",
+        id=event_id,
+        created_at=int(at),
+        room=Room(name="r1"),
+        participant=ParticipantInfo(
+            identity="agent-old",
+            kind=ParticipantInfo.Kind.AGENT,
+            attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
+            disconnect_reason=reason,
+            joined_at=10,
+        ),
+    )
+
+
 FEEDS: dict[int, FakeScraper] = {}  # each test's Failover -> its workers
 
 
@@ -215,23 +236,10 @@ async def test_late_webhook_after_the_caller_hung_up_is_not_a_second_loss() -> N
     await tick(f, lk, clock, spec)
     lk.participants = [p for p in lk.participants if p.kind == fo.KIND_AGENT]  # hung up
 
-    from livekit.protocol.models import DisconnectReason, ParticipantInfo, Room
-    from livekit.protocol.webhook import WebhookEvent
+    from livekit.protocol.models import DisconnectReason
 
     before = len(events)
-    late = WebhookEvent(
-        event="participant_left",
-        id="EV-late",
-        created_at=int(clock.t),
-        room=Room(name="r1"),
-        participant=ParticipantInfo(
-            identity="agent-old",
-            kind=ParticipantInfo.Kind.AGENT,
-            attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
-            disconnect_reason=DisconnectReason.CONNECTION_TIMEOUT,
-            joined_at=10,
-        ),
-    )
+    late = agent_old_left(spec, DisconnectReason.CONNECTION_TIMEOUT, clock.t, "EV-late")
     await f.on_webhook(late, secret_id("k", "s" * 32))
     for _ in range(3):
         await tick(f, lk, clock, spec)
@@ -716,8 +724,7 @@ async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> No
     the operator's fresh read gets no answer either: the worker hangs. Its agent, still in
     the room, is removed before the new one is dispatched; its PARTICIPANT_REMOVED notice
     is not taken for the agent ending the call."""
-    from livekit.protocol.models import DisconnectReason, ParticipantInfo, Room
-    from livekit.protocol.webhook import WebhookEvent
+    from livekit.protocol.models import DisconnectReason
 
     f, lk, scraper, clock, spec, metrics = setup()
     scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
@@ -730,19 +737,7 @@ async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> No
     await f.tick(spec, [hung_pod, SPARE], readings, post)
     assert lk.removed == ["agent-old"]
     assert [d.id for d in lk.dispatches] == ["d0", "d1"]
-    removed = WebhookEvent(
-        event="participant_left",
-        id="EV-removed",
-        created_at=int(clock.t),
-        room=Room(name="r1"),
-        participant=ParticipantInfo(
-            identity="agent-old",
-            kind=ParticipantInfo.Kind.AGENT,
-            attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
-            disconnect_reason=DisconnectReason.PARTICIPANT_REMOVED,
-            joined_at=10,
-        ),
-    )
+    removed = agent_old_left(spec, DisconnectReason.PARTICIPANT_REMOVED, clock.t, "EV-removed")
     await f.on_webhook(removed, secret_id("k", "s" * 32))
     lk.participants.append(fo.Participant("agent-new", fo.KIND_AGENT, spec.agent_name, clock.t))
     for _ in range(3):
