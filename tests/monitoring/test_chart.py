@@ -215,6 +215,13 @@ def test_ha_mode() -> None:
     assert not by_kind(template(), "ClusterKopfPeering")
 
 
+def test_one_replica_never_overlaps_two_active_operators_on_upgrade() -> None:
+    """Without peering a RollingUpdate surge pod would act beside the old one."""
+    (dep,) = by_kind(template(), "Deployment")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_pods_pass_pod_security_restricted(mode: str) -> None:
     docs = template(MODES[mode])
