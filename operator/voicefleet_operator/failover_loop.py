@@ -44,7 +44,7 @@ from . import failover as fo
 from .autoscale_loop import WorkerPod, samples_of
 from .autoscaler import free_slots
 from .events import PostEvent, poster
-from .feed import Reading, SessionFeed, wait_for_wake
+from .feed import Reading, SessionFeed, paused_for_a_peer, wait_for_wake
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics, _build, _label_sets
 from .names import AgentNames
@@ -905,4 +905,6 @@ def register_failover(
         finally:
             stop.cancel()
             feed.unsubscribe(ns, name, wake)
+            if paused_for_a_peer(stopped.reason):
+                feed.forget(ns, name)
             failover.forget(ns, name)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import kopf
 
 from voicefleet_contract import METRICS_PORT, WORKER_KEYS_TOKEN
 from voicefleet_contract.sessions import (
@@ -204,6 +205,19 @@ class SessionFeed:
         self._wake(fleet)
         self._drop_if_unused((namespace, va))
 
+    def forget(self, namespace: str, va: str) -> None:
+        """Drop every pod of this VoiceAgent: the pod watch that told of them has ended (the
+        operator paused for a peer). A pod deleted while it stood by would never be
+        removed, and would count as a full worker forever; the watch's fresh listing when
+        it resumes adds back every pod that still exists."""
+        fleet = self._fleets.get((namespace, va))
+        if fleet is None:
+            return
+        for w in fleet.pods.values():
+            self._stop(w)
+        fleet.pods.clear()  # no wake: nothing should act on an empty fleet while pausing
+        self._drop_if_unused((namespace, va))
+
     def pods(self, namespace: str, va: str) -> list[WorkerPod]:
         fleet = self._fleets.get((namespace, va))
         return [w.pod for w in fleet.pods.values()] if fleet else []
@@ -343,6 +357,13 @@ class SessionFeed:
             fleet = self._fleets.get((namespace, va))
             if fleet is not None:
                 self._wake(fleet)
+
+
+def paused_for_a_peer(reason: kopf.DaemonStoppingReason | None) -> bool:
+    """A daemon stopped for this `reason` (its `stopped.reason`) because kopf paused the
+    operator for a peer with a higher priority: its watch streams ended, so what they fed
+    is stale from now on. Pure."""
+    return reason is not None and bool(reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING)
 
 
 async def wait_for_wake(timeout: float, stop: asyncio.Future[Any], *wakes: asyncio.Event) -> None:

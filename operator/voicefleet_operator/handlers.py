@@ -56,7 +56,7 @@ from . import reconcile as rc
 from . import triggers
 from .autoscale_loop import IDLE_SECONDS, TICK_SECONDS, Autoscaler, index_pod, settled
 from .events import poster
-from .feed import SessionFeed, wait_for_wake
+from .feed import SessionFeed, paused_for_a_peer, wait_for_wake
 from .gate import PriorityGate
 from .kube import KubeApi, KubeError
 from .lookups import Lookups
@@ -717,4 +717,6 @@ def register_autoscaler(
         finally:
             stop.cancel()
             feed.unsubscribe(ns, name, wake)
+            if paused_for_a_peer(stopped.reason):
+                feed.forget(ns, name)
             autoscaler.forget(ns, name)

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import kopf
 import pytest
 from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey
 
 from voicefleet_contract.sessions import LongPollLimit, parse_sessions
 from voicefleet_operator.autoscale_loop import WorkerPod
-from voicefleet_operator.feed import Reading, SessionFeed, error_reason
+from voicefleet_operator.feed import Reading, SessionFeed, error_reason, paused_for_a_peer
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import wait_for
 from voicefleet_worker.endpoint import MetricsServer, make_app
@@ -279,3 +280,35 @@ async def test_a_worker_at_its_long_poll_cap_is_read_once_a_retry_period_not_spu
     finally:
         await feed.close()
         await server.aclose()
+
+
+async def test_forget_drops_every_pod_and_stops_reading_them(
+    fakes: list[Target], feed: SessionFeed
+) -> None:
+    """After a pause for a peer the feed starts from the watch's fresh listing: a pod
+    deleted meanwhile is not kept (it would count as a full worker forever)."""
+    for t in fakes:
+        feed.upsert("ns", "va", t.pod())
+    await until(feed, lambda r: len(r) == 2, "both workers read")
+    feed.forget("ns", "va")
+    assert feed.pods("ns", "va") == [] and feed.readings("ns", "va") == {}
+    feed.upsert("ns", "va", fakes[1].pod())  # the listing on resume: only w1 still exists
+    got = await until(feed, lambda r: set(r) == {"w1"}, "w1 read again")
+    assert sessions(got["w1"]) == 5
+    assert [p.name for p in feed.pods("ns", "va")] == ["w1"]
+
+
+@pytest.mark.parametrize(
+    ("reasons", "paused"),
+    [
+        (None, False),
+        (kopf.DaemonStoppingReason.OPERATOR_PAUSING, True),
+        (kopf.DaemonStoppingReason.OPERATOR_PAUSING | kopf.DaemonStoppingReason.DONE, True),
+        (kopf.DaemonStoppingReason.RESOURCE_DELETED, False),
+        (kopf.DaemonStoppingReason.OPERATOR_EXITING, False),
+    ],
+)
+def test_only_a_pause_for_a_peer_makes_the_feed_stale(
+    reasons: kopf.DaemonStoppingReason | None, paused: bool
+) -> None:
+    assert paused_for_a_peer(reasons) is paused
