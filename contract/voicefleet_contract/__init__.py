@@ -27,6 +27,9 @@ MANAGED_BY: Final = "voicefleet-operator"
 # change changes the hash, which rolls the workers.
 ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
 POD_DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+# On the operator's own pod while it is the active replica (HA): the chart's webhook
+# Service selects it, so LiveKit's webhooks reach the replica that acts on them.
+LABEL_OPERATOR_ACTIVE: Final = f"{GROUP}/active"
 
 # Ports a worker serves (on every address of its pod, see Env.BIND_ADDRESS).
 METRICS_PORT: Final = 9464  # Prometheus /metrics and /sessions (voicefleet's own)

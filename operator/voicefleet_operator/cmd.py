@@ -112,7 +112,9 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    args = parser(os.environ if env is None else env).parse_args(argv)
+    env = os.environ if env is None else env
+    args = parser(env).parse_args(argv)
+    pod_ns, pod_name = env.get("POD_NAMESPACE", ""), env.get("POD_NAME", "")
     namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
     return Settings(
         namespaces=namespaces,
@@ -129,6 +131,7 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         prometheus_url=args.prometheus_url,
         kubeconfig=args.kubeconfig or None,
         peering=args.peering or None,
+        pod=(pod_ns, pod_name) if pod_ns and pod_name else None,
         webhook_port=args.webhook_port,
         failover_sweep_seconds=args.failover_sweep_seconds,
         api_threads=max(1, args.api_threads),

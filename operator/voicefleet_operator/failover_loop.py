@@ -41,6 +41,7 @@ from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
 
 from . import failover as fo
+from .active import ActiveLabel, NoActiveLabel
 from .autoscale_loop import WorkerPod, samples_of
 from .autoscaler import free_slots
 from .events import PostEvent, poster
@@ -847,9 +848,12 @@ def register_failover(
     feed: SessionFeed,
     host: str,
     webhook_port: int,
+    active: ActiveLabel | NoActiveLabel | None = None,
 ) -> None:
     """A failover daemon per VoiceAgent, and the webhook receiver for the operator's life
-    (`webhook_port` 0: no receiver; the worker view and the sweep still run)."""
+    (`webhook_port` 0: no receiver; the worker view and the sweep still run). `active`
+    labels this replica's pod while its failover daemons run (HA: webhooks go there)."""
+    label = active or NoActiveLabel()
     server = WebhookServer(
         WebhookVerifier(failover.known_credentials),
         failover.on_webhook,
@@ -870,6 +874,7 @@ def register_failover(
     async def _stop_webhooks(**_: Any) -> None:
         await server.stop()
         await failover.close()
+        await label.close()
 
     @kopf.daemon(GROUP, VERSION, PLURAL, id="failover", cancellation_timeout=5, registry=registry)
     async def _failover(
@@ -885,6 +890,7 @@ def register_failover(
         wake = feed.subscribe(ns, name)
         stop = asyncio.ensure_future(stopped.wait())
         parsed = ParsedSpec(ns, name)
+        label.daemon_started()
         try:
             while not stopped:
                 wake.clear()
@@ -907,4 +913,5 @@ def register_failover(
             feed.unsubscribe(ns, name, wake)
             if paused_for_a_peer(stopped.reason):
                 feed.forget(ns, name)
+            label.daemon_stopped(stopped.reason)
             failover.forget(ns, name)

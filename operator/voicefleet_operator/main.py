@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import kopf
 
 from . import cmd
+from .active import ActiveLabel
 from .autoscale_loop import Autoscaler
 from .failover_loop import Failover, FailoverMetrics, register_failover
 from .feed import SessionFeed, WorkerTokens
@@ -70,7 +71,11 @@ def run(settings: Settings) -> None:
     failover = Failover(
         kube, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds, names=names
     )
-    register_failover(registry, failover, feed, settings.bind_address, settings.webhook_port)
+    # HA: the active replica labels its pod, which the chart's webhook Service selects.
+    active = ActiveLabel(kube, *settings.pod) if settings.peering and settings.pod else None
+    register_failover(
+        registry, failover, feed, settings.bind_address, settings.webhook_port, active
+    )
     host = settings.bind_address
     kopf.run(
         registry=registry,

@@ -45,6 +45,9 @@ class Settings:
     # (cluster-wide) object the replicas share; one is active, the others stand by.
     # None: standalone, one operator replica, no peering objects needed.
     peering: str | None = None
+    # The operator's own pod (POD_NAMESPACE, POD_NAME from the downward API), labelled
+    # while it is the active replica under peering (active.py). None: not in a pod.
+    pod: tuple[str, str] | None = None
     # Workers' /sessions answer only with the bearer token from the VoiceAgent's
     # worker-keys Secret (VOICEFLEET_SESSIONS_TOKEN); the feed sends it. Off: open.
     sessions_auth: bool = True

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from voicefleet_contract import APP_NAME, METRICS_PORT_NAME
+from voicefleet_contract import APP_NAME, LABEL_OPERATOR_ACTIVE, METRICS_PORT_NAME
 
 from ..pod_security import restricted_violations
 from .chart import ALL_MODES, CHART, REPO, by_kind, run_helm, template
@@ -172,7 +172,7 @@ def test_dashboard_configmaps_for_the_grafana_sidecar() -> None:
 def test_namespace_scoped_rbac_mode() -> None:
     docs = template(ALL_MODES)
     assert not by_kind(docs, "ClusterRoleBinding")
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["voice", "voice-staging"]
     for b in bindings:
         assert b["subjects"] == [
@@ -213,6 +213,29 @@ def test_ha_mode() -> None:
     cluster = template({"replicaCount": "3"})
     assert [p["metadata"]["name"] for p in by_kind(cluster, "ClusterKopfPeering")] == ["voicefleet"]
     assert not by_kind(template(), "ClusterKopfPeering")
+
+
+def test_ha_webhooks_go_to_the_active_replica_only() -> None:
+    """The webhook Service selects the label the active operator sets on its pod (the
+    operator's constant), which a Role in the release namespace lets it patch."""
+    docs = template(ALL_MODES)
+    hook = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-webhook"))
+    assert hook["spec"]["selector"][LABEL_OPERATOR_ACTIVE] == "true"
+    (role,) = (r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-active"))
+    assert role["metadata"]["namespace"] == "voicefleet-system"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    (binding,) = (b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "Role")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("valueFrom") for e in c["env"]}
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # kopf's identity
+    assert env["POD_NAME"] == env["POD_ID"] and "POD_NAMESPACE" in env  # the operator's pod
+    # One replica: every operator pod (the one) takes webhooks, no Role.
+    single = template()
+    hook = next(s for s in by_kind(single, "Service") if s["metadata"]["name"].endswith("-webhook"))
+    assert LABEL_OPERATOR_ACTIVE not in hook["spec"]["selector"]
+    assert not [r for r in by_kind(single, "Role") if r["metadata"]["name"].endswith("-active")]
 
 
 def test_one_replica_never_overlaps_two_active_operators_on_upgrade() -> None:

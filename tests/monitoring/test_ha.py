@@ -1,6 +1,7 @@
 """HA mode installed into the testbed: two operator replicas under kopf peering (the
 chart's KopfPeering and CRDs, the operator's --peering from the chart's env); both run,
-both record themselves in the peering object, and the VoiceAgent still becomes Ready."""
+both record themselves in the peering object, and the VoiceAgent still becomes Ready;
+LiveKit's webhooks reach the active replica only, also after the leader is deleted."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from voicefleet_contract import LABEL_NAME
+from voicefleet_contract import LABEL_NAME, LABEL_OPERATOR_ACTIVE
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
@@ -29,6 +30,21 @@ def _ready_operators(kube: Kube, ns: str) -> list[dict[str, Any]]:
         if conds.get("Ready") == "True":
             out.append(p)
     return out
+
+
+def _webhook_backends(kube: Kube, ns: str, fullname: str) -> list[str]:
+    """The ready pods the webhook Service selects: what its EndpointSlice holds in a
+    cluster (the hollow node's pods have 127.x addresses, which EndpointSlices refuse)."""
+    svc = kube.get("v1", "Service", f"{fullname}-webhook", ns) or {}
+    selector = ",".join(f"{k}={v}" for k, v in svc["spec"]["selector"].items())
+    return sorted(
+        p["metadata"]["name"]
+        for p in kube.list("v1", "Pod", ns, label_selector=selector)
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p.get("status", {}).get("conditions") or []
+        )
+    )
 
 
 def test_two_replicas_peer_and_reconcile(stack: Stack, kube: Kube) -> None:
@@ -67,6 +83,39 @@ def test_two_replicas_peer_and_reconcile(stack: Stack, kube: Kube) -> None:
         # started paused, so that line is not a property to assert.)
         logs = _operator_log(stack, system_ns)
         assert "Possibly conflicting operators with the same priority" not in logs
+
+        # Webhooks reach the active replica only: the one kopf's peering lets act (the
+        # highest priority, identified by its pod name) labels its pod, the webhook
+        # Service selects the label. A standby knows no keys and would answer 401.
+        def active_pods() -> list[str]:
+            return sorted(
+                p["metadata"]["name"]
+                for p in _ready_operators(kube, system_ns)
+                if p["metadata"].get("labels", {}).get(LABEL_OPERATOR_ACTIVE) == "true"
+            )
+
+        def leader() -> str:
+            status = kube.get("kopf.dev/v1", "KopfPeering", fullname, ns)["status"]  # type: ignore[index]
+            return str(max(status, key=lambda peer: status[peer]["priority"]))
+
+        def one_active(other_than: str = "") -> str | None:
+            """The one active replica, if it is also all the webhook Service holds."""
+            active = active_pods()
+            if len(active) != 1 or active[0] == other_than:
+                return None
+            return active[0] if _webhook_backends(kube, system_ns, fullname) == active else None
+
+        first = wait_for(one_active, 30, "the active replica labelled, behind the webhook Service")
+        assert first == leader(), (first, status)
+        # The leader goes (an upgrade, a node drain): another replica takes over (the
+        # standby, or the Deployment's new pod if its priority is higher), labels itself,
+        # and the webhook Service follows.
+        kube.core.delete_namespaced_pod(first, system_ns)
+        wait_for(
+            lambda: one_active(other_than=first),
+            90,
+            "another replica active after the leader went, behind the webhook Service",
+        )
     except AssertionError:
         print(_operator_log(stack, system_ns)[-6000:])
         raise

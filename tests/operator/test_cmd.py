@@ -23,6 +23,13 @@ def test_peering_from_the_charts_env() -> None:
     assert cmd.parse([], {}).standalone
 
 
+def test_own_pod_from_the_downward_api() -> None:
+    s = cmd.parse([], {"POD_NAMESPACE": "voicefleet-system", "POD_NAME": "op-0"})
+    assert s.pod == ("voicefleet-system", "op-0")
+    assert cmd.parse([], {"POD_NAME": "op-0"}).pod is None
+    assert cmd.parse([], {}).pod is None
+
+
 def test_failover_flags() -> None:
     s = cmd.parse([], {})
     assert (s.webhook_port, s.failover_sweep_seconds) == (8090, 10.0)
