@@ -29,7 +29,7 @@ from .autoscaler import Decision, PodSample, Policy, Recommendation, decide, del
 from .kube import KubeApi, path
 from .metrics import OperatorMetrics
 from .reconcile import va_path
-from .render import ChildNames, render_replicas_patch
+from .render import CONTAINER_NAME, ChildNames, render_replicas_patch
 from .settings import REPLICAS_FIELD_MANAGER
 from .spec import VoiceAgentSpec
 
@@ -44,6 +44,9 @@ class WorkerPod:
     ip: str
     ready: bool
     deleting: bool
+    # The worker container's restartCount: a rise means its process died and another one
+    # now answers on the same address (the kubelet restarts a crashed container at once).
+    restarts: int = 0
 
 
 def index_pod(
@@ -60,8 +63,17 @@ def index_pod(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
+    restarts = sum(
+        int(c.get("restartCount") or 0)
+        for c in status.get("containerStatuses") or []
+        if c.get("name") == CONTAINER_NAME
+    )
     pod = WorkerPod(
-        name, str(status.get("podIP") or ""), ready, bool(meta.get("deletionTimestamp"))
+        name,
+        str(status.get("podIP") or ""),
+        ready,
+        bool(meta.get("deletionTimestamp")),
+        restarts,
     )
     return {(namespace, labels[LABEL_INSTANCE]): pod}
 

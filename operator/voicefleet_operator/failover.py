@@ -291,6 +291,12 @@ class WorkerRoom:
     started_at: float = 0.0  # when the job started (after its dispatch was made)
 
 
+def restarted_workers(before: Mapping[str, int], now: Mapping[str, int]) -> list[str]:
+    """Pods whose worker container's restartCount rose since `before` (a pod seen for the
+    first time has nothing to compare with). Pure."""
+    return sorted(pod for pod, n in now.items() if n > before.get(pod, n))
+
+
 def losses_from_workers(
     previous: Mapping[str, Sequence[WorkerRoom]],
     refused: Iterable[str],

@@ -226,6 +226,7 @@ class _State:
     cases: dict[tuple[str, str], fo.Case] = field(default_factory=dict)
     counted: set[tuple[str, str]] = field(default_factory=set)  # orphans counted
     previous: dict[str, list[fo.WorkerRoom]] = field(default_factory=dict)  # pod -> rooms
+    restarts: dict[str, int] = field(default_factory=dict)  # pod -> its worker's restartCount
     incoming: list[fo.Loss] = field(default_factory=list)
     suspects: dict[str, tuple[fo.WorkerRoom, float]] = field(default_factory=dict)
     absent: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -567,10 +568,16 @@ class Failover:
     ) -> None:
         t = s.target
         current: dict[str, list[fo.WorkerRoom]] = {}
-        # A pod without an IP (its container restarting) has no process serving anything.
-        refused = [p.name for p in pods if not p.ip]
+        # A pod without an IP (its container restarting) has no process serving anything;
+        # one whose worker container restarted has a new process that serves none of the
+        # old one's calls (it may answer before the feed ever saw a refusal).
+        restarted = fo.restarted_workers(s.restarts, {p.name: p.restarts for p in pods})
+        s.restarts = {p.name: p.restarts for p in pods}
+        refused = [p.name for p in pods if not p.ip] + restarted
         hung = []
         for p in pods:
+            if p.name in restarted:
+                continue  # what it reads now is the new process (or nothing yet)
             r = readings.get(p.name)
             if not p.ip or r is None:
                 continue  # not read yet: what it served before still stands

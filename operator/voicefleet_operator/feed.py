@@ -178,8 +178,9 @@ class SessionFeed:
             return
         if w is None:
             w = fleet.pods[pod.name] = _Watch(pod)
-        elif w.pod.ip != pod.ip or pod.ready != w.pod.ready:
-            # A new address is a new process; a worker that just turned ready is read
+        elif w.pod.ip != pod.ip or pod.restarts != w.pod.restarts or pod.ready != w.pod.ready:
+            # A new address or a restarted container is a new process (what the old one
+            # said is stale); a worker that just turned ready is read
             # afresh: a "refused" from before it listened would count it as full, and
             # every new worker would ask for one more (a runaway scale-up). One that
             # turned not ready (the kubelet's probe failed) is read afresh too, with a

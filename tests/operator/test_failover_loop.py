@@ -814,3 +814,65 @@ async def test_livekit_clients_no_voiceagent_uses_are_closed() -> None:
     f.forget("voice", "b")
     await asyncio.sleep(0)
     assert closed == [made[0].url, "ws://other:7880"] and f.clients == 0
+
+
+async def test_a_restarted_worker_container_loses_its_calls_though_it_answers_at_once() -> None:
+    """The kubelet restarts a crashed container at once, on the same pod IP: the new
+    process may answer /sessions (with no rooms) before the feed ever saw a refusal. The
+    rise of its restartCount says the old process died: its calls are lost now, not when
+    LiveKit times the dead agent out (~20 s) and sends participant_left."""
+    f, lk, scraper, clock, spec, metrics = setup()
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    await tick(f, lk, clock, spec)
+    scraper.rooms["w1"] = []  # the new process serves nothing
+    restarted = replace(POD, restarts=1)
+    clock.t += 1
+    lk.now = clock.t
+    await f.tick(spec, [restarted, SPARE], FEEDS[id(f)].readings([restarted, SPARE]), post)
+    # The dead agent still sits in the room: removed first, then one new dispatch.
+    assert lk.removed == ["agent-old"]
+    assert [d.metadata for d in lk.dispatches] == ["meta", "meta"]
+    labels = {"namespace": "voice", "voiceagent": "support"}
+    assert (
+        value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": "worker"})
+        == 1
+    )
+    for _ in range(5):  # the same restart count again: nothing more
+        clock.t += 1
+        lk.now = clock.t
+        await f.tick(spec, [restarted, SPARE], FEEDS[id(f)].readings([restarted, SPARE]), post)
+    assert len(lk.dispatches) == 2
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "restarted"),
+    [
+        ({}, {"a": 3}, []),  # first seen (an operator restart): nothing to compare
+        ({"a": 0}, {"a": 0}, []),
+        ({"a": 0}, {"a": 1}, ["a"]),
+        ({"a": 2, "b": 0}, {"a": 2, "b": 4}, ["b"]),
+        ({"a": 1}, {"a": 0}, []),  # a recreated pod of the same name starts again at 0
+        ({"a": 1}, {}, []),  # gone: the pod watch's business
+    ],
+)
+def test_restarted_workers(
+    before: dict[str, int], now: dict[str, int], restarted: list[str]
+) -> None:
+    assert fo.restarted_workers(before, now) == restarted
+
+
+def test_index_pod_reads_the_worker_containers_restart_count() -> None:
+    from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME
+    from voicefleet_operator.autoscale_loop import index_pod
+
+    status = {
+        "podIP": "10.0.0.5",
+        "containerStatuses": [
+            {"name": "agent", "restartCount": 2},
+            {"name": "sidecar", "restartCount": 7},  # not the worker: its calls go on
+        ],
+    }
+    labels = {LABEL_NAME: APP_NAME, LABEL_INSTANCE: "support"}
+    entry = index_pod("voice", "w1", labels, status, {})
+    assert entry == {("voice", "support"): WorkerPod("w1", "10.0.0.5", False, False, 2)}
