@@ -287,13 +287,31 @@ def agent_listening(caller: Caller) -> bool:
     )
 
 
+def heard(c: Caller) -> str:
+    """What the caller heard around its unanswered turns (why an answer went unheard:
+    no frames at all, frames but no onset after the speech, or an answer already playing)."""
+    m = c.meter
+    parts = []
+    for t in c.report.turns:
+        if t.latency_s is None and t.spoke_until is not None:
+            near = [round(o - t.spoke_until, 2) for o in m.onsets if -5 <= o - t.spoke_until <= 35]
+            parts.append(f"turn {t.index}: onsets {near} s from the speech's end")
+    last = (
+        None
+        if m.last_frame_at is None
+        else round(m.last_frame_at - (c.report.turns[-1].spoke_until or 0), 1)
+    )
+    parts.append(f"{m.frames} frames, last {last} s after the last speech, talking={m.talking}")
+    return "; ".join(parts)
+
+
 def drop_reason(c: Caller) -> str | None:
     """Why this call counts as dropped, from the caller's own report; None when it is whole."""
     r = c.report
     if r.dropped or r.agent_leaves:
         return f"the agent left ({r.agent_leaves}x)"
     if r.unanswered:
-        return f"{r.unanswered} turn(s) unanswered"
+        return f"{r.unanswered} turn(s) unanswered ({heard(c)})"
     if r.errors:
         return "; ".join(r.errors)
     if r.agent_joins != 1:

@@ -235,7 +235,7 @@ class Caller:
         self._turn = TurnResult(len(self.report.turns), seconds)
         self.report.turns.append(self._turn)
         end = await self._pump.play(self.voice.next, seconds)
-        self._speech_end = end
+        self._speech_end = self._turn.spoke_until = end
         return end
 
     async def wait_agent_audio(self, timeout: float) -> float | None:

@@ -47,8 +47,12 @@ class Meter:
         self.offsets: list[float] = []
         self.last_loud = 0.0
         self.loud_s = 0.0  # total time heard above the threshold
+        self.frames = 0  # every frame received, loud or not
+        self.last_frame_at: float | None = None
 
     def feed(self, pcm: bytes | memoryview, duration_s: float, now: float) -> None:
+        self.frames += 1
+        self.last_frame_at = now
         if level_dbfs(pcm) > self.threshold_db:
             self.loud_s += duration_s
             self.last_loud = now

@@ -14,6 +14,7 @@ class TurnResult:
     answer_s: float | None = None  # how long the agent's answer lasted
     interrupted: bool = False  # the caller talked over the agent in this turn
     stopped_s: float | None = None  # interruption start -> agent audio stopped
+    spoke_until: float | None = None  # loop time the speech played out (diagnostics)
 
 
 @dataclass
