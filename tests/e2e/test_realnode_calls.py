@@ -1,0 +1,211 @@
+"""A VoiceAgent's workers as containers on the real node (kubelet + containerd), from the
+worker image `make images` built, in a namespace enforcing Pod Security `restricted`. They
+reach LiveKit and the Realtime stand-in (the one double) the way they would in a cluster:
+by Service DNS names, resolved by CoreDNS and routed by kube-proxy over the pod network,
+never 127.0.0.1. A caller on the host talks to them over WebRTC, turn after turn.
+
+The session's LiveKit listens on loopback only (every other test's calls stay there), so
+this module runs a second livekit-server whose node IP is the pod bridge's gateway address,
+reachable from the host and from the pods alike, and relays the stand-in's port onto that
+address. Selector-less Services name both, as a user's cluster would name its LiveKit.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.operator.cluster import OperatorProcess
+from voicefleet_testbed.binaries import Binaries
+from voicefleet_testbed.caller import Caller
+from voicefleet_testbed.images import BuiltImage, built
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.livekit_config import MediaAddress, livekit_config
+from voicefleet_testbed.ports import free_port
+from voicefleet_testbed.procs import ProcRef, spawn, stop, wait_for
+from voicefleet_testbed.realnode import RealNode
+from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+
+from .fleet import JSON, WORKER_START_S, Fleet, Shape, drop_reason, hang_up, turns, until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.images, pytest.mark.slow]
+
+LIVEKIT_PORT = 7880  # the Services' ports, as a user's cluster would have them
+REALTIME_PORT = 7879
+ONE = Shape(max_per_worker=2, min_replicas=1, max_replicas=1, buffer_sessions=0, window_s=60)
+
+
+@dataclass(frozen=True)
+class PodNetServices:
+    namespace: str  # where the Services live
+    livekit_host_url: str  # for callers on the host
+    livekit_port: int
+    realtime_port: int
+
+    @property
+    def livekit_url(self) -> str:
+        return f"ws://livekit.{self.namespace}.svc.cluster.local:{LIVEKIT_PORT}"
+
+    def openai_base_url(self, scenario: str) -> str:
+        return f"http://realtime.{self.namespace}.svc.cluster.local:{REALTIME_PORT}/s/{scenario}/v1"
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1):
+        return True
+
+
+def _service(kube: Kube, ns: str, name: str, port: int, target: str, target_port: int) -> None:
+    """A selector-less Service and its EndpointSlice: `name` -> target:target_port."""
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"ports": [{"name": "tcp", "port": port, "targetPort": target_port}]},
+        },
+        ns,
+    )
+    kube.create(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [target], "conditions": {"ready": True}}],
+            "ports": [{"name": "tcp", "port": target_port, "protocol": "TCP"}],
+        },
+        ns,
+    )
+
+
+@pytest.fixture
+def pod_net_services(stack: Stack, kube: Kube, real_node: RealNode) -> Iterator[PodNetServices]:
+    gateway = real_node.net.gateway
+    procs: list[ProcRef] = []
+    ns = f"pod-net-services-{uuid.uuid4().hex[:5]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    try:
+        lk_port = free_port(gateway)
+        config = stack.dir / "livekit-pod-net.yaml"
+        config.write_text(
+            json.dumps(
+                livekit_config(
+                    port=lk_port,
+                    udp_port=free_port(gateway),
+                    keys={LIVEKIT_KEY: stack.livekit_secret},
+                    # No webhooks: the operator under test runs on the host, where the
+                    # Service name in the VoiceAgent does not resolve, so its failover could
+                    # not act on them (it would in a cluster, from its pod).
+                    webhook_api_key=LIVEKIT_KEY,
+                    webhook_urls=[],
+                    # The gateway only: both sides reach it, and its candidates name one
+                    # socket (with loopback too, two sockets would share the node IP and a
+                    # pod's ICE checks would be answered from 127.0.0.1: never).
+                    addresses=(MediaAddress(real_node.net.bridge, gateway),),
+                )
+            )
+        )
+        config.chmod(0o600)
+        logs = stack.dir / "logs"
+        procs.append(
+            spawn(
+                "livekit-pod-net",
+                [str(Binaries.locate().livekit_server), f"--config={config}"],
+                logs / "livekit-pod-net.log",
+            )
+        )
+        rt_port = free_port(gateway)
+        standin = int(stack.realtime_url.rsplit(":", 1)[1])
+        relay = [sys.executable, "-m", "voicefleet_testbed.realnode.apiproxy",
+                 f"--listen={gateway}:{rt_port}", f"--to=127.0.0.1:{standin}"]  # fmt: skip
+        procs.append(spawn("realtime-pod-net-relay", relay, logs / "realtime-pod-net-relay.log"))
+        wait_for(lambda: _listening(gateway, lk_port), 30, "LiveKit on the pod bridge")
+        wait_for(lambda: _listening(gateway, rt_port), 30, "the stand-in's relay on the bridge")
+        _service(kube, ns, "livekit", LIVEKIT_PORT, gateway, lk_port)
+        _service(kube, ns, "realtime", REALTIME_PORT, gateway, rt_port)
+        yield PodNetServices(ns, f"ws://{gateway}:{lk_port}", lk_port, rt_port)
+    finally:
+        for p in procs:
+            stop(p)
+        kube.core.delete_namespace(ns)
+
+
+@pytest.fixture
+def worker_image(real_node: RealNode) -> BuiltImage:
+    image = built()["worker"]
+    if not real_node.has_image(image.ref):
+        real_node.import_image(Path(image.archive))
+    return image
+
+
+class PodNetFleet(Fleet):
+    """A Fleet whose workers run the built worker image on the real node and name LiveKit
+    and the model by Service DNS names; its callers join from the host."""
+
+    def __init__(
+        self, stack: Stack, kube: Kube, namespace: str, services: PodNetServices, image: str
+    ) -> None:
+        super().__init__(stack, kube, namespace)
+        self.services = services
+        self.image = image
+
+    def spec(self, shape: Shape, instructions: str = "You are a test agent.") -> JSON:
+        spec = super().spec(shape, instructions)
+        spec["livekit"]["url"] = self.services.livekit_url
+        spec["model"]["baseURL"] = self.services.openai_base_url(self.agent_name)
+        spec["template"] = {"image": self.image}
+        return spec
+
+    def caller(self) -> Caller:
+        c = super().caller()
+        c.url = self.services.livekit_host_url
+        return c
+
+
+async def test_a_call_to_workers_on_the_real_node_is_answered_turn_after_turn(
+    operator: OperatorProcess,
+    stack: Stack,
+    kube: Kube,
+    real_node: RealNode,
+    real_namespace: str,
+    pod_net_services: PodNetServices,
+    worker_image: BuiltImage,
+) -> None:
+    ns = real_namespace
+    kube.core.patch_namespace(
+        ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    fleet = PodNetFleet(stack, kube, ns, pod_net_services, worker_image.ref)
+    await fleet.create(ONE)
+
+    def ready_pod() -> JSON | None:
+        pods = fleet.pods()
+        return pods[0] if len(pods) == 1 and fleet.settled(1) else None
+
+    pod = await until(ready_pod, WORKER_START_S, "the worker container Ready on the real node")
+    assert pod["spec"]["nodeName"] == real_node.name
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["imageID"].endswith(worker_image.image_id.split(":", 1)[1]), status
+    assert pod["status"]["podIP"].startswith(real_node.net.gateway.rsplit(".", 1)[0] + ".")
+
+    caller = await fleet.join(fleet.caller())
+    try:
+        # `kubectl logs` through the kubelet: what the worker said, shown on a failure.
+        logs = kube.core.read_namespaced_pod_log(pod["metadata"]["name"], ns, tail_lines=40)
+        assert not caller.report.errors, (caller.report.errors, logs)
+        heard = []
+        for _ in range(3):
+            heard += await turns([caller])
+        assert all(x is not None for x in heard), (heard, drop_reason(caller))
+    finally:
+        await hang_up([caller])
+    assert drop_reason(caller) is None, drop_reason(caller)
