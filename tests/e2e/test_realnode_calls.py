@@ -34,6 +34,7 @@ from voicefleet_testbed.procs import ProcRef, spawn, stop, wait_for
 from voicefleet_testbed.realnode import RealNode
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
+from .failover_scenario import operator_metric
 from .fleet import JSON, WORKER_START_S, Fleet, Shape, drop_reason, hang_up, turns, until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.images, pytest.mark.slow]
@@ -85,6 +86,16 @@ def _service(kube: Kube, ns: str, name: str, port: int, target: str, target_port
         },
         ns,
     )
+
+
+@pytest.fixture
+def restricted_namespace(kube: Kube, real_namespace: str) -> str:
+    """The real node's namespace, enforcing Pod Security `restricted` as a user's would."""
+    kube.core.patch_namespace(
+        real_namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    return real_namespace
 
 
 @pytest.fixture
@@ -149,18 +160,28 @@ def worker_image(real_node: RealNode) -> BuiltImage:
 
 class PodNetFleet(Fleet):
     """A Fleet whose workers run the built worker image on the real node and name LiveKit
-    and the model by Service DNS names; its callers join from the host."""
+    and the model by Service DNS names; its callers join from the host. `by_address`: the
+    VoiceAgent names LiveKit by the bridge address instead, which the operator on the host
+    reaches too (its failover calls LiveKit's API; in a cluster it runs in a pod)."""
 
     def __init__(
-        self, stack: Stack, kube: Kube, namespace: str, services: PodNetServices, image: str
+        self,
+        stack: Stack,
+        kube: Kube,
+        namespace: str,
+        services: PodNetServices,
+        image: str,
+        by_address: bool = False,
     ) -> None:
         super().__init__(stack, kube, namespace)
         self.services = services
         self.image = image
+        self.by_address = by_address
 
     def spec(self, shape: Shape, instructions: str = "You are a test agent.") -> JSON:
         spec = super().spec(shape, instructions)
-        spec["livekit"]["url"] = self.services.livekit_url
+        s = self.services
+        spec["livekit"]["url"] = s.livekit_host_url if self.by_address else s.livekit_url
         spec["model"]["baseURL"] = self.services.openai_base_url(self.agent_name)
         spec["template"] = {"image": self.image}
         return spec
@@ -176,14 +197,11 @@ async def test_a_call_to_workers_on_the_real_node_is_answered_turn_after_turn(
     stack: Stack,
     kube: Kube,
     real_node: RealNode,
-    real_namespace: str,
+    restricted_namespace: str,
     pod_net_services: PodNetServices,
     worker_image: BuiltImage,
 ) -> None:
-    ns = real_namespace
-    kube.core.patch_namespace(
-        ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
-    )
+    ns = restricted_namespace
     fleet = PodNetFleet(stack, kube, ns, pod_net_services, worker_image.ref)
     await fleet.create(ONE)
 
@@ -209,3 +227,71 @@ async def test_a_call_to_workers_on_the_real_node_is_answered_turn_after_turn(
     finally:
         await hang_up([caller])
     assert drop_reason(caller) is None, drop_reason(caller)
+
+
+TWO = Shape(max_per_worker=2, min_replicas=2, max_replicas=2, buffer_sessions=0, window_s=60)
+
+
+def _container_of(real_node: RealNode, pod: str) -> str:
+    """The running worker container of `pod`, as the runtime names it."""
+    r = real_node.crictl("ps", "--name", "agent", "--label", f"io.kubernetes.pod.name={pod}", "-q")
+    ids = r.stdout.split()
+    assert r.returncode == 0 and len(ids) == 1, (r.stdout, r.stderr)
+    return ids[0]
+
+
+async def test_a_worker_container_killed_mid_call_is_failed_over_once(
+    operator: OperatorProcess,
+    stack: Stack,
+    kube: Kube,
+    real_node: RealNode,
+    restricted_namespace: str,
+    pod_net_services: PodNetServices,
+    worker_image: BuiltImage,
+) -> None:
+    """The runtime kills the worker container serving a call (what an OOM kill or `crictl
+    stop` does); the kubelet restarts it on the same pod IP. The call gets exactly one new
+    agent and is answered again."""
+    fleet = PodNetFleet(
+        stack, kube, restricted_namespace, pod_net_services, worker_image.ref, by_address=True
+    )
+    await fleet.create(TWO)
+    await until(lambda: fleet.settled(2), WORKER_START_S, "two worker containers Ready")
+    caller = await fleet.join(fleet.caller())
+    try:
+        assert not caller.report.errors, caller.report.errors
+        assert (await turns([caller]))[0] is not None, drop_reason(caller)
+        place = await until(
+            lambda: fleet.placement().get(caller.room_name), 10, "the call on a worker"
+        )
+        first = set(caller.agents)
+        container = _container_of(real_node, place[0])
+        stopped = real_node.crictl("stop", "--timeout", "0", container)  # SIGKILL
+        assert stopped.returncode == 0, stopped.stderr
+
+        await until(lambda: bool(caller.agents - first) or None, 30, "a new agent in the room")
+        assert (await turns([caller]))[0] is not None, drop_reason(caller)
+        # The kubelet restarted the container (same pod, restartCount 1) ...
+        pod = kube.get("v1", "Pod", place[0], restricted_namespace) or {}
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["restartCount"] >= 1, status
+        # ... and the call got exactly one new agent: once the dead one is out of the room
+        # (removed by the operator, or timed out by LiveKit), one agent remains.
+        gone = await caller.changes.wait_for(lambda: len(caller.agents) == 1, 45)
+        assert gone, caller.agents
+        assert caller.report.agent_joins == 2, caller.report
+        assert not caller.agents & first, (caller.agents, first)
+        # The operator took it for one loss of the worker's process (its restartCount
+        # rose, or its address refused), not LiveKit's timeout of the dead agent.
+        labels = {"namespace": restricted_namespace, "voiceagent": fleet.name}
+        sources = {
+            src: operator_metric(
+                operator, "voicefleet_failover_orphans_found_total", source=src, **labels
+            )
+            for src in ("worker", "pod", "webhook", "sweep", "hung")
+        }
+        assert sources["worker"] == 1 and sum(sources.values()) == 1, sources
+        latency = operator_metric(operator, "voicefleet_failover_latency_seconds_sum", **labels)
+        print(f"\ncontainer killed -> new agent in the room: {latency:.2f}s (operator)")
+    finally:
+        await hang_up([caller])
