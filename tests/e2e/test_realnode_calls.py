@@ -2,7 +2,9 @@
 worker image `make images` built, in a namespace enforcing Pod Security `restricted`. They
 reach LiveKit and the Realtime stand-in (the one double) the way they would in a cluster:
 by Service DNS names, resolved by CoreDNS and routed by kube-proxy over the pod network,
-never 127.0.0.1. A caller on the host talks to them over WebRTC, turn after turn.
+never 127.0.0.1. A caller on the host talks to them over WebRTC, turn after turn; a
+worker container killed by the runtime mid-call is failed over once; a worker pod deleted
+mid-call drains (SIGTERM to the container's PID 1 from the kubelet) and keeps its call.
 
 The session's LiveKit listens on loopback only (every other test's calls stay there), so
 this module runs a second livekit-server whose node IP is the pod bridge's gateway address,
@@ -35,7 +37,17 @@ from voicefleet_testbed.realnode import RealNode
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 from .failover_scenario import operator_metric
-from .fleet import JSON, WORKER_START_S, Fleet, Shape, drop_reason, hang_up, turns, until
+from .fleet import (
+    JSON,
+    WORKER_START_S,
+    Fleet,
+    Shape,
+    drop_reason,
+    hang_up,
+    read_sessions,
+    turns,
+    until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.images, pytest.mark.slow]
 
@@ -295,3 +307,44 @@ async def test_a_worker_container_killed_mid_call_is_failed_over_once(
         print(f"\ncontainer killed -> new agent in the room: {latency:.2f}s (operator)")
     finally:
         await hang_up([caller])
+
+
+async def test_a_worker_pod_deleted_mid_call_drains_it_on_the_real_node(
+    operator: OperatorProcess,
+    stack: Stack,
+    kube: Kube,
+    real_node: RealNode,
+    restricted_namespace: str,
+    pod_net_services: PodNetServices,
+    worker_image: BuiltImage,
+) -> None:
+    """`kubectl delete pod` on the worker serving a call: the kubelet sends SIGTERM to the
+    container's PID 1 and waits out the grace period the operator set; the worker drains,
+    keeps the call (answered after the delete, same agent) and exits once it ends."""
+    ns = restricted_namespace
+    fleet = PodNetFleet(stack, kube, ns, pod_net_services, worker_image.ref)
+    await fleet.create(ONE)
+    await until(lambda: fleet.settled(1), WORKER_START_S, "the worker container Ready")
+    caller = await fleet.join(fleet.caller())
+    try:
+        assert not caller.report.errors, caller.report.errors
+        assert (await turns([caller]))[0] is not None, drop_reason(caller)
+        (pod,) = fleet.pods()
+        name = pod["metadata"]["name"]
+        agent = set(caller.agents)
+        kube.core.delete_namespaced_pod(name, ns)
+
+        def draining() -> bool:
+            got = kube.get("v1", "Pod", name, ns)
+            report = read_sessions(got, kube) if got else None
+            return bool(report and report.draining and report.activeSessions == 1)
+
+        await until(draining, 30, "the worker draining with the call")
+        heard = await turns([caller])
+        assert heard[0] is not None, drop_reason(caller)
+        assert caller.agents == agent and caller.report.agent_joins == 1, caller.report
+    finally:
+        await hang_up([caller])
+    # The call over, the drained worker exits and its pod goes (long before the grace).
+    await until(lambda: kube.get("v1", "Pod", name, ns) is None, 60, "the drained pod to go")
+    assert drop_reason(caller) is None, drop_reason(caller)
