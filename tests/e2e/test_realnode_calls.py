@@ -18,7 +18,7 @@ import json
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,17 +204,39 @@ class PodNetFleet(Fleet):
         return c
 
 
-async def test_a_call_to_workers_on_the_real_node_is_answered_turn_after_turn(
+@pytest.fixture
+def new_fleet(
     operator: OperatorProcess,
     stack: Stack,
     kube: Kube,
-    real_node: RealNode,
     restricted_namespace: str,
     pod_net_services: PodNetServices,
     worker_image: BuiltImage,
+) -> Callable[..., PodNetFleet]:
+    """A VoiceAgent of built-image workers on the real node, under the operator under test
+    (`new_fleet(by_address=True)` names LiveKit by the bridge address)."""
+
+    def make(by_address: bool = False) -> PodNetFleet:
+        return PodNetFleet(
+            stack,
+            kube,
+            restricted_namespace,
+            pod_net_services,
+            worker_image.ref,
+            by_address=by_address,
+        )
+
+    return make
+
+
+async def test_a_call_to_workers_on_the_real_node_is_answered_turn_after_turn(
+    kube: Kube,
+    real_node: RealNode,
+    worker_image: BuiltImage,
+    new_fleet: Callable[..., PodNetFleet],
 ) -> None:
-    ns = restricted_namespace
-    fleet = PodNetFleet(stack, kube, ns, pod_net_services, worker_image.ref)
+    fleet = new_fleet()
+    ns = fleet.namespace
     await fleet.create(ONE)
 
     def ready_pod() -> JSON | None:
@@ -254,19 +276,15 @@ def _container_of(real_node: RealNode, pod: str) -> str:
 
 async def test_a_worker_container_killed_mid_call_is_failed_over_once(
     operator: OperatorProcess,
-    stack: Stack,
     kube: Kube,
     real_node: RealNode,
-    restricted_namespace: str,
-    pod_net_services: PodNetServices,
-    worker_image: BuiltImage,
+    new_fleet: Callable[..., PodNetFleet],
 ) -> None:
     """The runtime kills the worker container serving a call (what an OOM kill or `crictl
     stop` does); the kubelet restarts it on the same pod IP. The call gets exactly one new
     agent and is answered again."""
-    fleet = PodNetFleet(
-        stack, kube, restricted_namespace, pod_net_services, worker_image.ref, by_address=True
-    )
+    fleet = new_fleet(by_address=True)
+    ns = fleet.namespace
     await fleet.create(TWO)
     await until(lambda: fleet.settled(2), WORKER_START_S, "two worker containers Ready")
     caller = await fleet.join(fleet.caller())
@@ -284,7 +302,7 @@ async def test_a_worker_container_killed_mid_call_is_failed_over_once(
         await until(lambda: bool(caller.agents - first) or None, 30, "a new agent in the room")
         assert (await turns([caller]))[0] is not None, drop_reason(caller)
         # The kubelet restarted the container (same pod, restartCount 1) ...
-        pod = kube.get("v1", "Pod", place[0], restricted_namespace) or {}
+        pod = kube.get("v1", "Pod", place[0], ns) or {}
         (status,) = pod["status"]["containerStatuses"]
         assert status["restartCount"] >= 1, status
         # ... and the call got exactly one new agent: once the dead one is out of the room
@@ -295,7 +313,7 @@ async def test_a_worker_container_killed_mid_call_is_failed_over_once(
         assert not caller.agents & first, (caller.agents, first)
         # The operator took it for one loss of the worker's process (its restartCount
         # rose, or its address refused), not LiveKit's timeout of the dead agent.
-        labels = {"namespace": restricted_namespace, "voiceagent": fleet.name}
+        labels = {"namespace": ns, "voiceagent": fleet.name}
         sources = {
             src: operator_metric(
                 operator, "voicefleet_failover_orphans_found_total", source=src, **labels
@@ -310,19 +328,14 @@ async def test_a_worker_container_killed_mid_call_is_failed_over_once(
 
 
 async def test_a_worker_pod_deleted_mid_call_drains_it_on_the_real_node(
-    operator: OperatorProcess,
-    stack: Stack,
     kube: Kube,
-    real_node: RealNode,
-    restricted_namespace: str,
-    pod_net_services: PodNetServices,
-    worker_image: BuiltImage,
+    new_fleet: Callable[..., PodNetFleet],
 ) -> None:
     """`kubectl delete pod` on the worker serving a call: the kubelet sends SIGTERM to the
     container's PID 1 and waits out the grace period the operator set; the worker drains,
     keeps the call (answered after the delete, same agent) and exits once it ends."""
-    ns = restricted_namespace
-    fleet = PodNetFleet(stack, kube, ns, pod_net_services, worker_image.ref)
+    fleet = new_fleet()
+    ns = fleet.namespace
     await fleet.create(ONE)
     await until(lambda: fleet.settled(1), WORKER_START_S, "the worker container Ready")
     caller = await fleet.join(fleet.caller())
