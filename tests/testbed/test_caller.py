@@ -10,6 +10,7 @@ and within a sane bound of it.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -78,6 +79,39 @@ async def test_turn_latency_against_an_echo_agent(
     assert caller.report.first_audio_s is not None
     assert agent.answers == 2, (agent.vad_events, caller.report)
     assert not caller.report.dropped and caller.report.unanswered == 0
+
+
+async def test_a_starved_caller_process_still_speaks_in_one_piece(
+    stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
+) -> None:
+    """Many callers in one process starve its event loop. Their speech must still reach
+    the agent whole: a gap on the wire is silence to the agent's VAD, which then ends the
+    turn mid-sentence and answers before the caller is done (the rollout test's
+    "unanswered" turns, whose answers came 2-3 s before the speech had been pushed out)."""
+    room = f"stall-{uuid.uuid4().hex[:6]}"
+    agent = await EchoAgent(stack, room, delay_s=0.2, answer_s=0.6).start()
+    cleanup(agent)
+    caller = caller_for(stack, room, dispatch="none")
+    cleanup(caller)
+    await caller.connect()
+    assert await caller.wait_agent(10)
+    assert await caller.changes.wait_for(lambda: caller.hears_agent, 10)
+
+    async def hog() -> None:
+        # The fault: the loop blocked 0.4 s at a time, longer than the VAD's 0.3 s window.
+        while True:
+            time.sleep(0.4)  # noqa: ASYNC251 (blocking the loop is the fault under test)
+            await asyncio.sleep(0.02)
+
+    starve = asyncio.create_task(hog())
+    try:
+        t = await caller.turn(1.0, timeout=15)
+    finally:
+        starve.cancel()
+    assert t.latency_s is not None, (agent.vad_events, caller.report)
+    # one utterance heard as one turn, answered once
+    assert [k for k, _ in agent.vad_events] == ["start", "stop"], agent.vad_events
+    assert agent.answers == 1, agent.vad_events
 
 
 async def test_interrupt_stops_the_agent(

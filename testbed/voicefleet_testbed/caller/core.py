@@ -31,7 +31,7 @@ from livekit import api, rtc
 
 from ..audio import Voice
 from .meter import Changes, Meter
-from .pump import AudioPump
+from .pump import AudioPump, microphone
 from .report import CallReport, TurnResult
 
 RATE = 48000
@@ -127,7 +127,7 @@ class Caller:
             for pub in p.track_publications.values():
                 if pub.track is not None:
                     self._on_track_subscribed(pub.track, pub, p)
-        source = rtc.AudioSource(RATE, 1, queue_size_ms=100)
+        source = microphone(RATE)
         track = rtc.LocalAudioTrack.create_audio_track("caller-mic", source)
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await self.room.local_participant.publish_track(track, opts)
@@ -171,6 +171,7 @@ class Caller:
         now = asyncio.get_running_loop().time()
         self.agents.add(p.identity)
         self.report.agent_joins += 1
+        self.report.max_agents = max(self.report.max_agents, len(self.agents))
         if self.report.dispatch_s is None:
             self.report.dispatch_s = now - self._joined_at
         if self._left_at is not None:
@@ -195,6 +196,7 @@ class Caller:
         if audio and self._is_agent(p) and track.sid not in self._heard:
             self._heard.add(track.sid)
             self._spawn(self._listen(track))
+            self.changes.bump()
 
     async def _listen(self, track: rtc.Track) -> None:
         loop = asyncio.get_running_loop()
@@ -222,6 +224,11 @@ class Caller:
         if final or asyncio.get_running_loop().time() - self._left_at >= self.drop_window_s:
             self.report.dropped = True
             self.changes.bump()
+
+    @property
+    def hears_agent(self) -> bool:
+        """An agent's audio track is subscribed and metered."""
+        return bool(self._heard)
 
     # --- the conversation ------------------------------------------------------------------
     async def wait_agent(self, timeout: float) -> bool:

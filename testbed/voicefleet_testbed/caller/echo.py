@@ -33,7 +33,7 @@ from livekit import api, rtc
 
 from ..audio import Tone
 from ..realtime.vad import EnergyVad
-from .pump import AudioPump
+from .pump import AudioPump, microphone
 
 RATE = 48000
 
@@ -82,7 +82,7 @@ class EchoAgent:
         )
         self.room.on("track_subscribed", self._on_track)
         await self.room.connect(self.url, token)
-        source = rtc.AudioSource(RATE, 1, queue_size_ms=100)
+        source = microphone(RATE)
         track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
         await self.room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)

@@ -27,6 +27,7 @@ class CallReport:
     first_audio_s: float | None = None  # caller joined -> first agent audio heard
     agent_joins: int = 0
     agent_leaves: int = 0
+    max_agents: int = 0  # most agent participants in the room at once (two talk over each other)
     failover_gaps_s: list[float] = field(default_factory=list)  # agent left -> next joined
     dropped: bool = False  # an agent left and none came back within the drop window
     turns: list[TurnResult] = field(default_factory=list)
