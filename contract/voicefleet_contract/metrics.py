@@ -290,7 +290,7 @@ WEBHOOK_REQUESTS: Final = MetricSpec(
     "voicefleet_webhook_requests_total",
     "counter",
     "LiveKit webhook requests received, by result: accepted, bad_signature, unknown_key, "
-    "stale, malformed.",
+    "stale, malformed, standby (a standby replica answered 503 for LiveKit to retry).",
     ("result",),
 )
 FAILOVER_METRICS: Final[tuple[MetricSpec, ...]] = (

@@ -41,6 +41,11 @@ class ActiveLabel:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def standing_by(self) -> bool:
+        """Not acting (yet, or any more): no failover daemon runs here since start or pause."""
+        return self._want is not True
+
     def daemon_started(self) -> None:
         self._set(True)
 
@@ -76,6 +81,8 @@ class ActiveLabel:
 
 class NoActiveLabel:
     """Standalone (no peering): the one replica takes every webhook; nothing to label."""
+
+    standing_by = False
 
     def daemon_started(self) -> None:
         pass

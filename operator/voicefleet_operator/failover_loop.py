@@ -865,6 +865,7 @@ def register_failover(
         WebhookVerifier(failover.known_credentials),
         failover.on_webhook,
         lambda result: failover.metrics.webhooks.labels(result).inc(),
+        lambda: label.standing_by,
     )
 
     @kopf.on.startup(registry=registry)

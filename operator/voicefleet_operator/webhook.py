@@ -14,6 +14,11 @@ accepted only when:
   captured request replayed later;
 - the body is a WebhookEvent with an id and a creation time: else `malformed` (400).
 
+A standby replica (HA) verifies nothing: it knows no keys and acts on nothing, so it
+answers `standby` (503, `Retry-After`), which LiveKit retries (it retries 5xx, not 4xx)
+until the request reaches the replica that acts, instead of a 401 that loses the event and
+fires the signature alert.
+
 Nothing is acted on unless accepted; every request is counted by result. Secrets are never
 logged: credentials are identified by key and a short hash of the secret.
 """
@@ -38,13 +43,14 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_PATH: Final = "/livekit/webhook"
 MAX_BODY: Final = 1 << 20  # LiveKit's events are a few KB
-Result = Literal["accepted", "bad_signature", "unknown_key", "stale", "malformed"]
+Result = Literal["accepted", "bad_signature", "unknown_key", "stale", "malformed", "standby"]
 RESULTS: Final[tuple[Result, ...]] = (
     "accepted",
     "bad_signature",
     "unknown_key",
     "stale",
     "malformed",
+    "standby",
 )
 HTTP_STATUS: Final[Mapping[Result, int]] = {
     "accepted": 200,
@@ -52,7 +58,9 @@ HTTP_STATUS: Final[Mapping[Result, int]] = {
     "unknown_key": 401,
     "stale": 401,
     "malformed": 400,
+    "standby": 503,
 }
+RETRY_AFTER_S: Final = 1  # a handover labels the new active replica within seconds
 
 
 def secret_id(api_key: str, api_secret: str) -> str:
@@ -164,10 +172,12 @@ class WebhookServer:
         verifier: WebhookVerifier,
         on_event: OnEvent,
         count: Callable[[Result], None] = lambda _: None,
+        standing_by: Callable[[], bool] = lambda: False,
     ) -> None:
         self.verifier = verifier
         self.on_event = on_event
         self.count = count
+        self.standing_by = standing_by
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -182,6 +192,13 @@ class WebhookServer:
         except web.HTTPRequestEntityTooLarge:
             self.count("malformed")
             return web.Response(status=413, text="too large\n")
+        if self.standing_by():
+            self.count("standby")
+            return web.Response(
+                status=HTTP_STATUS["standby"],
+                text="standby\n",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         verdict = self.verifier.verify(body, request.headers.get("Authorization"))
         self.count(verdict.result)
         if verdict.event is None:

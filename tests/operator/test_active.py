@@ -51,16 +51,21 @@ async def test_active_while_daemons_run_standing_by_once_paused(
                 await asyncio.sleep(0.1)
 
     try:
+        assert label.standing_by  # nothing acts here yet: webhooks get 503
         label.daemon_started()
         await labelled("true")
+        assert not label.standing_by
         # A VoiceAgent deleted or the operator exiting: still the active replica.
         label.daemon_stopped(kopf.DaemonStoppingReason.RESOURCE_DELETED)
         label.daemon_stopped(kopf.DaemonStoppingReason.OPERATOR_EXITING)
+        assert not label.standing_by
         label.daemon_started()
         await labelled("true")
         label.daemon_stopped(kopf.DaemonStoppingReason.OPERATOR_PAUSING)
+        assert label.standing_by
         await labelled("false")
         label.daemon_started()  # resumed after the peer went
         await labelled("true")
+        assert not label.standing_by
     finally:
         await label.close()

@@ -151,6 +151,45 @@ async def test_server_counts_and_delivers_only_accepted() -> None:
     assert counts == {"accepted": 1, "stale": 1, "bad_signature": 2, "malformed": 1}
 
 
+async def test_a_standby_answers_503_for_livekit_to_retry_and_verifies_nothing() -> None:
+    """HA: a replica that is not acting knows no keys; a 401 would lose the event (LiveKit
+    retries 5xx only) and fire the signature alert. It answers 503 with Retry-After,
+    counted as `standby`; once it acts, the same request is accepted."""
+    port = free_port()
+    got: list[str] = []
+    counts: dict[str, int] = {}
+    acting = False
+
+    async def on_event(event: WebhookEvent, credentials: str) -> None:
+        got.append(event.id)
+
+    def count(result: str) -> None:
+        counts[result] = counts.get(result, 0) + 1
+
+    server = WebhookServer(
+        WebhookVerifier(lambda: {KEY: [SECRET]}, clock=time.time),
+        on_event,
+        count,
+        standing_by=lambda: not acting,
+    )
+    await server.start("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+    body = event_body("EV_handover", created_at=time.time())
+    headers = {"Content-Type": "application/webhook+json", "Authorization": sign(body)}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=body, headers=headers) as resp:
+                assert resp.status == 503, await resp.text()
+                assert resp.headers["Retry-After"] == "1"
+            acting = True  # the handover: this replica acts now; LiveKit's retry lands
+            async with http.post(url, data=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+    finally:
+        await server.stop()
+    assert got == ["EV_handover"]
+    assert counts == {"standby": 1, "accepted": 1}
+
+
 async def test_oversized_webhook_is_refused_with_413_before_verification() -> None:
     """A body over MAX_BODY (with a Content-Length, or chunked without one) is answered
     413 and counted as malformed without being verified or delivered; one at the limit is
