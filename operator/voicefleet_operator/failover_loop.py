@@ -64,6 +64,8 @@ SECRET_RETRY_SECONDS = 5.0
 SETTLED_SECONDS = 300.0
 # How often a VoiceAgent whose agent name another holds looks again (dict lookups only).
 YIELD_RECHECK_SECONDS = 2.0
+# A hung worker's pod is deleted with this grace: the kubelet's SIGKILL follows at once.
+HUNG_POD_GRACE_SECONDS = 1
 
 
 class FailoverMetrics:
@@ -244,6 +246,9 @@ class _State:
     # Rooms a caller joined (a webhook), watched each tick until an agent of ours comes:
     # room -> since when. A call LiveKit could not place is found here within seconds.
     watch: dict[str, float] = field(default_factory=dict)
+    # Hung worker pods to end (found this tick), and those already ended (not asked twice).
+    hung: list[str] = field(default_factory=list)
+    ended_pods: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     api_error: str = ""  # the LiveKit API's last failure, logged once until it recovers
 
@@ -521,6 +526,7 @@ class Failover:
         s.wake.clear()
         now = self.clock()
         self._watch_workers(s, pods, readings, now)
+        await self._end_hung(s, post)
         reports = {pod: r.report for pod, r in readings.items()}
         free = free_slots(samples_of(pods, reports, spec.max_per_worker))
         rooms = self.client(s.target)
@@ -593,6 +599,8 @@ class Failover:
                 # either, and the kubelet's probe on the node failing too, is a hang.
                 hung.append(p.name)
         present = {p.name for p in pods}
+        s.ended_pods &= present
+        s.hung = [k for k in hung if k not in s.ended_pods]
         gone = [k for k in s.previous if k not in present]
         for loss in fo.losses_from_workers(s.previous, refused, gone, now, hung):
             s.incoming.append(loss)
@@ -608,6 +616,30 @@ class Failover:
         for k in [*refused, *hung]:
             s.previous[k] = []
         s.previous.update(current)
+
+    async def _end_hung(self, s: _State, post: PostEvent) -> None:
+        """A hung worker is ended before its calls are dispatched again: it stays registered
+        with LiveKit (its connection is open), and LiveKit offers it new jobs, waits 10 s
+        for an answer that never comes, then drops the job (livekit-server
+        `AssignJobTimeout`, no retry). Once its process is gone, its connection closes and
+        LiveKit retries a pending offer on another worker. The pod is deleted with a short
+        grace (SIGTERM cannot reach a stopped process; the kubelet's SIGKILL does) instead
+        of waiting ~2 minutes for the liveness probe."""
+        ns = s.target.namespace
+        for pod in s.hung:
+            try:
+                await asyncio.to_thread(
+                    self.kube.delete, path("v1", "Pod", ns, pod), HUNG_POD_GRACE_SECONDS
+                )
+            except Exception as e:  # the API may be away: the next tick tries again
+                log.warning("failover %s/%s: cannot end hung worker %s: %s", *_key(s), pod, e)
+                continue
+            s.ended_pods.add(pod)
+            log.warning("failover %s/%s: worker %s hung (not ready, no answer); ended it",
+                        *_key(s), pod)  # fmt: skip
+            post("Warning", "WorkerHung", f"worker pod {pod} hung (not ready, no answer to "
+                 "/sessions): deleted it; its calls go to other workers")  # fmt: skip
+        s.hung = []
 
     async def _confirm_suspects(self, s: _State, rooms: Rooms, now: float) -> None:
         for room, (suspect, noticed) in list(s.suspects.items()):

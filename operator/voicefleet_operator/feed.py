@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, VoiceAgent)
 COALESCE_SECONDS = 0.05
 LONG_POLL_MARGIN_SECONDS = 5.0
+NOT_READY_TIMEOUT_SECONDS = 1.0  # a not-ready worker's plain read: see SessionFeed
 TOKEN_REFRESH_SECONDS = 300.0  # a worker-keys Secret is read again once this old
 TOKEN_RETRY_SECONDS = 2.0  # after a failed read (or a 401: at once)
 
@@ -162,6 +163,9 @@ class SessionFeed:
         self.tokens: Tokens = tokens or NoTokens()
         self.wait_seconds = wait_seconds
         self.timeout = timeout  # to connect, and to answer a plain (non-waiting) read
+        # ... and a not-ready worker's: the kubelet's probe (1 s timeout) missed it twice
+        # already, so this read is the hang's second witness, and a call waits on it.
+        self.not_ready_timeout = min(timeout, NOT_READY_TIMEOUT_SECONDS)
         self.retry_seconds = retry_seconds
         self.port = port
         self.on_failure = on_failure  # (namespace, VoiceAgent, reason) per failed read
@@ -299,16 +303,19 @@ class SessionFeed:
             log.debug("worker token unreadable for %s/%s: %s", namespace, va, type(e).__name__)
             return None
 
-    async def _read(self, ip: str, since: str | None, token: str | None = None) -> SessionsReport:
+    async def _read(
+        self, ip: str, since: str | None, token: str | None = None, ready: bool = True
+    ) -> SessionsReport:
         wait = self.wait_seconds if since else 0.0
+        plain = self.timeout if ready else self.not_ready_timeout
         headers = {AUTH_HEADER: bearer(token)} if token else {}
         url = f"http://{ip}:{self.port}{SESSIONS_PATH}{query_string(since, wait)}"
         timeout = aiohttp.ClientTimeout(
             # A long poll's answer may come a little after `wait` from a busy worker (or a
             # node agent serving thousands): a margin, so that is not taken for a hang.
             total=None,
-            sock_connect=self.timeout,
-            sock_read=wait + LONG_POLL_MARGIN_SECONDS if wait else self.timeout,
+            sock_connect=plain,
+            sock_read=wait + LONG_POLL_MARGIN_SECONDS if wait else plain,
         )
         async with self._http().get(url, timeout=timeout, headers=headers) as resp:
             if resp.status != 200:
@@ -323,7 +330,7 @@ class SessionFeed:
             token = await self._token(namespace, va)
             started = time.monotonic()
             try:
-                report = await self._read(ip, since, token)
+                report = await self._read(ip, since, token, w.pod.ready)
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError, _HttpStatus) as e:
                 reason = f"HTTP {e.status}" if isinstance(e, _HttpStatus) else error_reason(e)
                 if isinstance(e, _HttpStatus) and e.status == 401:

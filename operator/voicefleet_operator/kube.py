@@ -88,7 +88,7 @@ class KubeApi(Protocol):
 
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
 
-    def delete(self, path: str) -> None: ...
+    def delete(self, path: str, grace_seconds: int | None = None) -> None: ...
 
 
 class Kube:
@@ -191,10 +191,12 @@ class Kube:
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", path, body=dict(body), content_type=MERGE_PATCH)
 
-    def delete(self, path: str) -> None:
-        """Delete; an object already gone is fine."""
+    def delete(self, path: str, grace_seconds: int | None = None) -> None:
+        """Delete (with `grace_seconds` for a pod's termination); an object already gone
+        is fine."""
+        body = None if grace_seconds is None else {"gracePeriodSeconds": grace_seconds}
         try:
-            self.request("DELETE", path)
+            self.request("DELETE", path, body=body)
         except KubeError as e:
             if e.status != 404:
                 raise

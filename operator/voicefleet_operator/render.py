@@ -286,12 +286,12 @@ def security_context(defaults: dict[str, Any], user: dict[str, Any] | None) -> d
 
 
 def _probe(
-    period: int, failures: int, path: str = "/", port: str = HEALTH_PORT_NAME
+    period: int, failures: int, path: str = "/", port: str = HEALTH_PORT_NAME, timeout: int = 3
 ) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
-        "timeoutSeconds": 3,
+        "timeoutSeconds": timeout,
         "failureThreshold": failures,
     }
 
@@ -316,8 +316,10 @@ def render_pod_template(
         # Start-up (warm job processes, first LiveKit registration) may take a while;
         # liveness only starts counting once the worker came up.
         "startupProbe": _probe(2, 150),
-        # Ready means registered with LiveKit (READY_PATH), not just "process up".
-        "readinessProbe": _probe(2, 2, READY_PATH, METRICS_PORT_NAME),
+        # Ready means registered with LiveKit (READY_PATH), not just "process up". Quick:
+        # a hung worker turning not ready is failover's first witness of the hang (~2-3 s);
+        # a missed answer only costs a fresh /sessions read, never a call.
+        "readinessProbe": _probe(1, 2, READY_PATH, METRICS_PORT_NAME, timeout=1),
         # Generous: livekit-agents reconnects to LiveKit with backoff for ~2 minutes before
         # its health turns 503; a restart would drop every call the worker still serves.
         "livenessProbe": _probe(10, 12),

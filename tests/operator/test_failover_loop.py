@@ -30,6 +30,12 @@ CALLER = fo.Participant("caller", fo.KIND_STANDARD, joined_at=1)
 
 
 class FakeKube:
+    def __init__(self) -> None:
+        self.deleted: list[tuple[str, int | None]] = []
+
+    def delete(self, path: str, grace_seconds: int | None = None) -> None:
+        self.deleted.append((path, grace_seconds))
+
     def get(self, path: str) -> dict[str, Any] | None:
         assert path.endswith("/secrets/livekit"), path
         enc = {
@@ -711,6 +717,7 @@ async def test_a_worker_the_operator_cannot_reach_but_the_kubelet_finds_ready_ke
             readings = {POD.name: Reading(None, error), **SPARE_READING}
             await f.tick(spec, [POD, SPARE], readings, post)
     assert len(lk.dispatches) == 1 and lk.removed == []
+    assert f.kube.deleted == []  # type: ignore[attr-defined]  # a blip ends no worker
     labels = {"namespace": "voice", "voiceagent": "support"}
     for src in ("worker", "hung", "pod"):
         assert (
@@ -737,6 +744,9 @@ async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> No
     await f.tick(spec, [hung_pod, SPARE], readings, post)
     assert lk.removed == ["agent-old"]
     assert [d.id for d in lk.dispatches] == ["d0", "d1"]
+    # ... and the hung worker is ended, once: LiveKit would keep offering it calls
+    hung_path = f"/api/v1/namespaces/voice/pods/{POD.name}"
+    assert f.kube.deleted == [(hung_path, 1)]  # type: ignore[attr-defined]
     removed = agent_old_left(spec, DisconnectReason.PARTICIPANT_REMOVED, clock.t, "EV-removed")
     await f.on_webhook(removed, secret_id("k", "s" * 32))
     lk.participants.append(fo.Participant("agent-new", fo.KIND_AGENT, spec.agent_name, clock.t))
@@ -745,6 +755,7 @@ async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> No
         lk.now = clock.t
         await f.tick(spec, [hung_pod, SPARE], readings, post)
     assert [d.id for d in lk.dispatches] == ["d0", "d1"]  # the new dispatch was kept
+    assert f.kube.deleted == [(hung_path, 1)]  # type: ignore[attr-defined]
     labels = {"namespace": "voice", "voiceagent": "support"}
     assert (
         value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": "hung"}) == 1

@@ -104,7 +104,7 @@ class FakeKube:
     def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         raise AssertionError(f"the reconciler does not merge-patch ({path})")
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str, grace_seconds: int | None = None) -> None:
         self.calls.append(("DELETE", path))
         self.deleted.append(path)
         self.objects.pop(path, None)
@@ -652,7 +652,7 @@ def test_a_failed_delete_is_retried_because_the_mode_was_not_recorded_yet() -> N
     k.objects[va_path(NS, "support")]["spec"]["autoscaling"] = {"mode": "builtin"}
     real_delete = k.delete
 
-    def unavailable(path: str) -> None:
+    def unavailable(path: str, grace_seconds: int | None = None) -> None:
         raise KubeError(503, "ServiceUnavailable", "etcd")
 
     k.delete = unavailable  # type: ignore[method-assign]

@@ -102,6 +102,9 @@ def test_probes_liveness_on_health_readiness_on_registration() -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "metrics"}
     assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in c["ports"]
     assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] >= 60
+    # A hung worker is not ready within ~3 s: failover's first witness of a hang.
+    r = c["readinessProbe"]
+    assert r["failureThreshold"] * (r["periodSeconds"] + r["timeoutSeconds"]) <= 4
 
 
 def test_configmap_holds_the_contract_json_and_its_hash_rolls_pods() -> None:
