@@ -12,7 +12,7 @@ import sys
 
 from bench.common import RESULTS
 
-BENCHMARKS = ("reconcile", "autoscale", "call", "failover", "drops")
+BENCHMARKS = ("reconcile", "autoscale", "call", "failover", "drops", "chaos")
 
 
 def main(argv: list[str]) -> int:

@@ -31,6 +31,34 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
+MIN_P95_SAMPLES = 20  # fewer samples than this: the p95 is not claimed, the maximum is
+
+
+def tail(stats: dict[str, float]) -> str:
+    """The tail statistic a `summary` supports: "p95" with enough samples, else "max"."""
+    return "p95" if stats["n"] >= MIN_P95_SAMPLES else "max"
+
+
+@dataclass
+class Run:
+    """When and on what a benchmark ran: start time, revision at start, the machine's load
+    before and after (a loaded machine explains slow figures), and the flags it ran with."""
+
+    flags: list[str]
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    revision: str = field(default_factory=lambda: machine()["git_revision"])
+    load_before: list[float] = field(default_factory=lambda: list(os.getloadavg()))
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "revision_at_start": self.revision,
+            "flags": self.flags,
+            "load_before": self.load_before,
+            "load_after": list(os.getloadavg()),
+        }
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -79,6 +107,7 @@ class Result:
     figures: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, str] = field(default_factory=dict)  # figure -> target, e.g. "< 2.0"
     notes: list[str] = field(default_factory=list)
+    run: Run | None = None
 
     def meets(self) -> dict[str, bool]:
         out = {}
@@ -100,6 +129,8 @@ class Result:
             "notes": self.notes,
             "machine": machine(),
         }
+        if self.run is not None:
+            data["run"] = self.run.record()
         path.write_text(json.dumps(data, indent=2, default=_nan_safe) + "\n")
         return path
 

@@ -190,8 +190,8 @@ class WorkerFleet:
         return await until(lambda: asyncio.to_thread(check), 15, f"a worker serving {room}")
 
     # --- ways to die -----------------------------------------------------------------------
-    def kill(self, pod: dict[str, Any]) -> None:
-        """SIGKILL the worker container's main process (the node agent restarts it)."""
+    def pid(self, pod: dict[str, Any]) -> int:
+        """The worker container's main process (the node agent records it)."""
         name = pod["metadata"]["name"]
         container = pod["spec"]["containers"][0]["name"]
         pid_s, started = (
@@ -199,7 +199,11 @@ class WorkerFleet:
         )
         pid = int(pid_s)
         assert start_time(pid) == int(started), f"{name}: its process is not the one recorded"
-        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def kill(self, pod: dict[str, Any]) -> None:
+        """SIGKILL the worker container's main process (the node agent restarts it)."""
+        os.kill(self.pid(pod), signal.SIGKILL)
 
     def force_delete(self, pod: dict[str, Any]) -> None:
         self.kube.core.delete_namespaced_pod(

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import logging
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +68,9 @@ class Connection:
         self._send_lock = asyncio.Lock()
         self._closed = False
         self._updated = False  # got a session.update
+        # What this one connection saw (client events, VAD turns, responses), logged when it
+        # closes: an unanswered caller's session says whether audio, a turn or a reply came.
+        self.tally: Counter[str] = Counter()
 
     # --- plumbing --------------------------------------------------------------------------
     @property
@@ -123,11 +127,17 @@ class Connection:
             if self.response is not None:
                 self.response.cancel("connection closed")
             self.scenario.closed(self)
-            log.info("scenario %s: connection from %s closed", self.scenario.name, peer)
+            log.info(
+                "scenario %s: connection from %s closed (%s)",
+                self.scenario.name,
+                peer,
+                ", ".join(f"{k} {v}" for k, v in sorted(self.tally.items())),
+            )
 
     async def handle(self, ev: dict[str, Any]) -> None:
         kind = str(ev.get("type"))
         self.stats.client_events[kind] += 1
+        self.tally[kind] += 1
         handler = _HANDLERS.get(kind)
         if handler is None:
             await self.send_error(
@@ -176,6 +186,7 @@ class Connection:
 
     async def _speech_started(self, audio_ms: int, td: dict[str, Any]) -> None:
         self.stats.speech_started += 1
+        self.tally["vad speech_started"] += 1
         self.speech_item = p.new_id("item")
         await self.send(
             p.event(
@@ -189,6 +200,7 @@ class Connection:
 
     async def _speech_stopped(self, audio_ms: int, td: dict[str, Any]) -> None:
         self.stats.speech_stopped += 1
+        self.tally["vad speech_stopped"] += 1
         item_id = self.speech_item or p.new_id("item")
         self.speech_item = None
         await self.send(
@@ -367,6 +379,7 @@ class Connection:
         r = _Response(p.new_id("resp"), metadata)
         self.response = r
         self.stats.responses_created += 1
+        self.tally["responses"] += 1
         await self.send(
             p.event("response.created", response=p.response(r.id, "in_progress", metadata))
         )

@@ -1,0 +1,157 @@
+"""Chaos benchmark (issue 13): per fault, from the fault to a new agent in the room, and
+what the callers lost, with live calls on both workers of a two-worker fleet.
+
+The faults and a round are tests/e2e/chaos.py's (the chaos test asserts on the same rounds):
+`sigkill` and `force-delete` (the worker is gone), `sigstop` (it hangs, with its job
+processes), `operator-kill` (the operator SIGKILLed with the worker, then restarted),
+`apiserver-restart` (the API server restarted, then the worker SIGKILLed). Real workers
+(livekit-agents, the OpenAI Realtime plugin on the stand-in, the one double), the real
+LiveKit server, the operator from this checkout with webhooks on.
+
+python -m bench.chaos                      # every fault, 4 rounds of 3 calls each
+python -m bench.chaos --rounds 2 sigkill   # fewer while developing
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from bench.common import Result, Run, summary, tail
+from tests.e2e.chaos import FAULTS, GONE, HANG, Chaos, Round
+from tests.e2e.failover_scenario import WorkerFleet
+from tests.operator.cluster import OperatorProcess, install_crd, install_images, install_rbac
+from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.stack import Stack
+
+ROUNDS = 4
+CALLS = 3
+BUDGET_S = 25 * 60
+TARGET_S = {**{f: 1.5 for f in GONE}, **{f: 5.0 for f in HANG}}  # fault -> new agent
+
+
+def figures(rounds: list[Round]) -> dict[str, Any]:
+    calls = [c for r in rounds for c in r.calls]
+    victims = [c for c in calls if c.victim]
+    bystanders = [c for c in calls if not c.victim]
+    return {
+        "rounds": len(rounds),
+        "calls": len(calls),
+        "victim_calls": len(victims),
+        "recovered_pct": 100.0 * sum(c.ok for c in victims) / len(victims) if victims else 0.0,
+        "calls_with_two_agents": sum(c.max_agents > 1 for c in calls),
+        "bystander_calls_lost": sum(not c.ok for c in bystanders),
+        "fault_to_new_agent_s": summary(
+            [c.new_agent_s for c in victims if c.new_agent_s is not None]
+        ),
+        # every call that was not whole, as the caller saw it: what went wrong
+        "not_ok": [asdict(c) for c in calls if not c.ok],
+    }
+
+
+async def run(
+    stack: Stack, kube: Kube, op: OperatorProcess, faults: list[str], rounds: int, deadline: float
+) -> dict[str, list[Round]]:
+    ns = f"bench-chaos-{uuid.uuid4().hex[:5]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    fleet = WorkerFleet(stack, kube, ns, "chaos")
+    out: dict[str, list[Round]] = {f: [] for f in faults}
+    try:
+        await fleet.start(replicas=2)
+        chaos = Chaos(stack, fleet, op)
+        for fault in faults:
+            for i in range(rounds):
+                if time.monotonic() > deadline:
+                    print(f"  time budget reached: {fault} after {i} rounds")
+                    break
+                r = await chaos.round(fault, CALLS)
+                out[fault].append(r)
+                times = [f"{c.new_agent_s:.2f}s" for c in r.victims if c.new_agent_s is not None]
+                bad = [c for c in r.calls if not c.ok]
+                print(
+                    f"  {fault} {i + 1}/{rounds}: {len(r.victims)} hit, new agent {times}, "
+                    f"{len(r.bystanders)} bystanders" + (f"; NOT OK: {bad}" if bad else "")
+                )
+        return out
+    finally:
+        await fleet.close()
+        kube.core.delete_namespace(ns)
+
+
+def main(argv: list[str] | None = None) -> Result:
+    ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])
+    ap.add_argument("faults", nargs="*", help=f"some of: {', '.join(FAULTS)} (default: all)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per fault")
+    args = ap.parse_args(argv if argv is not None else sys.argv[1:])
+    unknown = [f for f in args.faults if f not in FAULTS]
+    if unknown:
+        ap.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    faults = list(args.faults) or list(FAULTS)
+    info = Run(flags=argv if argv is not None else sys.argv[1:])
+    t0 = time.monotonic()
+    reuse = os.environ.get("VOICEFLEET_TESTBED")
+    tmp = None
+    if reuse:
+        stack = Stack(Path(reuse))
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="vf-bench-chaos-")
+        stack = Stack(Path(tmp.name), progress=lambda m: print(f"  [testbed] {m}"))
+        stack.up()
+    op: OperatorProcess | None = None
+    try:
+        kube = Kube.admin(stack)
+        install_crd(kube)
+        install_images(stack)
+        workdir = Path(tmp.name if tmp else tempfile.mkdtemp(prefix="vf-bench-op-"))
+        op = OperatorProcess(stack, install_rbac(kube), workdir)
+        op.start()
+        results = asyncio.run(run(stack, kube, op, faults, args.rounds, t0 + BUDGET_S))
+    finally:
+        if op is not None:
+            op.stop()
+        if tmp is not None:
+            stack.down(quiet=True)
+            tmp.cleanup()
+    figs: dict[str, Any] = {f: figures(rs) for f, rs in results.items()}
+    targets: dict[str, str] = {}
+    for fault, fig in figs.items():
+        targets[f"{fault}.recovered_pct"] = ">= 100"
+        targets[f"{fault}.calls_with_two_agents"] = "< 1"
+        targets[f"{fault}.bystander_calls_lost"] = "< 1"
+        if fault in TARGET_S and fig["fault_to_new_agent_s"]["n"]:
+            stat = tail(fig["fault_to_new_agent_s"])
+            targets[f"{fault}.fault_to_new_agent_s.{stat}"] = f"< {TARGET_S[fault]}"
+    figs["wall_s"] = round(time.monotonic() - t0, 1)
+    result = Result(
+        "chaos",
+        figures=figs,
+        targets=targets,
+        notes=[
+            f"{CALLS} calls per round on 2 real workers (livekit-agents, OpenAI Realtime "
+            "plugin -> stand-in) on the node agent's node; the worker serving the most is hit",
+            "fault_to_new_agent_s: from the fault to a new agent participant in the room, "
+            "as the caller saw it; the target is on the p95 with 20 or more samples, "
+            "otherwise on the maximum",
+            "recovered: the hit call got exactly one new agent and was answered again; "
+            "bystander lost: a call on the other worker lost its agent or went unanswered",
+            "operator-kill and apiserver-restart have no time target: the restarted operator "
+            "finds the call once LiveKit drops the dead agent (~20 s), by webhook or sweep",
+        ],
+        run=info,
+    )
+    result.report()
+    return result
+
+
+if __name__ == "__main__":
+    main()
