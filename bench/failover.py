@@ -19,23 +19,16 @@ python -m bench.failover 3          # fewer while developing
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from kubernetes import client
 
 from bench.common import Result, summary
+from bench.live import live_testbed
 from tests.e2e.failover_scenario import Recovery, WorkerFleet, operator_metric, until
-from tests.operator.cluster import (
-    OperatorProcess,
-    install_crd,
-    install_images,
-    install_rbac,
-)
+from tests.operator.cluster import OperatorProcess
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
@@ -90,29 +83,8 @@ def main(argv: list[str] | None = None) -> Result:
     kills = int(argv[0]) if argv else KILLS
     t0 = time.monotonic()
     deadline = t0 + BUDGET_S
-    reuse = os.environ.get("VOICEFLEET_TESTBED")
-    tmp = None
-    if reuse:
-        stack = Stack(Path(reuse))
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="vf-bench-failover-")
-        stack = Stack(Path(tmp.name), progress=lambda m: print(f"  [testbed] {m}"))
-        stack.up()
-    op: OperatorProcess | None = None
-    try:
-        kube = Kube.admin(stack)
-        install_crd(kube)
-        install_images(stack)
-        workdir = Path(tmp.name if tmp else tempfile.mkdtemp(prefix="vf-bench-op-"))
-        op = OperatorProcess(stack, install_rbac(kube), workdir)
-        op.start()
+    with live_testbed("failover") as (stack, kube, op):
         recs, ops = asyncio.run(rounds(stack, kube, op, kills, deadline))
-    finally:
-        if op is not None:
-            op.stop()
-        if tmp is not None:
-            stack.down(quiet=True)
-            tmp.cleanup()
     heard = [r.heard_s for r in recs if r.heard_s is not None]
     rejoin = [r.rejoin_s for r in recs if r.rejoin_s is not None]
     extra_joins = sum(max(0, r.report.get("agent_joins", 0) - 2) for r in recs)

@@ -59,6 +59,24 @@ def caller_for(stack: Stack, room: str, **kw: object) -> Caller:
     )
 
 
+async def echo_call(
+    stack: Stack,
+    cleanup: Callable[[EchoAgent | Caller], None],
+    prefix: str,
+    delay_s: float,
+    answer_s: float,
+) -> tuple[EchoAgent, Caller]:
+    """An echo agent already in a fresh room, and a caller who joined it and sees it."""
+    room = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    agent = await EchoAgent(stack, room, delay_s=delay_s, answer_s=answer_s).start()
+    cleanup(agent)
+    caller = caller_for(stack, room, dispatch="none")
+    cleanup(caller)
+    await caller.connect()
+    assert await caller.wait_agent(10)
+    return agent, caller
+
+
 async def test_turn_latency_against_an_echo_agent(
     stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
 ) -> None:
@@ -88,13 +106,7 @@ async def test_a_starved_caller_process_still_speaks_in_one_piece(
     the agent whole: a gap on the wire is silence to the agent's VAD, which then ends the
     turn mid-sentence and answers before the caller is done (the rollout test's
     "unanswered" turns, whose answers came 2-3 s before the speech had been pushed out)."""
-    room = f"stall-{uuid.uuid4().hex[:6]}"
-    agent = await EchoAgent(stack, room, delay_s=0.2, answer_s=0.6).start()
-    cleanup(agent)
-    caller = caller_for(stack, room, dispatch="none")
-    cleanup(caller)
-    await caller.connect()
-    assert await caller.wait_agent(10)
+    agent, caller = await echo_call(stack, cleanup, "stall", delay_s=0.2, answer_s=0.6)
     assert await caller.changes.wait_for(lambda: caller.hears_agent, 10)
 
     async def hog() -> None:
@@ -117,13 +129,7 @@ async def test_a_starved_caller_process_still_speaks_in_one_piece(
 async def test_interrupt_stops_the_agent(
     stack: Stack, cleanup: Callable[[EchoAgent | Caller], None]
 ) -> None:
-    room = f"int-{uuid.uuid4().hex[:6]}"
-    agent = await EchoAgent(stack, room, delay_s=0.1, answer_s=30.0).start()
-    cleanup(agent)
-    caller = caller_for(stack, room, dispatch="none")
-    cleanup(caller)
-    await caller.connect()
-    assert await caller.wait_agent(10)
+    agent, caller = await echo_call(stack, cleanup, "int", delay_s=0.1, answer_s=30.0)
     await caller.speak_turn(0.8)
     assert await caller.wait_agent_audio(10) is not None
     stopped = await caller.interrupt(0.8, timeout=5)
