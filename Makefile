@@ -43,7 +43,7 @@ IMAGES_ARGS ?=
 images: setup
 	@$(RUN) python -m voicefleet_testbed.imagebuild build $(IMAGES_ARGS)
 
-up: setup binaries
+up: setup binaries images
 	@$(RUN) testbed up
 
 down:
@@ -52,7 +52,7 @@ down:
 status: setup
 	@$(RUN) testbed status
 
-demo: setup binaries
+demo: setup binaries images
 	@$(RUN) testbed demo $(DEMO_ARGS)
 
 lint: setup

@@ -1,9 +1,11 @@
 """`make demo`: the local stack, the example VoiceAgent, and real calls to it.
 
-1. the stack with the operator (what `make up` starts);
-2. `kubectl apply -f examples/voiceagent.yaml` (its two Secrets and the VoiceAgent); the
-   operator makes a worker Deployment, whose pods the node agent runs as
-   `python -m voicefleet_worker` from this checkout;
+1. the stack with its real node and the operator installed by the chart (what `make up`
+   starts);
+2. `kubectl apply -f examples/voiceagent.yaml` as it is (its two Secrets and the
+   VoiceAgent); the operator makes a worker Deployment, whose pods the kubelet runs as
+   containers of the worker image `make images` built, under Pod Security `restricted`,
+   reaching LiveKit and the Realtime stand-in through their Services;
 3. waits for the VoiceAgent to be Ready, showing its status as it changes;
 4. a few simulated callers (real WebRTC through LiveKit, token dispatch by agent name)
    talk to it while the VoiceAgent's status (ready/desired workers, sessions/capacity)
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import json
 import os
 import subprocess
@@ -36,13 +37,15 @@ from .binaries import REPO_DIR, Binaries
 from .caller import Caller, Summary
 from .caller.report import CallReport, percentile
 from .kube import Kube
+from .realnode.node import lock_holder
 from .realtime import StandInClient
-from .stack import LIVEKIT_DEFAULT_PORT, LIVEKIT_KEY, REALTIME_DEFAULT_PORT, Stack
+from .stack import LIVEKIT_KEY, Stack
+from .user_install import NAMESPACE as OPERATOR_NAMESPACE
+from .user_install import RELEASE
 
 EXAMPLE = REPO_DIR / "examples" / "voiceagent.yaml"
 NAMESPACE = "default"
 API_VERSION, KIND = "voicefleet.dev/v1alpha1", "VoiceAgent"
-WORKER_IMAGE = "ghcr.io/voicefleet/worker:0.1.0"  # the operator's default image
 READY_TIMEOUT = 180.0  # a cold worker imports livekit-agents on 2 shared cores
 
 
@@ -56,25 +59,17 @@ def _step(n: int, text: str) -> None:
 
 @dataclass(frozen=True)
 class Example:
-    """The example, as applied to this stack."""
+    """The example, as applied."""
 
     text: str
     name: str
     agent_name: str
     silence_ms: float  # spec.model.turnDetection.silenceDurationMs (the VAD's end of turn)
-    substituted: list[str]
 
 
-def load_example(stack: Stack) -> Example:
-    """examples/voiceagent.yaml with this stack's URLs where its fixed ports were taken."""
+def load_example() -> Example:
+    """examples/voiceagent.yaml, as it is: it names LiveKit and the model by Service."""
     text = EXAMPLE.read_text()
-    subs = []
-    fixed_lk = f"ws://127.0.0.1:{LIVEKIT_DEFAULT_PORT}"
-    fixed_rt = f"http://127.0.0.1:{REALTIME_DEFAULT_PORT}/v1"
-    for fixed, actual in ((fixed_lk, stack.livekit_url), (fixed_rt, stack.openai_base_url())):
-        if fixed != actual:
-            text = text.replace(fixed, actual)
-            subs.append(f"{fixed} -> {actual}")
     (va,) = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == KIND]
     td = va["spec"]["model"].get("turnDetection") or {}
     return Example(
@@ -82,21 +77,7 @@ def load_example(stack: Stack) -> Example:
         va["metadata"]["name"],
         va["spec"].get("agentName") or va["metadata"]["name"],
         float(td.get("silenceDurationMs", 500)),
-        subs,
     )
-
-
-def worker_image_override(stack: Stack) -> str | None:
-    """A rule in the stack's image-table override that runs something other than the real
-    worker for the worker image (tests and benchmarks map it to the fake worker)."""
-    if not stack.image_override.exists():
-        return None
-    rules = yaml.safe_load(stack.image_override.read_text()) or []
-    for rule in rules:
-        if isinstance(rule, dict) and fnmatch.fnmatchcase(WORKER_IMAGE, str(rule.get("image"))):
-            entry = " ".join(str(a) for a in rule.get("entrypoint") or [])
-            return None if "voicefleet_worker" in entry else f"{rule.get('image')}: {entry}"
-    return None
 
 
 def kubectl_apply(stack: Stack, text: str) -> None:
@@ -204,12 +185,12 @@ def _pods(kube: Kube, name: str) -> list[dict[str, Any]]:
     return kube.list("v1", "Pod", NAMESPACE, sel)
 
 
-def _log_hint(stack: Stack, kube: Kube, name: str) -> list[str]:
-    out = []
-    for p in _pods(kube, name):
-        pod = p["metadata"]["name"]
-        out += [str(f) for f in sorted((stack.pods_dir / NAMESPACE / pod).glob("*.log"))]
-    return out
+def _log_hint(name: str) -> str:
+    return f"kubectl logs -l app.kubernetes.io/instance={name} --tail=50"
+
+
+def _operator_log_hint() -> str:
+    return f"kubectl -n {OPERATOR_NAMESPACE} logs deploy/{RELEASE} --tail=50"
 
 
 # --- the calls ----------------------------------------------------------------------------
@@ -369,7 +350,6 @@ def where_next(stack: Stack, kube: Kube, ex: Example, seen: float | None) -> Non
     dashboards = sorted(
         str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "dashboards").glob("*.json")
     )
-    logs = _log_hint(stack, kube, ex.name)
     print("\n==> where to look next (the stack and the VoiceAgent stay up)")
     print(f"    . {rel}/env               # kubectl, LIVEKIT_*, OPENAI_BASE_URL for this stack")
     print(f"    kubectl get va -o wide; kubectl describe va {ex.name}; kubectl get pods")
@@ -386,40 +366,43 @@ def where_next(stack: Stack, kube: Kube, ex: Example, seen: float | None) -> Non
     print(
         f"    Grafana           import {', '.join(dashboards)} (datasource: the Prometheus above)"
     )
-    print(f"    worker log        {', '.join(str(Path(p)) for p in logs) or '(no worker pod)'}")
-    print(f"    operator log      {stack.logs_dir / 'voicefleet-operator.log'}")
+    print(f"    worker logs       {_log_hint(ex.name)}")
+    print(f"    operator log      {_operator_log_hint()}")
     print(f"    stand-in          curl -s {stack.realtime_url}/stats   # what the model saw")
     print("    make down         # stops the stack (and with it the VoiceAgent's workers)")
 
 
 def run_demo(stack: Stack, callers: int = 3, turns: int = 3) -> int:
     t_start = time.monotonic()
-    _step(1, "the local stack, with the VoiceAgent CRD and the operator (as `make up`)")
-    stack.up(operator=True)
+    _step(
+        1, "the local stack with its real node, the operator installed by the chart (as `make up`)"
+    )
+    holder = lock_holder()
+    if holder and Path(holder) != stack.dir:
+        print(f"error: the testbed in {holder} runs this machine's real node, which the demo "
+              f"needs: stop it first (VOICEFLEET_TESTBED={holder} testbed down)")  # fmt: skip
+        return 1
+    stack.up(operator=True, real_node=True)
     print(stack.summary())
+    if not stack.state.chart:
+        print(
+            f"error: the stack in {stack.dir} was started without the real node "
+            "(testbed up --no-real-node or --no-operator): make down && make demo"
+        )
+        return 1
     t_up = time.monotonic()
 
     _step(2, "kubectl apply -f examples/voiceagent.yaml   (namespace default)")
-    bad = worker_image_override(stack)
-    if bad is not None:
-        print(
-            f"error: {stack.image_override} maps the worker image to something else ({bad}); "
-            "remove that rule (tests and benchmarks write it) and run make demo again"
-        )
-        return 1
-    ex = load_example(stack)
-    for s in ex.substituted:
-        print(f"    this stack's URL instead of the example's (the fixed port was taken): {s}")
+    ex = load_example()
     kube = Kube.admin(stack)
     kubectl_apply(stack, ex.text)
 
     _step(3, f"waiting for VoiceAgent {ex.name!r} to be Ready (the operator makes a worker "
-          "Deployment; the node agent runs python -m voicefleet_worker)")  # fmt: skip
+          "Deployment; the kubelet runs its pods from the worker image)")  # fmt: skip
     if not wait_ready(kube, ex.name) or not wait_registered(kube, ex.name):
         print(f"error: VoiceAgent {ex.name}'s workers not Ready and registered in time")
-        for p in _log_hint(stack, kube, ex.name):
-            print(f"    worker log: {p}")
-        print(f"    operator log: {stack.logs_dir / 'voicefleet-operator.log'}")
+        print(f"    worker logs: {_log_hint(ex.name)}")
+        print(f"    operator log: {_operator_log_hint()}")
         print(f"    . {stack.dir}/env && kubectl describe va {ex.name}")
         return 1
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import controlplane as cp
-from . import realnode
+from . import realnode, user_install
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, NodeBinaries, versions
 from .livekit_config import LOOPBACK, MediaAddress, livekit_config
 from .pki import Pki, ensure_pki
@@ -33,12 +33,12 @@ from .realnode.teardown import Host
 
 Progress = Callable[[str], None]
 LIVEKIT_KEY = "devkey"
-# A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack is
-# loopback-only, and a fixed one lets examples/voiceagent.yaml carry it as-is.
+# A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack
+# stays on this machine, and a fixed one lets examples/voiceagent.yaml carry it as-is.
 LIVEKIT_SECRET = "voicefleet-testbed-livekit-dev-secret"
 # The checkout's own stack (`make up`) puts LiveKit on its usual port and the Realtime
-# stand-in on a fixed one when free, so the example's ws://127.0.0.1:7880 and
-# http://127.0.0.1:7879/v1 work as-is; test stacks take free ports.
+# stand-in on the Service's when free (stable URLs on the host; the example names the
+# Services, which follow either way); test stacks take free ports.
 LIVEKIT_DEFAULT_PORT = 7880
 REALTIME_DEFAULT_PORT = 7879
 OPERATOR = "voicefleet-operator"
@@ -55,6 +55,12 @@ class StackState:
     operator: bool = False  # runs the voicefleet operator from this checkout
     real_node: bool = False  # runs a real node (kubelet, containerd, ...)
     node_net: int = 0  # the real node's pod network: 10.244.<node_net>.0/24
+    # The operator installed by the chart onto the real node, as a user installs it
+    # (`make up`), not run as a process (user_install.py).
+    chart: bool = False
+    # Where LiveKit and the Realtime stand-in serve: loopback, or the real node's bridge
+    # address for a stack started with one (`make up`: pods and the host reach it alike).
+    host: str = "127.0.0.1"
 
     @property
     def file(self) -> Path:
@@ -71,6 +77,8 @@ class StackState:
             "operator": self.operator,
             "real_node": self.real_node,
             "node_net": self.node_net,
+            "chart": self.chart,
+            "host": self.host,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -96,6 +104,8 @@ class StackState:
             operator=bool(data.get("operator", False)),
             real_node=bool(data.get("real_node", False)),
             node_net=int(data.get("node_net", 0)),
+            chart=bool(data.get("chart", False)),
+            host=str(data.get("host", "127.0.0.1")),
         )
 
 
@@ -120,24 +130,6 @@ class Stack:
     def is_default(self) -> bool:
         """The checkout's own stack (`.testbed/`, `make up`), not a test's."""
         return self.dir == default_dir().resolve()
-
-    def moved_ports(self) -> list[str]:
-        """The fixed ports (the example's URLs) the checkout's stack could not have because
-        something else held them when it started, as lines to show the user."""
-        if not self.is_default:
-            return []
-        out = []
-        if self.state.ports.get("livekit", LIVEKIT_DEFAULT_PORT) != LIVEKIT_DEFAULT_PORT:
-            out.append(
-                f"LiveKit is on {self.livekit_url}, not ws://127.0.0.1:{LIVEKIT_DEFAULT_PORT} "
-                "(taken when the stack started)"
-            )
-        if self.state.ports.get("realtime", REALTIME_DEFAULT_PORT) != REALTIME_DEFAULT_PORT:
-            out.append(
-                f"the Realtime stand-in is on {self.openai_base_url()}, not "
-                f"http://127.0.0.1:{REALTIME_DEFAULT_PORT}/v1 (taken when the stack started)"
-            )
-        return out
 
     @property
     def pki(self) -> Pki:
@@ -193,13 +185,18 @@ class Stack:
 
     @property
     def livekit_url(self) -> str:
-        return f"ws://127.0.0.1:{self.state.ports['livekit']}"
+        return f"ws://{self.state.host}:{self.state.ports['livekit']}"
 
     @property
     def livekit_addresses(self) -> tuple[MediaAddress, ...]:
         """The only addresses LiveKit listens on, gathers ICE candidates on and names to
         clients (docs/testbed.md, "What the testbed's LiveKit is told"); the first is the
-        one its candidates name."""
+        one its candidates name. A stack started with a real node serves on its bridge
+        address only: the pods and the host both reach it, and with loopback too two sockets
+        would share the node IP and a pod's ICE checks be answered from 127.0.0.1."""
+        node = self.real_node
+        if node is not None and self.state.host == node.net.gateway:
+            return (MediaAddress(node.net.bridge, node.net.gateway),)
         return (LOOPBACK,)
 
     @property
@@ -210,6 +207,9 @@ class Stack:
 
     @property
     def webhook_url(self) -> str:
+        node = self.real_node
+        if self.state.chart and node is not None:  # the chart's webhook Service, a NodePort
+            return user_install.webhook_url(node.net.gateway)
         return f"http://127.0.0.1:{self.webhook_port}/livekit/webhook"
 
     @property
@@ -223,7 +223,7 @@ class Stack:
             raise RuntimeError(
                 f"the stack in {self.dir} predates the Realtime stand-in: make down && make up"
             )
-        return f"http://127.0.0.1:{self.state.ports['realtime']}"
+        return f"http://{self.state.host}:{self.state.ports['realtime']}"
 
     def openai_base_url(self, scenario: str | None = None) -> str:
         """The OpenAI base URL of the stand-in; a scenario isolates a test's settings and stats."""
@@ -345,7 +345,7 @@ class Stack:
         def realtime() -> ProcRef:
             argv = [
                 sys.executable, "-m", "voicefleet_testbed.realtime",
-                "--host=127.0.0.1", f"--port={s.ports['realtime']}",
+                f"--host={s.host}", f"--port={s.ports['realtime']}",
             ]  # fmt: skip
             return spawn("realtime-standin", argv, logs / "realtime-standin.log", cwd=REPO_DIR)
 
@@ -408,7 +408,11 @@ class Stack:
                 if b.prometheus is not None
                 else []
             ),
-            *([Component(OPERATOR, operator, operator_healthy, 60)] if s.operator else []),
+            *(
+                [Component(OPERATOR, operator, operator_healthy, 60)]
+                if s.operator and not s.chart
+                else []
+            ),
         ]
 
     def _real_node_components(self) -> list[Component]:
@@ -444,7 +448,7 @@ class Stack:
 
     def extra_scrape_targets(self) -> dict[str, str]:
         """job name -> host:port of processes the testbed runs outside pods (the operator)."""
-        if not self.state.operator:
+        if not self.state.operator or self.state.chart:
             return {}
         return {OPERATOR: f"127.0.0.1:{self.state.ports['operator-metrics']}"}
 
@@ -476,7 +480,7 @@ class Stack:
 
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.state.ports['livekit']}/", timeout=2
+                f"http://{self.state.host}:{self.state.ports['livekit']}/", timeout=2
             ) as r:
                 return bool(r.status == 200)
         except OSError:
@@ -500,6 +504,10 @@ class Stack:
         alive = self.running()
         if alive and all(alive.values()) and real_node and not self.state.real_node:
             self.add_real_node()
+        if alive and all(alive.values()) and self.state.chart:
+            self.progress(f"testbed already up ({self.dir}); the operator's chart:")
+            self._install_chart()  # an upgrade to rebuilt images, else a no-op
+            return self
         if alive and all(alive.values()) and (OPERATOR in alive) == operator:
             self.progress(f"testbed already up ({self.dir})")
             return self
@@ -528,11 +536,21 @@ class Stack:
             if comp.name == OPERATOR:
                 self._bootstrap()  # the operator's ServiceAccount needs the token controller
             self._start(comp)
-        if not operator:
+        if OPERATOR not in self.state.procs:
             self._bootstrap()
+        if self.state.chart:
+            self._install_chart()
         self.write_env_file()
         self.progress(f"testbed up in {time.monotonic() - t0:.1f}s")
         return self
+
+    def _install_chart(self) -> None:
+        from .kube import Kube
+
+        try:
+            user_install.install(self, Kube.admin(self), self.progress)
+        finally:
+            self.state.save()
 
     def add_real_node(self) -> realnode.RealNode:
         """Start a real node beside the running stack (the `real_node` test fixture)."""
@@ -651,7 +669,15 @@ class Stack:
             cp.kubeconfig_yaml(self.api_server, self.pki.ca_cert, self.pki.admin_token())
         )
         self.kubeconfig.chmod(0o600)
-        for path, text in scheduling.admission_files(self.dir / "admission").items():
+        # A stack started with a real node (`make up`) runs pods as a user's cluster would:
+        # on the real node, under Pod Security `restricted` unless a namespace says otherwise.
+        user = self.state.real_node
+        admission = scheduling.admission_files(
+            self.dir / "admission",
+            default="real" if user else scheduling.DEFAULT_NODE,
+            enforce="restricted" if user else "privileged",
+        )
+        for path, text in admission.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         pki = self.pki
@@ -661,9 +687,16 @@ class Stack:
         sched_kubeconfig.write_text(json.dumps(node_config.cert_kubeconfig(
             self.api_server, pki.ca_cert, cert, key, "system:kube-scheduler")))  # fmt: skip
         sched_kubeconfig.chmod(0o600)
+        self.state.chart = False
+        self.state.host = "127.0.0.1"
         self.state.save()
         if self.state.real_node:
             self._prepare_real_node()
+            node = self.real_node
+            assert node is not None
+            self.state.host = node.net.gateway
+            self.state.chart = self.state.operator
+            self.state.save()
 
     def _bootstrap(self) -> None:
         """Cluster objects every test expects: the node (registered by the agent) and the
@@ -736,6 +769,10 @@ class Stack:
                 else f"NOT RUNNING; last log lines:\n{tail(ref.log, 8)}"
             )
             rows.append((name, alive, detail))
+        if self.state.chart and rows:
+            from .kube import Kube
+
+            rows.append(user_install.status_row(Kube.admin(self)))
         return rows
 
     def summary(self) -> str:
@@ -745,6 +782,14 @@ class Stack:
                 f"testbed state: {self.dir}",
                 f"  kube-apiserver  {self.api_server}  (Kubernetes v{v['KUBERNETES_VERSION']})",
                 f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
+                *(
+                    [
+                        f"                  in the cluster: {user_install.livekit_service_url()}"
+                        f" (a Service); the stand-in: {user_install.realtime_service_url()}"
+                    ]
+                    if self.state.chart
+                    else []
+                ),
                 f"  prometheus      {self.prometheus_url}  (discovers worker pods through the API server)",
                 f"  realtime        {self.openai_base_url()}  (OpenAI Realtime API stand-in; OPENAI_BASE_URL)",
                 f"  node agent      hollow node testbed-node (tainted): pods run as processes; logs in {self.pods_dir}/<ns>/<pod>/<container>.log",
@@ -762,21 +807,23 @@ class Stack:
                 f"  logs            {self.logs_dir}",
                 *(
                     [
-                        f"  operator        from this checkout, as ServiceAccount "
-                        f"voicefleet-system/{OPERATOR}; log {self.logs_dir / (OPERATOR + '.log')}",
+                        f"  operator        charts/voicefleet, release {user_install.RELEASE} in "
+                        f"{user_install.NAMESPACE}, from the images `make images` built, on the "
+                        "real node; every namespace enforces Pod Security restricted",
                         "  try             kubectl apply -f examples/voiceagent.yaml && "
                         "kubectl get va -w",
                     ]
-                    if self.state.operator
+                    if self.state.chart
                     else []
                 ),
                 *(
                     [
-                        "note: examples/voiceagent.yaml names the usual URLs; for this stack "
-                        "change them (make demo does):",
-                        *(f"  {m}" for m in self.moved_ports()),
+                        f"  operator        from this checkout, as ServiceAccount "
+                        f"voicefleet-system/{OPERATOR}; log {self.logs_dir / (OPERATOR + '.log')}",
+                        "note: without the real node, examples/voiceagent.yaml's Service URLs "
+                        "do not resolve here (make down && make up once the real node is free)",
                     ]
-                    if self.moved_ports()
+                    if OPERATOR in self.state.procs
                     else []
                 ),
                 "next:",

@@ -34,6 +34,7 @@ from voicefleet_testbed.livekit_config import MediaAddress, livekit_config
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import ProcRef, spawn, stop, wait_for
 from voicefleet_testbed.realnode import RealNode
+from voicefleet_testbed.realnode.config import host_service
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 from .failover_scenario import operator_metric
@@ -45,6 +46,7 @@ from .fleet import (
     drop_reason,
     hang_up,
     read_sessions,
+    rollout_under_calls,
     turns,
     until,
 )
@@ -74,30 +76,6 @@ class PodNetServices:
 def _listening(host: str, port: int) -> bool:
     with socket.create_connection((host, port), timeout=1):
         return True
-
-
-def _service(kube: Kube, ns: str, name: str, port: int, target: str, target_port: int) -> None:
-    """A selector-less Service and its EndpointSlice: `name` -> target:target_port."""
-    kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"ports": [{"name": "tcp", "port": port, "targetPort": target_port}]},
-        },
-        ns,
-    )
-    kube.create(
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [target], "conditions": {"ready": True}}],
-            "ports": [{"name": "tcp", "port": target_port, "protocol": "TCP"}],
-        },
-        ns,
-    )
 
 
 @pytest.fixture
@@ -153,8 +131,11 @@ def pod_net_services(stack: Stack, kube: Kube, real_node: RealNode) -> Iterator[
         procs.append(spawn("realtime-pod-net-relay", relay, logs / "realtime-pod-net-relay.log"))
         wait_for(lambda: _listening(gateway, lk_port), 30, "LiveKit on the pod bridge")
         wait_for(lambda: _listening(gateway, rt_port), 30, "the stand-in's relay on the bridge")
-        _service(kube, ns, "livekit", LIVEKIT_PORT, gateway, lk_port)
-        _service(kube, ns, "realtime", REALTIME_PORT, gateway, rt_port)
+        for obj in [
+            *host_service(ns, "livekit", LIVEKIT_PORT, gateway, lk_port),
+            *host_service(ns, "realtime", REALTIME_PORT, gateway, rt_port),
+        ]:
+            kube.create(obj)
         yield PodNetServices(ns, f"ws://{gateway}:{lk_port}", lk_port, rt_port)
     finally:
         for p in procs:
@@ -361,3 +342,26 @@ async def test_a_worker_pod_deleted_mid_call_drains_it_on_the_real_node(
     # The call over, the drained worker exits and its pod goes (long before the grace).
     await until(lambda: kube.get("v1", "Pod", name, ns) is None, 60, "the drained pod to go")
     assert drop_reason(caller) is None, drop_reason(caller)
+
+
+ROLL = Shape(max_per_worker=2, min_replicas=1, max_replicas=3, buffer_sessions=1, window_s=60)
+ROLL_CALLS = 3
+
+
+async def test_a_rollout_on_the_real_node_drops_no_call(
+    new_fleet: Callable[..., PodNetFleet],
+) -> None:
+    """A new `spec.model.instructions` rolls every worker container under live calls
+    (maxUnavailable 0): the kubelet sends each old container SIGTERM and waits out the
+    grace period; its calls stay with their agents and are answered after the rollout,
+    a new call goes to a new container, and the old pods go once their calls end."""
+    fleet = new_fleet()
+    await fleet.create(ROLL)
+    run = await rollout_under_calls(fleet, ROLL, n=ROLL_CALLS)
+    assert run.workers >= ROLL.needed(ROLL_CALLS) == 2, run
+    assert run.drops == {}, run.drops
+    assert run.drained_calls == ROLL_CALLS, run
+    assert run.answered_after == ROLL_CALLS, run
+    assert run.kept_agent == ROLL_CALLS, run
+    assert run.new_call_on_new_worker, run
+    print(f"\n{run}")

@@ -8,6 +8,7 @@ import json
 import tarfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -86,6 +87,25 @@ def test_webhook_port_from_values() -> None:
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert {"name": "webhook", "containerPort": 9443} in c["ports"]
     assert {"name": "VOICEFLEET_OPERATOR_WEBHOOK_PORT", "value": "9443"} in c["env"]
+
+
+def test_webhook_node_port_for_a_livekit_outside_the_cluster() -> None:
+    """A LiveKit server outside the cluster cannot resolve the Service's name: a NodePort
+    (fixed when asked, so its webhook.urls can name it) reaches the operator instead."""
+
+    def hook(values: dict[str, str]) -> dict[str, Any]:
+        docs = template(values)
+        return next(
+            s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-webhook")
+        )
+
+    fixed = hook({"webhook.service.type": "NodePort", "webhook.service.nodePort": "30790"})
+    assert fixed["spec"]["type"] == "NodePort"
+    assert fixed["spec"]["ports"][0]["nodePort"] == 30790
+    picked = hook({"webhook.service.type": "NodePort"})
+    assert "nodePort" not in picked["spec"]["ports"][0]
+    # A ClusterIP Service has no node port, whatever the value says.
+    assert "nodePort" not in hook({"webhook.service.nodePort": "30790"})["spec"]["ports"][0]
 
 
 def test_monitoring_objects_render_only_when_the_cluster_has_their_kinds() -> None:

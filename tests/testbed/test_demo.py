@@ -1,108 +1,76 @@
-"""`make demo`'s pieces that need no running stack: the example follows the stack's URLs
-(the fixed ports 7880 and 7879 may be taken by another stack), moved ports are reported,
-and a worker image mapped to the fake worker is caught before any call is made."""
+"""`make demo`'s pieces that need no running stack: the example names LiveKit and the model
+by the Services `make up` publishes, and a call no agent joined is not a served call."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import yaml
 
-from voicefleet_testbed import demo
-from voicefleet_testbed import stack as stack_mod
+from voicefleet_testbed import demo, user_install
 from voicefleet_testbed.caller import CallReport, Summary, TurnResult
-from voicefleet_testbed.ports import port_is_free
-from voicefleet_testbed.stack import LIVEKIT_DEFAULT_PORT, REALTIME_DEFAULT_PORT, Stack
-
-FIXED_LK = f"ws://127.0.0.1:{LIVEKIT_DEFAULT_PORT}"
-FIXED_RT = f"http://127.0.0.1:{REALTIME_DEFAULT_PORT}/v1"
+from voicefleet_testbed.images import BuiltImage
+from voicefleet_testbed.realnode import config as node_config
+from voicefleet_testbed.stack import LIVEKIT_DEFAULT_PORT, REALTIME_DEFAULT_PORT
 
 
-@pytest.fixture
-def checkout_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """A Stack that takes itself for the checkout's own (`.testbed/`), in a temp dir."""
-    d = tmp_path / ".testbed"
-    monkeypatch.setattr(stack_mod, "default_dir", lambda: d)
-    return Stack(d, progress=lambda _: None)
-
-
-@contextlib.contextmanager
-def holding(*ports: int) -> Iterator[None]:
-    """Listen on the ports that are free (the others are someone else's already)."""
-    socks = []
-    try:
-        for p in ports:
-            if port_is_free(p):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                s.listen()
-                socks.append(s)
-        yield
-    finally:
-        for s in socks:
-            s.close()
-
-
-def test_the_example_names_the_fixed_urls_and_is_applied_as_is_on_them(
-    checkout_stack: Stack,
-) -> None:
-    text = demo.EXAMPLE.read_text()
-    assert FIXED_LK in text and FIXED_RT in text
-    checkout_stack.state.ports.update(livekit=LIVEKIT_DEFAULT_PORT, realtime=REALTIME_DEFAULT_PORT)
-    ex = demo.load_example(checkout_stack)
-    assert ex.text == text and ex.substituted == []
+def test_the_example_names_the_services_make_up_publishes() -> None:
+    """Applied unchanged on the testbed and on a cluster: Service names, no address."""
+    ex = demo.load_example()
     assert (ex.name, ex.agent_name, ex.silence_ms) == ("support", "support", 500.0)
-    assert checkout_stack.moved_ports() == []
-
-
-def test_moved_ports_are_substituted_and_reported(checkout_stack: Stack) -> None:
-    checkout_stack.state.ports.update(livekit=40001, realtime=40002)
-    ex = demo.load_example(checkout_stack)
-    assert FIXED_LK not in ex.text and FIXED_RT not in ex.text
-    assert len(ex.substituted) == 2
     (va,) = [d for d in yaml.safe_load_all(ex.text) if d["kind"] == "VoiceAgent"]
-    assert va["spec"]["livekit"]["url"] == "ws://127.0.0.1:40001"
-    assert va["spec"]["model"]["baseURL"] == "http://127.0.0.1:40002/v1"
-    moved = checkout_stack.moved_ports()
-    assert len(moved) == 2 and "ws://127.0.0.1:40001" in moved[0]
-    # A test stack is never "moved": it always takes free ports.
-    assert Stack(checkout_stack.dir.parent / "other").moved_ports() == []
+    assert va["spec"]["livekit"]["url"] == user_install.livekit_service_url()
+    assert va["spec"]["model"]["baseURL"] == user_install.realtime_service_url()
+    assert "127.0.0.1" not in ex.text
+    # The host ports `make up` prefers are the Services' ports (stable URLs on the host).
+    assert user_install.LIVEKIT_SERVICE[2] == LIVEKIT_DEFAULT_PORT
+    assert user_install.REALTIME_SERVICE[2] == REALTIME_DEFAULT_PORT
 
 
-def test_the_checkouts_stack_falls_back_to_free_ports_when_the_fixed_ones_are_taken(
-    checkout_stack: Stack,
-) -> None:
-    with holding(LIVEKIT_DEFAULT_PORT, REALTIME_DEFAULT_PORT):
-        checkout_stack._prepare()
-    ports = checkout_stack.state.ports
-    assert ports["livekit"] != LIVEKIT_DEFAULT_PORT
-    assert ports["realtime"] != REALTIME_DEFAULT_PORT
-    assert len(set(ports.values())) == len(ports)
-    assert len(checkout_stack.moved_ports()) == 2
-    assert any(
-        f"{ports['realtime']}/v1" in s for s in demo.load_example(checkout_stack).substituted
+def test_the_services_point_at_the_host_servers_wherever_they_listen() -> None:
+    objs = user_install.service_objects("10.244.1.1", 40001, 40002)
+    services = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o
+        for o in objs
+        if o["kind"] == "Service"
+    }
+    slices = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o
+        for o in objs
+        if o["kind"] == "EndpointSlice"
+    }
+    assert set(services) == set(slices) == {("livekit", "livekit"), ("testbed", "openai-realtime")}
+    lk = services[("livekit", "livekit")]["spec"]
+    assert "selector" not in lk and lk["ports"][0]["port"] == 7880
+    assert lk["ports"][0]["targetPort"] == 40001
+    sl = slices[("livekit", "livekit")]
+    assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == "livekit"
+    assert sl["endpoints"][0]["addresses"] == ["10.244.1.1"]
+    assert sl["ports"][0]["port"] == 40001
+    assert slices[("testbed", "openai-realtime")]["ports"][0]["port"] == 40002
+    assert {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"} == {
+        "livekit",
+        "testbed",
+    }
+    assert node_config.host_service("a", "b", 1, "10.0.0.9", 2)[1]["addressType"] == "IPv4"
+
+
+def test_make_up_installs_the_chart_with_the_built_images_and_a_webhook_node_port() -> None:
+    def image(name: str, tag: str) -> BuiltImage:
+        return BuiltImage(name, f"ghcr.io/voicefleet/{name}:{tag}", f"ghcr.io/voicefleet/{name}",
+                          tag, "", "", "", "", 0, 0, "", 0.0)  # fmt: skip
+
+    values = user_install.chart_values_for({"operator": image("operator", "dev-1"),
+                                            "worker": image("worker", "dev-2")})  # fmt: skip
+    assert values["image"]["repository"] == "ghcr.io/voicefleet/operator"
+    assert values["image"]["tag"] == "dev-1"
+    assert values["worker"]["image"] == {"repository": "ghcr.io/voicefleet/worker", "tag": "dev-2"}
+    assert values["webhook"]["service"] == {
+        "type": "NodePort",
+        "nodePort": user_install.WEBHOOK_NODE_PORT,
+    }
+    assert 30000 <= user_install.WEBHOOK_NODE_PORT <= 32767  # the API server's default range
+    assert user_install.webhook_url("10.244.1.1") == (
+        f"http://10.244.1.1:{user_install.WEBHOOK_NODE_PORT}/livekit/webhook"
     )
-
-
-def test_a_worker_image_mapped_elsewhere_is_caught(checkout_stack: Stack) -> None:
-    assert demo.worker_image_override(checkout_stack) is None
-    checkout_stack.dir.mkdir(parents=True)
-    rules = [
-        {"image": "voicefleet.dev/test/crash-agent*", "entrypoint": ["{python}", "-c", "x"]},
-        {
-            "image": "ghcr.io/voicefleet/worker*",
-            "entrypoint": ["{python}", "-m", "voicefleet_testbed.fake_worker"],
-        },
-    ]
-    checkout_stack.image_override.write_text(yaml.safe_dump(rules))
-    found = demo.worker_image_override(checkout_stack)
-    assert found is not None and "fake_worker" in found
-    checkout_stack.image_override.write_text(yaml.safe_dump(rules[:1]))
-    assert demo.worker_image_override(checkout_stack) is None
 
 
 def test_a_call_no_agent_joined_is_not_ok() -> None:

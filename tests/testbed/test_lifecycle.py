@@ -1,5 +1,7 @@
-"""`testbed up/status/down` on a stack of its own: idempotent up, a crashed part is reported,
-a stale state directory is recovered, and down leaves no process behind."""
+"""`testbed up/status/down` on a stack of its own without the real node (`--no-real-node`,
+the operator then runs as a process): idempotent up, a crashed part is reported, a stale
+state directory is recovered, and down leaves no process behind. `make up` with the real
+node, the chart's operator and the example answered: test_make_up.py."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ def check_operator(stack: Stack) -> None:
     CRD installed, and turns the example VoiceAgent into a Ready fleet."""
     import yaml
 
+    from voicefleet_testbed import user_install
     from voicefleet_testbed.binaries import REPO_DIR
     from voicefleet_testbed.kube import Kube
 
@@ -64,8 +67,8 @@ def check_operator(stack: Stack) -> None:
     assert denied.value.status == 403
 
     # The example, with the worker image mapped to the fake worker (this checkout may
-    # not have the real one); its LiveKit and stand-in URLs are this stack's (7880 and
-    # 7879 only for .testbed/).
+    # not have the real one); its Services do not resolve on the host, so its LiveKit and
+    # stand-in URLs are this stack's.
     stack.image_override.write_text(
         yaml.safe_dump(
             [
@@ -78,9 +81,9 @@ def check_operator(stack: Stack) -> None:
     )
     admin = Kube.admin(stack)
     text = (REPO_DIR / "examples" / "voiceagent.yaml").read_text()
-    text = text.replace("ws://127.0.0.1:7880", stack.livekit_url)
+    text = text.replace(user_install.livekit_service_url(), stack.livekit_url)
     for doc in yaml.safe_load_all(
-        text.replace("http://127.0.0.1:7879/v1", stack.openai_base_url())
+        text.replace(user_install.realtime_service_url(), stack.openai_base_url())
     ):
         admin.create(doc, namespace="default")
 
@@ -97,7 +100,7 @@ def test_up_twice_status_crash_recover_down(
 ) -> None:
     d = tmp_path / "tb"
     try:
-        assert cli(["--dir", str(d), "up"]) == 0
+        assert cli(["--dir", str(d), "up", "--no-real-node"]) == 0
         stack = Stack(d)
         pids = {n: r.pid for n, r in stack.state.procs.items()}
         assert set(pids) >= {
@@ -127,7 +130,7 @@ def test_up_twice_status_crash_recover_down(
         check_operator(stack)
 
         # A second up is harmless: same processes.
-        assert cli(["--dir", str(d), "up"]) == 0
+        assert cli(["--dir", str(d), "up", "--no-real-node"]) == 0
         assert "already up" in capsys.readouterr().out
         assert {n: r.pid for n, r in Stack(d).state.procs.items()} == pids
 
@@ -139,7 +142,7 @@ def test_up_twice_status_crash_recover_down(
         assert "DOWN livekit-server" in capsys.readouterr().out
 
         # up recovers the stale stack.
-        assert cli(["--dir", str(d), "up"]) == 0
+        assert cli(["--dir", str(d), "up", "--no-real-node"]) == 0
         assert "recovering a stale testbed" in capsys.readouterr().out
         assert all(Stack(d).running().values())
         assert cli(["--dir", str(d), "status"]) == 0

@@ -105,6 +105,9 @@ class NodeAgent:
         self.images = images
         self.backoff = backoff
         self.workers: dict[str, PodWorker] = {}  # uid -> worker
+        # Pods other nodes run (the real node's), with their IPs: Prometheus scrapes them
+        # through the same target file, the stack's only pod discovery.
+        self.elsewhere: dict[str, JSON] = {}  # uid -> pod
         self.ips = IpPool(pod_cidr)
         self.http: aiohttp.ClientSession | None = None
         self.ctx: NodeContext | None = None
@@ -240,6 +243,7 @@ class NodeAgent:
             await self._targets_dirty.wait()
             self._targets_dirty.clear()
             pods = [(w.pod, w.pod_ip) for w in self.workers.values()]
+            pods += [(p, p["status"]["podIP"]) for p in self.elsewhere.values()]
             write_targets(self.scrape_targets, scrape_targets(pods))
             await asyncio.sleep(1.0)
 
@@ -248,6 +252,7 @@ class NodeAgent:
         meta, spec = pod["metadata"], pod["spec"]
         uid = meta["uid"]
         worker = self.workers.get(uid)
+        self.elsewhere.pop(uid, None)
         if kind == "DELETED":
             if worker is not None:
                 worker.deleted()
@@ -257,6 +262,8 @@ class NodeAgent:
         if not node:
             return  # kube-scheduler binds it (here or to the real node)
         if node != self.node_name:
+            if (pod.get("status") or {}).get("podIP"):
+                self.elsewhere[uid] = pod
             return
         if worker is not None:
             worker.update(pod)
@@ -293,6 +300,8 @@ class NodeAgent:
                 for pod in listing.get("items", []):
                     seen.add(pod["metadata"]["uid"])
                     self._on_pod("ADDED", pod)
+                for uid in set(self.elsewhere) - seen:
+                    del self.elsewhere[uid]
                 for uid in list(self.workers):
                     if uid not in seen:  # deleted while we were not watching
                         self.workers[uid].deleted()

@@ -420,6 +420,35 @@ def kube_dns_objects(net: PodNet) -> list[JSON]:
     ]
 
 
+def host_service(namespace: str, name: str, port: int, host: str, host_port: int) -> list[JSON]:
+    """A Service `name.namespace.svc:port` for a server that runs on the host (LiveKit, the
+    Realtime stand-in) at host:host_port: selector-less, with its EndpointSlice, as a
+    cluster names a server outside it."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"name": "tcp", "port": port, "targetPort": host_port}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": name,
+                    "endpointslice.kubernetes.io/managed-by": "testbed.voicefleet.dev",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [host], "conditions": {"ready": True}}],
+            "ports": [{"name": "tcp", "port": host_port, "protocol": "TCP"}],
+        },
+    ]
+
+
 def kubernetes_endpoints(net: PodNet, port: int) -> JSON:
     """The `kubernetes` Service's endpoint for pods: the API server relay on the bridge
     address (the API server itself listens on loopback only, so it reconciles none)."""

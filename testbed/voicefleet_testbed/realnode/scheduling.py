@@ -3,11 +3,10 @@ hollow node. The hollow node is tainted and labelled; the API server's PodNodeSe
 and PodTolerationRestriction admission plugins give every pod a cluster-wide default
 node selector and tolerations, and a namespace's annotations override them.
 
-The default is the hollow node until the project's images run on the real node (issue
-12): tests and the demo keep running their workers as processes, and a namespace opts in
-to the real node with `REAL_NODE_ANNOTATIONS` (the `real_namespace` fixture). Flip
-`DEFAULT_NODE` to "real" once the images exist; the scale benchmarks then annotate their
-namespaces with `HOLLOW_NODE_ANNOTATIONS`.
+`make up`'s stack sends every pod to the real node by default, as a user's cluster would run
+them. Test stacks default to the hollow node (`DEFAULT_NODE`): most tests run many workers
+as processes there, and a namespace opts in to the real node with `REAL_NODE_ANNOTATIONS`
+(the `real_namespace` fixture).
 """
 
 from __future__ import annotations
@@ -47,12 +46,26 @@ REAL_NODE_ANNOTATIONS = namespace_annotations("real")
 HOLLOW_NODE_ANNOTATIONS = namespace_annotations("hollow")
 
 
-def admission_files(directory: Path, default: NodeKind = DEFAULT_NODE) -> dict[Path, str]:
-    """The API server's --admission-control-config-file and the plugin configs it names."""
+def admission_files(
+    directory: Path, default: NodeKind = DEFAULT_NODE, enforce: str = "privileged"
+) -> dict[Path, str]:
+    """The API server's --admission-control-config-file and the plugin configs it names.
+
+    `enforce`: the Pod Security level of every namespace that names none (`make up`'s
+    stack: "restricted", as a hardened cluster; test stacks leave it to each namespace)."""
     selector = directory / "podnodeselector.yaml"
     tolerations = directory / "podtolerationrestriction.yaml"
+    pod_security = directory / "podsecurity.yaml"
     main = directory / "admission.yaml"
     return {
+        pod_security: json.dumps(
+            {
+                "apiVersion": "pod-security.admission.config.k8s.io/v1",
+                "kind": "PodSecurityConfiguration",
+                "defaults": {"enforce": enforce, "enforce-version": "latest"},
+                "exemptions": {"namespaces": ["kube-system"]},
+            }
+        ),
         selector: json.dumps(
             {"podNodeSelectorPluginConfig": {"clusterDefaultNodeSelector": node_selector(default)}}
         ),
@@ -70,6 +83,7 @@ def admission_files(directory: Path, default: NodeKind = DEFAULT_NODE) -> dict[P
                 "plugins": [
                     {"name": "PodNodeSelector", "path": str(selector)},
                     {"name": "PodTolerationRestriction", "path": str(tolerations)},
+                    {"name": "PodSecurity", "path": str(pod_security)},
                 ],
             }
         ),

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
 
+from ..realnode.config import POD_NET_BASE
 from .server import RealtimeStandIn
 from .settings import Settings
 
@@ -31,16 +33,31 @@ async def _serve(args: argparse.Namespace) -> None:
     await standin.stop()
 
 
+def _stays_here(host: str) -> bool:
+    """Loopback, or the real node's bridge address (a network the stack creates itself)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip in POD_NET_BASE
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m voicefleet_testbed.realtime")
-    ap.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only)")
+    ap.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (loopback or the pod bridge)"
+    )
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--model-delay-ms", type=float, default=Settings.modelDelayMs)
     ap.add_argument("--response-ms", type=float, default=Settings.responseMs)
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
-    if not args.host.startswith("127."):
-        print("error: the stand-in binds to loopback (127.0.0.0/8) only", file=sys.stderr)
+    if not _stays_here(args.host):
+        print(
+            "error: the stand-in binds to loopback (127.0.0.0/8) or the testbed's pod "
+            f"network ({POD_NET_BASE}) only",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
