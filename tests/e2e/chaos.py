@@ -4,8 +4,9 @@ both, counted by the callers. Shared by tests/e2e/test_chaos.py and bench/chaos.
 A round: both workers registered; `calls` callers are dispatched (LiveKit spreads them) and
 answered; the worker serving the most of them is hit; then every caller speaks again.
 The faulted worker's callers ("victims") must get exactly one new agent and be answered;
-the other worker's callers ("bystanders") must keep their agent and be answered. No caller
-may ever see two agents at once (`CallReport.max_agents`).
+the other worker's callers ("bystanders") must keep their agent and be answered. A
+partition (the operator cut off from a healthy worker) must fail over nobody: its victims
+keep their agents too. No caller may ever see two agents at once (`CallReport.max_agents`).
 """
 
 from __future__ import annotations
@@ -14,27 +15,35 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from voicefleet_contract import METRICS_PORT
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.stack import Stack
 
 from ..operator.cluster import OperatorProcess
-from .failover_scenario import SPEECH_S, WorkerFleet, until
+from .failover_scenario import SPEECH_S, WorkerFleet, operator_metric, until
 from .fleet import agent_listening
 
 # Where the worker is gone (its process or pod): a new agent at once. Where it hangs: once
 # the kubelet's readiness probe and the operator's own read both find it unresponsive.
 # Where the operator died with it: the restarted operator finds the call from LiveKit.
+# Where only the operator loses the worker (its /sessions requests dropped, as a network
+# partition between the operator and one node does): nobody may be failed over.
 GONE = ("sigkill", "force-delete")
 HANG = ("sigstop",)
 OPERATOR = ("operator-kill", "apiserver-restart")
-FAULTS = GONE + HANG + OPERATOR
-RECOVERY_S = {"sigkill": 30.0, "force-delete": 30.0, "sigstop": 45.0}
+BLIP = ("partition",)
+FAULTS = GONE + HANG + OPERATOR + BLIP
+RECOVERY_S = {"sigkill": 30.0, "force-delete": 30.0, "sigstop": 45.0, "partition": 30.0}
+# Longer than the operator's long poll of a worker (20 s, then 5 s to give up on it) and its
+# sweep (10 s): time enough for it to notice the cut, and to act wrongly on it.
+PARTITION_S = 35.0
 RECOVERY_OPERATOR_S = 90.0  # LiveKit drops the dead agent after ~20 s; then webhook or sweep
 SETTLE_S = 3.0  # after recovery: no late second agent joins within this window
 
@@ -43,6 +52,7 @@ SETTLE_S = 3.0  # after recovery: no late second agent joins within this window
 class CallOutcome:
     room: str
     victim: bool  # served by the faulted worker
+    expect_new_agent: bool  # its worker is gone or hangs (not a partition, not a bystander)
     new_agent_s: float | None = None  # fault -> a new agent in the room (victims)
     answered: bool = False  # a turn after the fault was answered
     joins: int = 0
@@ -53,7 +63,7 @@ class CallOutcome:
     def ok(self) -> bool:
         """Recovered (victim) or undisturbed (bystander), and never two agents at once."""
         one_agent = self.max_agents <= 1
-        if self.victim:
+        if self.expect_new_agent:
             return self.answered and self.new_agent_s is not None and self.joins == 2 and one_agent
         return self.answered and self.joins == 1 and self.leaves == 0 and one_agent
 
@@ -63,6 +73,8 @@ class Round:
     fault: str
     victim_pod: str
     calls: list[CallOutcome] = field(default_factory=list)
+    # The operator's failed /sessions reads during the round: the proof a partition cut it.
+    read_failures: float = 0.0
 
     @property
     def victims(self) -> list[CallOutcome]:
@@ -89,6 +101,44 @@ def process_tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def _connections(pid: int, pod_ip: str, port: int) -> list[int]:
+    """Local ports of `pid`'s established TCP connections to pod_ip:port (from `ss`)."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "dst", f"{pod_ip}:{port}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    return [
+        int(line.split()[2].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={pid}," in line
+    ]
+
+
+def cut(pod_ip: str, operator_pid: int) -> list[list[str]]:
+    """Cut the operator off from a worker's `/sessions`, as a broken network between them
+    would, and return the iptables rules that do it (`heal` removes them): its requests for
+    `/sessions` are dropped (new connections, retransmissions), and so is everything on the
+    connections it already holds to the worker's port, both ways (its long poll). The
+    worker, its LiveKit connection and the node's readiness probe (`/ready`, same port, its
+    own connections) go on. In a cluster the kubelet probes from the node and the operator
+    comes from elsewhere; here both are on the host with one source address, so the cut is
+    made on what the operator sends and holds, not on an address."""
+    port = str(METRICS_PORT)
+    rules = [["OUTPUT", "-d", f"{pod_ip}/32", "-p", "tcp", "--dport", port, "-m", "string",
+              "--algo", "bm", "--string", "GET /sessions", "-j", "DROP"]]  # fmt: skip
+    for local in _connections(operator_pid, pod_ip, METRICS_PORT):
+        rules += [
+            ["OUTPUT", "-d", pod_ip, "-p", "tcp", "--sport", str(local), "--dport", port, "-j", "DROP"],
+            ["OUTPUT", "-s", pod_ip, "-p", "tcp", "--sport", port, "--dport", str(local), "-j", "DROP"],
+        ]  # fmt: skip
+    for rule in rules:
+        subprocess.run(["iptables", "-w", "-I", *rule], check=True, timeout=30)
+    return rules
+
+
+def heal(rules: list[list[str]]) -> None:
+    for rule in rules:
+        subprocess.run(["iptables", "-w", "-D", *rule], check=False, timeout=30)
 
 
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
@@ -119,20 +169,37 @@ class Chaos:
             hit = [c for c in callers if served[c.room_name]["metadata"]["name"] == victim_name]
             before = {c.room_name: c.report.agent_joins for c in callers}
             timeout = RECOVERY_S.get(fault, RECOVERY_OPERATOR_S)
+            fails_over = fault not in BLIP
+            failed_reads = self._read_failures()
             async with self._fault(fault, victim) as t0:
                 outcomes = await asyncio.gather(
-                    *(self._follow(c, c in hit, before[c.room_name], t0, timeout) for c in callers)
+                    *(
+                        self._follow(
+                            c, c in hit, c in hit and fails_over, before[c.room_name], t0, timeout
+                        )
+                        for c in callers
+                    )
                 )
-                # a late second agent (a duplicate dispatch) would join within this window
-                await asyncio.gather(*(self._settle(c) for c in callers))
+                # a late second agent (a duplicate dispatch) would join within this window;
+                # a partition is held that long
+                window = SETTLE_S if fails_over else PARTITION_S
+                await asyncio.gather(*(self._settle(c, window) for c in callers))
+                failed_reads = self._read_failures() - failed_reads
             for c, o in zip(callers, outcomes, strict=True):
                 o.joins, o.leaves = c.report.agent_joins, c.report.agent_leaves
                 o.max_agents = c.report.max_agents
-            return Round(fault, victim_name, list(outcomes))
+            return Round(fault, victim_name, list(outcomes), failed_reads)
         finally:
             for c in callers:
                 await c.close()
                 f.callers.remove(c)
+
+    def _read_failures(self) -> float:
+        """The operator's failed /sessions reads of this fleet so far (0 when it is down)."""
+        with contextlib.suppress(OSError):
+            return operator_metric(self.op, "voicefleet_autoscaler_scrape_failures_total",
+                                   namespace=self.fleet.ns, voiceagent=self.fleet.name)  # fmt: skip
+        return 0.0
 
     @contextlib.asynccontextmanager
     async def _fault(self, fault: str, pod: dict[str, Any]) -> AsyncIterator[float]:
@@ -140,10 +207,14 @@ class Chaos:
         what it must on exit (a stopped worker is killed, so that it restarts)."""
         loop = asyncio.get_running_loop()
         stopped: list[int] = []
+        rules: list[list[str]] = []
         if fault == "apiserver-restart":
             # the operator's watches and feeds must resume: then a worker dies
             await asyncio.to_thread(self.stack.restart, "kube-apiserver")
-        if fault == "force-delete":
+        if fault == "partition":
+            assert self.op.proc is not None
+            rules = cut(pod["status"]["podIP"], self.op.proc.pid)
+        elif fault == "force-delete":
             await asyncio.to_thread(self.fleet.force_delete, pod)
         elif fault == "sigstop":  # the whole worker hangs, its job processes too
             stopped = process_tree(self.fleet.pid(pod))
@@ -160,20 +231,21 @@ class Chaos:
             yield t0
         finally:
             signal_all(stopped, signal.SIGKILL)
+            heal(rules)
 
     @staticmethod
-    async def _settle(c: Caller) -> None:
+    async def _settle(c: Caller, window: float) -> None:
         joins = c.report.agent_joins
-        await c.changes.wait_for(lambda: c.report.agent_joins > joins, SETTLE_S)
+        await c.changes.wait_for(lambda: c.report.agent_joins > joins, window)
 
     @staticmethod
     async def _follow(
-        c: Caller, victim: bool, joins: int, t0: float, timeout: float
+        c: Caller, victim: bool, expect_new_agent: bool, joins: int, t0: float, timeout: float
     ) -> CallOutcome:
         loop = asyncio.get_running_loop()
-        out = CallOutcome(c.room_name, victim)
+        out = CallOutcome(c.room_name, victim, expect_new_agent)
         deadline = t0 + timeout
-        if victim:
+        if expect_new_agent:
             if not await c.changes.wait_for(
                 lambda: c.report.agent_joins > joins, deadline - loop.time()
             ):

@@ -4,7 +4,9 @@ the real LiveKit server and the operator under test, counted by the callers.
 
 For every fault: each call on the faulted worker gets exactly one new agent and is answered
 again; each call on the other worker keeps its agent and is answered; no caller ever has
-two agents at once. How fast is bench/chaos.py's business (bench/results/chaos.json).
+two agents at once. A partition (the operator's /sessions requests to a healthy worker
+dropped, and its open long poll with them, for 35 s; the readiness probe still answered) fails over nobody: the operator's
+reads fail (counted), the worker's calls keep their agents and are answered. How fast is bench/chaos.py's business (bench/results/chaos.json).
 
 Where the other faults run: a runtime-killed container and a deleted pod on the real node in
 test_realnode_calls.py; a LiveKit restart in test_failover_calls.py. The API server restart
@@ -53,3 +55,5 @@ async def test_every_call_is_recovered_with_exactly_one_agent(chaos: Chaos, faul
     assert all(c.max_agents <= 1 for c in r.calls), r
     assert all(c.ok for c in r.victims), r
     assert all(c.ok for c in r.bystanders), r
+    if fault == "partition":  # the cut took: the operator's reads of that worker failed
+        assert r.read_failures > 0, r

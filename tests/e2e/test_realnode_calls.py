@@ -40,6 +40,8 @@ from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 from .failover_scenario import operator_metric
 from .fleet import (
     JSON,
+    LEAVE,
+    SCALE,
     WORKER_START_S,
     Fleet,
     Shape,
@@ -47,6 +49,7 @@ from .fleet import (
     hang_up,
     read_sessions,
     rollout_under_calls,
+    scale_up_then_down,
     turns,
     until,
 )
@@ -255,15 +258,18 @@ def _container_of(real_node: RealNode, pod: str) -> str:
     return ids[0]
 
 
-async def test_a_worker_container_killed_mid_call_is_failed_over_once(
+@pytest.mark.parametrize("how", ["container-kill", "force-delete"])
+async def test_a_worker_gone_mid_call_is_failed_over_once(
     operator: OperatorProcess,
     kube: Kube,
     real_node: RealNode,
     new_fleet: Callable[..., PodNetFleet],
+    how: str,
 ) -> None:
     """The runtime kills the worker container serving a call (what an OOM kill or `crictl
-    stop` does); the kubelet restarts it on the same pod IP. The call gets exactly one new
-    agent and is answered again."""
+    stop` does; the kubelet restarts it on the same pod IP), or the pod is force-deleted
+    (`kubectl delete --force --grace-period 0`: the kubelet kills the container, the
+    ReplicaSet makes a new pod). The call gets exactly one new agent and is answered again."""
     fleet = new_fleet(by_address=True)
     ns = fleet.namespace
     await fleet.create(TWO)
@@ -276,24 +282,32 @@ async def test_a_worker_container_killed_mid_call_is_failed_over_once(
             lambda: fleet.placement().get(caller.room_name), 10, "the call on a worker"
         )
         first = set(caller.agents)
-        container = _container_of(real_node, place[0])
-        stopped = real_node.crictl("stop", "--timeout", "0", container)  # SIGKILL
-        assert stopped.returncode == 0, stopped.stderr
+        if how == "container-kill":
+            container = _container_of(real_node, place[0])
+            stopped = real_node.crictl("stop", "--timeout", "0", container)  # SIGKILL
+            assert stopped.returncode == 0, stopped.stderr
+        else:
+            kube.core.delete_namespaced_pod(place[0], ns, grace_period_seconds=0)
 
         await until(lambda: bool(caller.agents - first) or None, 30, "a new agent in the room")
         assert (await turns([caller]))[0] is not None, drop_reason(caller)
-        # The kubelet restarted the container (same pod, restartCount 1) ...
-        pod = kube.get("v1", "Pod", place[0], ns) or {}
-        (status,) = pod["status"]["containerStatuses"]
-        assert status["restartCount"] >= 1, status
-        # ... and the call got exactly one new agent: once the dead one is out of the room
+        pod = kube.get("v1", "Pod", place[0], ns)
+        if how == "container-kill":  # the kubelet restarted it: same pod, restartCount 1
+            assert pod is not None
+            (status,) = pod["status"]["containerStatuses"]
+            assert status["restartCount"] >= 1, status
+        else:
+            assert pod is None, "the force-deleted pod is still there"
+        # The call got exactly one new agent: once the dead one is out of the room
         # (removed by the operator, or timed out by LiveKit), one agent remains.
         gone = await caller.changes.wait_for(lambda: len(caller.agents) == 1, 45)
         assert gone, caller.agents
         assert caller.report.agent_joins == 2, caller.report
+        assert caller.report.max_agents == 1, caller.report
         assert not caller.agents & first, (caller.agents, first)
-        # The operator took it for one loss of the worker's process (its restartCount
-        # rose, or its address refused), not LiveKit's timeout of the dead agent.
+        # The operator took it for one loss, of the worker's process (its restartCount
+        # rose, or its address refused) or of its pod, not LiveKit's timeout of the dead
+        # agent.
         labels = {"namespace": ns, "voiceagent": fleet.name}
         sources = {
             src: operator_metric(
@@ -301,9 +315,12 @@ async def test_a_worker_container_killed_mid_call_is_failed_over_once(
             )
             for src in ("worker", "pod", "webhook", "sweep", "hung")
         }
-        assert sources["worker"] == 1 and sum(sources.values()) == 1, sources
+        assert sum(sources.values()) == 1, sources
+        # A force-deleted pod's container dies before its object goes: either is first.
+        expected = ("worker",) if how == "container-kill" else ("worker", "pod")
+        assert sum(sources[s] for s in expected) == 1, sources
         latency = operator_metric(operator, "voicefleet_failover_latency_seconds_sum", **labels)
-        print(f"\ncontainer killed -> new agent in the room: {latency:.2f}s (operator)")
+        print(f"\n{how} -> new agent in the room: {latency:.2f}s (operator)")
     finally:
         await hang_up([caller])
 
@@ -364,4 +381,24 @@ async def test_a_rollout_on_the_real_node_drops_no_call(
     assert run.answered_after == ROLL_CALLS, run
     assert run.kept_agent == ROLL_CALLS, run
     assert run.new_call_on_new_worker, run
+    print(f"\n{run}")
+
+
+async def test_scale_up_then_down_on_the_real_node_drops_no_call(
+    new_fleet: Callable[..., PodNetFleet],
+) -> None:
+    """Callers arrive one by one and the autoscaler adds worker containers to cover them
+    plus the buffer; then they leave and it removes workers one step at a time, one with a
+    live call (6 -> 3 callers, one on each busy worker): the kubelet sends SIGTERM, the
+    worker drains and keeps its call."""
+    fleet = new_fleet()
+    await fleet.create(SCALE)
+    run = await scale_up_then_down(fleet, SCALE, n=6, leave=LEAVE)
+    path = run.replica_path
+    assert run.peak_replicas >= SCALE.needed(6) == 4, path
+    assert path[0] == SCALE.min_replicas and path[-1] == SCALE.min_replicas, path
+    assert run.unanswered == 0, run
+    assert run.drops == {}, run.drops
+    assert all(s.answered == s.callers for s in run.steps), run.steps
+    assert run.calls_on_draining_workers >= 1, run.steps
     print(f"\n{run}")
