@@ -53,6 +53,9 @@ def figures(rounds: list[Round]) -> dict[str, Any]:
         "victim_calls": len(victims),
         "recovered_pct": 100.0 * sum(c.ok for c in victims) / len(victims) if victims else 0.0,
         "calls_with_two_agents": sum(c.max_agents > 1 for c in calls),
+        # the operator's failed /sessions reads of the fleet during the rounds (a partition
+        # must show some: the proof it cut the operator off)
+        "operator_read_failures": sum(r.read_failures for r in rounds),
         "bystander_calls_lost": sum(not c.ok for c in bystanders),
         "fault_to_new_agent_s": summary(
             [c.new_agent_s for c in victims if c.new_agent_s is not None]
