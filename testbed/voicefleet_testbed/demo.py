@@ -168,9 +168,10 @@ def wait_registered(kube: Kube, name: str, timeout: float = 60) -> bool:
             pod = p["metadata"]["name"]
             if pod not in announced and _registered(p["status"]["podIP"]):
                 announced.add(pod)
+                image = p["spec"]["containers"][0]["image"]
                 print(
-                    f"    +{time.monotonic() - t0:4.1f}s  worker {pod} "
-                    f"({p['status']['podIP']}) registered with LiveKit",
+                    f"    +{time.monotonic() - t0:4.1f}s  worker {pod} ({p['status']['podIP']} "
+                    f"on {p['spec'].get('nodeName')}, {image}) registered with LiveKit",
                     flush=True,
                 )
         if pods and all(p["metadata"]["name"] in announced for p in pods):

@@ -508,6 +508,14 @@ class RolloutRun:
     latencies: list[float] = field(default_factory=list)
     drops: dict[str, str] = field(default_factory=dict)
 
+    def check_dropped_none(self) -> None:
+        """Every call stayed with its agent on its old, draining worker and was answered
+        after the rollout; a new call went to a new worker; nothing dropped."""
+        n = self.calls
+        assert self.drops == {}, self.drops
+        assert self.drained_calls == n and self.answered_after == n, self
+        assert self.kept_agent == n and self.new_call_on_new_worker, self
+
 
 async def rollout_under_calls(
     fleet: Fleet, shape: Shape, n: int, log: Callable[[str], None] = print

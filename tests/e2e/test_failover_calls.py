@@ -192,3 +192,59 @@ async def test_livekit_restart_workers_reregister_and_serve(
         assert {p["metadata"]["name"] for p in f.live_pods()} == set(before)
         caller = await f.call(f"after-restart-{namespace}")
         assert caller.report.agent_joins == 1 and caller.report.latencies, caller.report
+
+
+# livekit-agents' own default gives up after 16 attempts (min(2 x attempt, 10) s apart,
+# 140 s of waiting): a worker left at that default would exit during this outage.
+OUTAGE_S = 150.0
+
+
+async def test_a_livekit_outage_longer_than_livekit_agents_retries_is_ridden_out(
+    stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """LiveKit goes away for longer than livekit-agents' default retries, with a call on.
+    A single-node LiveKit keeps its rooms in memory, so that call ends with it (what its
+    caller's SDK does); what must hold: no worker exits or restarts, none keeps a phantom
+    session from the dead call, every one registers again within its 10 s retry once
+    LiveKit is back (the reconnection counter rises), and a new call is answered by one
+    agent at once."""
+    async with workers(stack, kube, namespace, "outage", replicas=1) as f:
+        (pod,) = f.live_pods()
+        restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+        before = f.worker_metric(pod, "voicefleet_worker_reconnections_total", link="livekit")
+        caller = await f.call(f"before-outage-{namespace}")
+        await asyncio.to_thread(stack.stop_part, "livekit-server")
+        try:
+
+            def unregistered() -> bool:
+                return f.worker_metric(pod, "voicefleet_worker_registered") == 0
+
+            await until(lambda: asyncio.to_thread(unregistered), 30, "the worker to see it gone")
+            # The outage itself: the worker must stay up all along (polled, not slept).
+            loop = asyncio.get_running_loop()
+            end = loop.time() + OUTAGE_S
+            while loop.time() < end:
+                (now,) = f.pods()
+                status = now["status"]["containerStatuses"][0]
+                assert status["restartCount"] == restarts and status.get("state", {}).get(
+                    "running"
+                ), status
+                await asyncio.sleep(2)
+        finally:
+            await caller.close()
+            await asyncio.to_thread(stack.restart, "livekit-server")
+
+        def back() -> bool:
+            return (
+                f.worker_metric(pod, "voicefleet_worker_registered") == 1
+                and f.worker_metric(pod, "voicefleet_worker_reconnections_total", link="livekit")
+                > before
+                and f.worker_metric(pod, "voicefleet_worker_active_sessions") == 0
+            )
+
+        await until(lambda: asyncio.to_thread(back), 30, "the worker registered again, idle")
+        (now,) = f.pods()
+        assert now["metadata"]["uid"] == pod["metadata"]["uid"]
+        assert now["status"]["containerStatuses"][0]["restartCount"] == restarts
+        fresh = await f.call(f"after-outage-{namespace}")
+        assert fresh.report.agent_joins == 1 and fresh.report.latencies, fresh.report
