@@ -318,9 +318,46 @@ def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
         f = t.extractfile("voicefleet/files/dashboards/fleet.json")
         assert f is not None
         assert f.read() == (REPO / "dashboards" / "fleet.json").read_bytes()
+        # .helmignore: the Python that generates the dashboards stays out of the package.
+        assert not [n for n in members if n.endswith((".py", ".pyc"))], sorted(members)
     # The packaged chart renders the same as the directory.
     out = run_helm("template", "voicefleet", str(tgz), "--namespace", "voicefleet-system")
     assert out.returncode == 0
+
+
+def test_installs_as_a_subchart_of_an_umbrella_chart(tmp_path: Path) -> None:
+    """A parent chart that depends on this one (from its package) renders it, with the
+    parent's `global` values and the subchart's values under its name."""
+    run_helm("package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("voicefleet-*.tgz")
+    umbrella = tmp_path / "platform"
+    (umbrella / "charts").mkdir(parents=True)
+    tgz.rename(umbrella / "charts" / tgz.name)
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    (umbrella / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [{"name": "voicefleet", "version": version}],
+            }
+        )
+    )
+    (umbrella / "values.yaml").write_text(
+        yaml.safe_dump(
+            {"global": {"imageRegistry": "registry.example"}, "voicefleet": {"replicaCount": 2}}
+        )
+    )
+    out = run_helm("template", "platform", str(umbrella), "--namespace", "platform", check=False)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (dep,) = by_kind(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    # A wrong value under the subchart's name is still refused by its schema.
+    (umbrella / "values.yaml").write_text(yaml.safe_dump({"voicefleet": {"replicaCount": 0}}))
+    bad = run_helm("template", "platform", str(umbrella), check=False)
+    assert bad.returncode != 0 and "replicaCount" in bad.stderr, bad.stderr
 
 
 NETPOL_ON = {"networkPolicy.enabled": "true", "watchNamespaces[0]": "voice"}
