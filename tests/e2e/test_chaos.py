@@ -5,15 +5,19 @@ the real LiveKit server and the operator under test, counted by the callers.
 For every fault: each call on the faulted worker gets exactly one new agent and is answered
 again; each call on the other worker keeps its agent and is answered; no caller ever has
 two agents at once. A partition (the operator's /sessions requests to a healthy worker
-dropped, and its open long poll with them, for 35 s; the readiness probe still answered) fails over nobody: the operator's
-reads fail (counted), the worker's calls keep their agents and are answered. How fast is bench/chaos.py's business (bench/results/chaos.json).
+dropped, and its open long poll with them, for 35 s, while the readiness probe still gets
+through) fails over nobody: the operator's reads fail (counted), the worker's calls keep
+their agents and are answered. How fast is bench/chaos.py's business
+(bench/results/chaos.json).
 
-Where the other faults run: a runtime-killed container and a deleted pod on the real node in
-test_realnode_calls.py; a LiveKit restart in test_failover_calls.py. The API server restart
-runs in bench/chaos.py only, on a stack of its own: restarting the session's shared API
-server once left kube-controller-manager's pod informer behind for minutes (its ReplicaSet
-controller: "read version ... is not as new as written version"), which the test modules
-after this one would have paid for.
+Where the other faults run: two operator replicas with the leader killed in
+test_chaos_ha.py (its own operators, under kopf peering); a container killed by the
+runtime, a force-deleted pod and a deleted (draining) pod on the real node in
+test_realnode_calls.py; a LiveKit restart and a 150 s LiveKit outage in
+test_failover_calls.py. The API server restart runs in bench/chaos.py only, on a stack of
+its own: restarting the session's shared API server once left kube-controller-manager's
+pod informer behind for minutes (its ReplicaSet controller: "read version ... is not as
+new as written version"), which the test modules after this one would have paid for.
 """
 
 from __future__ import annotations

@@ -105,6 +105,7 @@ class OperatorProcess:
         # LiveKit's webhooks go to the stack's fixed webhook port (see Stack.webhook_url).
         self.webhook_port = stack.webhook_port
         self.extra_args: list[str] = []  # e.g. ["--webhook-port=0"] for one restart
+        self.env: dict[str, str] = {}  # e.g. POD_ID, kopf's name for it in a peering
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -122,7 +123,7 @@ class OperatorProcess:
             *self.args,
             *self.extra_args,
         ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | self.env
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_for(self.healthy, 60, "operator liveness endpoint")
