@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from .binaries import MissingBinary
-from .realnode.node import lock_holder
 from .stack import Stack, default_dir
 
 
@@ -45,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             real_node = not args.no_real_node
-            holder = lock_holder() if real_node else None
-            if holder and Path(holder) != stack.dir:
-                # One real node per machine (kube-proxy's iptables chains are global).
+            holder = stack.real_node_elsewhere() if real_node else None
+            if holder:
                 print(f"note: the testbed in {holder} runs this machine's real node; "
                       "starting without one")  # fmt: skip
                 real_node = False

@@ -26,7 +26,6 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -37,7 +36,6 @@ from .binaries import REPO_DIR, Binaries
 from .caller import Caller, Summary
 from .caller.report import CallReport, percentile
 from .kube import Kube
-from .realnode.node import lock_holder
 from .realtime import StandInClient
 from .stack import LIVEKIT_KEY, Stack
 from .user_install import NAMESPACE as OPERATOR_NAMESPACE
@@ -378,8 +376,8 @@ def run_demo(stack: Stack, callers: int = 3, turns: int = 3) -> int:
     _step(
         1, "the local stack with its real node, the operator installed by the chart (as `make up`)"
     )
-    holder = lock_holder()
-    if holder and Path(holder) != stack.dir:
+    holder = stack.real_node_elsewhere()
+    if holder:
         print(f"error: the testbed in {holder} runs this machine's real node, which the demo "
               f"needs: stop it first (VOICEFLEET_TESTBED={holder} testbed down)")  # fmt: skip
         return 1

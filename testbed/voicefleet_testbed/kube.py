@@ -115,6 +115,14 @@ class Kube:
         with contextlib.suppress(NotFoundError):
             res.delete(name=name, namespace=namespace, body=body)
 
+    def ready_pod(self, namespace: str, selector: str) -> JSON | None:
+        """A pod matching `selector` that is Ready and not being deleted, if any."""
+        for p in self.list("v1", "Pod", namespace, selector):
+            conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions") or []}
+            if conds.get("Ready") == "True" and not p["metadata"].get("deletionTimestamp"):
+                return p
+        return None
+
     def node_ready(self, name: str) -> bool:
         node = self.core.read_node(name)
         conditions = (node.status.conditions if node.status else None) or []

@@ -154,6 +154,12 @@ class Stack:
             service_cidr=cp.SERVICE_CIDR,
         )
 
+    def real_node_elsewhere(self) -> str | None:
+        """The state directory of another stack that holds this machine's one real node
+        (kube-proxy's iptables chains are global), else None."""
+        holder = realnode.node.lock_holder()
+        return holder if holder and Path(holder) != self.dir else None
+
     def import_image(self, oci_archive: Path) -> list[str]:
         """Import an OCI image archive into the real node's containerd (no registry)."""
         node = self.real_node

@@ -90,13 +90,7 @@ def helm(stack: Stack, *args: str, timeout: float = 300) -> subprocess.Completed
 def operator_pod(kube: Kube) -> dict[str, Any] | None:
     """The chart's operator pod, when one is Ready."""
     sel = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=voicefleet-operator"
-    for p in kube.list("v1", "Pod", NAMESPACE, sel):
-        if p["metadata"].get("deletionTimestamp"):
-            continue
-        conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions") or []}
-        if conds.get("Ready") == "True":
-            return p
-    return None
+    return kube.ready_pod(NAMESPACE, sel)
 
 
 def install(stack: Stack, kube: Kube, progress: Callable[[str], None]) -> None:

@@ -13,10 +13,11 @@ import pytest
 from voicefleet_contract import LABEL_NAME, LABEL_OPERATOR_ACTIVE
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
+from voicefleet_testbed.user_install import helm as stack_helm
 
 from ..operator.cluster import FAKE_IMAGE, install_images, secrets, voiceagent, wait_for
 from .chart import CHART
-from .test_install import _helm, _namespace, _operator_log, _ready, _worker_spec
+from .test_install import _namespace, _operator_log, _ready, _worker_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -53,7 +54,7 @@ def test_two_replicas_peer_and_reconcile(stack: Stack, kube: Kube) -> None:
     release, system_ns, ns = f"ha-{uid}", f"ha-system-{uid}", f"ha-voice-{uid}"
     _namespace(kube, system_ns, {"pod-security.kubernetes.io/enforce": "restricted"})
     _namespace(kube, ns)
-    out = _helm(
+    out = stack_helm(
         stack,
         "install", release, str(CHART),
         "--namespace", system_ns,
@@ -120,6 +121,6 @@ def test_two_replicas_peer_and_reconcile(stack: Stack, kube: Kube) -> None:
         print(_operator_log(stack, system_ns)[-6000:])
         raise
     finally:
-        _helm(stack, "uninstall", release, "--namespace", system_ns)
+        stack_helm(stack, "uninstall", release, "--namespace", system_ns)
         for n in (ns, system_ns):
             kube.core.delete_namespace(n)

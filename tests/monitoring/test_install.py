@@ -21,7 +21,6 @@ import asyncio
 import json
 import math
 import re
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -44,6 +43,7 @@ from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+from voicefleet_testbed.user_install import helm as stack_helm
 
 from ..operator.cluster import (
     FAKE_IMAGE,
@@ -55,7 +55,7 @@ from ..operator.cluster import (
     wait_for,
 )
 from ..operator.util import LIVEKIT_URL, OPENAI_BASE_URL
-from .chart import CHART, helm
+from .chart import CHART
 
 pytestmark = pytest.mark.cluster
 
@@ -93,15 +93,6 @@ def prom_query(stack: Stack, promql: str) -> list[dict[str, Any]]:
     assert body["status"] == "success", body
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
-
-
-def _helm(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(helm()), "--kubeconfig", str(stack.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _namespace(kube: Kube, name: str, labels: dict[str, str] | None = None) -> None:
@@ -207,7 +198,7 @@ def installed(stack: Stack, kube: Kube) -> Iterator[Installed]:
                   "pod-security.kubernetes.io/enforce-version": "latest"}  # fmt: skip
     _namespace(kube, inst.system_ns, restricted)
     _namespace(kube, inst.ns, restricted)
-    out = _helm(
+    out = stack_helm(
         stack,
         "install", inst.release, str(CHART),
         "--namespace", inst.system_ns,
@@ -223,7 +214,7 @@ def installed(stack: Stack, kube: Kube) -> Iterator[Installed]:
         yield inst
     finally:
         print(f"operator log tail:\n{_operator_log(stack, inst.system_ns)[-3000:]}")
-        _helm(stack, "uninstall", inst.release, "--namespace", inst.system_ns)
+        stack_helm(stack, "uninstall", inst.release, "--namespace", inst.system_ns)
         for ns in (inst.ns, inst.system_ns):
             kube.core.delete_namespace(ns)
 

@@ -48,14 +48,6 @@ def free_real_node(stack: Stack) -> None:
         pytest.fail(f"the real node is held by the testbed in {holder}: stop it (make down)")
 
 
-def _ready_pod(kube: Kube, ns: str, selector: str) -> JSON | None:
-    for p in kube.list("v1", "Pod", ns, selector):
-        conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions") or []}
-        if conds.get("Ready") == "True" and not p["metadata"].get("deletionTimestamp"):
-            return p
-    return None
-
-
 def _image_id(pod: JSON) -> str:
     (status,) = pod["status"]["containerStatuses"]
     return str(status["imageID"]).rsplit("@", 1)[-1]
@@ -100,7 +92,7 @@ def test_make_up_runs_the_example_on_the_real_node_as_a_user_would(
 
         # The operator: the chart's pod on the real node, from the built image, as the
         # chart's ServiceAccount (least privilege: it may not even list namespaces).
-        op = _ready_pod(kube, user_install.NAMESPACE, "app.kubernetes.io/name=voicefleet-operator")
+        op = user_install.operator_pod(kube)
         assert op is not None and op["spec"]["nodeName"] == node.name
         assert _image_id(op) == images["operator"].image_id
         sa = op["spec"]["serviceAccountName"]
@@ -125,7 +117,7 @@ def test_make_up_runs_the_example_on_the_real_node_as_a_user_would(
         (va,) = [doc for doc in docs if doc["kind"] == "VoiceAgent"]
         name = va["metadata"]["name"]
         sel = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=voicefleet-worker"
-        worker = wait_for(lambda: _ready_pod(kube, "default", sel), 180, "a Ready worker pod")
+        worker = wait_for(lambda: kube.ready_pod("default", sel), 180, "a Ready worker pod")
         assert worker["spec"]["nodeName"] == node.name
         assert _image_id(worker) == images["worker"].image_id
         assert worker["status"]["podIP"].startswith(node.net.subnet.exploded.rsplit(".", 2)[0])
@@ -167,9 +159,7 @@ def test_make_up_runs_the_example_on_the_real_node_as_a_user_would(
         pids = {n: r.pid for n, r in Stack(d).state.procs.items()}
         assert cli(["--dir", str(d), "up"]) == 0
         assert {n: r.pid for n, r in Stack(d).state.procs.items()} == pids
-        again = _ready_pod(
-            kube, user_install.NAMESPACE, "app.kubernetes.io/name=voicefleet-operator"
-        )
+        again = user_install.operator_pod(kube)
         assert again is not None and again["metadata"]["uid"] == op["metadata"]["uid"]
         assert cli(["--dir", str(d), "status"]) == 0
     finally:
