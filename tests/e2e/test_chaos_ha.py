@@ -16,10 +16,8 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
 from voicefleet_testbed.kube import Kube
@@ -30,7 +28,6 @@ from .chaos import Chaos
 from .failover_scenario import WorkerFleet, until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 PEERING = "voicefleet"
 
 
@@ -55,10 +52,7 @@ async def ha(
     stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Ha]:
     install_crd(kube)
-    for crd in yaml.safe_load_all((REPO / "crds" / "kopf-peering.yaml").read_text()):
-        if crd:
-            kube.apply(crd)
-    kube.__dict__.pop("dynamic", None)  # the dynamic client learns the new kinds
+    install_crd(kube, "kopf-peering.yaml")
     install_images(stack)
     ns = f"chaos-ha-{uuid.uuid4().hex[:5]}"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))

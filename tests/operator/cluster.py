@@ -52,17 +52,24 @@ def wait_for(fn: Callable[[], T | None], timeout: float = 60, what: str = "condi
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def install_crd(kube: Kube) -> None:
-    crd = yaml.safe_load((REPO / "crds" / "voiceagent.yaml").read_text())
-    kube.apply(crd)
+def install_crd(kube: Kube, file: str = "voiceagent.yaml") -> None:
+    """The CRDs in crds/<file>, applied and waited for until established (their kinds
+    served), so that what creates their objects right after never races them."""
+    crds = [c for c in yaml.safe_load_all((REPO / "crds" / file).read_text()) if c]
+    for crd in crds:
+        kube.apply(crd)
 
     def established() -> bool:
-        got = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", f"{PLURAL}.{GROUP}")
-        conds = (got or {}).get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+        for crd in crds:
+            name = crd["metadata"]["name"]
+            got = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+            conds = (got or {}).get("status", {}).get("conditions") or []
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+                return False
+        return True
 
-    wait_for(established, 30, "CRD established")
-    # Discovery caches of the dynamic client learn the new kind.
+    wait_for(established, 30, f"the CRDs of crds/{file} established")
+    # Discovery caches of the dynamic client learn the new kinds.
     kube.__dict__.pop("dynamic", None)
 
 
