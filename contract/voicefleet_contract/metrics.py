@@ -267,8 +267,8 @@ FAILOVER_LATENCY: Final = MetricSpec(
 ORPHANS_FOUND: Final = MetricSpec(
     "voicefleet_failover_orphans_found_total",
     "counter",
-    "Orphaned sessions found, by what noticed first: webhook, worker (the per-second view of "
-    "each worker), pod (a worker pod deleted or gone), sweep (the periodic LiveKit API sweep).",
+    "Orphaned sessions found, by what noticed first: webhook, worker (the long-polled view of "
+    "each worker's sessions), pod (a worker pod deleted or gone), sweep (the periodic LiveKit API sweep).",
     (*_VA, "source"),
 )
 CALLS_WAITING: Final = MetricSpec(

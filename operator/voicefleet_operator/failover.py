@@ -3,9 +3,10 @@
 Open-source LiveKit drops a job when its worker dies; the operator re-dispatches it. Three
 sources notice a loss, whichever is first wins (and the rest are ignored by the room's case):
 
-- the worker view: the operator reads every worker's `/sessions` each second. A room
-  that a worker was serving, on a worker that now refuses connections or whose pod is
-  gone, is orphaned within about a second;
+- the worker view: the operator follows every worker's `/sessions` (one long poll each,
+  every answer recorded as it comes). A room that a worker was serving, on a worker that
+  now refuses connections, restarted, or whose pod is gone, is orphaned within a second
+  or two;
 - LiveKit's `participant_left` webhook for an agent, with a disconnect reason that is not a
   deliberate leave. After a SIGKILL LiveKit reports this only after ~20 s
   (`CONNECTION_TIMEOUT`, see docs/livekit-facts.md);

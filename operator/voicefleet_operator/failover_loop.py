@@ -564,6 +564,18 @@ class Failover:
             return 0
         return sum(1 for c in s.cases.values() if c.outcome is None and c.waiting_since)
 
+    def observe(
+        self, namespace: str, name: str, pods: Sequence[WorkerPod], readings: Mapping[str, Reading]
+    ) -> None:
+        """The feed has new readings: what each worker serves is recorded now, not at the
+        next tick. A call that starts and whose worker dies between two ticks (a tick
+        waiting on LiveKit, a busy event loop) would otherwise never be in the view: the
+        tick after would find the refusal, with nothing recorded to lose, and only LiveKit's
+        webhook ~20 s later would tell."""
+        s = self._states.get((namespace, name))
+        if s is not None and s.target.enabled:
+            self._watch_workers(s, pods, readings, self.clock())
+
     def wake_event(self, namespace: str, name: str) -> asyncio.Event | None:
         """Set by a webhook for this VoiceAgent (None until it is configured)."""
         s = self._states.get((namespace, name))
@@ -927,7 +939,12 @@ def register_failover(
     ) -> None:
         ns = namespace or ""
         post = poster(body)
-        wake = feed.subscribe(ns, name)
+        # The worker view follows every reading as it comes, not only what a tick finds.
+        wake = feed.subscribe(
+            ns,
+            name,
+            lambda: failover.observe(ns, name, feed.pods(ns, name), feed.readings(ns, name)),
+        )
         stop = asyncio.ensure_future(stopped.wait())
         parsed = ParsedSpec(ns, name)
         label.daemon_started()

@@ -27,7 +27,10 @@ Secret), which workers require on `/sessions` when the operator runs with
 `--sessions-auth` (the default); a 401 has the token read again at once.
 
 Pods come from the pod watch (`upsert`, `remove`); consumers `subscribe` to a VoiceAgent
-and are woken whenever one of its pods' readings or the pod set changes.
+and are woken whenever one of its pods' readings or the pod set changes. A consumer may
+also pass an `observer`, called at once on each change: a consumer that wakes later (it
+was busy) sees only the latest readings, and a report a worker gave just before it died
+(a call that began a moment before) would be gone by then, replaced by the refusal.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ class _Watch:
 @dataclass
 class _Fleet:
     pods: dict[str, _Watch] = field(default_factory=dict)
-    wakes: set[asyncio.Event] = field(default_factory=set)
+    # Each subscriber's Event, and its observer (called on every change) if it has one.
+    wakes: dict[asyncio.Event, Callable[[], None] | None] = field(default_factory=dict)
     # Calls LiveKit could not place (failover's count): demand the autoscaler adds.
     waiting: int = 0
 
@@ -235,17 +239,21 @@ class SessionFeed:
         return {n: w.reading for n, w in fleet.pods.items() if w.reading is not None}
 
     # --- consumers ----------------------------------------------------------------------
-    def subscribe(self, namespace: str, va: str) -> asyncio.Event:
+    def subscribe(
+        self, namespace: str, va: str, observer: Callable[[], None] | None = None
+    ) -> asyncio.Event:
         """An Event set whenever this VoiceAgent's pods or their readings change (clear it
-        before reading; then a change during the read is not lost)."""
+        before reading; then a change during the read is not lost). `observer`, if given,
+        is called at once on each change, before the feed reads on: it sees every reading,
+        not only the latest one when its consumer next wakes."""
         event = asyncio.Event()
-        self._fleets.setdefault((namespace, va), _Fleet()).wakes.add(event)
+        self._fleets.setdefault((namespace, va), _Fleet()).wakes[event] = observer
         return event
 
     def unsubscribe(self, namespace: str, va: str, event: asyncio.Event) -> None:
         fleet = self._fleets.get((namespace, va))
         if fleet is not None:
-            fleet.wakes.discard(event)
+            fleet.wakes.pop(event, None)
             self._drop_if_unused((namespace, va))
 
     def set_waiting(self, namespace: str, va: str, calls: int) -> None:
@@ -276,8 +284,13 @@ class SessionFeed:
 
     # --- inside -------------------------------------------------------------------------
     def _wake(self, fleet: _Fleet) -> None:
-        for e in fleet.wakes:
+        for e, observer in list(fleet.wakes.items()):
             e.set()
+            if observer is not None:
+                try:
+                    observer()
+                except Exception:  # a consumer's bug must not stop the feed's reads
+                    log.exception("a sessions feed observer failed")
 
     def _stop(self, w: _Watch) -> None:
         if w.task is not None:

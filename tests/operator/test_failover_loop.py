@@ -856,6 +856,30 @@ async def test_a_restarted_worker_container_loses_its_calls_though_it_answers_at
     assert len(lk.dispatches) == 2
 
 
+async def test_a_call_whose_worker_dies_between_two_ticks_is_lost_by_the_worker_view() -> None:
+    """The feed reads a new call and then the worker's death before the loop ticks again (a
+    tick waiting on LiveKit, a busy event loop): the tick sees only the refusal. What the
+    feed observed in between is recorded at once, so the call is failed over now, not
+    when LiveKit's webhook tells of the dead agent ~20 s later."""
+    f, lk, scraper, clock, spec, metrics = setup()
+    await tick(f, lk, clock, spec)  # the worker serves nothing yet
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    f.observe("voice", "support", [POD, SPARE], f_readings(f))  # the call, as read
+    scraper.dead.add("w1")
+    f.observe("voice", "support", [POD, SPARE], f_readings(f))  # its death, as read
+    await tick(f, lk, clock, spec)
+    assert lk.removed == ["agent-old"]
+    assert [d.metadata for d in lk.dispatches] == ["meta", "meta"]
+    labels = {"namespace": "voice", "voiceagent": "support", "source": "worker"}
+    assert value(metrics, "voicefleet_failover_orphans_found_total", labels) == 1
+    # Another VoiceAgent's readings, or one this operator has no state for, change nothing.
+    f.observe("voice", "other", [POD], f_readings(f))
+    for _ in range(5):
+        await tick(f, lk, clock, spec)
+    assert len(lk.dispatches) == 2
+
+
 @pytest.mark.parametrize(
     ("before", "now", "restarted"),
     [

@@ -145,6 +145,56 @@ async def test_hung_and_dead_workers_are_errors_not_empty(
     await until(feed, lambda r: sessions(r["w0"]) == 2, "hung worker answers again")
 
 
+async def test_an_observer_sees_a_report_that_lasts_less_than_a_consumers_wake(
+    fakes: list[Target], feed: SessionFeed
+) -> None:
+    """The observer is called on every change, in order: failover's worker view records a
+    call even when its worker dies before the failover loop next wakes (then the loop
+    finds only the refusal, and the call would be in nobody's view)."""
+    seen: list[int | str | None] = []
+
+    def observer() -> None:
+        r = feed.readings("ns", "va").get("w0")
+        if r is not None and (not seen or seen[-1] != (sessions(r) or r.error)):
+            seen.append(sessions(r) or r.error)
+
+    wake = feed.subscribe("ns", "va", observer)
+    try:
+        feed.upsert("ns", "va", fakes[0].pod())
+        await until(feed, lambda r: sessions(r.get("w0")) == 2, "first read")
+        # The worker reports a third call; the next thing it does is die.
+        control(fakes[0], {"activeSessions": 3})
+        await until(feed, lambda r: sessions(r["w0"]) == 3, "the new call read")
+        fakes[0].proc.kill()
+        await until(feed, lambda r: r["w0"].error == "refused", "the death read")
+        assert seen == [2, 3, "refused"]
+        feed.unsubscribe("ns", "va", wake)
+        # Unsubscribed: the observer is not called any more.
+        feed.upsert("ns", "va", fakes[1].pod())
+        await until(feed, lambda r: "w1" in r, "the other worker read")
+        assert seen == [2, 3, "refused"]
+    finally:
+        feed.unsubscribe("ns", "va", wake)
+
+
+async def test_a_failing_observer_does_not_stop_the_feed(
+    fakes: list[Target], feed: SessionFeed, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("a consumer's bug")
+
+    wake = feed.subscribe("ns", "va", broken)
+    try:
+        for t in fakes:
+            feed.upsert("ns", "va", t.pod())
+        await until(feed, lambda r: len(r) == 2 and all(x.report for x in r.values()), "read")
+        control(fakes[0], {"activeSessions": 6})
+        await until(feed, lambda r: sessions(r["w0"]) == 6, "a change read after the failure")
+        assert "observer failed" in caplog.text
+    finally:
+        feed.unsubscribe("ns", "va", wake)
+
+
 async def test_a_worker_without_the_long_poll_is_read_every_retry_period() -> None:
     """An older worker ignores ?since=&wait= and has no version: read it periodically."""
     state = {"active": 1}
