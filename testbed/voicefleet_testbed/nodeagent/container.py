@@ -17,7 +17,7 @@ import aiohttp
 
 from ..procs import start_time
 from .podspec import Probe, ProcessPlan, restart_backoff, should_restart
-from .probes import run_probe
+from .probes import ProbeTicker, run_probe
 from .status import ContainerView
 
 
@@ -239,6 +239,7 @@ class ContainerRunner:
         """Probe until `success_threshold` successes (True) or `failure_threshold` failures."""
         await asyncio.sleep(probe.initial_delay)
         ok_run = fail_run = 0
+        ticker = ProbeTicker(probe.period)
         while True:
             ok, _ = await self._probe(probe)
             ok_run, fail_run = (ok_run + 1, 0) if ok else (0, fail_run + 1)
@@ -246,11 +247,12 @@ class ContainerRunner:
                 return True
             if fail_run >= probe.failure_threshold:
                 return False
-            await asyncio.sleep(probe.period)
+            await ticker.tick()
 
     async def _readiness(self, probe: Probe) -> None:
         await asyncio.sleep(probe.initial_delay)
         ok_run = fail_run = 0
+        ticker = ProbeTicker(probe.period)
         while True:
             ok, _ = await self._probe(probe)
             ok_run, fail_run = (ok_run + 1, 0) if ok else (0, fail_run + 1)
@@ -262,17 +264,18 @@ class ContainerRunner:
             if ready != self.view.ready:
                 self.view.ready = ready
                 self.on_change()
-            await asyncio.sleep(probe.period)
+            await ticker.tick()
 
     async def _liveness(self, probe: Probe) -> None:
         await asyncio.sleep(probe.initial_delay)
         fail_run = 0
+        ticker = ProbeTicker(probe.period)
         while True:
             ok, detail = await self._probe(probe)
             fail_run = 0 if ok else fail_run + 1
             if fail_run >= probe.failure_threshold:
                 return self._fail_liveness(f"liveness probe failed: {detail}")
-            await asyncio.sleep(probe.period)
+            await ticker.tick()
 
     def _fail_liveness(self, why: str) -> None:
         # The kubelet kills the container and restarts it whatever the restartPolicy says.

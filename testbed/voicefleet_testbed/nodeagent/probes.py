@@ -1,9 +1,12 @@
-"""Running one probe once: httpGet, tcpSocket, exec (grpc is reported as unsupported)."""
+"""Running one probe once: httpGet, tcpSocket, exec (grpc is reported as unsupported),
+and when to run the next one."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -55,3 +58,28 @@ async def run_probe(
         return False, f"{probe.kind} probes are not supported by the testbed"
     except (TimeoutError, OSError, aiohttp.ClientError) as e:
         return False, f"{type(e).__name__}: {e}"
+
+
+def next_probe(now: float, due: float, period: float) -> tuple[float, float]:
+    """(seconds to wait, the tick after) for a probe that finished at `now` with its next
+    tick `due`: the kubelet's prober waits on a Go `time.Ticker`, not a sleep after each
+    probe. A probe that overran its tick (a hung container's 1 s timeout at a 1 s period)
+    runs again at once, since the ticker kept that one tick; ticks missed beyond it are
+    dropped. So failures come one period apart, not period + timeout apart. Pure."""
+    if now < due:
+        return due - now, due + period
+    missed = math.floor((now - due) / period)
+    return 0.0, due + (missed + 1) * period
+
+
+class ProbeTicker:
+    """`await tick()` between probes, on the kubelet's schedule (`next_probe`)."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self.clock = clock
+        self.due = clock() + period
+
+    async def tick(self) -> None:
+        wait, self.due = next_probe(self.clock(), self.due, self.period)
+        await asyncio.sleep(wait)
