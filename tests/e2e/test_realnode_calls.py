@@ -15,8 +15,10 @@ address. Selector-less Services name both, as a user's cluster would name its Li
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from voicefleet_testbed.realnode import RealNode
 from voicefleet_testbed.realnode.config import host_service
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
+from .chaos import process_tree, signal_all
 from .failover_scenario import operator_metric
 from .fleet import (
     JSON,
@@ -322,6 +325,61 @@ async def test_a_worker_gone_mid_call_is_failed_over_once(
         latency = operator_metric(operator, "voicefleet_failover_latency_seconds_sum", **labels)
         print(f"\n{how} -> new agent in the room: {latency:.2f}s (operator)")
     finally:
+        await hang_up([caller])
+
+
+def _container_pids(real_node: RealNode, container: str) -> list[int]:
+    """Every process of a running container (its PID 1 and what it started), host PIDs."""
+    r = real_node.crictl("inspect", container)
+    assert r.returncode == 0, r.stderr
+    return process_tree(int(json.loads(r.stdout)["info"]["pid"]))
+
+
+async def test_a_hung_worker_on_the_real_node_is_ended_and_its_call_failed_over_once(
+    operator: OperatorProcess,
+    kube: Kube,
+    real_node: RealNode,
+    new_fleet: Callable[..., PodNetFleet],
+) -> None:
+    """Every process of the worker container serving a call is stopped (SIGSTOP: a
+    deadlock, a frozen process). The real kubelet's readiness probe fails, the operator's
+    own read gets no answer: the worker hangs. Its agent is removed from the room, the call
+    gets exactly one new agent, and the hung pod is deleted (the kubelet's SIGKILL ends a
+    stopped process)."""
+    fleet = new_fleet(by_address=True)
+    ns = fleet.namespace
+    await fleet.create(TWO)
+    await until(lambda: fleet.settled(2), WORKER_START_S, "two worker containers Ready")
+    caller = await fleet.join(fleet.caller())
+    stopped: list[int] = []
+    try:
+        assert (await turns([caller]))[0] is not None, drop_reason(caller)
+        place = await until(
+            lambda: fleet.placement().get(caller.room_name), 10, "the call on a worker"
+        )
+        first = set(caller.agents)
+        stopped = _container_pids(real_node, _container_of(real_node, place[0]))
+        signal_all(stopped, signal.SIGSTOP)
+        t0 = time.monotonic()
+        await until(lambda: bool(caller.agents - first) or None, 30, "a new agent in the room")
+        new_agent_s = time.monotonic() - t0
+        assert (await turns([caller]))[0] is not None, drop_reason(caller)
+        # The hung agent was removed before the new one came: never two at once.
+        assert caller.report.max_agents == 1, caller.report
+        assert caller.report.agent_joins == 2, caller.report
+        assert not caller.agents & first, (caller.agents, first)
+        await until(lambda: kube.get("v1", "Pod", place[0], ns) is None, 30, "the hung pod deleted")
+        labels = {"namespace": ns, "voiceagent": fleet.name}
+        sources = {
+            src: operator_metric(
+                operator, "voicefleet_failover_orphans_found_total", source=src, **labels
+            )
+            for src in ("worker", "pod", "webhook", "sweep", "hung")
+        }
+        assert sources["hung"] == 1 and sum(sources.values()) == 1, sources
+        print(f"\nsigstop -> new agent in the room: {new_agent_s:.2f}s (caller)")
+    finally:
+        signal_all(stopped, signal.SIGKILL)  # whatever the kubelet has not ended yet
         await hang_up([caller])
 
 
