@@ -45,6 +45,8 @@ READY_PATH: Final = "/ready"
 
 # Where the operator mounts the rendered agent configuration (a ConfigMap key).
 CONFIG_MOUNT_PATH: Final = "/etc/voicefleet"
+CONFIG_VOLUME: Final = "agent-config"  # the pod volume that holds it
+WORKER_CONTAINER: Final = "agent"  # the worker's container in its pod
 CONFIG_FILE_KEY: Final = "agent.json"
 
 # The Secret the operator creates per VoiceAgent (`<name>-worker-keys`, owned by it) for

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import yaml
 
-from voicefleet_contract import GROUP, KIND, PLURAL, SECRET_ENV, VERSION
+from voicefleet_contract import CONFIG_MOUNT_PATH, GROUP, KIND, PLURAL, SECRET_ENV, VERSION
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
 from voicefleet_contract.config import (
     EAGERNESS,
@@ -35,18 +35,23 @@ from voicefleet_contract.netguard import METADATA_HOSTS
 from .spec import (
     AGENT_NAME_RE,
     AUTOSCALING_MODES,
+    DNS1123_LABEL_RE,
     DNS1123_SUBDOMAIN_RE,
     ENV_NAME_RE,
     IMAGE_RE,
+    MAX_CONTAINERS,
     MAX_INSTRUCTIONS,
     MAX_NAME,
     MAX_REPLICAS,
     MAX_TOOLS,
+    MAX_VOLUMES,
     OPENAI_VOICES,
     PULL_POLICIES,
     QUANTITY_RE,
+    RESERVED_CONTAINERS,
     RESERVED_ENV,
     RESERVED_LABELS,
+    RESERVED_VOLUMES,
     SECRET_KEY_RE,
     TOOL_HEADER_ENV_PREFIX,
     VOICE_RE,
@@ -570,6 +575,40 @@ def env_schema() -> Schema:
     )
 
 
+def named_objects(
+    description: str, item: str, max_items: int, reserved: Iterable[str], **props: Schema
+) -> Schema:
+    """A list of Kubernetes objects passed through as written, each with a unique `name`
+    that is not one of the operator's own (`reserved`)."""
+    return {
+        **array(
+            description,
+            {
+                "type": "object",
+                "description": item,
+                "required": ["name", *props],
+                "properties": {
+                    "name": string(
+                        "Name (a DNS-1123 label).", maxLength=63, pattern=DNS1123_LABEL_RE.pattern
+                    ),
+                    **props,
+                },
+                "x-kubernetes-preserve-unknown-fields": True,
+                "x-kubernetes-validations": [
+                    rule(
+                        f"!(self.name in {_cel_list(reserved)})",
+                        f"the name is the operator's own: not {', '.join(sorted(reserved))}",
+                        field_path=".name",
+                    )
+                ],
+            },
+            max_items,
+        ),
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["name"],
+    }
+
+
 def template_schema() -> Schema:
     reserved_labels = _cel_list(RESERVED_LABELS)
     return obj(
@@ -664,8 +703,77 @@ def template_schema() -> Schema:
                 "capabilities drop ALL. A key set here replaces the default's whole (a "
                 "capabilities without drop ALL fails restricted)."
             ),
+            "volumes": named_objects(
+                "Extra pod volumes (Kubernetes Volume), e.g. a ConfigMap with the CA bundle "
+                "of a LiveKit behind TLS with a private CA (examples/livekit-private-ca.yaml).",
+                "A volume.",
+                MAX_VOLUMES,
+                RESERVED_VOLUMES,
+            ),
+            "volumeMounts": {
+                **array(
+                    "Extra mounts of the worker container (Kubernetes VolumeMount), each of a "
+                    "volume in volumes.",
+                    {
+                        "type": "object",
+                        "description": "A volume mount.",
+                        "required": ["name", "mountPath"],
+                        "properties": {
+                            "name": string("The volume's name.", maxLength=63),
+                            "mountPath": string(
+                                "Where, an absolute path (not the agent configuration's, "
+                                f"{CONFIG_MOUNT_PATH}).",
+                                maxLength=1024,
+                                pattern="^/",
+                            ),
+                        },
+                        "x-kubernetes-preserve-unknown-fields": True,
+                        "x-kubernetes-validations": [
+                            rule(
+                                f"self.mountPath != '{CONFIG_MOUNT_PATH}' && "
+                                f"self.mountPath != '{CONFIG_MOUNT_PATH}/' && "
+                                f"!self.mountPath.startsWith('{CONFIG_MOUNT_PATH}/')",
+                                f"{CONFIG_MOUNT_PATH} holds the agent configuration",
+                                field_path=".mountPath",
+                            )
+                        ],
+                    },
+                    MAX_VOLUMES,
+                ),
+            },
+            "initContainers": named_objects(
+                "Init containers (Kubernetes Container), run before the worker; one with "
+                "restartPolicy Always is a native sidecar. The worker container's default "
+                "security context applies under each one's own.",
+                "A container.",
+                MAX_CONTAINERS,
+                RESERVED_CONTAINERS,
+                image=string("Image.", maxLength=1024, pattern=IMAGE_RE.pattern),
+            ),
+            "containers": named_objects(
+                "Sidecar containers (Kubernetes Container) beside the worker; the worker "
+                "container's default security context applies under each one's own.",
+                "A container.",
+                MAX_CONTAINERS,
+                RESERVED_CONTAINERS,
+                image=string("Image.", maxLength=1024, pattern=IMAGE_RE.pattern),
+            ),
         },
         default={},
+        rules=(
+            rule(
+                "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+                "self.volumes.exists(v, v.name == m.name))",
+                "every volumeMounts[].name must be a volume in volumes",
+                field_path=".volumeMounts",
+            ),
+            rule(
+                "!has(self.containers) || !has(self.initContainers) || "
+                "self.containers.all(c, !self.initContainers.exists(i, i.name == c.name))",
+                "a container name is used in both containers and initContainers",
+                field_path=".containers",
+            ),
+        ),
     )
 
 

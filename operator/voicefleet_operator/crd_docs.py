@@ -100,6 +100,31 @@ EXAMPLES: Final[dict[str, Any]] = {
             ]
         }
     },
+    "spec.template.volumes": [{"name": "livekit-ca", "configMap": {"name": "livekit-ca"}}],
+    "spec.template.volumes[].name": "livekit-ca",
+    "spec.template.volumeMounts": [
+        {"name": "livekit-ca", "mountPath": "/etc/livekit-ca", "readOnly": True}
+    ],
+    "spec.template.volumeMounts[].name": "livekit-ca",
+    "spec.template.volumeMounts[].mountPath": "/etc/livekit-ca",
+    "spec.template.initContainers": [
+        {
+            "name": "wait-for-livekit",
+            "image": "busybox:1.37",
+            "command": ["sh", "-c", "until nc -z livekit.livekit.svc 7880; do sleep 1; done"],
+        }
+    ],
+    "spec.template.initContainers[].name": "wait-for-livekit",
+    "spec.template.initContainers[].image": "busybox:1.37",
+    "spec.template.containers": [
+        {
+            "name": "log-shipper",
+            "image": "fluent/fluent-bit:4.0",
+            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}},
+        }
+    ],
+    "spec.template.containers[].name": "log-shipper",
+    "spec.template.containers[].image": "fluent/fluent-bit:4.0",
     "spec.template.topologySpreadConstraints": [
         {
             "maxSkew": 1,

@@ -22,6 +22,7 @@ from voicefleet_contract import (
     APP_NAME,
     CONFIG_FILE_KEY,
     CONFIG_MOUNT_PATH,
+    CONFIG_VOLUME,
     GROUP,
     HEALTH_PORT,
     HEALTH_PORT_NAME,
@@ -35,6 +36,7 @@ from voicefleet_contract import (
     METRICS_PORT,
     METRICS_PORT_NAME,
     READY_PATH,
+    WORKER_CONTAINER,
     WORKER_KEYS_RESUME,
     WORKER_KEYS_SUFFIX,
     WORKER_KEYS_TOKEN,
@@ -50,8 +52,7 @@ ANNOTATION_AUTOSCALING_MODE: Final = f"{GROUP}/autoscaling-mode"
 # On the pod template: a keyed digest of the Secret values the workers use
 # (reconcile.secrets_hash), so that rotating a key rolls them as a spec change does.
 ANNOTATION_SECRETS_HASH: Final = f"{GROUP}/secrets-hash"
-CONTAINER_NAME: Final = "agent"
-CONFIG_VOLUME: Final = "agent-config"
+CONTAINER_NAME: Final = WORKER_CONTAINER
 DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
 MAX_SURGE: Final = "25%"  # a percentage rounds up, so a rollout always surges >= 1 pod
 # The worker image's user (worker/Dockerfile: USER 10001:10001). A numeric runAsUser also
@@ -285,6 +286,14 @@ def security_context(defaults: dict[str, Any], user: dict[str, Any] | None) -> d
     return {**copy.deepcopy(defaults), **(user or {})}
 
 
+def _with_restricted(container: dict[str, Any]) -> dict[str, Any]:
+    """A user's init or sidecar container with the worker container's default security
+    context under its own (key by key): it passes Pod Security `restricted` unless it
+    says otherwise."""
+    ctx = security_context(DEFAULT_CONTAINER_SECURITY_CONTEXT, container.get("securityContext"))
+    return {**copy.deepcopy(container), "securityContext": ctx}
+
+
 def _probe(
     period: int, failures: int, path: str = "/", port: str = HEALTH_PORT_NAME, timeout: int = 3
 ) -> dict[str, Any]:
@@ -327,7 +336,10 @@ def render_pod_template(
         "securityContext": security_context(
             DEFAULT_CONTAINER_SECURITY_CONTEXT, t.containerSecurityContext
         ),
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True}],
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_PATH, "readOnly": True},
+            *t.volumeMounts,
+        ],
     }
     pull_policy = t.imagePullPolicy or settings.image_pull_policy
     if pull_policy:
@@ -342,12 +354,13 @@ def render_pod_template(
     if secrets:
         annotations[ANNOTATION_SECRETS_HASH] = secrets
     pod: dict[str, Any] = {
-        "containers": [container],
+        "containers": [container, *(_with_restricted(c) for c in t.containers)],
         "volumes": [
             {
                 "name": CONFIG_VOLUME,
                 "configMap": {"name": ChildNames.of(spec.name).configmap},
-            }
+            },
+            *t.volumes,
         ],
         # The worker drains its sessions on SIGTERM for up to drainTimeoutSeconds; the
         # margin covers shutdown after the last session ends.
@@ -365,6 +378,7 @@ def render_pod_template(
         "affinity": t.affinity,
         "topologySpreadConstraints": list(t.topologySpreadConstraints) or None,
         "imagePullSecrets": [{"name": n} for n in t.imagePullSecrets] or None,
+        "initContainers": [_with_restricted(c) for c in t.initContainers] or None,
     }
     pod.update({k: v for k, v in optional.items() if v is not None})
     return {

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from voicefleet_contract import (
+    CONFIG_MOUNT_PATH,
+    CONFIG_VOLUME,
     LABEL_INSTANCE,
     LABEL_NAME,
     SECRET_ENV,
+    WORKER_CONTAINER,
     Env,
 )
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
@@ -79,6 +82,12 @@ TOOL_HEADER_ENV_PREFIX: Final = "VOICEFLEET_TOOL_"
 RESERVED_LABELS: Final = frozenset({LABEL_INSTANCE, LABEL_NAME})
 
 DNS1035_RE: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The pod's own volume and container: a template's may not take their names.
+RESERVED_VOLUMES: Final = frozenset({CONFIG_VOLUME})
+RESERVED_CONTAINERS: Final = frozenset({WORKER_CONTAINER})
+MAX_VOLUMES: Final = 32
+MAX_CONTAINERS: Final = 8
 DNS1123_SUBDOMAIN_RE: Final = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
@@ -170,6 +179,12 @@ class Template:
     labels: dict[str, str] = field(default_factory=dict)
     securityContext: dict[str, Any] | None = None
     containerSecurityContext: dict[str, Any] | None = None
+    # Kubernetes Volume, VolumeMount (the worker container's) and Container objects, as
+    # written: the API server validates them on the Deployment.
+    volumes: tuple[dict[str, Any], ...] = ()
+    volumeMounts: tuple[dict[str, Any], ...] = ()
+    initContainers: tuple[dict[str, Any], ...] = ()
+    containers: tuple[dict[str, Any], ...] = ()  # sidecars beside the worker
 
 
 @dataclass(frozen=True)
@@ -508,6 +523,42 @@ def _resources(raw: Any) -> dict[str, Any] | None:
     return d
 
 
+def _named(items: list[Any], path: str, reserved: frozenset[str]) -> tuple[dict[str, Any], ...]:
+    """Objects each with a unique DNS-1123 label `name` (volumes, containers) that is not
+    one of the operator's own."""
+    out = _dict_items(items, path)
+    seen: set[str] = set()
+    for i, item in enumerate(out):
+        name = cast(str, _str(item, "name", f"{path}[{i}]", required=True,
+                              pattern=DNS1123_LABEL_RE, max_len=63))  # fmt: skip
+        if name in reserved:
+            raise SpecError(f"{path}[{i}].name", f"{name!r} is the operator's own; pick another")
+        if name in seen:
+            raise SpecError(f"{path}[{i}].name", f"{name!r} appears twice")
+        seen.add(name)
+    return out
+
+
+def _mounts(
+    items: list[Any], path: str, volumes: tuple[dict[str, Any], ...]
+) -> tuple[dict[str, Any], ...]:
+    """The worker container's extra mounts: each of a volume of the template, at an absolute
+    path that is not the agent configuration's."""
+    out = _dict_items(items, path)
+    names = {v["name"] for v in volumes}
+    for i, m in enumerate(out):
+        p = f"{path}[{i}]"
+        name = _str(m, "name", p, required=True)
+        if name not in names:
+            raise SpecError(f"{p}.name", f"no volume {name!r} in spec.template.volumes")
+        mount = cast(str, _str(m, "mountPath", p, required=True, max_len=1024))
+        if not mount.startswith("/"):
+            raise SpecError(f"{p}.mountPath", f"must be an absolute path; got {mount!r}")
+        if mount.rstrip("/") == CONFIG_MOUNT_PATH or mount.startswith(CONFIG_MOUNT_PATH + "/"):
+            raise SpecError(f"{p}.mountPath", f"{CONFIG_MOUNT_PATH} holds the agent configuration")
+    return out
+
+
 def _template(raw: Any) -> Template:
     path = "spec.template"
     d = _obj(raw, path)
@@ -530,7 +581,22 @@ def _template(raw: Any) -> Template:
             raise SpecError(f"{path}.labels[{key}]", "is set by the operator (the pod selector)")
     for key in ("affinity", "securityContext", "containerSecurityContext"):
         _obj(d.get(key), f"{path}.{key}")
+    volumes = _named(_list(d, "volumes", path, MAX_VOLUMES), f"{path}.volumes", RESERVED_VOLUMES)
+    init = _named(
+        _list(d, "initContainers", path, MAX_CONTAINERS), f"{path}.initContainers",
+        RESERVED_CONTAINERS,
+    )  # fmt: skip
+    sidecars = _named(
+        _list(d, "containers", path, MAX_CONTAINERS), f"{path}.containers",
+        RESERVED_CONTAINERS | {c["name"] for c in init},
+    )  # fmt: skip
     return Template(
+        volumes=volumes,
+        volumeMounts=_mounts(
+            _list(d, "volumeMounts", path, MAX_VOLUMES), f"{path}.volumeMounts", volumes
+        ),
+        initContainers=init,
+        containers=sidecars,
         image=_str(d, "image", path, pattern=IMAGE_RE, max_len=1024),
         imagePullPolicy=pull,
         imagePullSecrets=tuple(pull_secrets),

@@ -108,10 +108,79 @@ def test_webhook_node_port_for_a_livekit_outside_the_cluster() -> None:
     assert "nodePort" not in hook({"webhook.service.nodePort": "30790"})["spec"]["ports"][0]
 
 
-def test_monitoring_objects_render_only_when_the_cluster_has_their_kinds() -> None:
-    docs = template(ALL_MODES, apis=False)
+@pytest.mark.parametrize(
+    ("key", "kind"),
+    [("serviceMonitor", "ServiceMonitor"), ("podMonitor", "PodMonitor"),
+     ("prometheusRule", "PrometheusRule")],
+)  # fmt: skip
+def test_a_monitoring_object_asked_for_without_its_crd_fails_saying_so(key: str, kind: str) -> None:
+    args = ["template", "voicefleet", str(CHART), f"--set=monitoring.{key}.enabled=true"]
+    out = run_helm(*args, check=False)
+    assert out.returncode != 0
+    assert f"monitoring.{key}.enabled is true" in out.stderr, out.stderr
+    assert f"monitoring.coreos.com/v1 {kind}" in out.stderr, out.stderr
+
+
+def test_dashboards_need_no_crd() -> None:
+    docs = template({"monitoring.dashboards.enabled": "true"}, apis=False)
     assert not {d["kind"] for d in docs} & CRD_KINDS
-    assert by_kind(docs, "ConfigMap")  # dashboards need no CRD
+    assert by_kind(docs, "ConfigMap")
+
+
+def test_names_overrides_keep_the_job_label() -> None:
+    """nameOverride and fullnameOverride rename the objects; app.kubernetes.io/name (the
+    job label the dashboards and alerts select on) stays."""
+    plain = {d["kind"]: d["metadata"]["name"] for d in template() if d["kind"] == "Deployment"}
+    assert plain == {"Deployment": "voicefleet"}
+    named = template({"nameOverride": "vf"})
+    (dep,) = by_kind(named, "Deployment")
+    assert dep["metadata"]["name"] == "voicefleet-vf"
+    full = template({"fullnameOverride": "voice-operator"})
+    names = {d["metadata"]["name"] for d in full if d["kind"] in ("Deployment", "Service")}
+    assert names == {"voice-operator", "voice-operator-webhook"}, names
+    for docs in (named, full):
+        (dep,) = by_kind(docs, "Deployment")
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "voicefleet-operator"
+
+
+def test_digests_pin_both_images() -> None:
+    digest = "sha256:" + "ab" * 32
+    (dep,) = by_kind(
+        template({"image.digest": digest, "worker.image.digest": digest}), "Deployment"
+    )
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"ghcr.io/voicefleet/operator@{digest}"
+    assert f"--default-image=ghcr.io/voicefleet/worker@{digest}" in c["args"]
+    bad = run_helm("template", "x", str(CHART), "--set=image.digest=latest", check=False)
+    assert bad.returncode != 0 and "digest" in bad.stderr
+
+
+def test_extra_env_volumes_spread_and_prometheus_url(tmp_path: Path) -> None:
+    """What a private CA for LiveKit's API needs on the operator (a ConfigMap volume, its
+    mount, SSL_CERT_FILE), a spread over zones, and keda mode's Prometheus."""
+    values = {
+        "extraEnv": [{"name": "SSL_CERT_FILE", "value": "/etc/livekit-ca/bundle.crt"}],
+        "extraVolumes": [{"name": "livekit-ca", "configMap": {"name": "livekit-ca"}}],
+        "extraVolumeMounts": [{"name": "livekit-ca", "mountPath": "/etc/livekit-ca"}],
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+             "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "operator": {"prometheusUrl": "http://prometheus.monitoring.svc:9090"},
+    }  # fmt: skip
+    f = tmp_path / "values.yaml"
+    f.write_text(json.dumps(values))
+    out = run_helm("template", "voicefleet", str(CHART), "-f", str(f)).stdout
+    (dep,) = by_kind([d for d in yaml.safe_load_all(out) if d], "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert {"name": "SSL_CERT_FILE", "value": "/etc/livekit-ca/bundle.crt"} in c["env"]
+    assert {"name": "livekit-ca", "mountPath": "/etc/livekit-ca"} in c["volumeMounts"]
+    assert {"name": "livekit-ca", "configMap": {"name": "livekit-ca"}} in pod["volumes"]
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert "--prometheus-url=http://prometheus.monitoring.svc:9090" in c["args"]
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
 
 
 def test_service_monitor_shape() -> None:

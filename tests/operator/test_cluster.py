@@ -465,6 +465,14 @@ BAD: list[tuple[str, Any, str]] = [
     ("reserved tool header", lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("Host")]}]), "spec.tools[0].headers[0].name"),
     ("duplicate tool headers", lambda s: s.update(tools=[{**_tool("a"), "headers": [_header("X-A"), _header("x-a")]}]), "spec.tools[0].headers"),
     ("tool header env", lambda s: s.update(template={"env": [{"name": "VOICEFLEET_TOOL_0_HEADER_0", "value": "x"}]}), "spec.template.env[0].name"),
+    ("the operator's volume", lambda s: s.update(template={"volumes": [{"name": "agent-config", "emptyDir": {}}]}), "spec.template.volumes[0].name"),
+    ("duplicate volumes", lambda s: s.update(template={"volumes": [{"name": "a", "emptyDir": {}}, {"name": "a", "emptyDir": {}}]}), "spec.template.volumes[1]"),
+    ("mount of no volume", lambda s: s.update(template={"volumeMounts": [{"name": "ca", "mountPath": "/ca"}]}), "spec.template.volumeMounts"),
+    ("mount over the config", lambda s: s.update(template={"volumes": [{"name": "ca", "emptyDir": {}}], "volumeMounts": [{"name": "ca", "mountPath": "/etc/voicefleet"}]}), "spec.template.volumeMounts[0].mountPath"),
+    ("relative mount", lambda s: s.update(template={"volumes": [{"name": "ca", "emptyDir": {}}], "volumeMounts": [{"name": "ca", "mountPath": "ca"}]}), "spec.template.volumeMounts[0].mountPath"),
+    ("sidecar named agent", lambda s: s.update(template={"containers": [{"name": "agent", "image": "busybox"}]}), "spec.template.containers[0].name"),
+    ("sidecar without image", lambda s: s.update(template={"containers": [{"name": "side"}]}), "spec.template.containers[0].image"),
+    ("init and sidecar of one name", lambda s: s.update(template={"initContainers": [{"name": "x", "image": "a"}], "containers": [{"name": "x", "image": "b"}]}), "spec.template.containers"),
 ]  # fmt: skip
 
 

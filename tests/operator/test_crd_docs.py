@@ -13,6 +13,8 @@ from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import parse_spec
 
+from ..pod_security import restricted_violations
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,15 +48,18 @@ def test_field_examples_are_valid_values() -> None:
     from .util import minimal_spec
 
     schema = crd.openapi_schema()["properties"]["spec"]
-    for p, value in crd_docs.EXAMPLES.items():
+    # Examples that refer to another field's: put in together.
+    together = {"spec.template.volumeMounts": ["spec.template.volumes"]}
+    for p in crd_docs.EXAMPLES:
         if "[]" in p.rsplit(".", 1)[0] or p.endswith("]"):
             continue  # an item's field: covered by the whole list's example
         spec: dict[str, Any] = minimal_spec()
-        keys = p.split(".")[1:]
-        target = spec
-        for k in keys[:-1]:
-            target = target.setdefault(k, {})
-        target[keys[-1]] = value
+        for path in [*together.get(p, []), p]:
+            keys = path.split(".")[1:]
+            target = spec
+            for k in keys[:-1]:
+                target = target.setdefault(k, {})
+            target[keys[-1]] = crd_docs.EXAMPLES[path]
         parsed = parse_spec("support", "voice", crd.apply_defaults(schema, spec))
         render_children(parsed, Owner("support", "voice", "u"), Settings())
 
@@ -71,3 +76,22 @@ def test_the_example_file_is_a_valid_voiceagent_with_its_secrets() -> None:
     assert lk[spec.livekit.apiKeyKey] == "devkey"
     assert len(lk[spec.livekit.apiSecretKey]) >= 32  # livekit-server refuses shorter secrets
     assert spec.apiKeySecret.key in secrets[spec.apiKeySecret.name]["stringData"]
+
+
+def test_the_private_ca_example_is_valid_and_restricted() -> None:
+    """examples/livekit-private-ca.yaml parses, renders a pod that passes Pod Security
+    `restricted`, and points SSL_CERT_FILE at the bundle its init container writes."""
+    (va,) = yaml.safe_load_all((REPO / "examples" / "livekit-private-ca.yaml").read_text())
+    assert va["kind"] == KIND and va["apiVersion"] == API_VERSION
+    schema = crd.openapi_schema()["properties"]["spec"]
+    spec = parse_spec(va["metadata"]["name"], "voice", crd.apply_defaults(schema, va["spec"]))
+    pod = render_children(spec, Owner("x", "voice", "u"), Settings()).deployment["spec"]
+    pod = pod["template"]["spec"]
+    assert restricted_violations(pod) == []
+    (init,) = pod["initContainers"]
+    written = init["command"][-1].rsplit("> ", 1)[1]  # /ca-bundle/ca.crt
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    init_mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    volume = init_mounts[written.rsplit("/", 1)[0]]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SSL_CERT_FILE"] == f"{mounts[volume]}/{written.rsplit('/', 1)[1]}"

@@ -271,3 +271,35 @@ def test_defaults_are_not_shared_between_renders() -> None:
     first["containers"][0]["securityContext"]["capabilities"]["drop"].append("X")
     assert restricted_violations(_pod({})) == []
     assert _pod({})["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_volumes_mounts_init_containers_and_sidecars_from_the_template() -> None:
+    """A CA bundle mounted for a LiveKit behind TLS, an init container and a sidecar: in the
+    pod beside the operator's own, the extra containers under the worker container's
+    default security context (Pod Security restricted holds)."""
+    spec = minimal_spec()
+    spec["template"] = {
+        "volumes": [{"name": "livekit-ca", "configMap": {"name": "livekit-ca"}}],
+        "volumeMounts": [{"name": "livekit-ca", "mountPath": "/etc/livekit-ca", "readOnly": True}],
+        "env": [{"name": "SSL_CERT_FILE", "value": "/etc/livekit-ca/ca.crt"}],
+        "initContainers": [{"name": "wait", "image": "busybox:1.37", "command": ["true"]}],
+        "containers": [
+            {"name": "shipper", "image": "fluent/fluent-bit:4.0",
+             "securityContext": {"readOnlyRootFilesystem": True}}
+        ],
+    }  # fmt: skip
+    pod = _children(spec).deployment["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["agent-config", "livekit-ca"]
+    worker, shipper = pod["containers"]
+    assert worker["name"] == "agent"
+    assert worker["volumeMounts"][1] == {
+        "name": "livekit-ca", "mountPath": "/etc/livekit-ca", "readOnly": True
+    }  # fmt: skip
+    assert shipper["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["true"] and init["securityContext"]["capabilities"]
+    assert restricted_violations(pod) == []

@@ -142,6 +142,54 @@ def test_full_spec_parses() -> None:
             lambda s: s.update(template={"resources": {"limits": {"cpu": "lots"}}}),
             "spec.template.resources.limits.cpu",
         ),
+        (
+            lambda s: s.update(template={"volumes": [{"name": "agent-config", "emptyDir": {}}]}),
+            "spec.template.volumes[0].name",
+        ),
+        (
+            lambda s: s.update(template={"volumes": [{"name": "a", "emptyDir": {}}] * 2}),
+            "spec.template.volumes[1].name",
+        ),
+        (
+            lambda s: s.update(template={"volumes": [{"emptyDir": {}}]}),
+            "spec.template.volumes[0].name",
+        ),
+        (
+            lambda s: s.update(template={"volumeMounts": [{"name": "ca", "mountPath": "/ca"}]}),
+            "spec.template.volumeMounts[0].name",
+        ),
+        (
+            lambda s: s.update(
+                template={
+                    "volumes": [{"name": "ca", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "ca", "mountPath": "ca"}],
+                }
+            ),
+            "spec.template.volumeMounts[0].mountPath",
+        ),
+        (
+            lambda s: s.update(
+                template={
+                    "volumes": [{"name": "ca", "emptyDir": {}}],
+                    "volumeMounts": [{"name": "ca", "mountPath": "/etc/voicefleet/x"}],
+                }
+            ),
+            "spec.template.volumeMounts[0].mountPath",
+        ),
+        (
+            lambda s: s.update(template={"containers": [{"name": "agent", "image": "x"}]}),
+            "spec.template.containers[0].name",
+        ),
+        (
+            lambda s: s.update(
+                template={
+                    "initContainers": [{"name": "x", "image": "x"}],
+                    "containers": [{"name": "x", "image": "y"}],
+                }
+            ),
+            "spec.template.containers[0].name",
+        ),
+        (lambda s: s.update(template={"containers": ["busybox"]}), "spec.template.containers[0]"),
         (lambda s: s.update(replicas=-1), "spec.replicas"),
         (
             lambda s: s.update(disruptionBudget={"maxUnavailable": "x%"}),

@@ -1,8 +1,15 @@
 {{- define "voicefleet.name" -}}voicefleet-operator{{- end -}}
 
+{{- /* The objects' names. The app.kubernetes.io/name label stays voicefleet-operator
+whatever nameOverride says: it is Prometheus' job label, which the dashboards and alerts
+select on. */ -}}
 {{- define "voicefleet.fullname" -}}
-{{- if contains "voicefleet" .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
-{{- else -}}{{ printf "%s-voicefleet" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- if .Values.fullnameOverride -}}{{ .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else -}}
+{{- $name := default "voicefleet" .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "voicefleet.labels" -}}
@@ -24,10 +31,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
+{{- /* repository@digest when a digest is set (what was tested is what runs), else
+repository:tag (default: the chart's appVersion). */ -}}
+{{- define "voicefleet.imageRef" -}}
+{{- if .image.digest -}}{{ .image.repository }}@{{ .image.digest }}
+{{- else -}}{{ .image.repository }}:{{ default .appVersion .image.tag }}{{- end -}}
+{{- end -}}
+
 {{- define "voicefleet.image" -}}
-{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{ include "voicefleet.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
 {{- end -}}
 
 {{- define "voicefleet.workerImage" -}}
-{{ .Values.worker.image.repository }}:{{ default .Chart.AppVersion .Values.worker.image.tag }}
+{{ include "voicefleet.imageRef" (dict "image" .Values.worker.image "appVersion" .Chart.AppVersion) }}
 {{- end -}}
