@@ -271,6 +271,18 @@ build_helm() {
   echo "helm $HELM_VERSION: built into $dest"
 }
 
+build_actionlint() {
+  local dest="$bin/actionlint-$ACTIONLINT_VERSION"
+  [[ -x $dest/actionlint ]] && { echo "actionlint $ACTIONLINT_VERSION: cached at $dest"; return; }
+  need_go
+  step "building actionlint v$ACTIONLINT_VERSION (Go, ~1 min cold)"
+  local w="$work/actionlint-$ACTIONLINT_VERSION"; mkdir -p "$w"
+  run_logged actionlint "$w/build.log" env GOBIN="$w/out" go install -trimpath -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@v$ACTIONLINT_VERSION" \
+    || fail "build actionlint" "$w/build.log" actionlint
+  mkdir -p "$dest"; mv "$w/out/actionlint" "$dest/actionlint"
+  echo "actionlint $ACTIONLINT_VERSION: built into $dest"
+}
+
 # Debian's prometheus package brings prometheus and promtool.
 install_prometheus() {
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
@@ -296,7 +308,7 @@ targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) build_etcd; build_livekit; build_kubernetes; build_helm; install_prometheus; build_node ;;
+    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; install_prometheus; build_node ;;
     node) build_node ;;
     kubernetes-node) build_kubernetes_node ;;
     containerd) build_containerd ;;
@@ -308,8 +320,9 @@ for t in "${targets[@]}"; do
     kubernetes) build_kubernetes ;;
     livekit) build_livekit ;;
     helm) build_helm ;;
+    actionlint) build_actionlint ;;
     prometheus) install_prometheus ;;
-    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|prometheus)" >&2; exit 2 ;;
+    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|prometheus)" >&2; exit 2 ;;
   esac
 done
 echo "binaries ready under $bin"

@@ -41,6 +41,7 @@ class Binaries:
     kube_scheduler: Path  # built with the real node's parts; every stack runs it
     livekit_server: Path
     helm: Path
+    actionlint: Path
     prometheus: Path | None
     promtool: Path | None
 
@@ -59,6 +60,7 @@ class Binaries:
             kube_scheduler=b / f"kubernetes-node-{v['KUBERNETES_VERSION']}" / "kube-scheduler",
             livekit_server=b / f"livekit-{v['LIVEKIT_VERSION']}" / "livekit-server",
             helm=b / f"helm-{v['HELM_VERSION']}" / "helm",
+            actionlint=b / f"actionlint-{v['ACTIONLINT_VERSION']}" / "actionlint",
             prometheus=Path(prom) if prom else None,
             promtool=Path(promtool) if promtool else None,
         )
