@@ -120,6 +120,9 @@ def install(stack: Stack, kube: Kube, progress: Callable[[str], None]) -> None:
             stack,
             "upgrade", "--install", RELEASE, str(CHART),
             "--namespace", NAMESPACE, "--create-namespace",
+            # A stack installed by a chart that shipped its CRDs in crds/ (never upgraded,
+            # owned by no release): the templated CRDs take them over.
+            "--take-ownership",
             "--values", values.name,
         )  # fmt: skip
     if out.returncode != 0:

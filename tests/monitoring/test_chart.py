@@ -381,7 +381,7 @@ def test_packaged_chart_is_self_contained(tmp_path: Path) -> None:
             "voicefleet/files/dashboards/voiceagent.json",
             "voicefleet/files/dashboards/operator.json",
             "voicefleet/files/rbac/clusterrole.yaml",
-            "voicefleet/crds/voiceagent.yaml",
+            "voicefleet/files/crds/voiceagent.yaml",
         ):
             assert name in members and members[name].isfile(), name
         f = t.extractfile("voicefleet/files/dashboards/fleet.json")
@@ -498,3 +498,28 @@ def test_network_policy_without_namespaces_fails_with_a_clear_message() -> None:
     out = run_helm(*args, check=False)
     assert out.returncode != 0
     assert "networkPolicy.namespaces" in out.stderr
+
+
+def test_crds_are_templates_kept_on_uninstall_and_the_repositorys_own() -> None:
+    """Helm never upgrades a chart's crds/ folder: the CRDs are templates (upgraded with
+    the chart), each exactly the repository's crds/ file plus the chart's labels and
+    helm.sh/resource-policy keep (uninstall must not delete every VoiceAgent)."""
+    docs = template()
+    rendered = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    on_disk = {
+        d["metadata"]["name"]: d
+        for f in sorted((REPO / "crds").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    }
+    assert set(rendered) == set(on_disk) == {
+        "voiceagents.voicefleet.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"
+    }  # fmt: skip
+    for name, crd in rendered.items():
+        assert crd["spec"] == on_disk[name]["spec"], name
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert not by_kind(template({"crds.install": "false"}), "CustomResourceDefinition")
+    unkept = by_kind(template({"crds.keep": "false"}), "CustomResourceDefinition")
+    assert all("annotations" not in c["metadata"] for c in unkept)
+    assert not (CHART / "crds").exists()  # Helm would install those once, never upgrade

@@ -58,6 +58,7 @@ def test_two_replicas_peer_and_reconcile(stack: Stack, kube: Kube) -> None:
         stack,
         "install", release, str(CHART),
         "--namespace", system_ns,
+        "--take-ownership",  # the CRDs, which the session's tests applied already
         "--set", "replicaCount=2",
         "--set", f"watchNamespaces[0]={ns}",
         "--set", f"worker.image.repository={FAKE_IMAGE.rsplit(':', 1)[0]}",

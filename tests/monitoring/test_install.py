@@ -202,6 +202,9 @@ def installed(stack: Stack, kube: Kube) -> Iterator[Installed]:
         stack,
         "install", inst.release, str(CHART),
         "--namespace", inst.system_ns,
+        # The session's tests applied the CRDs already, as an older chart's crds/ would
+        # have: taken over, as docs/operations.md says for that upgrade.
+        "--take-ownership",
         "--set", f"watchNamespaces[0]={inst.ns}",
         "--set", f"worker.image.repository={FAKE_IMAGE.rsplit(':', 1)[0]}",
         "--set-string", f"worker.image.tag={FAKE_IMAGE.rsplit(':', 1)[1]}",
