@@ -28,7 +28,7 @@ WATCH: dict[str, str] = {
     m.WORKER_SESSIONS_ENDED.name: 'Watch `outcome="error"` and `"drain_timeout"`: calls that ended badly.',
     m.WORKER_SESSION_DURATION.name: "Long calls set how long drains and rollouts take (drainTimeoutSeconds).",
     m.WORKER_DISPATCH_LATENCY.name: "p95 above a second: callers wait in silence for the agent to join.",
-    m.WORKER_TURN_LATENCY.name: "The number callers feel: p95 over 300 ms fires VoiceFleetTurnLatencyHigh.",
+    m.WORKER_TURN_LATENCY.name: "The number callers feel: p95 over the alert's threshold (1 s by default) fires VoiceFleetTurnLatencyHigh.",
     m.WORKER_FIRST_AUDIO_LATENCY.name: "If it tracks turn latency, the model (or the network to it) is slow, not the worker.",
     m.WORKER_TOOL_CALLS.name: "Non-`ok` outcomes per tool: a broken backend makes the agent stall or apologise.",
     m.WORKER_TOOL_LATENCY.name: "Tool time adds straight to turn latency; keep p95 well under a second.",

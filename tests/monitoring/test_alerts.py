@@ -19,6 +19,8 @@ from .chart import ALL_MODES, REPO, by_kind, template
 
 TESTS = sorted(Path(__file__).parent.glob("*_test.yaml"))
 OPERATIONS = REPO / "docs" / "operations.md"
+# docs/operations.md where the chart says the project lives (Chart.yaml `home`).
+RUNBOOKS = "https://github.com/voicefleet/voicefleet/blob/main/docs/operations.md"
 
 
 def promtool() -> str:
@@ -99,7 +101,7 @@ def test_every_alert_has_a_runbook_section(rule: dict[str, Any]) -> None:
     ann = rule["annotations"]
     assert ann["summary"] and ann["description"]
     url = ann["runbook_url"]
-    assert url == f"https://voicefleet.dev/docs/operations#{rule['alert'].lower()}"
+    assert url == f"{RUNBOOKS}#{rule['alert'].lower()}"
     anchor = url.split("#", 1)[1]
     text = OPERATIONS.read_text()
     assert anchor in _anchors(text), f"docs/operations.md has no section {rule['alert']}"
@@ -114,3 +116,19 @@ def test_operations_doc_covers_upgrades_draining_failover_alerts() -> None:
 
 def test_promtool_available_where_the_testbed_expects_it() -> None:
     assert shutil.which("promtool") or Binaries.locate().promtool
+
+
+def test_the_chart_sets_the_latency_threshold_and_where_runbooks_live() -> None:
+    values = {**ALL_MODES, "monitoring.prometheusRule.turnLatencyThresholdSeconds": "0.8",
+              "monitoring.prometheusRule.runbookBaseUrl": "https://runbooks.example.com/vf"}  # fmt: skip
+    (rule,) = by_kind(template(values), "PrometheusRule")
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    latency = rules["VoiceFleetTurnLatencyHigh"]
+    assert latency["expr"].rstrip().endswith(") > 0.8"), latency["expr"]
+    assert "over 0.8 s" in latency["annotations"]["summary"]
+    assert "(threshold 0.8 s)" in latency["annotations"]["description"]
+    for name, r in rules.items():
+        assert r["annotations"]["runbook_url"] == f"https://runbooks.example.com/vf#{name.lower()}"
+    # By default, the rules file as it is.
+    (rule,) = by_kind(template(ALL_MODES), "PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERT_RULES.read_text())["groups"]
