@@ -325,10 +325,12 @@ def render_pod_template(
         # Start-up (warm job processes, first LiveKit registration) may take a while;
         # liveness only starts counting once the worker came up.
         "startupProbe": _probe(2, 150),
-        # Ready means registered with LiveKit (READY_PATH), not just "process up". Quick:
-        # a hung worker turning not ready is failover's first witness of the hang (~2-3 s);
-        # a missed answer only costs a fresh /sessions read, never a call.
-        "readinessProbe": _probe(1, 2, READY_PATH, METRICS_PORT_NAME, timeout=1),
+        # Ready means registered with LiveKit (READY_PATH), not just "process up". Quick,
+        # one failure: a hung worker turning not ready is failover's first witness of the
+        # hang (1-2 s). A missed answer costs only the operator's fresh /sessions read (the
+        # second witness, 1 s), never a call, and nothing routes by a worker's readiness;
+        # a worker ends as hung only when that read gets no answer either.
+        "readinessProbe": _probe(1, 1, READY_PATH, METRICS_PORT_NAME, timeout=1),
         # Generous: livekit-agents reconnects to LiveKit with backoff for ~2 minutes before
         # its health turns 503; a restart would drop every call the worker still serves.
         "livenessProbe": _probe(10, 12),
