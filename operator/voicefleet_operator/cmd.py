@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -108,7 +109,39 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="workers' /sessions (room names) answer only with the bearer token of the "
         "VoiceAgent's worker-keys Secret, which the operator sends (default true)",
     )
+    p.add_argument(
+        "--worker-ingress",
+        type=worker_ingress,
+        default=str(default("worker-ingress", "")),  # a string: argparse applies `type`
+        help="NetworkPolicy ingress rules (a JSON list) for every VoiceAgent's worker pods: "
+        "the operator renders one NetworkPolicy per VoiceAgent with them. Empty: none "
+        "(the chart passes the operator's pods and Prometheus, to the metrics port)",
+    )
     return p
+
+
+def worker_ingress(raw: str) -> tuple[dict[str, Any], ...] | None:
+    """`--worker-ingress`: a JSON list of NetworkPolicyIngressRule objects, or empty."""
+    if not raw.strip():
+        return None
+    try:
+        rules = json.loads(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--worker-ingress: not JSON: {e}") from None
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise argparse.ArgumentTypeError(
+            "--worker-ingress: must be a JSON list of NetworkPolicy ingress rules (objects)"
+        )
+    for i, r in enumerate(rules):
+        unknown = set(r) - {"from", "ports"}
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"--worker-ingress[{i}]: unknown fields {sorted(unknown)} (from, ports)"
+            )
+        for key in ("from", "ports"):
+            if key in r and not isinstance(r[key], list):
+                raise argparse.ArgumentTypeError(f"--worker-ingress[{i}].{key}: must be a list")
+    return tuple(rules)
 
 
 def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,4 +169,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         failover_sweep_seconds=args.failover_sweep_seconds,
         api_threads=max(1, args.api_threads),
         sessions_auth=args.sessions_auth == "true",
+        worker_ingress=args.worker_ingress,
     )

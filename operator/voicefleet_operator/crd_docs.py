@@ -305,8 +305,8 @@ def render(crd: Schema) -> str:
         f"`{API_VERSION}`, kind `{KIND}`, plural `{names['plural']}`, short name "
         f"`{names['shortNames'][0]}`, namespaced. {root['description']} The operator turns "
         "each one into a worker Deployment (with its agent ConfigMap, a headless metrics "
-        "Service and a PodDisruptionBudget, all owned by the VoiceAgent and garbage-collected "
-        "with it).",
+        "Service, a PodDisruptionBudget and, as the chart installs the operator, a "
+        "NetworkPolicy, all owned by the VoiceAgent and garbage-collected with it).",
         "",
         "The API server checks every field below (types, ranges, patterns, the rules): a "
         "rejected object names the field, e.g. `spec.autoscaling.minReplicas: Invalid value: "

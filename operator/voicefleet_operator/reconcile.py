@@ -32,7 +32,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from voicefleet_contract import API_VERSION, KIND
+from voicefleet_contract import API_VERSION, KIND, LABEL_MANAGED_BY, MANAGED_BY
 
 from .kube import KubeApi, KubeError, path
 from .lookups import Lookups, SecretInfo
@@ -40,6 +40,7 @@ from .names import Claim, conflict_problem, normalise_url
 from .render import (
     ANNOTATION_AUTOSCALING_MODE,
     ANNOTATION_SECRETS_HASH,
+    NETWORK_POLICY_API,
     WORKER_KEYS,
     ChildNames,
     Owner,
@@ -300,6 +301,18 @@ def _delete_autoscalers(
         kube.delete(path(KEDA_API, "ScaledObject", spec.namespace, name))
 
 
+def _delete_network_policy(kube: KubeApi, spec: VoiceAgentSpec) -> None:
+    """The operator runs without --worker-ingress now: the NetworkPolicy it rendered
+    before goes (at the periodic resync; one read per VoiceAgent then). One of the same
+    name that the operator did not render is left alone."""
+    np_path = path(NETWORK_POLICY_API, "NetworkPolicy", spec.namespace,
+                   ChildNames.of(spec.name).network_policy)  # fmt: skip
+    got = kube.get(np_path)
+    labels = (got or {}).get("metadata", {}).get("labels") or {}
+    if got is not None and labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+        kube.delete(np_path)
+
+
 def _apply_autoscaler(
     kube: KubeApi, spec: VoiceAgentSpec, owner: Owner, settings: Settings
 ) -> None:
@@ -445,6 +458,10 @@ def _apply_children(
         marks["Deployment"] = Mark.of(children.deployment, deployment)
     apply(children.service)
     apply(children.pdb)
+    if children.network_policy is not None:
+        apply(children.network_policy)
+    elif thorough:
+        _delete_network_policy(kube, spec)
     if created:
         # configHash is written only after children were applied: this VoiceAgent had
         # them before, so whatever was created now had been deleted outside the operator.

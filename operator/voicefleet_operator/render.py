@@ -103,6 +103,7 @@ class ChildNames:
     configmap: str
     service: str
     pdb: str
+    network_policy: str
     keys: str  # the worker-keys Secret (render_worker_keys)
 
     @classmethod
@@ -112,6 +113,7 @@ class ChildNames:
             configmap=f"{name}-config",
             service=f"{name}-workers",
             pdb=name,
+            network_policy=name,
             keys=f"{name}{WORKER_KEYS_SUFFIX}",
         )
 
@@ -123,10 +125,12 @@ class Children:
     pdb: dict[str, Any]
     deployment: dict[str, Any]
     config_hash: str
+    network_policy: dict[str, Any] | None = None  # None: the operator renders none
 
     def in_apply_order(self) -> tuple[dict[str, Any], ...]:
         # The ConfigMap first: new pods mount it.
-        return (self.configmap, self.service, self.pdb, self.deployment)
+        extra = (self.network_policy,) if self.network_policy is not None else ()
+        return (self.configmap, self.service, self.pdb, self.deployment, *extra)
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -204,6 +208,29 @@ def render_pdb(spec: VoiceAgentSpec, owner: Owner) -> dict[str, Any]:
             "maxUnavailable": spec.disruption.maxUnavailable,
             # A crash-looping worker serves no calls; let node drains evict it.
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+NETWORK_POLICY_API: Final = "networking.k8s.io/v1"
+
+
+def render_network_policy(
+    spec: VoiceAgentSpec, owner: Owner, settings: Settings
+) -> dict[str, Any] | None:
+    """Who may reach the workers (ingress only): the rules the operator was started with
+    (`--worker-ingress`, the chart's: the operator's pods and Prometheus, to the metrics
+    port), in the VoiceAgent's own namespace, whichever namespace that is. None: off."""
+    if settings.worker_ingress is None:
+        return None
+    return {
+        "apiVersion": NETWORK_POLICY_API,
+        "kind": "NetworkPolicy",
+        "metadata": _meta(spec, owner, ChildNames.of(spec.name).network_policy, "worker"),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": copy.deepcopy(list(settings.worker_ingress)),
         },
     }
 
@@ -426,6 +453,7 @@ def render_children(
         pdb=render_pdb(spec, owner),
         deployment=render_deployment(spec, owner, settings, hash_, secrets),
         config_hash=hash_,
+        network_policy=render_network_policy(spec, owner, settings),
     )
 
 

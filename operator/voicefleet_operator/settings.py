@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 LogFormat = Literal["json", "text"]
 DEFAULT_IMAGE: Final = "ghcr.io/voicefleet/worker:0.1.0"
@@ -51,6 +51,10 @@ class Settings:
     # Workers' /sessions answer only with the bearer token from the VoiceAgent's
     # worker-keys Secret (VOICEFLEET_SESSIONS_TOKEN); the feed sends it. Off: open.
     sessions_auth: bool = True
+    # NetworkPolicy ingress rules for every VoiceAgent's worker pods (one NetworkPolicy
+    # per VoiceAgent, in its namespace). None: the operator renders none (and removes the
+    # ones it rendered before, at the next resync).
+    worker_ingress: tuple[dict[str, Any], ...] | None = None
 
     @property
     def standalone(self) -> bool:

@@ -39,7 +39,7 @@ Action = Literal["resync", "full", "status", "none"]
 
 # Kinds whose spec changes bump metadata.generation (and whose status is written by a
 # controller, which does not): compared by generation. Others by resourceVersion.
-GENERATION_KINDS = frozenset({"Deployment", "PodDisruptionBudget"})
+GENERATION_KINDS = frozenset({"Deployment", "PodDisruptionBudget", "NetworkPolicy"})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,11 @@ import pytest
 import yaml
 
 from voicefleet_contract import APP_NAME, LABEL_OPERATOR_ACTIVE, METRICS_PORT_NAME
+from voicefleet_operator.cmd import parse as parse_flags
+from voicefleet_operator.render import Owner, render_network_policy
+from voicefleet_operator.spec import parse_spec
 
+from ..operator.util import minimal_spec
 from ..pod_security import restricted_violations
 from .chart import ALL_MODES, CHART, REPO, by_kind, run_helm, template
 
@@ -429,12 +433,24 @@ def test_installs_as_a_subchart_of_an_umbrella_chart(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "replicaCount" in bad.stderr, bad.stderr
 
 
-NETPOL_ON = {"networkPolicy.enabled": "true", "watchNamespaces[0]": "voice"}
+def _worker_network_policy(docs: list[dict[str, Any]], namespace: str = "calls") -> Any:
+    """The NetworkPolicy the operator renders for a VoiceAgent in `namespace`, from the
+    --worker-ingress the chart passes it (parsed by the operator's own flag parser)."""
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = [a for a in c["args"] if a.startswith("--worker-ingress=")]
+    if not args:
+        return None
+    settings = parse_flags(args, env={})
+    spec = parse_spec("support", namespace, minimal_spec())
+    return render_network_policy(spec, Owner("support", namespace, "u"), settings)
 
 
-def test_network_policy_is_off_by_default_and_sessions_auth_on() -> None:
+def test_network_policy_is_on_by_default_and_sessions_auth_on() -> None:
     docs = template()
-    assert not by_kind(docs, "NetworkPolicy")
+    assert _worker_network_policy(docs) is not None
+    assert not by_kind(docs, "NetworkPolicy")  # the operator renders one per VoiceAgent
+    assert _worker_network_policy(template({"networkPolicy.enabled": "false"})) is None
     (dep,) = by_kind(docs, "Deployment")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert "--sessions-auth=true" in c["args"]
@@ -443,47 +459,44 @@ def test_network_policy_is_off_by_default_and_sessions_auth_on() -> None:
 
 
 def test_network_policy_lets_only_the_operator_and_prometheus_reach_workers() -> None:
-    docs = template({**NETPOL_ON, "watchNamespaces[1]": "voice-staging"})
-    pols = by_kind(docs, "NetworkPolicy")
-    assert [p["metadata"]["namespace"] for p in pols] == ["voice", "voice-staging"]
-    for pol in pols:
-        kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
-        spec = pol["spec"]
-        assert spec["podSelector"] == {
-            "matchLabels": {"app.kubernetes.io/name": "voicefleet-worker"}
-        }
-        assert spec["policyTypes"] == ["Ingress"]  # workers' own connections are not limited
-        (rule,) = spec["ingress"]
-        assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
-        operator, prometheus = rule["from"]
-        assert operator["namespaceSelector"] == {
-            "matchLabels": {"kubernetes.io/metadata.name": "voicefleet-system"}
-        }
-        # the operator's pods, by the labels its Deployment's pods carry
-        (dep,) = by_kind(docs, "Deployment")
-        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-        assert operator["podSelector"]["matchLabels"].items() <= pod_labels.items()
-        assert prometheus == {
-            "namespaceSelector": {},
-            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
-        }
+    docs = template()
+    pol = _worker_network_policy(docs, "calls")
+    kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
+    assert pol["metadata"]["namespace"] == "calls"  # wherever the VoiceAgent is
+    spec = pol["spec"]
+    assert spec["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/instance": "support",
+                        "app.kubernetes.io/name": "voicefleet-worker"}
+    }  # fmt: skip
+    assert spec["policyTypes"] == ["Ingress"]  # workers' own connections are not limited
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    operator, prometheus = rule["from"]
+    assert operator["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "voicefleet-system"}
+    }
+    # the operator's pods, by the labels its Deployment's pods carry
+    (dep,) = by_kind(docs, "Deployment")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert operator["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert prometheus == {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
     # the workers' port named "metrics" and their label are the ones the operator renders
     assert METRICS_PORT_NAME == "metrics" and APP_NAME == "voicefleet-worker"
 
 
-def test_network_policy_namespaces_prometheus_and_extra_rules_from_values() -> None:
+def test_network_policy_prometheus_and_extra_rules_from_values() -> None:
     docs = template(
         {
-            "networkPolicy.enabled": "true",
-            "networkPolicy.namespaces[0]": "calls",
             "networkPolicy.prometheus.namespaceSelector.matchLabels.team": "obs",
             "networkPolicy.prometheus.podSelector.matchLabels.app": "prom",
             "networkPolicy.extraIngress[0].from[0].podSelector.matchLabels.role": "debug",
         }
     )
-    (pol,) = by_kind(docs, "NetworkPolicy")
+    pol = _worker_network_policy(docs)
     kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
-    assert pol["metadata"]["namespace"] == "calls"
     first, extra = pol["spec"]["ingress"]
     # (Helm merges maps with the defaults: set a default label to null to drop it)
     assert first["from"][1] == {
@@ -491,13 +504,6 @@ def test_network_policy_namespaces_prometheus_and_extra_rules_from_values() -> N
         "podSelector": {"matchLabels": {"app": "prom", "app.kubernetes.io/name": "prometheus"}},
     }
     assert extra == {"from": [{"podSelector": {"matchLabels": {"role": "debug"}}}]}
-
-
-def test_network_policy_without_namespaces_fails_with_a_clear_message() -> None:
-    args = ["template", "voicefleet", str(CHART), "--set", "networkPolicy.enabled=true"]
-    out = run_helm(*args, check=False)
-    assert out.returncode != 0
-    assert "networkPolicy.namespaces" in out.stderr
 
 
 def test_crds_are_templates_kept_on_uninstall_and_the_repositorys_own() -> None:

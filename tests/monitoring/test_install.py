@@ -278,6 +278,15 @@ def test_operator_from_the_chart_reconciles_a_voiceagent_to_ready(
     assert crb is None
     blocked = get_va(kube, inst.ns, inst.blocked_va)
     assert condition(blocked, "Ready").get("status") == "False"
+    # The chart's networkPolicy (on by default): the operator rendered the VoiceAgent's,
+    # in its namespace, accepted by the real API server, admitting the operator's pods.
+    pol = kube.get("networking.k8s.io/v1", "NetworkPolicy", inst.ready_va, inst.ns)
+    assert pol is not None
+    assert pol["metadata"]["ownerReferences"][0]["name"] == inst.ready_va
+    assert pol["spec"]["podSelector"]["matchLabels"][LABEL_INSTANCE] == inst.ready_va
+    (rule,) = pol["spec"]["ingress"]
+    namespaces = [p.get("namespaceSelector", {}).get("matchLabels", {}) for p in rule["from"]]
+    assert {"kubernetes.io/metadata.name": inst.system_ns} in namespaces
 
 
 def _control(ip: str, body: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from voicefleet_operator import cmd
 
 
@@ -55,3 +57,30 @@ def test_sessions_auth_flag_and_env() -> None:
     assert cmd.parse([], env={}).sessions_auth is True
     assert cmd.parse(["--sessions-auth=false"], env={}).sessions_auth is False
     assert cmd.parse([], env={"VOICEFLEET_OPERATOR_SESSIONS_AUTH": "false"}).sessions_auth is False
+
+
+def test_worker_ingress_flag_and_env() -> None:
+    rules = '[{"from": [{"podSelector": {}}], "ports": [{"port": "metrics"}]}]'
+    assert cmd.parse([]).worker_ingress is None
+    assert cmd.parse([f"--worker-ingress={rules}"]).worker_ingress == (
+        {"from": [{"podSelector": {}}], "ports": [{"port": "metrics"}]},
+    )
+    env = {"VOICEFLEET_OPERATOR_WORKER_INGRESS": rules}
+    assert cmd.parse([], env=env).worker_ingress is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{not json", "not JSON"),
+        ('{"from": []}', "must be a JSON list"),
+        ('[{"form": []}]', "--worker-ingress[0]: unknown fields ['form']"),
+        ('[{"ports": {"port": 1}}]', "--worker-ingress[0].ports: must be a list"),
+    ],
+)
+def test_a_bad_worker_ingress_names_the_flag(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cmd.parse([f"--worker-ingress={value}"], env={})
+    assert message in capsys.readouterr().err

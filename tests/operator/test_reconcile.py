@@ -764,3 +764,28 @@ def test_initial_replicas_other_than_one_are_handed_to_the_replicas_manager() ->
         ("Deployment", FIELD_MANAGER),
         ("Deployment", REPLICAS_FIELD_MANAGER),
     ]
+
+
+INGRESS = ({"from": [{"podSelector": {"matchLabels": {"app": "x"}}}],
+            "ports": [{"port": "metrics", "protocol": "TCP"}]},)  # fmt: skip
+NP_PATH = f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/support"
+
+
+def test_a_network_policy_per_voiceagent_with_worker_ingress_and_gone_without() -> None:
+    """With --worker-ingress the workers get a NetworkPolicy (after the Deployment: a
+    policy never delays the workers); without, the periodic resync removes the one the
+    operator rendered, and never a user's of the same name."""
+    k = _setup()
+    reconcile(k, Settings(worker_ingress=INGRESS), NS, "support")
+    assert [kind for kind, _ in k.applies][-1] == "NetworkPolicy"
+    pol = k.objects[NP_PATH]
+    assert pol["spec"]["ingress"] == list(INGRESS)
+    assert pol["metadata"]["ownerReferences"][0]["kind"] == "VoiceAgent"
+    reconcile(k, Settings(), NS, "support")  # not a resync: no read, no delete
+    assert NP_PATH in k.objects and ("GET", NP_PATH) not in k.calls
+    reconcile(k, Settings(), NS, "support", thorough=True)
+    assert NP_PATH not in k.objects
+    # A user's own NetworkPolicy of that name is not ours to delete.
+    k.put(NP_PATH, {"kind": "NetworkPolicy", "metadata": {"name": "support", "labels": {}}})
+    reconcile(k, Settings(), NS, "support", thorough=True)
+    assert NP_PATH in k.objects

@@ -23,6 +23,7 @@ from voicefleet_operator.render import (
     Owner,
     desired_replicas,
     render_children,
+    selector_labels,
 )
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import DRAIN_MARGIN_SECONDS, SpecError, parse_spec
@@ -308,3 +309,16 @@ def test_volumes_mounts_init_containers_and_sidecars_from_the_template() -> None
     (init,) = pod["initContainers"]
     assert init["command"] == ["true"] and init["securityContext"]["capabilities"]
     assert restricted_violations(pod) == []
+
+
+def test_network_policy_only_with_worker_ingress() -> None:
+    spec = parse_spec("support", "voice", minimal_spec())
+    assert render_children(spec, OWNER, Settings()).network_policy is None
+    rules = ({"ports": [{"port": "metrics", "protocol": "TCP"}]},)
+    children = render_children(spec, OWNER, Settings(worker_ingress=rules))
+    pol = children.network_policy
+    assert pol is not None
+    assert pol["metadata"]["namespace"] == "voice"
+    assert pol["spec"]["podSelector"]["matchLabels"] == selector_labels("support")
+    assert pol["spec"]["policyTypes"] == ["Ingress"] and pol["spec"]["ingress"] == list(rules)
+    assert children.in_apply_order()[-1] == pol

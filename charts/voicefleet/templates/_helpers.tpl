@@ -45,3 +45,15 @@ repository:tag (default: the chart's appVersion). */ -}}
 {{- define "voicefleet.workerImage" -}}
 {{ include "voicefleet.imageRef" (dict "image" .Values.worker.image "appVersion" .Chart.AppVersion) }}
 {{- end -}}
+
+
+{{- /* The operator's --worker-ingress: NetworkPolicy ingress rules for every VoiceAgent's
+workers. The operator's pods and Prometheus reach the metrics port (/metrics, /sessions,
+/ready); then networkPolicy.extraIngress, as written. */ -}}
+{{- define "voicefleet.workerIngress" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $operator := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "voicefleet.selectorLabels" . | fromYaml)) -}}
+{{- $prometheus := dict "namespaceSelector" $np.prometheus.namespaceSelector "podSelector" $np.prometheus.podSelector -}}
+{{- $rule := dict "from" (list $operator $prometheus) "ports" (list (dict "port" "metrics" "protocol" "TCP")) -}}
+{{- toJson (concat (list $rule) $np.extraIngress) -}}
+{{- end -}}
