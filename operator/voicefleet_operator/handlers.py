@@ -72,8 +72,15 @@ CHILD_RESOURCES = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
     ("policy", "v1", "poddisruptionbudgets"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
 )
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+
+
+def child_resources(ours: Settings) -> tuple[tuple[str, str, str], ...]:
+    """The child kinds watched for drift. NetworkPolicies only with --worker-ingress: an
+    operator without the flag needs no RBAC for them (a watch it may not list stops the
+    whole operator)."""
+    return CHILD_RESOURCES + ((NETWORK_POLICIES,) if ours.worker_ingress is not None else ())
 
 
 ChildEvent = tuple[str, str, dict[str, Any]]  # kind, event type, the child's body
@@ -373,7 +380,7 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
     # Resources and namespaces are known at start: no list/watch of CRDs and namespaces
     # (and no RBAC for them).
     settings.scanning.disabled = True
-    for group, _version, plural in CHILD_RESOURCES:
+    for group, _version, plural in child_resources(ours):
         # Server-side filtering: the operator caches only the objects it manages.
         key = (group, plural) if group else plural
         settings.watching.label_selectors[key] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
@@ -524,7 +531,7 @@ def register(
     if reconciler.names is not None:
         register_agent_names(registry, reconciler)
 
-    for group, version, plural in CHILD_RESOURCES:
+    for group, version, plural in child_resources(ours):
 
         @kopf.on.event(
             group,

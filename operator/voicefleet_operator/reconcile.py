@@ -307,7 +307,12 @@ def _delete_network_policy(kube: KubeApi, spec: VoiceAgentSpec) -> None:
     name that the operator did not render is left alone."""
     np_path = path(NETWORK_POLICY_API, "NetworkPolicy", spec.namespace,
                    ChildNames.of(spec.name).network_policy)  # fmt: skip
-    got = kube.get(np_path)
+    try:
+        got = kube.get(np_path)
+    except KubeError as e:
+        if e.status == 403:
+            return  # RBAC without NetworkPolicies: then the operator never rendered one
+        raise
     labels = (got or {}).get("metadata", {}).get("labels") or {}
     if got is not None and labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
         kube.delete(np_path)

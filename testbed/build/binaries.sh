@@ -283,6 +283,23 @@ build_actionlint() {
   echo "actionlint $ACTIONLINT_VERSION: built into $dest"
 }
 
+# prometheus-operator's CRDs, as its Go module ships them (example/prometheus-operator-crd).
+fetch_monitoring_crds() {
+  local dest="$bin/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+  [[ -f $dest/monitoring.coreos.com_prometheusrules.yaml ]] && { echo "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: cached at $dest"; return; }
+  need_go
+  step "fetching prometheus-operator v$PROMETHEUS_OPERATOR_VERSION's CRDs (Go module proxy)"
+  local w="$work/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"; mkdir -p "$w"
+  local dir
+  dir=$(cd "$w" && go mod download -json "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [[ -n $dir && -d $dir/example/prometheus-operator-crd ]] || fail "fetch prometheus-operator's CRDs" /dev/null monitoring-crds
+  mkdir -p "$dest"
+  for kind in servicemonitors podmonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$dest/"
+  done
+  echo "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: into $dest"
+}
+
 # Debian's prometheus package brings prometheus and promtool.
 install_prometheus() {
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
@@ -308,7 +325,7 @@ targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; install_prometheus; build_node ;;
+    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; install_prometheus; build_node ;;
     node) build_node ;;
     kubernetes-node) build_kubernetes_node ;;
     containerd) build_containerd ;;
@@ -321,8 +338,9 @@ for t in "${targets[@]}"; do
     livekit) build_livekit ;;
     helm) build_helm ;;
     actionlint) build_actionlint ;;
+    monitoring-crds) fetch_monitoring_crds ;;
     prometheus) install_prometheus ;;
-    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|prometheus)" >&2; exit 2 ;;
+    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|monitoring-crds|prometheus)" >&2; exit 2 ;;
   esac
 done
 echo "binaries ready under $bin"

@@ -42,6 +42,7 @@ class Binaries:
     livekit_server: Path
     helm: Path
     actionlint: Path
+    monitoring_crds: Path  # prometheus-operator's CRD files (a directory)
     prometheus: Path | None
     promtool: Path | None
 
@@ -61,6 +62,7 @@ class Binaries:
             livekit_server=b / f"livekit-{v['LIVEKIT_VERSION']}" / "livekit-server",
             helm=b / f"helm-{v['HELM_VERSION']}" / "helm",
             actionlint=b / f"actionlint-{v['ACTIONLINT_VERSION']}" / "actionlint",
+            monitoring_crds=b / f"prometheus-operator-crds-{v['PROMETHEUS_OPERATOR_VERSION']}",
             prometheus=Path(prom) if prom else None,
             promtool=Path(promtool) if promtool else None,
         )

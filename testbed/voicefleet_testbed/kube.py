@@ -68,15 +68,24 @@ class Kube:
         out: JSON = res.create(body=obj, namespace=ns if res.namespaced else None).to_dict()
         return out
 
-    def apply(self, obj: JSON, namespace: str | None = None, manager: str = "tests") -> JSON:
-        """Server-side apply."""
+    def apply(
+        self,
+        obj: JSON,
+        namespace: str | None = None,
+        manager: str = "tests",
+        dry_run: bool = False,
+    ) -> JSON:
+        """Server-side apply (`dry_run`: validated and admitted by the API server, not
+        stored)."""
         res = self._resource(obj["apiVersion"], obj["kind"])
         ns = namespace or obj.get("metadata", {}).get("namespace")
+        extra = {"dry_run": "All"} if dry_run else {}
         out: JSON = res.server_side_apply(
             body=obj,
             namespace=ns if res.namespaced else None,
             field_manager=manager,
             force_conflicts=True,
+            **extra,
         ).to_dict()
         return out
 

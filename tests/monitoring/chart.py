@@ -43,8 +43,14 @@ def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
     )
 
 
-def template(values: dict[str, str] | None = None, *, apis: bool = True) -> list[dict[str, Any]]:
-    args = ["template", "voicefleet", str(CHART), "--namespace", "voicefleet-system"]
+def template(
+    values: dict[str, str] | None = None,
+    *,
+    apis: bool = True,
+    namespace: str = "voicefleet-system",
+    release: str = "voicefleet",
+) -> list[dict[str, Any]]:
+    args = ["template", release, str(CHART), "--namespace", namespace]
     args.append("--include-crds")
     if apis:
         for api in MONITORING_APIS:

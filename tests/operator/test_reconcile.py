@@ -789,3 +789,21 @@ def test_a_network_policy_per_voiceagent_with_worker_ingress_and_gone_without() 
     k.put(NP_PATH, {"kind": "NetworkPolicy", "metadata": {"name": "support", "labels": {}}})
     reconcile(k, Settings(), NS, "support", thorough=True)
     assert NP_PATH in k.objects
+
+
+def test_without_rbac_for_network_policies_the_resync_goes_on() -> None:
+    """An operator without --worker-ingress may run under RBAC that has no NetworkPolicy
+    rules (an older chart's, or a user's): the resync's check for one to remove is
+    forbidden, and that is not a failed reconcile."""
+
+    class NoPolicies(FakeKube):
+        def get(self, path: str) -> dict[str, Any] | None:
+            if "/networkpolicies/" in path:
+                raise KubeError(403, "Forbidden", "cannot get networkpolicies")
+            return super().get(path)
+
+    k = NoPolicies()
+    k.objects = _setup().objects
+    out = reconcile(k, Settings(), NS, "support", thorough=True)
+    assert _ready(out.status)["reason"] != "ReconcileFailed"
+    assert ("DELETE", NP_PATH) not in k.calls
