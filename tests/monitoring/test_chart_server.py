@@ -109,7 +109,7 @@ def test_every_rendered_object_passes_a_server_side_dry_run(
             kube.apply(doc, namespace=doc["metadata"].get("namespace") or release_ns,
                        manager="dry-run", dry_run=True)  # fmt: skip
         except DynamicApiError as e:  # every refusal, not only the first
-            refused.append(f"{what}: {e.summary()}")
+            refused.append(f"{what}: {e.status} {e.body}")
     assert refused == [], "\n".join(refused)
     kinds: set[str] = {d["kind"] for d in docs}
     if switch == "every-mode":
