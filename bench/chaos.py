@@ -11,7 +11,7 @@ LiveKit server, the operator from this checkout with webhooks on.
 
 python -m bench.chaos                      # every fault, 10 rounds of 3 calls (operator's: 4)
 python -m bench.chaos --rounds 2 sigkill   # fewer while developing
-python -m bench.chaos partition            # some faults: bench/results/chaos-partition.json
+python -m bench.chaos partition            # some faults: bench/results/chaos-partition.json (the full run: chaos.json)
 """
 
 from __future__ import annotations
