@@ -247,40 +247,34 @@ install_node_packages() {
   echo "node packages: installed ${missing[*]}"
 }
 
-build_livekit() {
-  local dest="$bin/livekit-$LIVEKIT_VERSION"
-  [[ -x $dest/livekit-server ]] && { echo "livekit-server $LIVEKIT_VERSION: cached at $dest"; return; }
+# `go install <package>@v<version>` once, into $bin/<dir>-<version>/<binary>.
+#   go_tool <dir> <version> <package> <built name> <binary> <cold time> <ldflags> <retry target>
+go_tool() {
+  local dir=$1 version=$2 pkg=$3 built=$4 binary=$5 cold=$6 ldflags=$7 target=$8
+  local dest="$bin/$dir-$version"
+  [[ -x $dest/$binary ]] && { echo "$binary $version: cached at $dest"; return; }
   need_go
-  step "building livekit-server v$LIVEKIT_VERSION (Go, ~5 min cold)"
-  local w="$work/livekit-$LIVEKIT_VERSION"; mkdir -p "$w"
-  run_logged livekit "$w/build.log" env GOBIN="$w/out" go install -trimpath -ldflags "-s -w" "github.com/livekit/livekit-server/cmd/server@v$LIVEKIT_VERSION" \
-    || fail "build livekit-server" "$w/build.log" livekit
-  mkdir -p "$dest"; mv "$w/out/server" "$dest/livekit-server"
-  echo "livekit-server $LIVEKIT_VERSION: built into $dest"
+  step "building $binary v$version (Go, ~$cold cold)"
+  local w="$work/$dir-$version"; mkdir -p "$w"
+  run_logged "$target" "$w/build.log" env GOBIN="$w/out" go install -trimpath -ldflags "$ldflags" "$pkg@v$version" \
+    || fail "build $binary" "$w/build.log" "$target"
+  mkdir -p "$dest"; mv "$w/out/$built" "$dest/$binary"
+  echo "$binary $version: built into $dest"
+}
+
+build_livekit() {
+  go_tool livekit "$LIVEKIT_VERSION" github.com/livekit/livekit-server/cmd/server server livekit-server \
+    "5 min" "-s -w" livekit
 }
 
 build_helm() {
-  local dest="$bin/helm-$HELM_VERSION"
-  [[ -x $dest/helm ]] && { echo "helm $HELM_VERSION: cached at $dest"; return; }
-  need_go
-  step "building helm v$HELM_VERSION (Go, ~3 min cold)"
-  local w="$work/helm-$HELM_VERSION"; mkdir -p "$w"
-  run_logged helm "$w/build.log" env GOBIN="$w/out" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION" \
-    || fail "build helm" "$w/build.log" helm
-  mkdir -p "$dest"; mv "$w/out/helm" "$dest/helm"
-  echo "helm $HELM_VERSION: built into $dest"
+  go_tool helm "$HELM_VERSION" helm.sh/helm/v4/cmd/helm helm helm "3 min" \
+    "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" helm
 }
 
 build_actionlint() {
-  local dest="$bin/actionlint-$ACTIONLINT_VERSION"
-  [[ -x $dest/actionlint ]] && { echo "actionlint $ACTIONLINT_VERSION: cached at $dest"; return; }
-  need_go
-  step "building actionlint v$ACTIONLINT_VERSION (Go, ~1 min cold)"
-  local w="$work/actionlint-$ACTIONLINT_VERSION"; mkdir -p "$w"
-  run_logged actionlint "$w/build.log" env GOBIN="$w/out" go install -trimpath -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@v$ACTIONLINT_VERSION" \
-    || fail "build actionlint" "$w/build.log" actionlint
-  mkdir -p "$dest"; mv "$w/out/actionlint" "$dest/actionlint"
-  echo "actionlint $ACTIONLINT_VERSION: built into $dest"
+  go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint actionlint actionlint \
+    "1 min" "-s -w" actionlint
 }
 
 # prometheus-operator's CRDs, as its Go module ships them (example/prometheus-operator-crd).
