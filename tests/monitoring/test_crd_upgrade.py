@@ -36,6 +36,22 @@ def _template_schema(crd: dict[str, Any]) -> dict[str, Any]:
     return dict(props["template"])
 
 
+def _as_it_was(kube: Kube, crd: dict[str, Any]) -> None:
+    """Replace (PUT) the cluster's VoiceAgent CRD with `crd`: the cluster as the older
+    release left it. An apply would not do: fields that another field manager applied
+    (the session's tests, an earlier install) would stay."""
+    res = kube.dynamic.resources.get(
+        api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition"
+    )
+    current = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", CRD_NAME)
+    body = copy.deepcopy(crd)
+    if current is not None:
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        kube.dynamic.replace(res, body=body)
+    else:
+        kube.dynamic.create(res, body=body)
+
+
 def _older_chart(tmp_path: Path) -> Path:
     """This chart as it was before the template's volumes and containers (version 0.0.1)."""
     old = tmp_path / "voicefleet"
@@ -79,10 +95,15 @@ def test_helm_upgrade_upgrades_the_crd_and_uninstall_keeps_it(
     release, system_ns, ns = f"crd-{uid}", f"crd-system-{uid}", f"crd-voice-{uid}"
     _namespace(kube, system_ns)
     _namespace(kube, ns)
-    # The operator this installs watches only an empty namespace of its own.
-    common = ["--namespace", system_ns, "--set", f"watchNamespaces[0]={ns}", "--take-ownership"]
+    # The operator this installs watches only an empty namespace of its own. The CRD was
+    # applied by others before (the session's tests, as `kubectl apply --server-side` of an
+    # older chart's crds/ would): taken over, as docs/operations.md says for that upgrade.
+    common = ["--namespace", system_ns, "--set", f"watchNamespaces[0]={ns}",
+              "--take-ownership", "--force-conflicts"]  # fmt: skip
     try:
-        out = stack_helm(stack, "install", release, str(_older_chart(tmp_path)), *common)
+        older = _older_chart(tmp_path)
+        _as_it_was(kube, yaml.safe_load((older / "files" / "crds" / "voiceagent.yaml").read_text()))
+        out = stack_helm(stack, "install", release, str(older), *common)
         assert out.returncode == 0, out.stdout + out.stderr
         crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", CRD_NAME)
         assert crd is not None
