@@ -22,14 +22,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME, POD_DELETION_COST
+from voicefleet_contract import (
+    APP_NAME,
+    LABEL_INSTANCE,
+    LABEL_NAME,
+    POD_DELETION_COST,
+    WORKER_CONTAINER,
+)
 from voicefleet_contract.sessions import SessionsReport
 
 from .autoscaler import Decision, PodSample, Policy, Recommendation, decide, deletion_costs
 from .kube import KubeApi, path
 from .metrics import OperatorMetrics
 from .reconcile import va_path
-from .render import CONTAINER_NAME, ChildNames, render_replicas_patch
+from .render import ChildNames, render_replicas_patch
 from .settings import REPLICAS_FIELD_MANAGER
 from .spec import VoiceAgentSpec
 
@@ -66,7 +72,7 @@ def index_pod(
     restarts = sum(
         int(c.get("restartCount") or 0)
         for c in status.get("containerStatuses") or []
-        if c.get("name") == CONTAINER_NAME
+        if c.get("name") == WORKER_CONTAINER
     )
     pod = WorkerPod(
         name,

@@ -731,7 +731,6 @@ def template_schema() -> Schema:
                         "x-kubernetes-validations": [
                             rule(
                                 f"self.mountPath != '{CONFIG_MOUNT_PATH}' && "
-                                f"self.mountPath != '{CONFIG_MOUNT_PATH}/' && "
                                 f"!self.mountPath.startsWith('{CONFIG_MOUNT_PATH}/')",
                                 f"{CONFIG_MOUNT_PATH} holds the agent configuration",
                                 field_path=".mountPath",

@@ -52,7 +52,6 @@ ANNOTATION_AUTOSCALING_MODE: Final = f"{GROUP}/autoscaling-mode"
 # On the pod template: a keyed digest of the Secret values the workers use
 # (reconcile.secrets_hash), so that rotating a key rolls them as a spec change does.
 ANNOTATION_SECRETS_HASH: Final = f"{GROUP}/secrets-hash"
-CONTAINER_NAME: Final = WORKER_CONTAINER
 DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
 MAX_SURGE: Final = "25%"  # a percentage rounds up, so a rollout always surges >= 1 pod
 # The worker image's user (worker/Dockerfile: USER 10001:10001). A numeric runAsUser also
@@ -342,7 +341,7 @@ def render_pod_template(
             "spec.template.image", "no image: set it, or the operator's --default-image"
         )
     container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
+        "name": WORKER_CONTAINER,
         "image": image,
         "env": render_env(spec, settings),
         "ports": [
