@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # make demo DEMO_ARGS="--callers 5 --turns 2"
 DEMO_ARGS ?=
 
-.PHONY: help setup binaries images up down status demo test lint typecheck unit bench dashboards clean
+.PHONY: help setup binaries web images up down status demo test lint typecheck unit bench dashboards clean
 
 help:
 	@echo "make demo      start the local stack, apply examples/voiceagent.yaml and call it (does all set-up)"
@@ -19,6 +19,7 @@ help:
 	@echo "make up/down   start/stop the local stack in the background (.testbed/env), with a real node"
 	@echo "make status    what the local stack runs, and what is unhealthy"
 	@echo "make images    build the operator and worker images with buildah (no registry, no Docker)"
+	@echo "make web       build the call page (web/, npm + esbuild) the operator image serves"
 	@echo "make bench     run the benchmarks (bench/results/*.json)"
 
 # Python: uv from PyPI, then the locked workspace into .venv.
@@ -36,11 +37,16 @@ setup: .venv/.synced
 binaries:
 	@bash testbed/build/binaries.sh all
 
+# The call page (web/: LiveKit's JS client and React components from npm, bundled by
+# esbuild into web/dist, which the operator image carries). Cached by a hash of its inputs.
+web:
+	@bash testbed/build/web.sh
+
 # The operator and worker images from their Dockerfiles, with buildah and local stand-ins for
 # the base images, as OCI archives in ~/.cache/voicefleet/images (images.json lists them).
 # Cached by a hash of what each build reads. make images IMAGES_ARGS=--rebuild forces it.
 IMAGES_ARGS ?=
-images: setup
+images: setup web
 	@$(RUN) python -m voicefleet_testbed.imagebuild build $(IMAGES_ARGS)
 
 up: setup binaries images
@@ -60,9 +66,11 @@ lint: setup
 	@$(RUN) ruff check .
 	@$(RUN) ruff format --check .
 
-typecheck: setup
+typecheck: setup web
 	@echo "==> mypy"
 	@$(RUN) mypy
+	@echo "==> tsc (web/)"
+	@cd web && npm run --silent typecheck
 
 unit: setup
 	@$(RUN) pytest -m "not cluster and not livekit and not images" $(PYTEST_ARGS)
