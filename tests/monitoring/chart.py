@@ -29,6 +29,13 @@ ALL_MODES = {
     "replicaCount": "2",
 }
 
+# The optional call page, with what it needs.
+CALL_PAGE = {
+    "callPage.enabled": "true",
+    "callPage.livekitUrl": "wss://livekit.example.com",
+    "callPage.credentialsSecret": "livekit-credentials",
+}
+
 
 def helm() -> Path:
     path = Binaries.locate().helm

@@ -21,13 +21,14 @@ from voicefleet_operator.spec import parse_spec
 
 from ..operator.util import minimal_spec
 from ..pod_security import restricted_violations
-from .chart import ALL_MODES, CHART, REPO, by_kind, run_helm, template
+from .chart import ALL_MODES, CALL_PAGE, CHART, REPO, by_kind, run_helm, template
 
 K8S_VERSION = "1.36.0"  # the testbed's kube-apiserver minor
 MODES: dict[str, dict[str, str]] = {
     "defaults": {},
     "all-modes": ALL_MODES,
     "webhook-off": {"webhook.enabled": "false"},
+    "call-page": {**ALL_MODES, **CALL_PAGE},
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # monitoring.coreos.com
 PEERING_KINDS = {"KopfPeering", "ClusterKopfPeering"}  # kopf.dev, crds/kopf-peering.yaml
@@ -40,7 +41,7 @@ def test_chart_version_follows_the_project() -> None:
     assert chart["appVersion"] == project
 
 
-@pytest.mark.parametrize("mode", ["defaults", "all-modes"])
+@pytest.mark.parametrize("mode", ["defaults", "all-modes", "call-page"])
 def test_lint_strict(mode: str) -> None:
     sets = [f"--set={k}={v}" for k, v in MODES[mode].items()]
     out = run_helm("lint", "--strict", str(CHART), *sets, check=False)
@@ -341,10 +342,12 @@ def test_one_replica_never_overlaps_two_active_operators_on_upgrade() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_pods_pass_pod_security_restricted(mode: str) -> None:
     docs = template(MODES[mode])
-    (dep,) = by_kind(docs, "Deployment")
-    assert restricted_violations(dep["spec"]["template"]["spec"]) == []
-    sc = dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-    assert sc["readOnlyRootFilesystem"] is True
+    deps = by_kind(docs, "Deployment")
+    assert len(deps) == (2 if mode == "call-page" else 1)
+    for dep in deps:
+        assert restricted_violations(dep["spec"]["template"]["spec"]) == []
+        sc = dep["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
     for pod in by_kind(docs, "Pod"):  # the helm test pod
         assert restricted_violations(pod["spec"]) == []
 
@@ -360,6 +363,8 @@ def test_pods_pass_pod_security_restricted(mode: str) -> None:
         ({"watchNamespaces[0]": "Voice_NS"}, "at '/watchNamespaces/0'"),
         ({"operator.logFormat": "xml"}, "at '/operator/logFormat'"),
         ({"replicas": "3"}, "additional properties 'replicas' not allowed"),
+        ({"callPage.enabled": "true"}, "at '/callPage/livekitUrl': minLength: got 0, want 1"),
+        ({**CALL_PAGE, "callPage.livekitUrl": "livekit:7880"}, "at '/callPage/livekitUrl'"),
     ],
 )
 def test_values_schema_rejects_wrong_values(values: dict[str, str], message: str) -> None:
@@ -529,3 +534,30 @@ def test_crds_are_templates_kept_on_uninstall_and_the_repositorys_own() -> None:
     unkept = by_kind(template({"crds.keep": "false"}), "CustomResourceDefinition")
     assert all("annotations" not in c["metadata"] for c in unkept)
     assert not (CHART / "crds").exists()  # Helm would install those once, never upgrade
+
+
+def test_call_page_is_off_by_default_and_reads_only_voiceagents() -> None:
+    """Off unless asked; on, its own ServiceAccount may get and list VoiceAgents and
+    nothing else, LiveKit's key pair comes from the named Secret (never a literal), and
+    it serves the namespaces the operator watches."""
+    assert not [d for d in template({}) if "call" in d["metadata"]["name"]]
+    docs = [d for d in template({**ALL_MODES, **CALL_PAGE}) if "-call" in d["metadata"]["name"]]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterRole", "Deployment", "RoleBinding", "RoleBinding",
+                     "Service", "ServiceAccount"]  # fmt: skip
+    (role,) = by_kind(docs, "ClusterRole")
+    assert role["rules"] == [
+        {"apiGroups": ["voicefleet.dev"], "resources": ["voiceagents"], "verbs": ["get", "list"]}
+    ]
+    (dep,) = by_kind(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "voicefleet-call"
+    (c,) = pod["containers"]
+    assert c["command"] == ["python", "-m", "voicefleet_operator.callpage"]
+    assert "--livekit-url=wss://livekit.example.com" in c["args"]
+    assert "--namespaces=voice,voice-staging" in c["args"]
+    for e in c["env"]:
+        assert "value" not in e and e["valueFrom"]["secretKeyRef"]["name"] == "livekit-credentials"
+    (svc,) = by_kind(docs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "voicefleet-callpage"

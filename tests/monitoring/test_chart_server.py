@@ -21,7 +21,7 @@ from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.procs import wait_for
 
 from ..operator.cluster import install_crd
-from .chart import ALL_MODES, template
+from .chart import ALL_MODES, CALL_PAGE, template
 
 pytestmark = pytest.mark.cluster
 
@@ -91,6 +91,7 @@ def switches(watch: tuple[str, str]) -> dict[str, dict[str, str]]:
             "webhook.service.type": "NodePort", "crds.keep": "false",
             "monitoring.prometheusRule.enabled": "true",
             "monitoring.prometheusRule.turnLatencyThresholdSeconds": "1.5",
+            **CALL_PAGE, "callPage.service.type": "NodePort",
         },
     }  # fmt: skip
 

@@ -57,3 +57,16 @@ workers. The operator's pods and Prometheus reach the metrics port (/metrics, /s
 {{- $rule := dict "from" (list $operator $prometheus) "ports" (list (dict "port" "metrics" "protocol" "TCP")) -}}
 {{- toJson (concat (list $rule) $np.extraIngress) -}}
 {{- end -}}
+{{- /* The call page's labels: its own name, so neither selector matches the other's pods. */ -}}
+{{- define "voicefleet.callPageSelectorLabels" -}}
+app.kubernetes.io/name: voicefleet-callpage
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "voicefleet.callPageLabels" -}}
+{{ include "voicefleet.callPageSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: voicefleet
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
