@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or install the testbed's infrastructure binaries into a cache outside the repo,
 # keyed by version, and reuse them when present.
-#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|prometheus]...
+#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|browser-packages|livekit|helm|prometheus]...
 # Cache: ${VOICEFLEET_CACHE:-~/.cache/voicefleet}/bin/<name>-<version>/
 set -euo pipefail
 
@@ -309,6 +309,22 @@ install_prometheus() {
   echo "prometheus: installed $(command -v prometheus)"
 }
 
+# Debian's Chromium (the call page's test drives it headless, Playwright with
+# executablePath; Playwright's own browser download needs the internet) and espeak-ng (the
+# speech its fake microphone plays).
+install_browser_packages() {
+  local missing=()
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+  if [[ ${#missing[@]} -eq 0 ]]; then echo "browser packages: chromium, espeak-ng present"; return; fi
+  step "installing Debian's ${missing[*]} (apt-get, ~1 min)"
+  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install ${missing[*]}" >&2; exit 1; fi
+  local log="$work/apt-browser.log"
+  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${missing[*]}" \
+    || fail "apt-get install ${missing[*]}" "$log" browser-packages
+  echo "browser packages: installed ${missing[*]}"
+}
+
 # Everything the real node needs (kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS,
 # crictl, the pause image, Debian's runc and CNI plugins).
 build_node() {
@@ -319,7 +335,7 @@ targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; install_prometheus; build_node ;;
+    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; install_prometheus; install_browser_packages; build_node ;;
     node) build_node ;;
     kubernetes-node) build_kubernetes_node ;;
     containerd) build_containerd ;;
@@ -327,6 +343,7 @@ for t in "${targets[@]}"; do
     crictl) build_crictl ;;
     pause) build_pause ;;
     node-packages) install_node_packages ;;
+    browser-packages) install_browser_packages ;;
     etcd) build_etcd ;;
     kubernetes) build_kubernetes ;;
     livekit) build_livekit ;;

@@ -32,6 +32,7 @@ import yaml
 
 from voicefleet_contract import METRICS_PORT
 
+from . import user_install
 from .binaries import REPO_DIR, Binaries
 from .caller import Caller, Summary
 from .caller.report import CallReport, percentile
@@ -350,6 +351,9 @@ def where_next(stack: Stack, kube: Kube, ex: Example, seen: float | None) -> Non
         str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "dashboards").glob("*.json")
     )
     print("\n==> where to look next (the stack and the VoiceAgent stay up)")
+    forward, url = user_install.call_page_forward()
+    print(f"    talk to it        {forward}   # the chart's call page, then in a browser here:")
+    print(f"                      {url}?agent={NAMESPACE}/{ex.name}   (allow the microphone)")
     print(f"    . {rel}/env               # kubectl, LIVEKIT_*, OPENAI_BASE_URL for this stack")
     print(f"    kubectl get va -o wide; kubectl describe va {ex.name}; kubectl get pods")
     print(

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+LIVEKIT_KEY = "devkey"  # the testbed's LiveKit API key (the secret: stack.LIVEKIT_SECRET)
+
 
 @dataclass(frozen=True)
 class MediaAddress:

@@ -22,6 +22,7 @@ from typing import Any
 from . import controlplane as cp
 from . import realnode, user_install
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, NodeBinaries, versions
+from .livekit_config import LIVEKIT_KEY as LIVEKIT_KEY  # where the tests import it from
 from .livekit_config import LOOPBACK, MediaAddress, livekit_config
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
@@ -32,7 +33,6 @@ from .realnode import scheduling
 from .realnode.teardown import Host
 
 Progress = Callable[[str], None]
-LIVEKIT_KEY = "devkey"
 # A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack
 # stays on this machine, and a fixed one lets examples/voiceagent.yaml carry it as-is.
 LIVEKIT_SECRET = "voicefleet-testbed-livekit-dev-secret"
@@ -818,6 +818,9 @@ class Stack:
                         "real node; every namespace enforces Pod Security restricted",
                         "  try             kubectl apply -f examples/voiceagent.yaml && "
                         "kubectl get va -w",
+                        "  call page       "
+                        + "  then ".join(user_install.call_page_forward())
+                        + "  (a browser on this machine)",
                     ]
                     if self.state.chart
                     else []

@@ -59,7 +59,8 @@ def test_make_up_installs_the_chart_with_the_built_images_and_a_webhook_node_por
                           tag, "", "", "", "", 0, 0, "", 0.0)  # fmt: skip
 
     values = user_install.chart_values_for({"operator": image("operator", "dev-1"),
-                                            "worker": image("worker", "dev-2")})  # fmt: skip
+                                            "worker": image("worker", "dev-2")},
+                                           "ws://10.244.1.1:7880")  # fmt: skip
     assert values["image"]["repository"] == "ghcr.io/voicefleet/operator"
     assert values["image"]["tag"] == "dev-1"
     assert values["worker"]["image"] == {"repository": "ghcr.io/voicefleet/worker", "tag": "dev-2"}
@@ -70,6 +71,20 @@ def test_make_up_installs_the_chart_with_the_built_images_and_a_webhook_node_por
     assert 30000 <= user_install.WEBHOOK_NODE_PORT <= 32767  # the API server's default range
     assert user_install.webhook_url("10.244.1.1") == (
         f"http://10.244.1.1:{user_install.WEBHOOK_NODE_PORT}/livekit/webhook"
+    )
+    # The call page: on, LiveKit as the host reaches it, its key pair from a Secret in the
+    # operator's namespace; reached as on a cluster, by kubectl port-forward to 127.0.0.1.
+    cp = values["callPage"]
+    assert cp["enabled"] and cp["livekitUrl"] == "ws://10.244.1.1:7880" and "service" not in cp
+    secret = user_install.credentials_secret("devkey", "s3cret")
+    assert secret["metadata"] == {
+        "name": cp["credentialsSecret"],
+        "namespace": user_install.NAMESPACE,
+    }
+    assert set(secret["stringData"]) == {"apiKey", "apiSecret"}
+    assert user_install.call_page_forward(8090) == (
+        "kubectl -n voicefleet-system port-forward svc/voicefleet-call 8090:80",
+        "http://127.0.0.1:8090/",
     )
 
 

@@ -1,9 +1,10 @@
 """`make up` as a user meets it: a stack of its own with the real node (the machine's one,
 taken from the session's stack for the while), the operator installed by the project's
-chart from the images `make images` built, on the real node, under Pod Security
+packaged chart from the images `make images` built, on the real node, under Pod Security
 `restricted`; examples/voiceagent.yaml applied unchanged becomes workers on the real node
 that reach LiveKit and the Realtime stand-in (the one double) through their Services, and
-a caller is answered turn after turn. LiveKit's webhooks reach the operator pod. `make up`
+a caller is answered turn after turn, by the Python caller and in headless Chromium through
+the chart's call page. LiveKit's webhooks reach the operator pod. `make up`
 again upgrades in place; `make down` leaves no process and no node state behind."""
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from voicefleet_contract import METRICS_PORT
 from voicefleet_contract import metrics as m
 from voicefleet_testbed import user_install
 from voicefleet_testbed.binaries import REPO_DIR
+from voicefleet_testbed.browser import BrowserCaller
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.cli import main as cli
 from voicefleet_testbed.images import built
 from voicefleet_testbed.kube import Kube
+from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import wait_for
 from voicefleet_testbed.realnode.node import lock_holder
 from voicefleet_testbed.stack import LIVEKIT_KEY, OPERATOR, Stack
@@ -36,6 +39,9 @@ from voicefleet_testbed.stack import LIVEKIT_KEY, OPERATOR, Stack
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.images, pytest.mark.slow]
 JSON = dict[str, Any]
 EXAMPLE = REPO_DIR / "examples" / "voiceagent.yaml"
+CALL_PAGE_SELECTOR = (
+    f"app.kubernetes.io/instance={user_install.RELEASE},app.kubernetes.io/name=voicefleet-callpage"
+)
 
 
 @pytest.fixture
@@ -133,6 +139,31 @@ def test_make_up_runs_the_example_on_the_real_node_as_a_user_would(
         # A call through LiveKit to the worker container, answered turn after turn.
         latencies = asyncio.run(_call(stack, va["spec"]["agentName"]))
         assert all(x is not None for x in latencies), latencies
+
+        # The chart's call page, through kubectl port-forward as its NOTES say, in headless
+        # Chromium whose microphone speaks a sentence: it lists the example, and the agent's
+        # state, voice and words reach the page.
+        page = wait_for(
+            lambda: kube.ready_pod(user_install.NAMESPACE, CALL_PAGE_SELECTOR), 60, "the call page"
+        )
+        assert (
+            page["spec"]["nodeName"] == node.name and _image_id(page) == images["operator"].image_id
+        )
+        with (
+            user_install.call_page(stack, free_port()) as url,
+            BrowserCaller(tmp_path / "browser") as browser,
+        ):
+            seen = browser.call(
+                url,
+                f"default/{name}",
+                agent_turns=2,
+                screenshot=tmp_path / "call-page.png",
+            )
+        assert not seen.error, seen
+        assert len(seen.agent_transcript) >= 2, seen  # answered turn after turn
+        assert seen.audio_max > 0.01, seen  # the agent's audio itself, not only a track
+        assert {"listening", "speaking"} & set(seen.states), seen
+        assert seen.room.startswith(f"call-{name}-"), seen
 
         # LiveKit's webhooks about that call reached the operator pod (the NodePort).
         op_ip = op["status"]["podIP"]
