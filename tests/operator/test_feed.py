@@ -167,12 +167,15 @@ async def test_an_observer_sees_a_report_that_lasts_less_than_a_consumers_wake(
         await until(feed, lambda r: sessions(r["w0"]) == 3, "the new call read")
         fakes[0].proc.kill()
         await until(feed, lambda r: r["w0"].error == "refused", "the death read")
-        assert seen == [2, 3, "refused"]
+        # A long poll in flight when the process died ends as "unreachable" (the connection
+        # reset) before the next read is refused; one between two polls is only refused.
+        assert seen in ([2, 3, "refused"], [2, 3, "unreachable", "refused"]), seen
         feed.unsubscribe("ns", "va", wake)
         # Unsubscribed: the observer is not called any more.
+        before = list(seen)
         feed.upsert("ns", "va", fakes[1].pod())
         await until(feed, lambda r: "w1" in r, "the other worker read")
-        assert seen == [2, 3, "refused"]
+        assert seen == before
     finally:
         feed.unsubscribe("ns", "va", wake)
 
