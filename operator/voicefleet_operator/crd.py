@@ -35,24 +35,33 @@ from voicefleet_contract.netguard import METADATA_HOSTS
 from .spec import (
     AGENT_NAME_RE,
     AUTOSCALING_MODES,
+    DISPATCH_TYPES,
     DNS1123_LABEL_RE,
     DNS1123_SUBDOMAIN_RE,
     ENV_NAME_RE,
     IMAGE_RE,
+    MAX_ADDRESSES,
     MAX_CONTAINERS,
     MAX_INSTRUCTIONS,
     MAX_NAME,
+    MAX_NUMBERS,
     MAX_REPLICAS,
     MAX_TOOLS,
     MAX_VOLUMES,
     OPENAI_VOICES,
+    PHONE_RE,
+    PIN_RE,
     PULL_POLICIES,
     QUANTITY_RE,
     RESERVED_CONTAINERS,
     RESERVED_ENV,
     RESERVED_LABELS,
     RESERVED_VOLUMES,
+    ROOM_RE,
     SECRET_KEY_RE,
+    SIP_ADDRESS_RE,
+    SIP_HOST_RE,
+    SIP_TRANSPORTS,
     TOOL_HEADER_ENV_PREFIX,
     VOICE_RE,
 )
@@ -776,6 +785,129 @@ def template_schema() -> Schema:
     )
 
 
+def phone_numbers(description: str, *, min_items: int) -> Schema:
+    return array(
+        description,
+        string(
+            "A phone number, E.164 digits with or without +.",
+            maxLength=21,
+            pattern=PHONE_RE.pattern,
+        ),
+        MAX_NUMBERS,
+        minItems=min_items,
+        **{
+            "x-kubernetes-validations": [
+                rule("self.all(n, self.exists_one(m, m == n))", "a number is listed twice")
+            ]
+        },
+    )
+
+
+def sip_auth_schema(what: str) -> Schema:
+    return obj(
+        f"SIP digest credentials {what}, from a Secret in the VoiceAgent's namespace.",
+        {
+            "name": string(
+                "The Secret's name.", maxLength=253, pattern=DNS1123_SUBDOMAIN_RE.pattern
+            ),
+            "usernameKey": string("Key of the user name.", maxLength=253, default="username"),
+            "passwordKey": string("Key of the password.", maxLength=253, default="password"),
+        },
+        required=("name",),
+    )
+
+
+def telephony_schema() -> Schema:
+    return obj(
+        "Phone calls to this agent through LiveKit SIP (needs LiveKit with Redis and the "
+        "livekit/sip bridge): an inbound trunk for the numbers, a dispatch rule that puts "
+        "each caller in a room and dispatches this agent by name, optionally an outbound "
+        "trunk for calls the agent places. The operator creates them through LiveKit's SIP "
+        "API, updates them in place, and deletes them with the VoiceAgent (docs/telephony.md).",
+        {
+            "inbound": obj(
+                "The inbound trunk: which numbers, from where.",
+                {
+                    "numbers": phone_numbers(
+                        "Numbers callers dial (the trunk's numbers).", min_items=1
+                    ),
+                    "allowedAddresses": array(
+                        "SIP provider addresses (IP, CIDR or host) calls may come from; "
+                        "empty: any (then use authSecret).",
+                        string(
+                            "An IP, CIDR or host.", maxLength=257, pattern=SIP_ADDRESS_RE.pattern
+                        ),
+                        MAX_ADDRESSES,
+                    ),
+                    "allowedNumbers": phone_numbers(
+                        "Caller numbers accepted; empty: any.", min_items=0
+                    ),
+                    "authSecret": sip_auth_schema("the provider must present"),
+                },
+                required=("numbers",),
+            ),
+            "dispatch": obj(
+                "The dispatch rule: the room each call goes to.",
+                {
+                    "type": string(
+                        "individual: a new room per call (<roomPrefix>_<caller>_<random>); "
+                        "direct: every call in roomName.",
+                        enum=list(DISPATCH_TYPES),
+                        default="individual",
+                    ),
+                    "roomPrefix": string(
+                        "individual: room name prefix; default call-<metadata.name>.",
+                        maxLength=64,
+                        pattern=ROOM_RE.pattern,
+                    ),
+                    "roomName": string("direct: the room.", maxLength=128, pattern=ROOM_RE.pattern),
+                    "pin": string(
+                        "Callers must enter this PIN first.", maxLength=12, pattern=PIN_RE.pattern
+                    ),
+                    "metadata": string("Job metadata the agent receives.", maxLength=4096),
+                    "attributes": string_map("Attributes set on the caller's participant."),
+                },
+                rules=(
+                    rule(
+                        "self.type != 'direct' || (has(self.roomName) && self.roomName != '')",
+                        "roomName is required for type direct",
+                        field_path=".roomName",
+                    ),
+                    rule(
+                        "self.type != 'individual' || !has(self.roomName) || self.roomName == ''",
+                        "roomName is for type direct; individual uses roomPrefix",
+                        field_path=".roomName",
+                    ),
+                ),
+                default={},
+            ),
+            "outbound": obj(
+                "An outbound trunk, for calls the agent places (CreateSIPParticipant).",
+                {
+                    "address": string(
+                        "The SIP provider's host (and port).",
+                        maxLength=253,
+                        pattern=SIP_HOST_RE.pattern,
+                    ),
+                    "numbers": phone_numbers("Caller IDs calls go out with.", min_items=1),
+                    "transport": string(
+                        "SIP transport.", enum=list(SIP_TRANSPORTS), default="auto"
+                    ),
+                    "authSecret": sip_auth_schema("to present to the provider"),
+                },
+                required=("address", "numbers"),
+            ),
+            "adopt": boolean(
+                "Take over a trunk or dispatch rule that already routes these numbers "
+                "(edited in place and deleted with the VoiceAgent); false: refuse, naming it "
+                "(TelephonyReady=False, reason Conflict).",
+                False,
+            ),
+        },
+        required=("inbound",),
+    )
+
+
 def spec_schema() -> Schema:
     return obj(
         "The desired agent fleet.",
@@ -869,6 +1001,7 @@ def spec_schema() -> Schema:
                 default={},
             ),
             "template": template_schema(),
+            "telephony": telephony_schema(),
         },
         required=("livekit", "model"),
     )
@@ -913,6 +1046,17 @@ def status_schema() -> Schema:
             "configHash": string("Hash of the rendered agent.json the workers run."),
             "workers": string("ready/desired, for kubectl get."),
             "sessions": string("activeSessions/capacity, for kubectl get."),
+            "telephony": obj(
+                "spec.telephony as it stands on the LiveKit server (the telephony sync).",
+                {
+                    "state": string("Synced, Conflict, Error or Removed.", maxLength=32),
+                    "message": string("Why, in words.", maxLength=1024),
+                    "inboundTrunkId": string("LiveKit's id of the inbound trunk."),
+                    "outboundTrunkId": string("LiveKit's id of the outbound trunk."),
+                    "dispatchRuleId": string("LiveKit's id of the dispatch rule."),
+                    "observedGeneration": integer("Generation of the spec last synced.", 0),
+                },
+            ),
             "autoscaler": obj(
                 "The built-in autoscaler's last decision (mode builtin).",
                 {

@@ -38,6 +38,19 @@ from voicefleet_contract.config import (
 )
 
 AutoscalingMode = Literal["builtin", "hpa", "keda", "none"]
+DispatchType = Literal["individual", "direct"]
+SipTransport = Literal["auto", "udp", "tcp", "tls"]
+DISPATCH_TYPES: Final[tuple[DispatchType, ...]] = ("individual", "direct")
+SIP_TRANSPORTS: Final[tuple[SipTransport, ...]] = ("auto", "udp", "tcp", "tls")
+# A phone number as LiveKit's SIP trunks take it: E.164 digits, with or without the +.
+PHONE_RE: Final = re.compile(r"^\+?[0-9]{3,20}$")
+# An IPv4/IPv6 address or CIDR, or a host name (what LiveKit's allowed_addresses accepts).
+SIP_ADDRESS_RE: Final = re.compile(r"^[0-9A-Za-z.:\[\]-]{1,253}(/[0-9]{1,3})?$")
+SIP_HOST_RE: Final = re.compile(r"^[0-9A-Za-z.\[\]:-]{1,253}$")
+PIN_RE: Final = re.compile(r"^[0-9]{4,12}$")
+ROOM_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+MAX_NUMBERS: Final = 32
+MAX_ADDRESSES: Final = 32
 AUTOSCALING_MODES: Final[tuple[AutoscalingMode, ...]] = ("builtin", "hpa", "keda", "none")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 
@@ -188,6 +201,49 @@ class Template:
 
 
 @dataclass(frozen=True)
+class SipAuth:
+    """SIP digest credentials from a Secret (never in the spec)."""
+
+    secret: str
+    usernameKey: str = "username"
+    passwordKey: str = "password"
+
+
+@dataclass(frozen=True)
+class InboundTrunk:
+    numbers: tuple[str, ...]
+    allowedAddresses: tuple[str, ...] = ()
+    allowedNumbers: tuple[str, ...] = ()
+    auth: SipAuth | None = None
+
+
+@dataclass(frozen=True)
+class DispatchRule:
+    type: DispatchType = "individual"
+    roomPrefix: str = ""  # individual: rooms <prefix>_<caller>_<random>
+    roomName: str = ""  # direct: every call in this room
+    pin: str = ""
+    metadata: str = ""  # the agent's job metadata
+    attributes: dict[str, str] = field(default_factory=dict)  # on the caller's participant
+
+
+@dataclass(frozen=True)
+class OutboundTrunk:
+    address: str
+    numbers: tuple[str, ...]
+    transport: SipTransport = "auto"
+    auth: SipAuth | None = None
+
+
+@dataclass(frozen=True)
+class Telephony:
+    inbound: InboundTrunk
+    dispatch: DispatchRule = field(default_factory=DispatchRule)
+    outbound: OutboundTrunk | None = None
+    adopt: bool = False  # take over a trunk or rule already routing these numbers
+
+
+@dataclass(frozen=True)
 class VoiceAgentSpec:
     name: str
     namespace: str
@@ -199,6 +255,7 @@ class VoiceAgentSpec:
     disruption: Disruption = field(default_factory=Disruption)
     template: Template = field(default_factory=Template)
     tool_headers: tuple[ToolHeaderRef, ...] = ()
+    telephony: Telephony | None = None
 
     @property
     def agent_name(self) -> str:
@@ -621,6 +678,97 @@ def _template(raw: Any) -> Template:
     )
 
 
+def _numbers(d: Mapping[str, Any], key: str, path: str, *, required: bool) -> tuple[str, ...]:
+    items = _list(d, key, path, MAX_NUMBERS)
+    if required and not items:
+        raise SpecError(f"{path}.{key}", "needs at least one phone number")
+    for i, n in enumerate(items):
+        if not isinstance(n, str) or not PHONE_RE.match(n):
+            raise SpecError(
+                f"{path}.{key}[{i}]", f"must be a phone number like +15550100; got {n!r}"
+            )
+    if len({n.lstrip("+") for n in items}) != len(items):
+        raise SpecError(f"{path}.{key}", "lists a number twice")
+    return tuple(items)
+
+
+def _sip_auth(raw: Any, path: str) -> SipAuth | None:
+    if raw is None:
+        return None
+    d = _obj(raw, path)
+    name = _str(d, "name", path, required=True, pattern=DNS1123_SUBDOMAIN_RE, max_len=253)
+    return SipAuth(
+        cast(str, name),
+        _str(d, "usernameKey", path, pattern=SECRET_KEY_RE) or "username",
+        _str(d, "passwordKey", path, pattern=SECRET_KEY_RE) or "password",
+    )
+
+
+def _dispatch(raw: Any, name: str) -> DispatchRule:
+    path = "spec.telephony.dispatch"
+    d = _obj(raw, path)
+    kind = d.get("type", "individual")
+    if kind not in DISPATCH_TYPES:
+        raise SpecError(f"{path}.type", f"must be one of {', '.join(DISPATCH_TYPES)}; got {kind!r}")
+    room = _str(d, "roomName", path, pattern=ROOM_RE) or ""
+    prefix = _str(d, "roomPrefix", path, max_len=64) or ""
+    if kind == "direct" and not room:
+        raise SpecError(f"{path}.roomName", "is required for type direct")
+    if kind == "individual" and room:
+        raise SpecError(f"{path}.roomName", "is for type direct; individual uses roomPrefix")
+    if prefix and not ROOM_RE.match(prefix):
+        raise SpecError(f"{path}.roomPrefix", f"must be a room name prefix; got {prefix!r}")
+    return DispatchRule(
+        type=kind,
+        roomPrefix=prefix or (f"call-{name}" if kind == "individual" else ""),
+        roomName=room,
+        pin=_str(d, "pin", path, pattern=PIN_RE) or "",
+        metadata=_str(d, "metadata", path, max_len=4096) or "",
+        attributes=_str_map(d, "attributes", path, labels=False),
+    )
+
+
+def _telephony(raw: Any, name: str) -> Telephony | None:
+    """spec.telephony: LiveKit SIP trunks and a dispatch rule for this VoiceAgent."""
+    path = "spec.telephony"
+    if raw is None:
+        return None
+    d = _obj(raw, path)
+    inbound_raw = _obj(d.get("inbound"), f"{path}.inbound", required=True)
+    ip = f"{path}.inbound"
+    addresses = _list(inbound_raw, "allowedAddresses", ip, MAX_ADDRESSES)
+    for i, a in enumerate(addresses):
+        if not isinstance(a, str) or not SIP_ADDRESS_RE.match(a):
+            raise SpecError(
+                f"{ip}.allowedAddresses[{i}]", f"must be an IP, CIDR or host; got {a!r}"
+            )
+    inbound = InboundTrunk(
+        numbers=_numbers(inbound_raw, "numbers", ip, required=True),
+        allowedAddresses=tuple(addresses),
+        allowedNumbers=_numbers(inbound_raw, "allowedNumbers", ip, required=False),
+        auth=_sip_auth(inbound_raw.get("authSecret"), f"{ip}.authSecret"),
+    )
+    outbound = None
+    if d.get("outbound") is not None:
+        op = f"{path}.outbound"
+        o = _obj(d.get("outbound"), op)
+        transport = o.get("transport", "auto")
+        if transport not in SIP_TRANSPORTS:
+            raise SpecError(
+                f"{op}.transport", f"must be one of {', '.join(SIP_TRANSPORTS)}; got {transport!r}"
+            )
+        outbound = OutboundTrunk(
+            address=cast(str, _str(o, "address", op, required=True, pattern=SIP_HOST_RE)),
+            numbers=_numbers(o, "numbers", op, required=True),
+            transport=transport,
+            auth=_sip_auth(o.get("authSecret"), f"{op}.authSecret"),
+        )
+    adopt = d.get("adopt", False)
+    if not isinstance(adopt, bool):
+        raise SpecError(f"{path}.adopt", f"must be true or false; got {adopt!r}")
+    return Telephony(inbound, _dispatch(d.get("dispatch"), name), outbound, adopt)
+
+
 def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
     """Validate a VoiceAgent's spec into typed data, or raise `SpecError`."""
     if not isinstance(name, str) or len(name) > MAX_NAME or not DNS1035_RE.match(name):
@@ -645,6 +793,7 @@ def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
         autoscaling=_autoscaling(d.get("autoscaling")),
         disruption=_disruption(d.get("disruptionBudget")),
         template=_template(d.get("template")),
+        telephony=_telephony(d.get("telephony"), name),
     )
 
 

@@ -473,6 +473,13 @@ BAD: list[tuple[str, Any, str]] = [
     ("sidecar named agent", lambda s: s.update(template={"containers": [{"name": "agent", "image": "busybox"}]}), "spec.template.containers[0].name"),
     ("sidecar without image", lambda s: s.update(template={"containers": [{"name": "side"}]}), "spec.template.containers[0].image"),
     ("init and sidecar of one name", lambda s: s.update(template={"initContainers": [{"name": "x", "image": "a"}], "containers": [{"name": "x", "image": "b"}]}), "spec.template.containers"),
+    ("telephony without numbers", lambda s: s.update(telephony={"inbound": {"numbers": []}}), "spec.telephony.inbound.numbers"),
+    ("telephony number in words", lambda s: s.update(telephony={"inbound": {"numbers": ["call me"]}}), "spec.telephony.inbound.numbers[0]"),
+    ("telephony number twice", lambda s: s.update(telephony={"inbound": {"numbers": ["+15550100", "+15550100"]}}), "spec.telephony.inbound.numbers"),
+    ("direct rule without a room", lambda s: s.update(telephony={"inbound": {"numbers": ["+15550100"]}, "dispatch": {"type": "direct"}}), "spec.telephony.dispatch.roomName"),
+    ("individual rule with a room", lambda s: s.update(telephony={"inbound": {"numbers": ["+15550100"]}, "dispatch": {"roomName": "r"}}), "spec.telephony.dispatch.roomName"),
+    ("short pin", lambda s: s.update(telephony={"inbound": {"numbers": ["+15550100"]}, "dispatch": {"pin": "12"}}), "spec.telephony.dispatch.pin"),
+    ("outbound without address", lambda s: s.update(telephony={"inbound": {"numbers": ["+15550100"]}, "outbound": {"numbers": ["+15550100"]}}), "spec.telephony.outbound.address"),
 ]  # fmt: skip
 
 

@@ -50,6 +50,16 @@ def test_field_examples_are_valid_values() -> None:
     schema = crd.openapi_schema()["properties"]["spec"]
     # Examples that refer to another field's: put in together.
     together = {"spec.template.volumeMounts": ["spec.template.volumes"]}
+    inbound, outbound = "spec.telephony.inbound.numbers", "spec.telephony.outbound.numbers"
+    # telephony needs an inbound trunk, an outbound trunk its address and numbers
+    for p in crd_docs.EXAMPLES:
+        if p.startswith("spec.telephony.") and p != inbound:
+            together[p] = [inbound]
+        if p.startswith("spec.telephony.outbound."):
+            needed = [outbound, "spec.telephony.outbound.address"]
+            together[p] = [inbound, *(n for n in needed if n != p)]
+    together["spec.telephony.dispatch.roomName"] = [inbound, "spec.telephony.dispatch.type"]
+    together["spec.telephony.dispatch.type"] = [inbound, "spec.telephony.dispatch.roomName"]
     for p in crd_docs.EXAMPLES:
         if "[]" in p.rsplit(".", 1)[0] or p.endswith("]"):
             continue  # an item's field: covered by the whole list's example
