@@ -20,6 +20,7 @@ from .kube import Kube
 from .metrics import OperatorMetrics
 from .names import AgentNames
 from .settings import Settings
+from .telephony_loop import TelephonyMetrics, TelephonySync, register_telephony
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,7 +68,19 @@ def run(settings: Settings) -> None:
     )
     autoscaler = Autoscaler(kube, metrics)
     names = AgentNames()  # one agent name per LiveKit server: the reconciler and failover
-    register(registry, Reconciler(kube, settings, metrics, names=names), settings, autoscaler, feed)
+    reconciler = Reconciler(kube, settings, metrics, names=names)
+    register(registry, reconciler, settings, autoscaler, feed)
+    # spec.telephony onto LiveKit's SIP service; its status.telephony becomes a condition
+    # in the reconciler's next status write.
+    register_telephony(
+        registry,
+        TelephonySync(
+            kube,
+            settings,
+            lambda ns, n: reconciler.submit(ns, n, "telephony", full=False),
+            TelephonyMetrics(metrics),
+        ),
+    )
     failover = Failover(
         kube, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds, names=names
     )

@@ -172,6 +172,9 @@ def compute_status(o: Observation) -> dict[str, Any]:
     )
     capacity = ready * o.max_per_worker
     conditions = _conditions(o, dep, replicas, ready, updated, desired)
+    telephony = telephony_condition(o.previous.get("telephony"))
+    if telephony is not None:
+        conditions.append(telephony)
     prev_conditions = {c.get("type"): c for c in o.previous.get("conditions") or []}
     return {
         "observedGeneration": o.generation,
@@ -191,6 +194,19 @@ def compute_status(o: Observation) -> dict[str, Any]:
             for t, s, r, m in conditions
         ],
     }
+
+
+TELEPHONY_READY: Final = "TelephonyReady"
+
+
+def telephony_condition(t: Mapping[str, Any] | None) -> tuple[str, str, str, str] | None:
+    """TelephonyReady from status.telephony, which the telephony sync writes (it owns that
+    field; this writer owns the conditions list, so the two never overwrite each other)."""
+    if not t or t.get("state") in (None, "Removed"):
+        return None
+    state = str(t["state"])
+    ok = state == "Synced"
+    return (TELEPHONY_READY, "True" if ok else "False", state, str(t.get("message") or ""))
 
 
 def _conditions(
