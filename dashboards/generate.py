@@ -559,11 +559,32 @@ def voiceagent() -> Dashboard:
             ),
         ),
     )
+    telephony = Row(
+        "Telephony (spec.telephony)",
+        (
+            Panel(
+                "SIP objects on LiveKit",
+                (Query(f"max by (kind) ({sel(m.TELEPHONY_OBJECTS, o)})", "{{kind}}"),),
+                width=12,
+            ),
+            Panel(
+                "Telephony syncs",
+                (
+                    Query(
+                        f"sum by (result) (increase({sel(m.TELEPHONY_SYNCS, o)}[{RATE}]))",
+                        "{{result}}",
+                    ),
+                ),
+                bars=True,
+                width=12,
+            ),
+        ),
+    )
     return Dashboard(
         uid="voicefleet-voiceagent",
         title="voicefleet / VoiceAgent",
         description="One VoiceAgent in depth: per-worker load, latency, tools, failover, errors.",
-        rows=(overview, sessions, scaling, latency, tools, resilience),
+        rows=(overview, sessions, scaling, latency, tools, resilience, telephony),
         variables=(
             Variable(
                 "namespace",

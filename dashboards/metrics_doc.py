@@ -55,6 +55,8 @@ WATCH: dict[str, str] = {
     m.CALLS_UNPLACED.name: "Rising: calls arrive while every worker is full; raise bufferSessions or lower targetUtilization.",
     m.ORPHANS_FOUND.name: "Mostly `sweep` instead of `webhook`/`worker` means webhooks do not arrive.",
     m.WEBHOOK_REQUESTS.name: "`bad_signature`/`unknown_key` fire VoiceFleetWebhookSignatureFailures.",
+    m.TELEPHONY_SYNCS.name: "`conflict` or `error` that lasts: the VoiceAgent's TelephonyReady condition says why; calls to its numbers may not reach it.",
+    m.TELEPHONY_OBJECTS.name: "0 for `inbound` or `rule` on a VoiceAgent with spec.telephony: phone calls do not reach it.",
 }
 
 SOURCE = {
@@ -62,6 +64,7 @@ SOURCE = {
     **{s.name: "operator" for s in m.OPERATOR_METRICS},
     **{s.name: "operator (autoscaler)" for s in m.AUTOSCALER_METRICS},
     **{s.name: "operator (failover)" for s in m.FAILOVER_METRICS},
+    **{s.name: "operator (telephony)" for s in m.TELEPHONY_METRICS},
 }
 TARGET_LABELS = ("namespace", "voiceagent", "pod")
 
@@ -168,4 +171,5 @@ def render_metrics_doc() -> str:
     lines += _section("Operator", m.OPERATOR_METRICS, users)
     lines += _section("Autoscaler", m.AUTOSCALER_METRICS, users)
     lines += _section("Failover and webhooks", m.FAILOVER_METRICS, users)
+    lines += _section("Telephony", m.TELEPHONY_METRICS, users)
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -302,10 +302,28 @@ FAILOVER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WEBHOOK_REQUESTS,
 )
 
+# --- telephony (the operator's sync of spec.telephony with LiveKit's SIP service) --------
+TELEPHONY_SYNCS: Final = MetricSpec(
+    "voicefleet_telephony_syncs_total",
+    "counter",
+    "Syncs of a VoiceAgent's spec.telephony with LiveKit, by result: synced, conflict "
+    "(another trunk or rule routes the numbers), error (LiveKit or a Secret), removed.",
+    (*_VA, "result"),
+)
+TELEPHONY_OBJECTS: Final = MetricSpec(
+    "voicefleet_telephony_objects",
+    "gauge",
+    "LiveKit SIP objects the operator keeps for a VoiceAgent, by kind: inbound (trunk), "
+    "outbound (trunk), rule (dispatch rule); 1 while it stands.",
+    (*_VA, "kind"),
+)
+TELEPHONY_METRICS: Final[tuple[MetricSpec, ...]] = (TELEPHONY_SYNCS, TELEPHONY_OBJECTS)
+
 ALL_METRICS: Final[tuple[MetricSpec, ...]] = (
     *WORKER_METRICS,
     *OPERATOR_METRICS,
     *AUTOSCALER_METRICS,
     *FAILOVER_METRICS,
+    *TELEPHONY_METRICS,
 )
 """Every metric voicefleet serves: docs/metrics.md, dashboards and alerts are checked against it."""
