@@ -34,6 +34,7 @@ from voicefleet_contract.capacity import full_threshold
 from voicefleet_contract.config import AgentConfig
 
 from .config import Settings
+from .dial import dial
 from .load import idle_processes, session_load
 from .metrics import WorkerMetrics
 from .model import ObservedRealtimeModel, realtime_kwargs
@@ -117,6 +118,18 @@ class Job:
     @property
     def config(self) -> AgentConfig:
         return self.runtime.settings.config
+
+    async def dial(self, number: str, *, wait_until_answered: bool = False) -> Any:
+        """Call a phone number into this job's room through the VoiceAgent's outbound trunk
+        (spec.telephony.outbound; docs/telephony.md). Returns LiveKit's SIPParticipantInfo."""
+        s = self.settings
+        async with api.LiveKitAPI(
+            s.livekit_url, s.secrets.livekit_api_key, s.secrets.livekit_api_secret
+        ) as client:
+            return await dial(
+                client, s.config.namespace, s.config.voiceAgent, self.ctx.room.name, number,
+                wait_until_answered=wait_until_answered,
+            )  # fmt: skip
 
     def realtime_model(self, **overrides: Any) -> ObservedRealtimeModel:
         """The configured `openai.realtime.RealtimeModel`; `overrides` win over the config."""
