@@ -10,6 +10,8 @@ RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 # make demo DEMO_ARGS="--callers 5 --turns 2"
 DEMO_ARGS ?=
+# make up UP_ARGS="--livekit-nodes 2" (testbed up --help lists the flags)
+UP_ARGS ?=
 
 .PHONY: help setup binaries web images up down status demo test lint typecheck unit bench dashboards clean
 
@@ -50,7 +52,7 @@ images: setup web
 	@$(RUN) python -m voicefleet_testbed.imagebuild build $(IMAGES_ARGS)
 
 up: setup binaries images
-	@$(RUN) testbed up
+	@$(RUN) testbed up $(UP_ARGS)
 
 down:
 	@if [ -x .venv/bin/testbed ]; then $(RUN) testbed down; else echo "nothing to stop (no .venv)"; fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or install the testbed's infrastructure binaries into a cache outside the repo,
 # keyed by version, and reuse them when present.
-#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|browser-packages|livekit|helm|prometheus]...
+#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|browser-packages|livekit|helm|prometheus|redis]...
 # Cache: ${VOICEFLEET_CACHE:-~/.cache/voicefleet}/bin/<name>-<version>/
 set -euo pipefail
 
@@ -309,6 +309,30 @@ install_prometheus() {
   echo "prometheus: installed $(command -v prometheus)"
 }
 
+# Debian's redis-server: what makes livekit-server multi-node (its router, room store and
+# message bus), and where LiveKit's SIP API keeps trunks and rules. Each stack that asks
+# for it runs its own redis-server on a free loopback port (voicefleet_testbed.redis).
+install_redis() {
+  if command -v redis-server >/dev/null; then
+    echo "redis: $(command -v redis-server)"; return
+  fi
+  step "installing Debian's redis-server (apt-get)"
+  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install redis-server" >&2; exit 1; fi
+  local log="$work/apt-redis.log"
+  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server" \
+    || fail "apt-get install redis-server" "$log" redis
+  # The package starts and enables a system service on port 6379; the testbed runs its own.
+  # Stopped through its service manager (by its pidfile), never by process name: a
+  # stack's own redis-server may be running.
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  else
+    service redis-server stop >/dev/null 2>&1 || true
+    update-rc.d redis-server disable >/dev/null 2>&1 || true
+  fi
+  echo "redis: installed $(command -v redis-server)"
+}
+
 # Debian's Chromium (the call page's test drives it headless, Playwright with
 # executablePath; Playwright's own browser download needs the internet) and espeak-ng (the
 # speech its fake microphone plays).
@@ -335,7 +359,7 @@ targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; install_prometheus; install_browser_packages; build_node ;;
+    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; install_prometheus; install_redis; install_browser_packages; build_node ;;
     node) build_node ;;
     kubernetes-node) build_kubernetes_node ;;
     containerd) build_containerd ;;
@@ -351,7 +375,8 @@ for t in "${targets[@]}"; do
     actionlint) build_actionlint ;;
     monitoring-crds) fetch_monitoring_crds ;;
     prometheus) install_prometheus ;;
-    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|monitoring-crds|prometheus)" >&2; exit 2 ;;
+    redis) install_redis ;;
+    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|monitoring-crds|prometheus|redis|browser-packages)" >&2; exit 2 ;;
   esac
 done
 echo "binaries ready under $bin"

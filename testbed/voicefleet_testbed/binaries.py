@@ -45,6 +45,7 @@ class Binaries:
     monitoring_crds: Path  # prometheus-operator's CRD files (a directory)
     prometheus: Path | None
     promtool: Path | None
+    redis_server: Path | None  # Debian's; only stacks with Redis (multi-node LiveKit) need it
 
     @classmethod
     def locate(cls) -> Binaries:
@@ -65,6 +66,7 @@ class Binaries:
             monitoring_crds=b / f"prometheus-operator-crds-{v['PROMETHEUS_OPERATOR_VERSION']}",
             prometheus=Path(prom) if prom else None,
             promtool=Path(promtool) if promtool else None,
+            redis_server=Path(redis) if (redis := shutil.which("redis-server")) else None,
         )
 
     def missing(self) -> list[str]:
@@ -87,6 +89,14 @@ class Binaries:
                 + f"\n  build them with: make binaries  (or bash {BUILD_SCRIPT})"
             )
         return self
+
+    def require_redis(self) -> Path:
+        if self.redis_server is None:
+            raise MissingBinary(
+                "redis-server not found (a stack with Redis or several LiveKit nodes needs it)"
+                f"\n  install it with: make binaries  (or bash {BUILD_SCRIPT} redis)"
+            )
+        return self.redis_server
 
 
 @dataclass(frozen=True)

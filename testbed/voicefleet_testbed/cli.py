@@ -31,6 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="without the real node (kubelet, containerd, kube-proxy, CoreDNS)",
     )
+    up.add_argument(
+        "--livekit-nodes",
+        type=int,
+        metavar="N",
+        help="run N livekit-server nodes, multi-node with Redis (default: what runs, else 1)",
+    )
+    up.add_argument(
+        "--redis",
+        action=argparse.BooleanOptionalAction,
+        help="run Redis and point LiveKit at it (its SIP API needs it; implied by "
+        "--livekit-nodes above 1; default: what runs, else off)",
+    )
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="what runs and what is unhealthy (exit 1 if anything is down)")
     sub.add_parser("env", help="print the shell exports for the stack")
@@ -49,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: the testbed in {holder} runs this machine's real node; "
                       "starting without one")  # fmt: skip
                 real_node = False
-            stack.up(operator=not args.no_operator, real_node=real_node)
+            stack.up(
+                operator=not args.no_operator,
+                real_node=real_node,
+                livekit_nodes=args.livekit_nodes,
+                redis=args.redis,
+            )
             print(stack.summary())
         elif args.cmd == "down":
             stack.down()
@@ -70,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingBinary as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -138,6 +138,18 @@ def stop(ref: ProcRef, grace: float = 10.0) -> None:
     _reap(ref.pid)
 
 
+def kill(ref: ProcRef, timeout: float = 5.0) -> None:
+    """SIGKILL the process group at once (a crash: no shutdown handler runs) and wait
+    until the process is gone."""
+    if not ref.alive():
+        return
+    _signal_group(ref, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while ref.alive() and time.monotonic() < deadline:
+        _reap(ref.pid)
+        time.sleep(0.02)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

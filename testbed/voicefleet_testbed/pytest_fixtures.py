@@ -3,6 +3,11 @@ per test, and ready clients. Loaded from tests/conftest.py.
 
 By default a test run starts its own stack on free ports and stops it at the end. With
 VOICEFLEET_TESTBED=<dir> (e.g. after `make up`, `. .testbed/env`) it reuses that stack.
+
+`multinode_stack` is a second stack, started only when a test asks for it: Redis and
+MULTINODE_NODES LiveKit nodes (multi-node LiveKit), with its own directory, ports and pod
+network, no real node. VOICEFLEET_TESTBED_MULTINODE=<dir> reuses one started with
+`testbed --dir <dir> up --no-operator --no-real-node --livekit-nodes 2`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def kube(stack: Stack) -> Kube:
     return Kube.admin(stack)
+
+
+MULTINODE_NODES = 2
+
+
+@pytest.fixture(scope="session")
+def multinode_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own with Redis and two LiveKit nodes (`livekit_urls`, node 1 first;
+    `room_nodes()`, `livekit_node_id(n)`, `redis_client()`), for the tests marked
+    `multinode`; stopped at the end of the session. Its own cluster too (`multinode_kube`),
+    so workers can run against it."""
+    reuse = os.environ.get("VOICEFLEET_TESTBED_MULTINODE")
+    if reuse:
+        s = Stack(Path(reuse))
+        running = s.running()
+        if running and all(running.values()) and s.state.livekit_nodes >= MULTINODE_NODES:
+            yield s
+            return
+    s = Stack(
+        tmp_path_factory.mktemp("testbed-multinode"),
+        progress=lambda m: print(f"[testbed multinode] {m}"),
+    )
+    s.up(livekit_nodes=MULTINODE_NODES)
+    try:
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
+def multinode_kube(multinode_stack: Stack) -> Kube:
+    return Kube.admin(multinode_stack)
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ State lives in one directory (`.testbed/` for `make up`, a temporary one per tes
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import secrets
 import shutil
 import sys
@@ -20,17 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from . import controlplane as cp
+from . import livekit_nodes as lkn
 from . import realnode, user_install
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, NodeBinaries, versions
 from .livekit_config import LIVEKIT_KEY as LIVEKIT_KEY  # where the tests import it from
-from .livekit_config import LOOPBACK, MediaAddress, livekit_config
+from .livekit_config import LOOPBACK, Cluster, MediaAddress, livekit_config
 from .pki import Pki, ensure_pki
 from .ports import free_port, pick_port
-from .procs import Abort, ProcRef, Timeout, spawn, stop, tail, wait_for
+from .procs import Abort, ProcRef, Timeout, kill, spawn, stop, tail, wait_for
 from .prometheus import prometheus_config
 from .realnode import config as node_config
 from .realnode import scheduling
 from .realnode.teardown import Host
+from .redis import ROOM_NODE_MAP, RedisClient, redis_config
 
 Progress = Callable[[str], None]
 # A fixed, published dev secret (like livekit-server --dev's devkey/secret): the stack
@@ -61,6 +65,11 @@ class StackState:
     # Where LiveKit and the Realtime stand-in serve: loopback, or the real node's bridge
     # address for a stack started with one (`make up`: pods and the host reach it alike).
     host: str = "127.0.0.1"
+    # LiveKit's shape: its number of nodes, and Redis (always with more than one node;
+    # with one, for LiveKit's SIP API, which keeps its objects in Redis only).
+    livekit_nodes: int = 1
+    redis: bool = False
+    redis_password: str = ""
 
     @property
     def file(self) -> Path:
@@ -79,6 +88,9 @@ class StackState:
             "node_net": self.node_net,
             "chart": self.chart,
             "host": self.host,
+            "livekit_nodes": self.livekit_nodes,
+            "redis": self.redis,
+            "redis_password": self.redis_password,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -106,6 +118,9 @@ class StackState:
             node_net=int(data.get("node_net", 0)),
             chart=bool(data.get("chart", False)),
             host=str(data.get("host", "127.0.0.1")),
+            livekit_nodes=int(data.get("livekit_nodes", 1)),
+            redis=bool(data.get("redis", False)),
+            redis_password=str(data.get("redis_password", "")),
         )
 
 
@@ -191,7 +206,53 @@ class Stack:
 
     @property
     def livekit_url(self) -> str:
-        return f"ws://{self.state.host}:{self.state.ports['livekit']}"
+        """LiveKit node 1's URL (the only node unless the stack runs several)."""
+        return self.livekit_urls[0]
+
+    @property
+    def livekit_urls(self) -> list[str]:
+        """Every LiveKit node's URL, node 1 first. Any node takes signalling and API calls
+        for any room (multi-node LiveKit relays them through Redis to the room's node)."""
+        return [
+            f"ws://{self.state.host}:{self.state.ports[lkn.port_key(n)]}"
+            for n in range(1, self.state.livekit_nodes + 1)
+        ]
+
+    @property
+    def livekit_metrics_urls(self) -> list[str]:
+        """Each node's Prometheus endpoint (`livekit_*` series labelled with its `node_id`);
+        served by stacks with Redis only, where there is more than one node to tell apart."""
+        return [
+            f"http://{self.state.host}:{self.state.ports[lkn.port_key(n, 'metrics')]}/metrics"
+            for n in range(1, self.state.livekit_nodes + 1)
+            if lkn.port_key(n, "metrics") in self.state.ports
+        ]
+
+    def livekit_node_id(self, n: int) -> str:
+        """The id node n (1-based) registered under in Redis, new at each start: what
+        `CreateRoomRequest.node_id` takes to put a room on that node."""
+        urls = self.livekit_metrics_urls
+        if not 1 <= n <= len(urls):
+            raise ValueError(f"node {n}: the stack in {self.dir} serves metrics for {len(urls)}")
+        return lkn.fetch_node_id(urls[n - 1])
+
+    def room_nodes(self) -> dict[str, int]:
+        """Which node (1-based) hosts each room LiveKit knows of, as LiveKit routes them
+        (Redis' `room_node_map`); a room whose node is gone maps to 0. ListRooms does not
+        say where a room is."""
+        ids = {self.livekit_node_id(n): n for n in range(1, self.state.livekit_nodes + 1)}
+        rooms = self.redis_client().hgetall(ROOM_NODE_MAP)
+        return {room: ids.get(node_id, 0) for room, node_id in rooms.items()}
+
+    @property
+    def redis_address(self) -> str | None:
+        """The stack's Redis as host:port (loopback), None when it runs none."""
+        return f"127.0.0.1:{self.state.ports['redis']}" if self.state.redis else None
+
+    def redis_client(self) -> RedisClient:
+        if not self.state.redis:
+            raise RuntimeError(f"the stack in {self.dir} runs no Redis")
+        return RedisClient("127.0.0.1", self.state.ports["redis"], self.state.redis_password)
 
     @property
     def livekit_addresses(self) -> tuple[MediaAddress, ...]:
@@ -244,6 +305,11 @@ class Stack:
         env = {
             "KUBECONFIG": str(self.kubeconfig),
             "LIVEKIT_URL": self.livekit_url,
+            **(
+                {"LIVEKIT_URLS": ",".join(self.livekit_urls)}
+                if self.state.livekit_nodes > 1
+                else {}
+            ),
             "LIVEKIT_API_KEY": LIVEKIT_KEY,
             "LIVEKIT_API_SECRET": self.livekit_secret,
             "PROMETHEUS_URL": self.prometheus_url,
@@ -326,28 +392,6 @@ class Stack:
             ]  # fmt: skip
             return spawn("node-agent", argv, logs / "node-agent.log", cwd=REPO_DIR)
 
-        def livekit() -> ProcRef:
-            config = self.dir / "livekit.yaml"
-            config.write_text(
-                json.dumps(
-                    livekit_config(
-                        port=s.ports["livekit"],
-                        udp_port=s.ports["livekit-rtc-udp"],
-                        keys={LIVEKIT_KEY: s.livekit_secret},
-                        # nobody listens until an operator under test binds the port
-                        webhook_api_key=LIVEKIT_KEY,
-                        webhook_urls=[self.webhook_url],
-                        addresses=self.livekit_addresses,
-                    )
-                )
-            )
-            config.chmod(0o600)
-            return spawn(
-                "livekit-server",
-                [str(b.livekit_server), f"--config={config}"],
-                logs / "livekit-server.log",
-            )
-
         def realtime() -> ProcRef:
             argv = [
                 sys.executable, "-m", "voicefleet_testbed.realtime",
@@ -407,7 +451,7 @@ class Stack:
             ),
             Component("node-agent", node_agent, self._node_ready, 30),
             *self._real_node_components(),
-            Component("livekit-server", livekit, self._livekit_ready, 30),
+            *self._livekit_components(b),
             Component("realtime-standin", realtime, self._realtime_ready, 30),
             *(
                 [Component("prometheus", prometheus, self._prometheus_ready, 30)]
@@ -420,6 +464,71 @@ class Stack:
                 else []
             ),
         ]
+
+    def _livekit_components(self, b: Binaries) -> list[Component]:
+        """Redis (when the stack runs it) and every LiveKit node, in start order."""
+        s = self.state
+        comps = []
+        if s.redis:
+            comps.append(
+                Component(lkn.REDIS_PART, lambda: self._start_redis(b), self._redis_ready, 30)
+            )
+        for n in range(1, s.livekit_nodes + 1):
+            comps.append(
+                Component(
+                    lkn.part(n),
+                    functools.partial(self._start_livekit, b, n),
+                    functools.partial(self._livekit_ready, n),
+                    30,
+                )
+            )
+        return comps
+
+    def _start_redis(self, b: Binaries) -> ProcRef:
+        data = self.dir / "redis"
+        shutil.rmtree(data, ignore_errors=True)  # nothing is kept between runs
+        data.mkdir(parents=True)
+        config = self.dir / "redis.conf"
+        text = redis_config(
+            port=self.state.ports["redis"], directory=data, password=self.state.redis_password
+        )
+        _write_private(config, text)  # the password
+        argv = [str(b.require_redis()), str(config)]
+        return spawn(lkn.REDIS_PART, argv, self.logs_dir / "redis.log", cwd=data)
+
+    def _redis_ready(self) -> bool:
+        return self.redis_client().ping()
+
+    def livekit_node_config(self, n: int) -> dict[str, Any]:
+        """livekit-server's config for node n (1-based), from the stack's state: its own
+        ports, the shared keys, webhook receiver and Redis, its region."""
+        s = self.state
+        cluster = None
+        if s.redis:
+            cluster = Cluster(
+                redis_address=f"127.0.0.1:{s.ports['redis']}",
+                redis_password=s.redis_password,
+                region=lkn.region(n),
+                regions=lkn.regions(s.livekit_nodes),
+            )
+        return livekit_config(
+            port=s.ports[lkn.port_key(n)],
+            udp_port=s.ports[lkn.port_key(n, "rtc-udp")],
+            keys={LIVEKIT_KEY: s.livekit_secret},
+            # every node posts to the same receiver; nobody listens until an operator
+            # under test binds the port
+            webhook_api_key=LIVEKIT_KEY,
+            webhook_urls=[self.webhook_url],
+            addresses=self.livekit_addresses,
+            cluster=cluster,
+            prometheus_port=s.ports.get(lkn.port_key(n, "metrics"), 0),
+        )
+
+    def _start_livekit(self, b: Binaries, n: int) -> ProcRef:
+        config = self.dir / lkn.config_name(n)
+        _write_private(config, json.dumps(self.livekit_node_config(n)))  # secret, password
+        argv = [str(b.livekit_server), f"--config={config}"]
+        return spawn(lkn.part(n), argv, self.logs_dir / f"{lkn.part(n)}.log")
 
     def _real_node_components(self) -> list[Component]:
         node = self.real_node
@@ -481,13 +590,14 @@ class Stack:
 
         return Kube.admin(self).node_ready("testbed-node")
 
-    def _livekit_ready(self) -> bool:
+    def _livekit_ready(self, n: int = 1) -> bool:
+        """Node n answers 200 once its stats are fresh, i.e. once it has registered in
+        Redis (when there is one) and other nodes may place rooms on it."""
         import urllib.request
 
+        port = self.state.ports[lkn.port_key(n)]
         try:
-            with urllib.request.urlopen(
-                f"http://{self.state.host}:{self.state.ports['livekit']}/", timeout=2
-            ) as r:
+            with urllib.request.urlopen(f"http://{self.state.host}:{port}/", timeout=2) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -496,20 +606,38 @@ class Stack:
     def running(self) -> dict[str, bool]:
         return {name: ref.alive() for name, ref in self.state.procs.items()}
 
-    def up(self, operator: bool = False, real_node: bool = False) -> Stack:
+    def up(
+        self,
+        operator: bool = False,
+        real_node: bool = False,
+        *,
+        livekit_nodes: int | None = None,
+        redis: bool | None = None,
+    ) -> Stack:
         """Start whatever is not running; a stack that is fully up is left alone.
 
         `operator`: also install the CRD and RBAC and run the operator from this checkout
         under its own ServiceAccount (`make up`); tests run their own and leave it off.
         `real_node`: also run a real node (kubelet, containerd, kube-proxy, CoreDNS); one
         per machine (see realnode/node.py). Tests add it with `add_real_node` when needed.
+        `livekit_nodes`: how many livekit-server nodes (more than one run multi-node, with
+        Redis); `redis`: run Redis and point LiveKit at it (LiveKit's SIP API needs it even
+        on one node; implied by `livekit_nodes > 1`). Left out (None), a running stack keeps
+        its shape and a new one gets one node without Redis. A running stack asked for
+        another shape restarts its LiveKit nodes and Redis only.
         """
         b = Binaries.locate().require()
         if real_node:
             NodeBinaries.locate().require()
         alive = self.running()
-        if alive and all(alive.values()) and real_node and not self.state.real_node:
+        up_already = bool(alive) and all(alive.values())
+        nodes, with_redis = self._livekit_shape(livekit_nodes, redis, keep=up_already)
+        if with_redis:
+            b.require_redis()
+        if up_already and real_node and not self.state.real_node:
             self.add_real_node()
+        if up_already and (nodes, with_redis) != (self.state.livekit_nodes, self.state.redis):
+            self._reshape_livekit(b, nodes, with_redis)
         if alive and all(alive.values()) and self.state.chart:
             self.progress(f"testbed already up ({self.dir}); the operator's chart:")
             self._install_chart()  # an upgrade to rebuilt images, else a no-op
@@ -536,6 +664,7 @@ class Stack:
             self.down(quiet=True)
         self.state.operator = operator
         self.state.real_node = real_node
+        self.state.livekit_nodes, self.state.redis = nodes, with_redis
         self._prepare()
         t0 = time.monotonic()
         for comp in self._components(b):
@@ -549,6 +678,61 @@ class Stack:
         self.write_env_file()
         self.progress(f"testbed up in {time.monotonic() - t0:.1f}s")
         return self
+
+    def _livekit_shape(self, nodes: int | None, redis: bool | None, keep: bool) -> tuple[int, bool]:
+        """(nodes, redis) wanted: what was asked, else what runs (`keep`), else 1 node
+        without Redis; several nodes always with Redis."""
+        if nodes is None:
+            nodes = self.state.livekit_nodes if keep else 1
+        if redis is None:
+            redis = (keep and self.state.redis) or nodes > 1
+        lkn.check_shape(nodes, redis)
+        return nodes, redis
+
+    def _reshape_livekit(self, b: Binaries, nodes: int, redis: bool) -> None:
+        """Stop the running LiveKit nodes and Redis and start the asked shape, leaving the
+        rest of the stack running."""
+        old = (self.state.livekit_nodes, self.state.redis)
+        self.progress(
+            f"  LiveKit: {old[0]} node(s){' with Redis' if old[1] else ''} -> "
+            f"{nodes} node(s){' with Redis' if redis else ''} ..."
+        )
+        for name in [*(lkn.part(n) for n in range(old[0], 0, -1)), lkn.REDIS_PART]:
+            ref = self.state.procs.pop(name, None)
+            if ref is not None:
+                stop(ref, grace=5)
+        self.state.livekit_nodes, self.state.redis = nodes, redis
+        self._pick_livekit_ports(dict(self.state.ports))
+        self.state.save()
+        for comp in self._livekit_components(b):
+            self._start(comp)
+        self.write_env_file()
+
+    def _pick_livekit_ports(self, preferred: dict[str, int]) -> None:
+        """Ports for Redis and every LiveKit node (signalling, UDP media, and metrics when
+        there is Redis), keeping `preferred` ones that are still free."""
+        s = self.state
+        if self.is_default:
+            preferred = preferred | {"livekit": LIVEKIT_DEFAULT_PORT}
+        for key in [k for k in s.ports if k == "redis" or k.startswith("livekit")]:
+            del s.ports[key]
+
+        def take(key: str, tcp: bool = True) -> None:
+            taken = set(s.ports.values())
+            want = preferred.get(key) if tcp else None  # a TCP-free port is usually UDP-free
+            port = pick_port(want if want not in taken else None)
+            while port in taken:
+                port = free_port()
+            s.ports[key] = port
+
+        if s.redis:
+            take("redis")
+            s.redis_password = s.redis_password or secrets.token_hex(16)
+        for n in range(1, s.livekit_nodes + 1):
+            take(lkn.port_key(n))
+            take(lkn.port_key(n, "rtc-udp"), tcp=False)
+            if s.redis:
+                take(lkn.port_key(n, "metrics"))
 
     def _install_chart(self) -> None:
         from .kube import Kube
@@ -650,7 +834,6 @@ class Stack:
             "etcd-peer",
             "apiserver",
             "kcm",
-            "livekit",
             "prometheus",
             "realtime",
             "operator-metrics",
@@ -663,10 +846,9 @@ class Stack:
         # Keep the ports of a previous run when they are still free (stable URLs).
         preferred = dict(self.state.ports)
         if self.is_default:
-            preferred["livekit"] = LIVEKIT_DEFAULT_PORT
             preferred["realtime"] = REALTIME_DEFAULT_PORT
         self.state.ports = {n: pick_port(preferred.get(n)) for n in names}
-        self.state.ports["livekit-rtc-udp"] = free_port()  # a TCP-free port is usually UDP-free
+        self._pick_livekit_ports(preferred)
         self.state.livekit_secret = LIVEKIT_SECRET
         # A /16 of loopback per stack, so stacks side by side never hand out the same pod IP.
         self.state.pod_net = self.state.pod_net or _pick_pod_net(self.dir)
@@ -755,6 +937,16 @@ class Stack:
         if ref.alive():
             stop(ref, grace=grace)
 
+    def kill_part(self, part: str) -> None:
+        """SIGKILL one part, as a crash (e.g. `kill_part("livekit-server-2")`: the node gets
+        no chance to drain or to unregister from Redis); `restart` starts it again. A
+        SIGTERM (`stop_part`) makes livekit-server drain: it stops taking rooms and waits for
+        every participant to leave."""
+        ref = self.state.procs.get(part)
+        if ref is None:
+            raise ValueError(f"no running part {part!r}; parts: {', '.join(self.state.procs)}")
+        kill(ref)
+
     def restart(self, part: str, grace: float = 5.0) -> None:
         """Stop one part (SIGTERM, SIGKILL after `grace`) and start it again on the same
         ports, waiting until it is ready: e.g. `restart("livekit-server")`."""
@@ -767,10 +959,11 @@ class Stack:
     def status(self) -> list[tuple[str, bool, str]]:
         """(component, alive, detail) for every process the stack started."""
         rows = []
+        where = self._part_addresses()
         for name, ref in self.state.procs.items():
             alive = ref.alive()
             detail = (
-                f"pid {ref.pid}, log {ref.log}"
+                f"{where[name] + ', ' if name in where else ''}pid {ref.pid}, log {ref.log}"
                 if alive
                 else f"NOT RUNNING; last log lines:\n{tail(ref.log, 8)}"
             )
@@ -781,13 +974,37 @@ class Stack:
             rows.append(user_install.status_row(Kube.admin(self)))
         return rows
 
+    def _part_addresses(self) -> dict[str, str]:
+        """Where the LiveKit nodes and Redis serve, by part name (for `status`)."""
+        out = {lkn.part(n): url for n, url in enumerate(self.livekit_urls, start=1)}
+        if self.redis_address:
+            out[lkn.REDIS_PART] = self.redis_address
+        return out
+
+    def _livekit_summary(self) -> list[str]:
+        v, s = versions(), self.state
+        if s.livekit_nodes == 1 and not s.redis:
+            return [
+                f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})"
+            ]
+        lines = [
+            f"  livekit-server  {url}  (node {n}, region {lkn.region(n)}; v{v['LIVEKIT_VERSION']}, "
+            f"key {LIVEKIT_KEY}; metrics {self.state.host}:{s.ports[lkn.port_key(n, 'metrics')]})"
+            for n, url in enumerate(self.livekit_urls, start=1)
+        ]
+        lines.append(
+            f"  redis           {self.redis_address}  (LiveKit's routing, rooms, bus and SIP "
+            f"store; password in {self.dir / 'redis.conf'})"
+        )
+        return lines
+
     def summary(self) -> str:
         v = versions()
         return "\n".join(
             [
                 f"testbed state: {self.dir}",
                 f"  kube-apiserver  {self.api_server}  (Kubernetes v{v['KUBERNETES_VERSION']})",
-                f"  livekit-server  {self.livekit_url}  (v{v['LIVEKIT_VERSION']}, key {LIVEKIT_KEY})",
+                *self._livekit_summary(),
                 *(
                     [
                         f"                  in the cluster: {user_install.livekit_service_url()}"
@@ -856,6 +1073,14 @@ def _wait_ready(comp: Component, ref: ProcRef) -> None:
         interval=0.2,
         on_fail=lambda: f"--- last lines of {ref.log}:\n{tail(ref.log)}",
     )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from the first byte (it holds a secret)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _pick_pod_net(directory: Path) -> int:
