@@ -5,8 +5,8 @@ TelephonyReady condition).
 When it runs: the VoiceAgent's create, spec changes and resume; a timer every
 --retry-seconds that syncs again when the last sync failed or is older than
 --resync-seconds (someone deleted the rule by hand: it comes back); and the VoiceAgent's
-deletion, behind a finalizer that only VoiceAgents with telephony get (LiveKit's trunks are
-not Kubernetes objects: nothing else would delete them). The decisions are telephony.py's;
+deletion, which kopf's finalizer holds until the objects are off LiveKit (they are not
+Kubernetes objects: nothing else would delete them). The decisions are telephony.py's;
 LiveKit's API is sip.py's.
 """
 
@@ -275,8 +275,8 @@ def register_telephony(registry: kopf.OperatorRegistry, sync: TelephonySync) -> 
         if namespace and sync.due(namespace, name):
             await sync.sync(body)
 
-    # Not optional: a finalizer on VoiceAgents with telephony, so their trunks and rule
-    # are deleted on LiveKit before the VoiceAgent goes.
+    # Not optional: kopf's finalizer (every VoiceAgent has it for its daemons) waits for
+    # this handler, so the trunks and rule leave LiveKit before the VoiceAgent goes.
     @kopf.on.delete(
         GROUP, VERSION, PLURAL, id="telephony-delete", when=has_telephony,
         retries=DELETE_RETRIES, registry=registry,

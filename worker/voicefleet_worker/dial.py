@@ -3,7 +3,7 @@ outbound trunk (spec.telephony.outbound), which the operator keeps on LiveKit un
 name voicefleet_contract.telephony gives it. `Job.dial` is the entrypoint's way in.
 
 Needs LiveKit's SIP bridge (livekit/sip) to carry the call; without one, LiveKit answers
-CreateSIPParticipant with an error, which this raises as it is.
+CreateSIPParticipant with `unavailable: no response from servers`, raised as it is.
 """
 
 from __future__ import annotations
