@@ -242,7 +242,7 @@ class Stack:
         say where a room is."""
         ids = {self.livekit_node_id(n): n for n in range(1, self.state.livekit_nodes + 1)}
         rooms = self.redis_client().hgetall(ROOM_NODE_MAP)
-        return {room: ids.get(node_id, 0) for room, node_id in rooms.items()}
+        return {room: ids.get(node_id.decode(), 0) for room, node_id in rooms.items()}
 
     @property
     def redis_address(self) -> str | None:
