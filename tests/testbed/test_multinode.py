@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import re
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import rtc as signal
 
@@ -33,6 +34,9 @@ from voicefleet_testbed.caller.core import http_url
 from voicefleet_testbed.livekit_config import LOOPBACK, Cluster, livekit_config
 from voicefleet_testbed.redis import RedisClient, RedisError, encode, read_reply, redis_config
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+
+CONNECTED = rtc.ConnectionState.CONN_CONNECTED
+DISCONNECTED = rtc.ConnectionState.CONN_DISCONNECTED
 
 
 # --- pure: the config each node gets -------------------------------------------------------
@@ -521,6 +525,7 @@ class BareWorker:
         self.offered: list[str] = []  # rooms, in the order LiveKit asked
         self.assigned: list[str] = []
         self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> BareWorker:
@@ -530,7 +535,7 @@ class BareWorker:
             .to_jwt()
         )
         self._http = aiohttp.ClientSession()
-        ws = await self._http.ws_connect(
+        self._ws = ws = await self._http.ws_connect(
             f"{self.url}/agent", headers={"Authorization": f"Bearer {token}"}
         )
         req = agent_pb.WorkerMessage()
@@ -563,6 +568,9 @@ class BareWorker:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._ws:
+            await self._ws.close()
         if self._http:
             await self._http.close()
 
@@ -597,3 +605,67 @@ async def test_an_agent_registered_with_one_node_is_dispatched_to_rooms_on_both(
         assert {r: placed[r] for r in want} == want
     finally:
         await worker.stop()
+
+
+@pytest.mark.livekit
+@pytest.mark.cluster
+@pytest.mark.multinode
+@pytest.mark.slow
+async def test_killing_the_rooms_node_moves_the_room_and_offers_its_agent_again(
+    multinode_stack: Stack, rooms: list[str]
+) -> None:
+    """Node 2 hosts a call and is SIGKILLed. Participants signalling through node 1 get the
+    room back on node 1 (same room, resumed: the call is answered again); the one that
+    signalled through node 2 only knows that URL and is lost. When the room reappears on
+    node 1, LiveKit dispatches the room's agent again: the fleet is offered the job a
+    second time while the first agent may still be in the room (docs/testbed.md, "Redis
+    and multi-node LiveKit"). Node 2 is started again afterwards, with a new node id."""
+    s = multinode_stack
+    agent_name = f"mn-kill-{uuid.uuid4().hex[:6]}"
+    name = room_name("kill")
+    rooms.append(name)
+    worker = await BareWorker(s, s.livekit_urls[0], agent_name).start()
+    via1 = Caller(s.livekit_urls[0], LIVEKIT_KEY, s.livekit_secret, name, dispatch="none")
+    via2 = Caller(s.livekit_urls[1], LIVEKIT_KEY, s.livekit_secret, name, dispatch="none")
+    agent = echo.EchoAgent(s.livekit_urls[0], LIVEKIT_KEY, s.livekit_secret, name, 0.2, 0.5)
+    try:
+        async with lkapi(s.livekit_urls[1], s) as two:
+            dispatch = api.RoomAgentDispatch(agent_name=agent_name)
+            await two.room.create_room(api.CreateRoomRequest(name=name, agents=[dispatch]))
+        for p in (via1, via2):
+            await p.connect()
+        await agent.start()
+        assert await via1.wait_agent(10)
+        assert (await via1.turn(0.8, timeout=10)).latency_s is not None, via1.report
+
+        async def offered(n: int) -> bool:
+            return worker.offered == [name] * n
+
+        await eventually(functools.partial(offered, 1), 10, "the agent job offered once")
+        assert s.room_nodes()[name] == 2
+
+        await asyncio.to_thread(s.kill_part, lkn.part(2))
+        killed = time.monotonic()
+
+        async def moved() -> bool:
+            return s.room_nodes().get(name) == 1 and via1.room.connection_state == CONNECTED
+
+        await eventually(moved, 30, "the room back on node 1 with the caller in it")
+        moved_after = time.monotonic() - killed
+        assert await via1.wait_agent(10)
+        assert (await via1.turn(0.8, timeout=10)).latency_s is not None, via1.report
+        await eventually(functools.partial(offered, 2), 10, "the agent job offered again")
+
+        async def lost() -> bool:
+            return via2.room.connection_state == DISCONNECTED
+
+        await eventually(lost, 40, "the caller that signalled through node 2 given up")
+        print(f"room moved {moved_after:.1f}s after the kill; via node 2 lost after "
+              f"{time.monotonic() - killed:.1f}s")  # fmt: skip
+    finally:
+        await agent.stop()
+        for p in (via1, via2):
+            await p.close()
+        await worker.stop()
+        if not s.running().get(lkn.part(2)):
+            await asyncio.to_thread(s.restart, lkn.part(2))
