@@ -35,7 +35,7 @@ setup: .venv/.synced
 # etcd, kube-apiserver, kube-controller-manager, kubectl, livekit-server, helm, and the real
 # node's kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS, crictl and pause image (built
 # from the Go module proxy into ~/.cache/voicefleet/bin/<name>-<version>); Debian's prometheus,
-# runc, CNI plugins, conntrack and busybox-static.
+# redis-server, runc, CNI plugins, conntrack and busybox-static.
 binaries:
 	@bash testbed/build/binaries.sh all
 

@@ -80,12 +80,19 @@ class RedisClient:
     def ping(self) -> bool:
         return self.command("PING") == b"PONG"
 
-    def hgetall(self, key: str) -> dict[str, str]:
-        reply = self.command("HGETALL", key)
-        if not isinstance(reply, list):
-            raise RedisError(f"HGETALL {key}: unexpected reply {reply!r}")
-        items = [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
-        return dict(zip(items[::2], items[1::2], strict=True))
+    def hgetall(self, key: str) -> dict[str, bytes]:
+        """A hash's fields (text) and values (bytes: LiveKit stores protobufs in some)."""
+        items = self._bulk_list("HGETALL", key)
+        return {k.decode(): v for k, v in zip(items[::2], items[1::2], strict=True)}
+
+    def hkeys(self, key: str) -> list[str]:
+        return [k.decode() for k in self._bulk_list("HKEYS", key)]
+
+    def _bulk_list(self, *args: str) -> list[bytes]:
+        reply = self.command(*args)
+        if not isinstance(reply, list) or not all(isinstance(r, bytes) for r in reply):
+            raise RedisError(f"{' '.join(args)}: unexpected reply {reply!r}")
+        return [r for r in reply if isinstance(r, bytes)]
 
 
 def encode(args: list[str | bytes]) -> bytes:

@@ -238,11 +238,16 @@ class Stack:
 
     def room_nodes(self) -> dict[str, int]:
         """Which node (1-based) hosts each room LiveKit knows of, as LiveKit routes them
-        (Redis' `room_node_map`); a room whose node is gone maps to 0. ListRooms does not
-        say where a room is."""
-        ids = {self.livekit_node_id(n): n for n in range(1, self.state.livekit_nodes + 1)}
+        (Redis' `room_node_map`); a room whose node is down (or was restarted: a new id)
+        maps to 0. ListRooms does not say where a room is."""
+        ids = {}
+        for n in range(1, self.state.livekit_nodes + 1):
+            try:
+                ids[self.livekit_node_id(n)] = n
+            except OSError:  # a node that is down hosts nothing
+                continue
         rooms = self.redis_client().hgetall(ROOM_NODE_MAP)
-        return {room: ids.get(node_id, 0) for room, node_id in rooms.items()}
+        return {room: ids.get(node_id.decode(), 0) for room, node_id in rooms.items()}
 
     @property
     def redis_address(self) -> str | None:
