@@ -143,9 +143,10 @@ def test_a_rotated_password_updates_the_trunk() -> None:
 
 def test_telephony_removed_deletes_ours_only() -> None:
     w = want(outbound={"address": "sip.example.com", "numbers": ["+15550100"]})
+    assert w.outbound is not None
     live = replace(
         live_ours(w),
-        outbound=(replace(w.outbound, id="ST_out"),),  # type: ignore[type-var]
+        outbound=(replace(w.outbound, id="ST_out"),),
         rules=(*live_ours(w).rules, tel.DispatchRule("SDR_x", "x", "", (), "direct", "r")),
     )
     assert ops(tel.plan(None, OWNER, live)) == [
