@@ -228,6 +228,17 @@ build_pause() {
   echo "pause $v: built into $dest ($PAUSE_IMAGE)"
 }
 
+# apt-get install of Debian packages, as root, logged; a failure names the retry target.
+#   apt_install <retry target> <package>...
+apt_install() {
+  local target=$1; shift
+  step "installing Debian's $* (apt-get)"
+  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install $*" >&2; exit 1; fi
+  local log="$work/apt-$target.log"
+  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $*" \
+    || fail "apt-get install $*" "$log" "$target"
+}
+
 # Debian's runc (the OCI runtime containerd's shim calls), the CNI plugins (bridge,
 # host-local, loopback, portmap in /usr/lib/cni), iptables and conntrack for kube-proxy,
 # and a static busybox the real-node tests pack into a tiny image (sh, httpd, nslookup).
@@ -239,11 +250,7 @@ install_node_packages() {
   command -v conntrack >/dev/null || missing+=(conntrack)
   [[ -x /bin/busybox ]] || missing+=(busybox-static)
   if [[ ${#missing[@]} -eq 0 ]]; then echo "node packages: runc, CNI plugins, iptables, conntrack, busybox present"; return; fi
-  step "installing Debian's ${missing[*]} (apt-get)"
-  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install ${missing[*]}" >&2; exit 1; fi
-  local log="$work/apt-node.log"
-  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${missing[*]}" \
-    || fail "apt-get install ${missing[*]}" "$log" node-packages
+  apt_install node-packages "${missing[@]}"
   echo "node packages: installed ${missing[*]}"
 }
 
@@ -299,11 +306,7 @@ install_prometheus() {
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
     echo "prometheus: $(command -v prometheus)"; return
   fi
-  step "installing Debian's prometheus (apt-get)"
-  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install prometheus" >&2; exit 1; fi
-  local log="$work/apt-prometheus.log"
-  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus" \
-    || fail "apt-get install prometheus" "$log" prometheus
+  apt_install prometheus prometheus
   # The package starts a system service; the testbed runs its own Prometheus instead.
   (systemctl stop prometheus prometheus-node-exporter 2>/dev/null; pkill -x prometheus-node-exporter 2>/dev/null; pkill -x prometheus 2>/dev/null) || true
   echo "prometheus: installed $(command -v prometheus)"
@@ -316,11 +319,7 @@ install_redis() {
   if command -v redis-server >/dev/null; then
     echo "redis: $(command -v redis-server)"; return
   fi
-  step "installing Debian's redis-server (apt-get)"
-  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install redis-server" >&2; exit 1; fi
-  local log="$work/apt-redis.log"
-  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server" \
-    || fail "apt-get install redis-server" "$log" redis
+  apt_install redis redis-server
   # The package starts and enables a system service on port 6379; the testbed runs its own.
   # Stopped through its service manager (by its pidfile), never by process name: a
   # stack's own redis-server may be running.
@@ -341,11 +340,7 @@ install_browser_packages() {
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
   if [[ ${#missing[@]} -eq 0 ]]; then echo "browser packages: chromium, espeak-ng present"; return; fi
-  step "installing Debian's ${missing[*]} (apt-get, ~1 min)"
-  if [[ $(id -u) -ne 0 ]]; then echo "ERROR: need root for apt-get install ${missing[*]}" >&2; exit 1; fi
-  local log="$work/apt-browser.log"
-  run_logged apt "$log" bash -c "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${missing[*]}" \
-    || fail "apt-get install ${missing[*]}" "$log" browser-packages
+  apt_install browser-packages "${missing[@]}"  # ~1 min
   echo "browser packages: installed ${missing[*]}"
 }
 
