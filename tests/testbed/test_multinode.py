@@ -31,9 +31,12 @@ from livekit.protocol import rtc as signal
 from voicefleet_testbed import livekit_nodes as lkn
 from voicefleet_testbed.caller import Caller, echo
 from voicefleet_testbed.caller.core import http_url
-from voicefleet_testbed.livekit_config import LOOPBACK, Cluster, livekit_config
+from voicefleet_testbed.livekit_config import Cluster
 from voicefleet_testbed.redis import RedisClient, RedisError, encode, read_reply, redis_config
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+
+from .test_livekit_config import build
+from .test_livekit_ice import token
 
 CONNECTED = rtc.ConnectionState.CONN_CONNECTED
 DISCONNECTED = rtc.ConnectionState.CONN_DISCONNECTED
@@ -162,18 +165,6 @@ def test_part_names_keep_node_one_as_it_was() -> None:
 
 
 CLUSTER = Cluster("127.0.0.1:6390", "pw", "node-1", ("node-1", "node-2"))
-
-
-def build(**kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "port": 7880,
-        "udp_port": 40000,
-        "keys": {"devkey": "s" * 32},
-        "webhook_api_key": "devkey",
-        "webhook_urls": ["http://127.0.0.1:9/livekit/webhook"],
-        "addresses": (LOOPBACK,),
-    }
-    return livekit_config(**(args | kw))
 
 
 def test_a_password_less_redis_names_none() -> None:
@@ -430,20 +421,10 @@ async def room_total(metrics_url: str) -> int:
     return int(float(m.group(1)))
 
 
-def join_token(stack: Stack, identity: str, room: str) -> str:
-    grants = api.VideoGrants(room_join=True, room=room)
-    return (
-        api.AccessToken(LIVEKIT_KEY, stack.livekit_secret)
-        .with_identity(identity)
-        .with_grants(grants)
-        .to_jwt()
-    )
-
-
 async def join_response(stack: Stack, url: str, room: str) -> signal.JoinResponse:
     """Join `room` over node `url`'s signalling websocket as a bare client: the
     JoinResponse (read with a deadline; leaving closes the socket)."""
-    ws_url = f"{url}/rtc?access_token={join_token(stack, 'probe', room)}&protocol=16&sdk=python"
+    ws_url = f"{url}/rtc?access_token={token(stack, 'probe', room)}&protocol=16&sdk=python"
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
         deadline = time.monotonic() + 10
         while True:
