@@ -55,6 +55,7 @@ WATCH: dict[str, str] = {
     m.CALLS_UNPLACED.name: "Rising: calls arrive while every worker is full; raise bufferSessions or lower targetUtilization.",
     m.ORPHANS_FOUND.name: "Mostly `sweep` instead of `webhook`/`worker` means webhooks do not arrive.",
     m.WEBHOOK_REQUESTS.name: "`bad_signature`/`unknown_key` fire VoiceFleetWebhookSignatureFailures.",
+    m.WORKER_CALLERS.name: "The share of `sip` is your phone traffic; `sip` at 0 while a VoiceAgent has spec.telephony: calls do not reach it (TelephonyReady, the SIP bridge).",
     m.TELEPHONY_SYNCS.name: "`conflict` or `error` that lasts: the VoiceAgent's TelephonyReady condition says why; calls to its numbers may not reach it.",
     m.TELEPHONY_OBJECTS.name: "0 for `inbound` or `rule` on a VoiceAgent with spec.telephony: phone calls do not reach it.",
 }

@@ -136,6 +136,15 @@ WORKER_SUMMARY_WRITES: Final = MetricSpec(
     ("result",),
 )
 
+WORKER_CALLERS: Final = MetricSpec(
+    "voicefleet_worker_callers_total",
+    "counter",
+    "Sessions by how their caller came in (the first non-agent participant): sip (a phone "
+    "call through LiveKit's SIP bridge, spec.telephony), webrtc (an app or browser), other "
+    "(ingress and the like).",
+    ("origin",),
+)
+
 WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_ACTIVE_SESSIONS,
     WORKER_CAPACITY,
@@ -154,6 +163,7 @@ WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_MODEL_ERRORS,
     WORKER_SESSIONS_RESUMED,
     WORKER_SUMMARY_WRITES,
+    WORKER_CALLERS,
 )
 
 # --- operator metrics (served by the operator on its --metrics-port) --------------------

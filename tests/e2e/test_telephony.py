@@ -29,6 +29,7 @@ from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 from voicefleet_worker.dial import NoOutboundTrunk, dial, outbound_trunk_id
 
 from ..operator.cluster import OperatorProcess, condition, get_va, secrets, voiceagent
+from ..operator.test_e2e_calls import worker_metrics
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.multinode, pytest.mark.slow]
 T = TypeVar("T")
@@ -258,7 +259,7 @@ async def test_a_caller_in_the_rooms_the_rule_names_reaches_the_agent(
     caller = Caller(
         sip_stack.livekit_url, LIVEKIT_KEY, sip_stack.livekit_secret, room=room,
         agent_name=dispatch.agent_name, metadata=dispatch.metadata,
-        identity=f"sip_{caller_number}",
+        identity=f"sip_{caller_number}", kind="sip",
     )  # fmt: skip
     try:
         await caller.connect()
@@ -268,3 +269,7 @@ async def test_a_caller_in_the_rooms_the_rule_names_reaches_the_agent(
     finally:
         await caller.close()
     assert room.startswith("phone_") and dict(rule.attributes) == {"line": "support"}
+    # The worker counts the session as a phone call (the caller's participant kind).
+    (pod,) = kube.list("v1", "Pod", namespace, "app.kubernetes.io/instance=phone")
+    got = worker_metrics(pod["status"]["podIP"])
+    assert got.get('voicefleet_worker_callers_total{origin="sip"}') == 1, got

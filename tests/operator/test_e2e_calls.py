@@ -171,5 +171,8 @@ async def test_operator_created_worker_answers_a_call(
     assert m["voicefleet_worker_active_sessions"] == 0
     assert m["voicefleet_worker_sessions_started_total"] == 1
     assert m["voicefleet_worker_dispatch_latency_seconds_count"] == 1
+    # A WebRTC caller (a SIP one counts as sip: tests/e2e/test_telephony.py).
+    assert m['voicefleet_worker_callers_total{origin="webrtc"}'] == 1
+    assert m['voicefleet_worker_callers_total{origin="sip"}'] == 0
     assert not caller.report.dropped and caller.report.errors == []
     assert "Traceback" not in operator.tail(400), operator.tail(400)

@@ -25,6 +25,7 @@ TOOL_OUTCOMES = ("ok", "http_error", "timeout", "refused", "error")
 SESSION_OUTCOMES = ("completed", "caller_gone", "error", "drain_timeout")
 LINKS = ("livekit", "realtime", "room")
 SUMMARY_RESULTS = ("ok", "error")
+CALLER_ORIGINS = ("sip", "webrtc", "other")
 
 
 def _build(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
@@ -64,6 +65,7 @@ class WorkerMetrics:
         self.model_errors: Counter = m[spec.WORKER_MODEL_ERRORS.name]
         self.sessions_resumed: Counter = m[spec.WORKER_SESSIONS_RESUMED.name]
         self.summary_writes: Counter = m[spec.WORKER_SUMMARY_WRITES.name]
+        self.callers: Counter = m[spec.WORKER_CALLERS.name]
         # Known label values exist from the start, so a dashboard's rate() sees a zero
         # series before the first event instead of no series at all.
         for outcome in SESSION_OUTCOMES:
@@ -74,6 +76,8 @@ class WorkerMetrics:
             self.model_errors.labels(recoverable=recoverable)
         for result in SUMMARY_RESULTS:
             self.summary_writes.labels(result=result)
+        for origin in CALLER_ORIGINS:
+            self.callers.labels(origin=origin)
 
     def init_tool(self, tool: str) -> None:
         for outcome in TOOL_OUTCOMES:

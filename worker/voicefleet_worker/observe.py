@@ -43,6 +43,17 @@ def session_outcome(close_reason: str, caller_disconnect_reason: int | None) -> 
     return "completed"
 
 
+def caller_origin(kind: int) -> str | None:
+    """How a participant came in, for voicefleet_worker_callers_total; None for agents."""
+    if kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+        return None
+    if kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
+        return "sip"
+    if kind == rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD:
+        return "webrtc"
+    return "other"
+
+
 @dataclass
 class TurnTimer:
     """Turn latency: the caller stopped speaking (the model's VAD) -> first agent audio;
@@ -96,6 +107,7 @@ class SessionObserver:
     caller_disconnect_reason: int | None = None
     close_reason: str | None = None  # livekit-agents' CloseReason, once the session closed
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _caller_counted: bool = False
 
     def _extra(self, **kw: Any) -> dict[str, Any]:
         return {"job_id": self.job_id, "room": self.room, **kw}
@@ -187,6 +199,20 @@ class SessionObserver:
     def attach_room(self, room: rtc.Room) -> None:
         room.on("reconnected", self._on_room_reconnected)
         room.on("participant_disconnected", self._on_participant_disconnected)
+        # The caller: one already in the room when the agent connects, or the first to join.
+        room.on("participant_connected", self._count_caller)
+        room.on("connection_state_changed", lambda state: self._count_present(room, state))
+
+    def _count_present(self, room: rtc.Room, state: int) -> None:
+        if state == rtc.ConnectionState.CONN_CONNECTED:
+            for p in list(room.remote_participants.values()):
+                self._count_caller(p)
+
+    def _count_caller(self, p: rtc.RemoteParticipant) -> None:
+        origin = caller_origin(p.kind)
+        if origin is not None and not self._caller_counted:
+            self._caller_counted = True
+            self.metrics.callers.labels(origin=origin).inc()
 
     def _on_room_reconnected(self, *_: Any) -> None:
         self.metrics.reconnections.labels(link="room").inc()

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from livekit import api, rtc
 
@@ -41,6 +41,9 @@ def http_url(url: str) -> str:
     return url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
 
 
+ParticipantKind = Literal["standard", "egress", "ingress", "sip", "agent"]
+
+
 class Caller:
     def __init__(
         self,
@@ -54,6 +57,7 @@ class Caller:
         dispatch: str = "token",
         metadata: str = "",
         agent_identity: str | None = None,
+        kind: ParticipantKind | None = None,
         threshold_db: float = -45.0,
         drop_window_s: float = 10.0,
     ) -> None:
@@ -68,6 +72,7 @@ class Caller:
         self.dispatch = dispatch
         self.metadata = metadata
         self.agent_identity = agent_identity
+        self.kind = kind  # the participant kind the token claims ("sip": as LiveKit's SIP bridge)
         self.drop_window_s = drop_window_s
         self.report = CallReport(room, self.identity, agent_name)
         self.changes = Changes()
@@ -92,6 +97,8 @@ class Caller:
             .with_name(self.identity)
             .with_grants(grants)
         )
+        if self.kind is not None:
+            t = t.with_kind(self.kind)
         if self.dispatch == "token" and self.agent_name:
             t = t.with_room_config(
                 api.RoomConfiguration(
