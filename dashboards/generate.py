@@ -563,9 +563,20 @@ def voiceagent() -> Dashboard:
         "Telephony (spec.telephony)",
         (
             Panel(
+                "Calls by origin",
+                (
+                    Query(
+                        f"sum by (origin) (increase({sel(m.WORKER_CALLERS, o)}[{RATE}]))",
+                        "{{origin}}",
+                    ),
+                ),
+                bars=True,
+                width=8,
+            ),
+            Panel(
                 "SIP objects on LiveKit",
                 (Query(f"max by (kind) ({sel(m.TELEPHONY_OBJECTS, o)})", "{{kind}}"),),
-                width=12,
+                width=8,
             ),
             Panel(
                 "Telephony syncs",
@@ -576,7 +587,7 @@ def voiceagent() -> Dashboard:
                     ),
                 ),
                 bars=True,
-                width=12,
+                width=8,
             ),
         ),
     )
