@@ -290,7 +290,9 @@ def test_hpa_mode_leaves_replicas_to_others(
         GROUP, VERSION, namespace, PLURAL, "hpa", {"spec": {"model": {"instructions": "v2"}}}
     )
     wait_for(lambda: ready(kube, namespace, "hpa"), 90, "Ready after change")
-    time.sleep(6)  # past one resync
+    # Two more reconciles, of which a quiet VoiceAgent's timer makes at least one a full
+    # resync (every ~5 s here): the operator had its chance to fight the scale.
+    operator.wait_reconciled(namespace, "hpa", more=2)
     dep = kube.get("apps/v1", "Deployment", "hpa", namespace)
     assert dep is not None and dep["spec"]["replicas"] == 2
 
