@@ -40,6 +40,7 @@ class Outcome:
     agent_joins: int = 0  # after the kill
     max_agents: int = 0  # most agents in the room at once, over the whole call
     agent_left_s: float | None = None  # kill -> the caller saw its agent leave
+    same_agent: bool | None = None  # the agent heard again is the one from before the kill
 
 
 async def join(caller: Caller) -> bool:
@@ -73,6 +74,7 @@ async def heard_again(caller: Caller, t0: float, window: float, out: Outcome) ->
     caller whose SDK gave up (disconnected) is lost: nothing brings it back."""
     joins = caller.report.agent_joins
     leaves = caller.report.agent_leaves
+    first = set(caller.agents)
     deadline = t0 + window
     while time.monotonic() < deadline:
         if out.agent_left_s is None and caller.report.agent_leaves > leaves:
@@ -88,6 +90,7 @@ async def heard_again(caller: Caller, t0: float, window: float, out: Outcome) ->
         if latency is not None:
             out.heard_s = end + latency - t0
             out.outcome = "recovered" if caller.report.agent_leaves > leaves else "kept"
+            out.same_agent = set(caller.agents) == first
             await caller.wait_agent_quiet(15)
             break
     out.outcome = out.outcome or "lost"

@@ -42,7 +42,7 @@ from ..operator.cluster import (
     install_images,
     install_rbac,
 )
-from .failover_scenario import WorkerFleet, until
+from .failover_scenario import WorkerFleet, operator_metric, until
 
 pytestmark = [
     pytest.mark.cluster,
@@ -237,11 +237,23 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
             f"after killing node {KILLED}: {dict(counts)}; two agents: {two}; by room node: {by_node}"
         )
         print(f"kill -> heard again (recovered): {heard}")
+        rejoined = sum(bool(o["same_agent"]) for o in outcomes if o["outcome"] == "recovered")
+        print(
+            f"recovered by the same agent reconnecting: {rejoined}, by a new agent: "
+            f"{counts['recovered'] - rejoined}"
+        )
         for o in sorted(outcomes, key=lambda o: (o["node"], o["room"])):
             print(f"  {o}")
         record_property("kill_outcomes", json.dumps({**counts, "two_agents": two}))
         assert len(outcomes) == CALLS
         assert two == 0, [o for o in outcomes if o["max_agents"] >= 2]
+
+        failovers = {
+            k: operator_metric(mn_operator, "voicefleet_failovers_total", outcome=k)
+            for k in ("redispatched", "caller_gone", "gave_up")
+        }
+        print(f"operator failovers during the run: {failovers}")
+        record_property("operator_failovers", json.dumps(failovers))
 
         # Workers registered with the dead node reconnect through the relay to the other.
         def reconnected() -> dict[str, float] | None:
