@@ -113,7 +113,7 @@ async def main() -> None:
             plan["secret"],
             room=room,
             agent_name=plan["agent_name"],
-            dispatch="api",
+            dispatch=plan.get("dispatch", "api"),
             metadata=json.dumps({"room": room}),
             drop_window_s=plan["window"],
         )

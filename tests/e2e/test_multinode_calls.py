@@ -10,6 +10,11 @@ callers count the outcome: kept (their agent never left), recovered (a new agent
 lost, and with two agents at once, which must be none. Workers that were registered with
 the dead node reconnect through the relay (`voicefleet_worker_reconnections_total{link=
 "livekit"}` rises) and the VoiceAgent is Ready.
+
+Two ways to ask for the agent: `api` (the caller's app calls CreateDispatch once it joined)
+passes; `room` (the room asks for it at CreateRoom, RoomAgentDispatch) is a strict xfail:
+LiveKit dispatches the agent again when it re-creates the dead node's room while the
+original agent reconnects, and calls get two agents (not fixed; docs/operations.md).
 """
 
 from __future__ import annotations
@@ -153,19 +158,47 @@ def registered_region(stack: Stack, pod: dict[str, Any]) -> str:
     return str(region)
 
 
-async def create_rooms(url: str, stack: Stack, names: list[str]) -> None:
-    """Room i on node 1 + i % 2, placed through the relay by node id."""
+async def create_rooms(url: str, stack: Stack, names: list[str], agent: str = "") -> None:
+    """Room i on node 1 + i % 2, placed through the relay by node id; with `agent`, the
+    room itself asks for that agent (`RoomAgentDispatch`: part of the room's record)."""
     ids = [await asyncio.to_thread(stack.livekit_node_id, n) for n in (1, 2)]
     async with api.LiveKitAPI(
         url.replace("ws://", "http://"), LIVEKIT_KEY, stack.livekit_secret
     ) as lk:
         for i, name in enumerate(names):
             await lk.room.create_room(
-                api.CreateRoomRequest(name=name, node_id=ids[i % 2], empty_timeout=300)
+                api.CreateRoomRequest(
+                    name=name,
+                    node_id=ids[i % 2],
+                    empty_timeout=300,
+                    agents=[
+                        api.RoomAgentDispatch(agent_name=agent, metadata=json.dumps({"room": name}))
+                    ]
+                    if agent
+                    else [],
+                )
             )
 
 
+@pytest.mark.parametrize(
+    "dispatch",
+    [
+        "api",
+        pytest.param(
+            "room",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="not fixed: with the agent asked for by the room (RoomAgentDispatch), "
+                "LiveKit dispatches it again when it re-creates a killed node's room while "
+                "the original agent reconnects: two agents (docs/operations.md, Multi-node "
+                "LiveKit)",
+            ),
+        ),
+    ],
+)
 async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
+    dispatch: str,
     multinode_stack: Stack,
     multinode_kube: Kube,
     mn_namespace: str,
@@ -186,8 +219,12 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
         )
 
         names = [f"{f.agent_name}-r{i}" for i in range(CALLS)]
-        await create_rooms(relay.url, s, names)
+        # api: the caller's app dispatches the agent (CreateDispatch) once it joined;
+        # room: the room asks for it at creation, so LiveKit dispatches it again when it
+        # re-creates the room on the surviving node.
+        await create_rooms(relay.url, s, names, f.agent_name if dispatch == "room" else "")
         plan = {
+            "dispatch": "api" if dispatch == "api" else "none",
             "url": relay.url,
             "key": LIVEKIT_KEY,
             "secret": s.livekit_secret,
