@@ -38,8 +38,8 @@ class Outcome:
     errors: list[str]
     outcome: str = ""  # kept, recovered, lost
     heard_s: float | None = None  # kill -> the caller heard an agent answer again
-    agent_joins: int = 0  # after the kill
-    max_agents: int = 0  # most agents in the room at once, over the whole call
+    agent_joins: int = 0  # after the kill, until the end of the window
+    max_agents: int = 0  # most agents in the room at once, until the end of the window
     agent_left_s: float | None = None  # kill -> the caller saw its agent leave
     same_agent: bool | None = None  # the agent heard again is the one from before the kill
 
@@ -95,6 +95,10 @@ async def heard_again(caller: Caller, t0: float, window: float, out: Outcome) ->
             await caller.wait_agent_quiet(15)
             break
     out.outcome = out.outcome or "lost"
+    # Two agents can come later than the answer (a second dispatch): watch the whole window.
+    await caller.changes.wait_for(
+        lambda: caller.report.max_agents >= 2, max(0.0, deadline - time.monotonic())
+    )
     out.agent_joins = caller.report.agent_joins - joins
     out.max_agents = caller.report.max_agents
 
