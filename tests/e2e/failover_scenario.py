@@ -90,27 +90,31 @@ class Recovery:
 class WorkerFleet:
     """One VoiceAgent of real workers with failover on, and its callers."""
 
-    def __init__(self, stack: Stack, kube: Kube, namespace: str, name: str) -> None:
+    def __init__(
+        self, stack: Stack, kube: Kube, namespace: str, name: str, livekit_url: str = ""
+    ) -> None:
         self.stack, self.kube, self.ns, self.name = stack, kube, namespace, name
+        # The URL workers and callers use: the stack's node unless told (a balanced one).
+        self.livekit_url = livekit_url or stack.livekit_url
         self.agent_name = f"{name}-{namespace[-5:]}"
         self.scenario = self.agent_name
         self.standin = StandInClient(stack.realtime_url, scenario=self.scenario)
         self.callers: list[Caller] = []
 
     # --- set-up ----------------------------------------------------------------------------
-    async def start(self, replicas: int = 2, timeout: float = 180) -> None:
+    async def start(self, replicas: int = 2, timeout: float = 180, max_per_worker: int = 4) -> None:
         await self.standin.reset()
         await self.standin.configure(modelDelayMs=200, responseMs=800)
         secrets(self.kube, self.ns, self.stack.livekit_secret)
         spec = {
             "agentName": self.agent_name,
-            "livekit": {"url": self.stack.livekit_url, "credentialsSecret": "livekit"},
+            "livekit": {"url": self.livekit_url, "credentialsSecret": "livekit"},
             "model": {
                 "apiKeySecret": {"name": "openai"},
                 "baseURL": self.stack.openai_base_url(self.scenario),
                 "turnDetection": {"type": "server_vad", "silenceDurationMs": SILENCE_MS},
             },
-            "sessions": {"maxPerWorker": 4, "drainTimeoutSeconds": 5},
+            "sessions": {"maxPerWorker": max_per_worker, "drainTimeoutSeconds": 5},
             "autoscaling": {"mode": "none"},
             "replicas": replicas,
             "template": {"image": WORKER_IMAGE},
@@ -157,7 +161,7 @@ class WorkerFleet:
         """A caller joins `room`, the app dispatches our agent (CreateDispatch), the agent
         answers a first turn."""
         caller = Caller(
-            self.stack.livekit_url,
+            self.livekit_url,
             LIVEKIT_KEY,
             self.stack.livekit_secret,
             room=room,
