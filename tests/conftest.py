@@ -14,7 +14,7 @@ import pytest
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
-from .operator.cluster import OperatorProcess, install_crd, install_images, install_rbac
+from .operator.cluster import OperatorProcess, running_operator
 
 pytest_plugins = ["voicefleet_testbed.pytest_fixtures"]
 
@@ -29,15 +29,8 @@ def operator(
             "restart it with `testbed up --no-operator`, or run them without VOICEFLEET_TESTBED",
             returncode=2,
         )
-    install_crd(kube)
-    install_images(stack)
-    op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"))
-    op.start()
-    try:
+    with running_operator(stack, kube, tmp_path_factory.mktemp("operator")) as op:
         yield op
-    finally:
-        op.stop()
-        print(f"operator log tail:\n{op.tail()}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,6 @@ open to anyone who reaches it can start calls to listed agents and do nothing el
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,12 +18,11 @@ from typing import Any, Final
 
 from livekit import api
 
+from .spec import DNS1123_SUBDOMAIN_RE
 from .status import ready_condition
 
 TOKEN_TTL: Final = timedelta(minutes=10)  # long enough to join; LiveKit checks it at join only
 MAX_BODY: Final = 4096
-# metadata.name and metadata.namespace: DNS-1123 labels/subdomains, checked before use.
-_NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class BadRequest(ValueError):
@@ -81,7 +79,7 @@ def parse_call(body: bytes) -> tuple[str, str]:
     out = []
     for field in ("namespace", "name"):
         value = doc.get(field)
-        if not isinstance(value, str) or not _NAME_RE.match(value):
+        if not isinstance(value, str) or len(value) > 253 or not DNS1123_SUBDOMAIN_RE.match(value):
             raise BadRequest(f"{field}: must be a Kubernetes object name")
         out.append(value)
     return out[0], out[1]

@@ -32,7 +32,7 @@ from voicefleet_contract.telephony import owner_key
 
 from . import telephony as tel
 from .events import poster
-from .failover_loop import http_url
+from .failover_loop import SecretData, credentials_of, http_url
 from .kube import Kube, KubeError, path
 from .metrics import OperatorMetrics, _build
 from .reconcile import va_path
@@ -137,10 +137,9 @@ class TelephonySync:
 
     async def _target(self, spec: VoiceAgentSpec, k: _Key) -> tuple[str, str, str]:
         secret = await self._secret(spec.namespace, spec.livekit.credentialsSecret)
-        key = _decode(secret, spec.livekit.apiKeyKey)
-        value = _decode(secret, spec.livekit.apiSecretKey)
-        if key and value:
-            k.target = (http_url(spec.livekit.url), key, value)
+        creds = credentials_of(SecretData((secret or {}).get("data") or {}), spec)
+        if creds is not None:
+            k.target = (http_url(spec.livekit.url), *creds)
         if k.target is None:
             raise SyncProblem(
                 "Error", f"LiveKit credentials: Secret {spec.livekit.credentialsSecret} unreadable"

@@ -44,9 +44,7 @@ from ..operator.cluster import (
     OperatorProcess,
     condition,
     get_va,
-    install_crd,
-    install_images,
-    install_rbac,
+    running_operator,
 )
 from .failover_scenario import WorkerFleet, operator_metric, until
 
@@ -84,15 +82,8 @@ def mn_namespace(multinode_kube: Kube, request: pytest.FixtureRequest) -> Iterat
 def mn_operator(
     multinode_stack: Stack, multinode_kube: Kube, tmp_path: Path
 ) -> Iterator[OperatorProcess]:
-    install_crd(multinode_kube)
-    install_images(multinode_stack)
-    op = OperatorProcess(multinode_stack, install_rbac(multinode_kube), tmp_path)
-    op.start()
-    try:
+    with running_operator(multinode_stack, multinode_kube, tmp_path) as op:
         yield op
-    finally:
-        op.stop()
-        print(f"operator log tail:\n{op.tail()}")
 
 
 class CallerProcs:

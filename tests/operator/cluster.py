@@ -4,13 +4,14 @@ process under its own ServiceAccount (not as admin), wait for things."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -248,3 +249,18 @@ def table(kube: Kube, namespace: str) -> dict[str, Any]:
         )
     )
     return dict(json.loads(resp.read()))  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def running_operator(stack: Stack, kube: Kube, directory: Path) -> Iterator[OperatorProcess]:
+    """The CRD, the images and the operator's RBAC installed, and an operator process of
+    this checkout running against `stack` while in the block (its log tail printed after)."""
+    install_crd(kube)
+    install_images(stack)
+    op = OperatorProcess(stack, install_rbac(kube), directory)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log tail:\n{op.tail()}")
