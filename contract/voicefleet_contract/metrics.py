@@ -55,7 +55,8 @@ WORKER_SESSIONS_ENDED: Final = MetricSpec(
     "voicefleet_worker_sessions_ended_total",
     "counter",
     "Sessions that ended, by outcome: completed (the agent or the caller ended it), "
-    "caller_gone, error, drain_timeout.",
+    "caller_gone, error, drain_timeout, duplicate (the agent left a call that a later "
+    "agent of the same name was dispatched to).",
     ("outcome",),
 )
 WORKER_SESSION_DURATION: Final = MetricSpec(

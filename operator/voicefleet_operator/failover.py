@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-AGENT_NAME_ATTRIBUTE: Final = "lk.agent.name"
+from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 
 # LiveKit ParticipantInfo.Kind and DisconnectReason values (livekit.protocol.models).
 KIND_STANDARD: Final = 0

@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
+from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 
 from . import failover as fo
 from .active import ActiveLabel, NoActiveLabel
@@ -158,7 +159,7 @@ class LiveKitRooms:
                 fo.Participant(
                     p.identity,
                     int(p.kind),
-                    p.attributes.get(fo.AGENT_NAME_ATTRIBUTE, ""),
+                    p.attributes.get(AGENT_NAME_ATTRIBUTE, ""),
                     p.joined_at_ms / 1000 if p.joined_at_ms else float(p.joined_at),
                 )
                 for p in people.participants
@@ -347,7 +348,7 @@ class Failover:
     async def on_webhook(self, event: Any, credentials: str) -> None:
         """A verified LiveKit webhook: a loss for the matching VoiceAgent, or a nudge."""
         p = event.participant
-        agent_name = p.attributes.get(fo.AGENT_NAME_ATTRIBUTE, "")
+        agent_name = p.attributes.get(AGENT_NAME_ATTRIBUTE, "")
         for s in self._states.values():
             t = s.target
             if not t.enabled or t.credentials != credentials:

@@ -40,6 +40,8 @@ class Outcome:
     heard_s: float | None = None  # kill -> the caller heard an agent answer again
     agent_joins: int = 0  # after the kill, until the end of the window
     max_agents: int = 0  # most agents in the room at once, until the end of the window
+    longest_overlap_s: float = 0.0  # the longest time two agents were in the room together
+    two_at_end: bool = False  # two agents still in the room when the window closed
     agent_left_s: float | None = None  # kill -> the caller saw its agent leave
     same_agent: bool | None = None  # the agent heard again is the one from before the kill
 
@@ -95,12 +97,13 @@ async def heard_again(caller: Caller, t0: float, window: float, out: Outcome) ->
             await caller.wait_agent_quiet(15)
             break
     out.outcome = out.outcome or "lost"
-    # Two agents can come later than the answer (a second dispatch): watch the whole window.
-    await caller.changes.wait_for(
-        lambda: caller.report.max_agents >= 2, max(0.0, deadline - time.monotonic())
-    )
+    # A second agent can come later than the answer (a second dispatch), and must leave
+    # again: the whole window is observed.
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
     out.agent_joins = caller.report.agent_joins - joins
     out.max_agents = caller.report.max_agents
+    out.two_at_end = len(caller.agents) >= 2
+    out.longest_overlap_s = max(caller.report.longest_overlap_s, caller.overlap_s())
 
 
 def say(msg: dict[str, Any]) -> None:

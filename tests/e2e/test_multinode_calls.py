@@ -7,14 +7,16 @@ skipped). Rooms are placed on a node by `CreateRoom(node_id=...)`, 10 on each. E
 is answered; the dispatch spread over the workers is printed and recorded (the test's
 `user_properties`). Then node 2 is SIGKILLed and every caller tries to be heard again; the
 callers count the outcome: kept (their agent never left), recovered (a new agent answered),
-lost, and with two agents at once, which must be none. Workers that were registered with
+lost, and with two agents at once (for longer than `TWO_AGENTS_S`), which must be none. Workers that were registered with
 the dead node reconnect through the relay (`voicefleet_worker_reconnections_total{link=
 "livekit"}` rises) and the VoiceAgent is Ready.
 
 Two ways to ask for the agent: `api` (the caller's app calls CreateDispatch once it joined)
-passes; `room` (the room asks for it at CreateRoom, RoomAgentDispatch) is a strict xfail:
-LiveKit dispatches the agent again when it re-creates the dead node's room while the
-original agent reconnects, and calls get two agents (not fixed; docs/operations.md).
+and `room` (the room asks for it at CreateRoom, RoomAgentDispatch, as SIP dispatch rules
+do). With `room`, LiveKit dispatches the agent again when it re-creates the dead node's
+room while the original agent reconnects; the original then leaves the call to the new
+one (voicefleet_contract.one_agent), so two agents share a room only for a moment (the
+overlaps are printed and recorded).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ REPO = Path(__file__).resolve().parents[2]
 KILLED = 2  # the node SIGKILLed mid-call
 RECOVER_S = 90.0  # kill -> a caller must be heard again by then, or it is lost
 LK_RECONNECT = "voicefleet_worker_reconnections_total"
+# Two agents of the fleet in one room longer than this is a call "with two agents": the
+# earlier agent must leave as soon as it sees the later one (voicefleet_contract.one_agent);
+# on the loaded 2-core machine its room events can take seconds to arrive.
+TWO_AGENTS_S = 5.0
 
 
 @pytest.fixture
@@ -177,17 +183,7 @@ async def create_rooms(url: str, stack: Stack, names: list[str], agent: str = ""
     "dispatch",
     [
         "api",
-        pytest.param(
-            "room",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="not fixed: with the agent asked for by the room (RoomAgentDispatch), "
-                "LiveKit dispatches it again when it re-creates a killed node's room while "
-                "the original agent reconnects: two agents (docs/operations.md, Multi-node "
-                "LiveKit)",
-            ),
-        ),
+        "room",
     ],
 )
 async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
@@ -282,7 +278,12 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
         for o in outcomes:
             o["node"] = placed[o["room"]]
         counts = Counter(o["outcome"] for o in outcomes)
-        two = sum(o["max_agents"] >= 2 for o in outcomes)
+        two = sum(o["two_at_end"] or o["longest_overlap_s"] > TWO_AGENTS_S for o in outcomes)
+        brief = sorted(
+            round(o["longest_overlap_s"], 1)
+            for o in outcomes
+            if o["max_agents"] >= 2 and not o["two_at_end"]
+        )
         by_node = {
             n: dict(Counter(o["outcome"] for o in outcomes if o["node"] == n)) for n in (1, 2)
         }
@@ -291,6 +292,7 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
             f"after killing node {KILLED}: {dict(counts)}; two agents: {two}; by room node: {by_node}"
         )
         print(f"kill -> heard again (recovered): {heard}")
+        print(f"two agents for a moment, until one left (s): {brief}")
         rejoined = sum(bool(o["same_agent"]) for o in outcomes if o["outcome"] == "recovered")
         print(
             f"recovered by the same agent reconnecting: {rejoined}, by a new agent: "
@@ -298,7 +300,9 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
         )
         for o in sorted(outcomes, key=lambda o: (o["node"], o["room"])):
             print(f"  {o}")
-        record_property("kill_outcomes", json.dumps({**counts, "two_agents": two}))
+        record_property(
+            "kill_outcomes", json.dumps({**counts, "two_agents": two, "overlaps_s": brief})
+        )
         assert len(outcomes) == CALLS
         assert two == 0, [o for o in outcomes if o["max_agents"] >= 2]
 

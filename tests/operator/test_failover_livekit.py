@@ -25,7 +25,8 @@ from google.protobuf.json_format import MessageToJson
 from livekit import api, rtc
 from prometheus_client.parser import text_string_to_metric_families
 
-from voicefleet_operator.failover import AGENT_NAME_ATTRIBUTE, KIND_AGENT
+from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
+from voicefleet_operator.failover import KIND_AGENT
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 from voicefleet_contract.sessions import RoomSession, SessionsReport
 from voicefleet_operator import failover as fo
 from voicefleet_operator.autoscale_loop import WorkerPod
@@ -149,7 +150,7 @@ def agent_old_left(spec: VoiceAgentSpec, reason: Any, at: float, event_id: str) 
         participant=ParticipantInfo(
             identity="agent-old",
             kind=ParticipantInfo.Kind.AGENT,
-            attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
+            attributes={AGENT_NAME_ATTRIBUTE: spec.agent_name},
             disconnect_reason=reason,
             joined_at=10,
         ),
@@ -288,7 +289,7 @@ async def test_webhook_matches_credentials_and_agent_name() -> None:
             participant=ParticipantInfo(
                 identity="agent-old",
                 kind=ParticipantInfo.Kind.AGENT,
-                attributes={fo.AGENT_NAME_ATTRIBUTE: agent_name},
+                attributes={AGENT_NAME_ATTRIBUTE: agent_name},
                 disconnect_reason=DisconnectReason.CONNECTION_TIMEOUT,
                 joined_at=10,
             ),
@@ -361,7 +362,7 @@ async def test_deliberate_end_seen_late_by_the_worker_view_and_by_webhook() -> N
             participant=ParticipantInfo(
                 identity="agent-old",
                 kind=ParticipantInfo.Kind.AGENT,
-                attributes={fo.AGENT_NAME_ATTRIBUTE: spec.agent_name},
+                attributes={AGENT_NAME_ATTRIBUTE: spec.agent_name},
                 disconnect_reason=DisconnectReason.CLIENT_INITIATED,
             ),
         ),

@@ -709,3 +709,33 @@ def _api_caller(agent: Agent, room: str) -> Caller:
         agent_name=agent.name,
         dispatch="api",
     )
+
+
+async def test_a_later_dispatch_of_the_same_agent_takes_the_call_and_the_earlier_leaves(
+    make_agent: Any,
+) -> None:
+    """Two agents of one name in a room (LiveKit re-running a room's dispatch after a node
+    loss does this; here a second CreateDispatch): the earlier agent leaves on its own,
+    the later one stays and answers (voicefleet_contract.one_agent)."""
+    agent: Agent = make_agent(max_per_worker=2)
+    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=600)
+    a = agent.worker()
+    await asyncio.to_thread(a.wait_registered, 120)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        (first,) = caller.agents
+        await caller.create_dispatch()
+        await until(
+            lambda: caller.report.agent_joins == 2 and first not in caller.agents,
+            30,
+            "the second agent joins and the first leaves",
+        )
+        assert len(caller.agents) == 1
+        await until(lambda: a.sessions().activeSessions == 1, 15, "one session left")
+        assert a.metric('voicefleet_worker_sessions_ended_total{outcome="duplicate"}') == 1
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the agent that stayed did not answer"
+        assert caller.report.agent_leaves == 1 and len(caller.agents) == 1
+    finally:
+        await caller.close()

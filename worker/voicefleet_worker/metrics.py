@@ -22,7 +22,7 @@ from voicefleet_contract import metrics as spec
 from voicefleet_contract.metrics import WORKER_METRICS, MetricSpec
 
 TOOL_OUTCOMES = ("ok", "http_error", "timeout", "refused", "error")
-SESSION_OUTCOMES = ("completed", "caller_gone", "error", "drain_timeout")
+SESSION_OUTCOMES = ("completed", "caller_gone", "error", "drain_timeout", "duplicate")
 LINKS = ("livekit", "realtime", "room")
 SUMMARY_RESULTS = ("ok", "error")
 CALLER_ORIGINS = ("sip", "webrtc", "other")

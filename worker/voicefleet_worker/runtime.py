@@ -39,6 +39,7 @@ from .load import idle_processes, session_load
 from .metrics import WorkerMetrics
 from .model import ObservedRealtimeModel, realtime_kwargs
 from .observe import SessionObserver
+from .one_agent import OneAgentGuard, accept_marked
 from .resume import (
     RESUME_GREETING,
     RESUME_NOTE_ID,
@@ -245,6 +246,13 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             on_close=on_close,
         )
         observer.attach_room(ctx.room)
+        # Another agent of this VoiceAgent dispatched here later: this one leaves.
+        OneAgentGuard(
+            ctx.room,
+            settings.config.agentName,
+            lambda _: on_close("duplicate"),
+            {"job_id": job_id, "room": room},
+        ).attach()
         resumed, writer = await _resume(ctx, runtime, job_id, observer)
         if writer is not None:
             observer.on_turn = writer.add
@@ -422,7 +430,9 @@ def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
         max_retry=LIVEKIT_RETRIES,
         log_level="INFO",
     )
-    server.rtc_session(_job_main(runtime, entrypoint), agent_name=s.config.agentName)
+    server.rtc_session(
+        _job_main(runtime, entrypoint), agent_name=s.config.agentName, on_request=accept_marked
+    )
     return server
 
 

@@ -83,6 +83,7 @@ class Caller:
         self._pump: AudioPump | None = None
         self._joined_at = 0.0
         self._left_at: float | None = None
+        self._overlap_since: float | None = None  # two or more agents in the room since
         self._tasks: set[asyncio.Task[None]] = set()
         self._speech_end: float | None = None
         self._turn: TurnResult | None = None
@@ -177,6 +178,8 @@ class Caller:
             return
         now = asyncio.get_running_loop().time()
         self.agents.add(p.identity)
+        if len(self.agents) == 2:
+            self._overlap_since = now
         self.report.agent_joins += 1
         self.report.max_agents = max(self.report.max_agents, len(self.agents))
         if self.report.dispatch_s is None:
@@ -190,10 +193,23 @@ class Caller:
         if p.identity not in self.agents:
             return
         self.agents.discard(p.identity)
+        if len(self.agents) == 1:
+            self.overlap_s(end=True)
         self.report.agent_leaves += 1
         if not self.agents:
             self._left_at = asyncio.get_running_loop().time()
         self.changes.bump()
+
+    def overlap_s(self, end: bool = False) -> float:
+        """How long two or more agents have been in the room together now (0: not now);
+        `end`: the overlap is over, recorded in `report.longest_overlap_s`."""
+        if self._overlap_since is None:
+            return 0.0
+        took = asyncio.get_running_loop().time() - self._overlap_since
+        if end:
+            self._overlap_since = None
+            self.report.longest_overlap_s = max(self.report.longest_overlap_s, took)
+        return took
 
     def _on_track_subscribed(
         self, track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant

@@ -28,6 +28,8 @@ class CallReport:
     agent_joins: int = 0
     agent_leaves: int = 0
     max_agents: int = 0  # most agent participants in the room at once (two talk over each other)
+    # the longest stretch with two or more agents in the room (seconds, once it ended)
+    longest_overlap_s: float = 0.0
     failover_gaps_s: list[float] = field(default_factory=list)  # agent left -> next joined
     dropped: bool = False  # an agent left and none came back within the drop window
     turns: list[TurnResult] = field(default_factory=list)
