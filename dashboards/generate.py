@@ -591,11 +591,52 @@ def voiceagent() -> Dashboard:
             ),
         ),
     )
+    on_node = f"* on (namespace, pod) group_left (node) {sel(m.WORKER_LIVEKIT_NODE, o)}"
+    lk = o + ', link="livekit"'
+    livekit_nodes = Row(
+        "LiveKit nodes (multi-node LiveKit: docs/operations.md)",
+        (
+            Panel(
+                "Workers by LiveKit node",
+                (Query(f"count by (node) ({sel(m.WORKER_LIVEKIT_NODE, o)})", "{{node}}"),),
+                description="The node each worker registered with: that node hands it its jobs.",
+                width=8,
+            ),
+            Panel(
+                "Dispatches by LiveKit node",
+                (
+                    Query(
+                        f"sum by (node) (increase({sel(m.WORKER_SESSIONS_STARTED, o)}[{RATE}]) "
+                        f"{on_node})",
+                        "{{node}}",
+                    ),
+                ),
+                description="Sessions started, by the node of the worker that got them. A "
+                "node with more idle workers wins more jobs (docs/operations.md).",
+                bars=True,
+                width=8,
+            ),
+            Panel(
+                "LiveKit reconnections by node",
+                (
+                    Query(
+                        f"sum by (node) (increase({sel(m.WORKER_RECONNECTIONS, lk)}[{RATE}]) "
+                        f"{on_node})",
+                        "{{node}}",
+                    ),
+                ),
+                description="Workers that registered again, by the node they reached (after "
+                "a node loss: the surviving nodes).",
+                bars=True,
+                width=8,
+            ),
+        ),
+    )
     return Dashboard(
         uid="voicefleet-voiceagent",
         title="voicefleet / VoiceAgent",
         description="One VoiceAgent in depth: per-worker load, latency, tools, failover, errors.",
-        rows=(overview, sessions, scaling, latency, tools, resilience, telephony),
+        rows=(overview, sessions, scaling, latency, tools, resilience, telephony, livekit_nodes),
         variables=(
             Variable(
                 "namespace",

@@ -111,6 +111,13 @@ WORKER_RECONNECTIONS: Final = MetricSpec(
     "the Realtime API), room (the agent's room connection).",
     ("link",),
 )
+WORKER_LIVEKIT_NODE: Final = MetricSpec(
+    "voicefleet_worker_livekit_node_info",
+    "gauge",
+    "1 for the LiveKit node (node id, region) this worker registered with last: it hands "
+    "the worker its jobs. Join on pod for per-node views of other worker metrics.",
+    ("node", "region"),
+)
 WORKER_INTERRUPTIONS: Final = MetricSpec(
     "voicefleet_worker_interruptions_total",
     "counter",
@@ -160,6 +167,7 @@ WORKER_METRICS: Final[tuple[MetricSpec, ...]] = (
     WORKER_TOOL_CALLS,
     WORKER_TOOL_LATENCY,
     WORKER_RECONNECTIONS,
+    WORKER_LIVEKIT_NODE,
     WORKER_INTERRUPTIONS,
     WORKER_MODEL_ERRORS,
     WORKER_SESSIONS_RESUMED,

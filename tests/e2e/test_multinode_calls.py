@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parents[2]
 KILLED = 2  # the node SIGKILLed mid-call
 RECOVER_S = 90.0  # kill -> a caller must be heard again by then, or it is lost
 LK_RECONNECT = "voicefleet_worker_reconnections_total"
+NODE_INFO = "voicefleet_worker_livekit_node_info"
 # Two agents of the fleet in one room longer than this is a call "with two agents": the
 # earlier agent must leave as soon as it sees the later one (voicefleet_contract.one_agent);
 # on the loaded 2-core machine its room events can take seconds to arrive.
@@ -232,7 +233,15 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
             placed.update((r, n) for r, n in s.room_nodes().items() if r in names)
             return len(placed) == CALLS and 0 not in placed.values()
 
-        await asyncio.to_thread(wait_for, all_placed, 30, "every room's node known")
+        await asyncio.to_thread(
+            wait_for,
+            all_placed,
+            30,
+            "every room's node known",
+            on_fail=lambda: (
+                f"rooms -> node (0: unknown): {placed}; missing: {sorted(set(names) - set(placed))}"
+            ),
+        )
         print(f"rooms per node: {dict(Counter(placed.values()))}")
         assert set(placed.values()) == {1, 2}, placed
         assert len(joined) == CALLS and all(j["answered_before"] for j in joined), [
@@ -326,12 +335,15 @@ async def test_twenty_calls_on_two_nodes_and_a_node_killed_mid_call(
                 try:
                     now = f.worker_metric(p, LK_RECONNECT, link="livekit")
                     registered = f.worker_metric(p, "voicefleet_worker_registered") == 1
+                    node = f.worker_metric(p, NODE_INFO, node=survivor)
                 except OSError:
                     continue
-                if now > before[name] and registered:
+                # registered again, with the surviving node (the per-node views' label)
+                if now > before[name] and registered and node == 1:
                     rose[name] = now
             return rose or None
 
+        survivor = await asyncio.to_thread(s.livekit_node_id, 3 - KILLED)
         rose = await until(lambda: asyncio.to_thread(reconnected), 120, "workers reconnected")
         print(
             f"workers that reconnected (livekit link): {rose}; relay: {dict(relay.counts()['connected'])}"

@@ -721,6 +721,10 @@ async def test_a_later_dispatch_of_the_same_agent_takes_the_call_and_the_earlier
     await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=600)
     a = agent.worker()
     await asyncio.to_thread(a.wait_registered, 120)
+    # the LiveKit node it registered with, for per-node views: one series, LiveKit's node
+    # id (the two-node test checks it is the right node's)
+    nodes = {k: v for k, v in a.metrics().items() if k.startswith("voicefleet_worker_livekit_node")}
+    assert list(nodes.values()) == [1.0] and 'node="ND_' in next(iter(nodes)), nodes
     caller = agent.caller()
     try:
         await _joined(caller)

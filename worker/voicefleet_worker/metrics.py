@@ -61,6 +61,7 @@ class WorkerMetrics:
         self.tool_calls: Counter = m[spec.WORKER_TOOL_CALLS.name]
         self.tool_latency: Histogram = m[spec.WORKER_TOOL_LATENCY.name]
         self.reconnections: Counter = m[spec.WORKER_RECONNECTIONS.name]
+        self.livekit_node: Gauge = m[spec.WORKER_LIVEKIT_NODE.name]
         self.interruptions: Counter = m[spec.WORKER_INTERRUPTIONS.name]
         self.model_errors: Counter = m[spec.WORKER_MODEL_ERRORS.name]
         self.sessions_resumed: Counter = m[spec.WORKER_SESSIONS_RESUMED.name]

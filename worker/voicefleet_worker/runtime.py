@@ -441,15 +441,19 @@ async def watch_registration(
     metrics: WorkerMetrics,
     on_change: Callable[[bool], None] = lambda _: None,
 ) -> None:
-    """`voicefleet_worker_registered` and livekit reconnections. livekit-agents 1.8.9 emits
+    """`voicefleet_worker_registered`, the LiveKit node registered with, and livekit
+    reconnections. livekit-agents 1.8.9 emits
     `worker_registered` on each (re)registration but nothing on a lost connection, so the
     gauge follows the server's connection state (`_connecting`, `_connection_failed`).
     `on_change` hears every state: it is what `/ready` answers."""
     registrations = 0
 
-    def on_registered(worker_id: str, *_: Any) -> None:
+    def on_registered(worker_id: str, server_info: Any = None, *_: Any) -> None:
         nonlocal registrations
         registrations += 1
+        metrics.livekit_node.clear()  # one series: the node registered with now
+        node = getattr(server_info, "node_id", "")
+        metrics.livekit_node.labels(node=node, region=getattr(server_info, "region", "")).set(1)
         if registrations > 1:
             metrics.reconnections.labels(link="livekit").inc()
         metrics.registered.set(1)
