@@ -592,7 +592,6 @@ def voiceagent() -> Dashboard:
         ),
     )
     on_node = f"* on (namespace, pod) group_left (node) {sel(m.WORKER_LIVEKIT_NODE, o)}"
-    lk = o + ', link="livekit"'
     livekit_nodes = Row(
         "LiveKit nodes (multi-node LiveKit: docs/operations.md)",
         (
@@ -617,16 +616,17 @@ def voiceagent() -> Dashboard:
                 width=8,
             ),
             Panel(
-                "LiveKit reconnections by node",
+                "Reconnections by LiveKit node",
                 (
                     Query(
-                        f"sum by (node) (increase({sel(m.WORKER_RECONNECTIONS, lk)}[{RATE}]) "
+                        f"sum by (node, link) (increase({sel(m.WORKER_RECONNECTIONS, o)}[{RATE}]) "
                         f"{on_node})",
-                        "{{node}}",
+                        "{{node}} {{link}}",
                     ),
                 ),
-                description="Workers that registered again, by the node they reached (after "
-                "a node loss: the surviving nodes).",
+                description="Reconnections by link, by the node each worker is registered "
+                "with now: after a node loss, `livekit` shows the workers that registered "
+                "again with the surviving nodes.",
                 bars=True,
                 width=8,
             ),
