@@ -3,8 +3,8 @@ KEDA (its operator and external metrics API server, host processes of the testbe
 it into an HPA, the controller-manager's HPA controller asks KEDA through the API
 server's aggregation layer, KEDA's Prometheus scaler queries the testbed's Prometheus,
 which scrapes the REAL worker pods, and live WebRTC calls raise the sessions. Nothing is
-shortened: KEDA and the HPA run with their production timers (the HPA's 15 s sync) and
-the ScaledObject is what the operator renders for any cluster.
+shortened: KEDA, the HPA (its 15 s sync) and the operator run with their production
+timers, and the ScaledObject is what the operator renders for any cluster.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import asyncio
 import json
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.operator.cluster import OperatorProcess
+from tests.operator.cluster import OperatorProcess, install_crd, install_images, install_rbac
+from voicefleet_operator.settings import Settings
 from voicefleet_testbed.keda import Keda
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
@@ -34,6 +36,28 @@ SHAPE = Shape(
 CALLERS = 4
 KEDA_API = "keda.sh/v1alpha1"
 HPA_API = "autoscaling/v2"
+
+
+@pytest.fixture(scope="module")
+def operator(
+    stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator with its production timers (the shared fixture shortens the resync and
+    the failover sweep for other tests); it only renders the ScaledObject here."""
+    install_crd(kube)
+    install_images(stack)
+    d = Settings()
+    timers = [
+        f"--resync-seconds={d.resync_seconds:g}",
+        f"--failover-sweep-seconds={d.failover_sweep_seconds:g}",
+    ]
+    op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"), timers)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log tail:\n{op.tail()}")
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> str:
