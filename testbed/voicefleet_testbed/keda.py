@@ -272,7 +272,13 @@ class Keda:
             server_ips=("127.0.0.1",),  # the gRPC client dials the operator by address
         )
         self.certs.mkdir(exist_ok=True)
-        for src, name in ((self.pki.ca_cert, "ca.crt"), (cert, "tls.crt"), (key, "tls.key")):
+        (self.certs / "ca").mkdir(exist_ok=True)
+        for src, name in (
+            (self.pki.ca_cert, "ca.crt"),
+            (self.pki.ca_cert, "ca/ca.crt"),
+            (cert, "tls.crt"),
+            (key, "tls.key"),
+        ):
             shutil.copyfile(src, self.certs / name)
         (self.certs / "tls.key").chmod(0o600)
         for sa in (OPERATOR, METRICS_SERVER):
@@ -301,7 +307,8 @@ class Keda:
             f"--health-probe-bind-address=127.0.0.1:{p['keda-operator-health']}",
             f"--metrics-service-bind-address=127.0.0.1:{p['keda-grpc']}",
             f"--cert-dir={self.certs}",
-            f"--ca-dir={self.certs}",  # scalers' TLS trust: the stack's CA (no /custom/ca here)
+            # Scalers' extra TLS trust: the stack's CA (KEDA reads every file there as PEM).
+            f"--ca-dir={self.certs / 'ca'}",
             "--enable-cert-rotation=false",  # the stack issues its certificate
             "--leader-elect=false",
             "--zap-log-level=info",
