@@ -81,7 +81,7 @@ class KedaBinaries:
         if self.missing():
             raise MissingBinary(
                 "KEDA binaries missing: " + ", ".join(self.missing())
-                + f"\n  build them with: bash {BUILD_SCRIPT} keda  (~15 min cold on 2 cores)"
+                + f"\n  build them with: bash {BUILD_SCRIPT} keda  (~18 min cold on 2 cores)"
             )  # fmt: skip
         return self
 

@@ -107,7 +107,7 @@ def real_node(stack: Stack) -> RealNode:
 def keda(stack: Stack) -> Keda:
     """KEDA (operator and external metrics API server) beside the session's stack, started
     the first time a test asks for it and kept for the session; its binaries are built
-    the first time too (`binaries.sh keda`, not part of `make binaries`: ~15 min cold).
+    the first time too (`binaries.sh keda`, not part of `make binaries`: ~18 min cold).
     Returns once the API server serves `external.metrics.k8s.io` through it."""
     if KedaBinaries.locate().missing():
         print(f"[testbed] building KEDA: bash {BUILD_SCRIPT} keda")
