@@ -38,6 +38,13 @@ def _quantity(value: float) -> str:
     return f"{math.ceil(value * 1000)}m"
 
 
+def _decimal(value: float) -> str:
+    """A plain decimal to three places ("3.5", "7"): what KEDA's trigger metadata takes.
+    KEDA parses `threshold` as a JSON number, so a Kubernetes quantity ("3500m") fails
+    the ScaledObject ("unable to unmarshal to field type float64")."""
+    return f"{round(value, 3):.3f}".rstrip("0").rstrip(".")
+
+
 def _behavior(spec: VoiceAgentSpec) -> dict[str, Any]:
     a = spec.autoscaling
     return {
@@ -127,7 +134,7 @@ def render_scaled_object(spec: VoiceAgentSpec, owner: Owner, prometheus_url: str
                     "metadata": {
                         "serverAddress": prometheus_url,
                         "query": sessions_query(spec),
-                        "threshold": _quantity(sessions_per_worker(spec)),
+                        "threshold": _decimal(sessions_per_worker(spec)),
                     },
                 }
             ],

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build or install the testbed's infrastructure binaries into a cache outside the repo,
 # keyed by version, and reuse them when present.
-#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|browser-packages|livekit|helm|prometheus|redis]...
+#   usage: binaries.sh [all|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|browser-packages|livekit|helm|prometheus|redis|keda|keda-crds]...
+# (keda is not in all, keda-crds is: KEDA is built on demand by the stacks that run it)
 # Cache: ${VOICEFLEET_CACHE:-~/.cache/voicefleet}/bin/<name>-<version>/
 set -euo pipefail
 
@@ -301,6 +302,60 @@ fetch_monitoring_crds() {
   echo "prometheus-operator CRDs $PROMETHEUS_OPERATOR_VERSION: into $dest"
 }
 
+# KEDA's module source (cached by Go), downloaded once: its CRDs and its main packages.
+# Prints the module's directory.
+keda_source() {
+  local w="$work/keda-$KEDA_VERSION" m=github.com/kedacore/keda/v2 src
+  mkdir -p "$w"
+  if [[ ! -s $w/module.json ]]; then
+    # Progress to stderr: stdout is the path this prints.
+    run_logged "go mod download" "$w/download.log" bash -c "cd '$work' && go mod download -json '$m@v$KEDA_VERSION' >'$w/module.json.tmp' && mv '$w/module.json.tmp' '$w/module.json'" >&2 \
+      || fail "download $m" "$w/download.log" "$1"
+  fi
+  src=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' "$w/module.json")
+  [[ -n $src && -f $src/cmd/operator/main.go ]] || fail "find KEDA's module source" "$w/module.json" "$1"
+  echo "$src"
+}
+
+# KEDA's CRDs as its module ships them (config/crd/bases; the keda.sh and eventing.keda.sh
+# kinds): a ~3 MB download, so part of `all`; the ScaledObject's schema checks what mode
+# keda renders (tests/operator/test_keda_crd.py), and the keda stack installs them.
+fetch_keda_crds() {
+  local dest="$bin/keda-crds-$KEDA_VERSION" src
+  [[ -f $dest/keda.sh_scaledobjects.yaml ]] && { echo "KEDA CRDs $KEDA_VERSION: cached at $dest"; return; }
+  need_go
+  step "fetching KEDA v$KEDA_VERSION's CRDs (Go module proxy)"
+  src=$(keda_source keda-crds)
+  mkdir -p "$dest.tmp"
+  install -m 0644 "$src"/config/crd/bases/*.yaml "$dest.tmp/"
+  rm -rf "$dest"; mv "$dest.tmp" "$dest"
+  echo "KEDA CRDs $KEDA_VERSION: into $dest"
+}
+
+# KEDA's operator and metrics API server (the external metrics APIService), built inside
+# KEDA's own module (its go.mod's replace and its go.sum apply, as its Makefile builds
+# them). Not in `all`: ~18 min cold on 2 cores (measured with other builds' Go cache, on a
+# loaded machine), for the stacks that run KEDA only; the `keda` test fixture builds it.
+# nice: the largest Go build here, it must not starve stacks running beside it.
+build_keda() {
+  local v=$KEDA_VERSION dest="$bin/keda-$KEDA_VERSION"
+  fetch_keda_crds
+  if [[ -x $dest/keda && -x $dest/keda-adapter ]]; then
+    echo "keda $v: cached at $dest"; return
+  fi
+  need_go
+  step "building keda, keda-adapter v$v (Go, nice 10, ~18 min cold on 2 cores)"
+  local w="$work/keda-$v" m=github.com/kedacore/keda/v2 src
+  src=$(keda_source keda)
+  mkdir -p "$w/out"
+  local ld="-s -w -X=$m/version.Version=$v -X=$m/version.GitCommit=v$v"
+  run_logged keda "$w/build.log" bash -c "cd '$src' && nice -n 10 go build -trimpath -ldflags '$ld' -o '$w/out/' ./cmd/operator ./cmd/adapter" \
+    || fail "build keda" "$w/build.log" keda
+  mkdir -p "$dest"
+  cp "$w/out/operator" "$dest/keda"; cp "$w/out/adapter" "$dest/keda-adapter"
+  echo "keda $v: built into $dest"
+}
+
 # Debian's prometheus package brings prometheus and promtool.
 install_prometheus() {
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
@@ -354,7 +409,7 @@ targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; install_prometheus; install_redis; install_browser_packages; build_node ;;
+    all) build_etcd; build_livekit; build_kubernetes; build_helm; build_actionlint; fetch_monitoring_crds; fetch_keda_crds; install_prometheus; install_redis; install_browser_packages; build_node ;;
     node) build_node ;;
     kubernetes-node) build_kubernetes_node ;;
     containerd) build_containerd ;;
@@ -371,7 +426,9 @@ for t in "${targets[@]}"; do
     monitoring-crds) fetch_monitoring_crds ;;
     prometheus) install_prometheus ;;
     redis) install_redis ;;
-    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|monitoring-crds|prometheus|redis|browser-packages)" >&2; exit 2 ;;
+    keda) build_keda ;;
+    keda-crds) fetch_keda_crds ;;
+    *) echo "unknown target: $t (all|node|etcd|kubernetes|kubernetes-node|containerd|coredns|crictl|pause|node-packages|livekit|helm|actionlint|monitoring-crds|prometheus|redis|browser-packages|keda|keda-crds)" >&2; exit 2 ;;
   esac
 done
 echo "binaries ready under $bin"

@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run Redis and point LiveKit at it (its SIP API needs it; implied by "
         "--livekit-nodes above 1; default: what runs, else off)",
     )
+    up.add_argument(
+        "--keda",
+        action="store_true",
+        help="also run KEDA (operator and external metrics API server) for autoscaling "
+        "mode keda; build it first: bash testbed/build/binaries.sh keda",
+    )
     sub.add_parser("down", help="stop everything the stack started")
     sub.add_parser("status", help="what runs and what is unhealthy (exit 1 if anything is down)")
     sub.add_parser("env", help="print the shell exports for the stack")
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 real_node=real_node,
                 livekit_nodes=args.livekit_nodes,
                 redis=args.redis,
+                keda=args.keda,
             )
             print(stack.summary())
         elif args.cmd == "down":

@@ -62,8 +62,15 @@ def prepare(kube: Kube, api_server: str, pki: Pki, state_dir: Path) -> Path:
     return kubeconfig
 
 
-def argv(kubeconfig: Path, metrics_port: int, health_port: int, webhook_port: int = 0) -> list[str]:
-    """`webhook_port`: where the stack's LiveKit sends its webhooks (0: none)."""
+def argv(
+    kubeconfig: Path,
+    metrics_port: int,
+    health_port: int,
+    webhook_port: int = 0,
+    prometheus_url: str = "",
+) -> list[str]:
+    """`webhook_port`: where the stack's LiveKit sends its webhooks (0: none);
+    `prometheus_url`: the stack's Prometheus, which mode keda's ScaledObjects name."""
     return [
         sys.executable, "-m", "voicefleet_operator",
         f"--kubeconfig={kubeconfig}",
@@ -73,6 +80,7 @@ def argv(kubeconfig: Path, metrics_port: int, health_port: int, webhook_port: in
         f"--webhook-port={webhook_port}",
         "--log-format=text",
         "--worker-log-format=text",
+        *([f"--prometheus-url={prometheus_url}"] if prometheus_url else []),
     ]  # fmt: skip
 
 

@@ -4,6 +4,8 @@ per test, and ready clients. Loaded from tests/conftest.py.
 By default a test run starts its own stack on free ports and stops it at the end. With
 VOICEFLEET_TESTBED=<dir> (e.g. after `make up`, `. .testbed/env`) it reuses that stack.
 
+`keda` adds KEDA to the session's stack (autoscaling mode keda's tests).
+
 `multinode_stack` is a second stack, started only when a test asks for it: Redis and
 MULTINODE_NODES LiveKit nodes (multi-node LiveKit), with its own directory, ports and pod
 network, no real node. VOICEFLEET_TESTBED_MULTINODE=<dir> reuses one started with
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from .binaries import BUILD_SCRIPT
+from .keda import Keda, KedaBinaries
 from .kube import Kube
 from .realnode import REAL_NODE_ANNOTATIONS, RealNode
 from .stack import Stack
@@ -96,6 +101,18 @@ def real_node(stack: Stack) -> RealNode:
     time a test asks for it and kept for the session (a test that stops it gets a new one).
     Its `name` is the Node's name; `import_image(oci_archive)` loads an image into it."""
     return stack.add_real_node()
+
+
+@pytest.fixture(scope="session")
+def keda(stack: Stack) -> Keda:
+    """KEDA (operator and external metrics API server) beside the session's stack, started
+    the first time a test asks for it and kept for the session; its binaries are built
+    the first time too (`binaries.sh keda`, not part of `make binaries`: ~18 min cold).
+    Returns once the API server serves `external.metrics.k8s.io` through it."""
+    if KedaBinaries.locate().missing():
+        print(f"[testbed] building KEDA: bash {BUILD_SCRIPT} keda")
+        subprocess.run(["bash", str(BUILD_SCRIPT), "keda"], check=True)
+    return stack.add_keda()
 
 
 @pytest.fixture

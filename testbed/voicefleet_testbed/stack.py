@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import controlplane as cp
+from . import keda as keda_mod
 from . import livekit_nodes as lkn
 from . import realnode, user_install
 from .binaries import REPO_DIR, TESTBED_DIR, Binaries, NodeBinaries, versions
@@ -70,6 +71,7 @@ class StackState:
     livekit_nodes: int = 1
     redis: bool = False
     redis_password: str = ""
+    keda: bool = False  # runs KEDA's operator and metrics API server (keda.py)
 
     @property
     def file(self) -> Path:
@@ -91,6 +93,7 @@ class StackState:
             "livekit_nodes": self.livekit_nodes,
             "redis": self.redis,
             "redis_password": self.redis_password,
+            "keda": self.keda,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -121,6 +124,7 @@ class StackState:
             livekit_nodes=int(data.get("livekit_nodes", 1)),
             redis=bool(data.get("redis", False)),
             redis_password=str(data.get("redis_password", "")),
+            keda=bool(data.get("keda", False)),
         )
 
 
@@ -181,6 +185,15 @@ class Stack:
         if node is None:
             raise RuntimeError(f"the stack in {self.dir} runs no real node")
         return node.import_image(oci_archive)
+
+    @property
+    def keda(self) -> keda_mod.Keda | None:
+        """KEDA's files, ports and processes, when this stack runs it."""
+        if not self.state.keda or "keda-grpc" not in self.state.ports:
+            return None
+        return keda_mod.Keda(
+            self.dir, self.api_server, self.pki, self.state.ports, keda_mod.KedaBinaries.locate()
+        )
 
     @property
     def pods_dir(self) -> Path:
@@ -429,6 +442,7 @@ class Stack:
                 s.ports["operator-metrics"],
                 s.ports["operator-health"],
                 self.webhook_port,
+                self.prometheus_url,
             )
             return spawn(OPERATOR, argv, logs / f"{OPERATOR}.log", cwd=REPO_DIR)
 
@@ -463,12 +477,66 @@ class Stack:
                 if b.prometheus is not None
                 else []
             ),
+            *self._keda_components(),
             *(
                 [Component(OPERATOR, operator, operator_healthy, 60)]
                 if s.operator and not s.chart
                 else []
             ),
         ]
+
+    def _keda_components(self) -> list[Component]:
+        """KEDA's operator, then its metrics server (which dials the operator's gRPC
+        service), when the stack runs KEDA; the first start installs its cluster objects."""
+        k = self.keda
+        if k is None:
+            return []
+        comps = []
+        for name, start, ready in k.components(self.logs_dir):
+            if name == keda_mod.OPERATOR:
+                start = functools.partial(self._start_keda_operator, k, start)
+            comps.append(Component(name, start, ready, 60))
+        return comps
+
+    def _start_keda_operator(self, k: keda_mod.Keda, start: Callable[[], ProcRef]) -> ProcRef:
+        from .kube import Kube
+
+        k.prepare(Kube.admin(self))
+        return start()
+
+    def add_keda(self) -> keda_mod.Keda:
+        """Start KEDA beside the running stack (the `keda` test fixture); waits until the
+        API server serves external metrics through it."""
+        from .kube import Kube
+
+        k = self.keda
+        if k is not None and all(self.running().get(n) for n in keda_mod.PROCESSES):
+            return k
+        keda_mod.KedaBinaries.locate().require()
+        self.progress("  adding KEDA (operator, metrics API server) ...")
+        t0 = time.monotonic()
+        self.state.keda = True
+        self._pick_keda_ports(dict(self.state.ports))
+        self.state.save()
+        for comp in self._keda_components():
+            self._start(comp)
+        kube = Kube.admin(self)
+        wait_for(
+            lambda: keda_mod.apiservice_available(kube), 60, f"{keda_mod.APISERVICE} Available"
+        )
+        self.progress(f"  KEDA up in {time.monotonic() - t0:.1f}s")
+        k = self.keda
+        assert k is not None
+        return k
+
+    def _pick_keda_ports(self, preferred: dict[str, int]) -> None:
+        taken = {v for k, v in self.state.ports.items() if k not in keda_mod.PORTS}
+        for key in keda_mod.PORTS:
+            port = pick_port(preferred.get(key))
+            while port in taken:
+                port = free_port()
+            self.state.ports[key] = port
+            taken.add(port)
 
     def _livekit_components(self, b: Binaries) -> list[Component]:
         """Redis (when the stack runs it) and every LiveKit node, in start order."""
@@ -618,6 +686,7 @@ class Stack:
         *,
         livekit_nodes: int | None = None,
         redis: bool | None = None,
+        keda: bool = False,
     ) -> Stack:
         """Start whatever is not running; a stack that is fully up is left alone.
 
@@ -630,6 +699,8 @@ class Stack:
         on one node; implied by `livekit_nodes > 1`). Left out (None), a running stack keeps
         its shape and a new one gets one node without Redis. A running stack asked for
         another shape restarts its LiveKit nodes and Redis only.
+        `keda`: also run KEDA (operator and metrics API server, keda.py); a running stack
+        gets it added. Tests add it with `add_keda` (the `keda` fixture).
         """
         b = Binaries.locate().require()
         if real_node:
@@ -639,8 +710,12 @@ class Stack:
         nodes, with_redis = self._livekit_shape(livekit_nodes, redis, keep=up_already)
         if with_redis:
             b.require_redis()
+        if keda:
+            keda_mod.KedaBinaries.locate().require()
         if up_already and real_node and not self.state.real_node:
             self.add_real_node()
+        if up_already and keda and not self.state.keda:
+            self.add_keda()
         if up_already and (nodes, with_redis) != (self.state.livekit_nodes, self.state.redis):
             self._reshape_livekit(b, nodes, with_redis)
         if alive and all(alive.values()) and self.state.chart:
@@ -669,6 +744,7 @@ class Stack:
             self.down(quiet=True)
         self.state.operator = operator
         self.state.real_node = real_node
+        self.state.keda = keda
         self.state.livekit_nodes, self.state.redis = nodes, with_redis
         self._prepare()
         t0 = time.monotonic()
@@ -678,6 +754,13 @@ class Stack:
             self._start(comp)
         if OPERATOR not in self.state.procs:
             self._bootstrap()
+        if self.state.keda:
+            from .kube import Kube
+
+            kube = Kube.admin(self)
+            wait_for(
+                lambda: keda_mod.apiservice_available(kube), 60, f"{keda_mod.APISERVICE} Available"
+            )
         if self.state.chart:
             self._install_chart()
         self.write_env_file()
@@ -833,7 +916,7 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         shutil.rmtree(self.pods_dir, ignore_errors=True)
-        ensure_pki(self.dir / "pki")
+        ensure_pki(self.dir / "pki").ensure_front_proxy()
         names = [
             "etcd",
             "etcd-peer",
@@ -854,6 +937,8 @@ class Stack:
             preferred["realtime"] = REALTIME_DEFAULT_PORT
         self.state.ports = {n: pick_port(preferred.get(n)) for n in names}
         self._pick_livekit_ports(preferred)
+        if self.state.keda:
+            self._pick_keda_ports(preferred)
         self.state.livekit_secret = LIVEKIT_SECRET
         # A /16 of loopback per stack, so stacks side by side never hand out the same pod IP.
         self.state.pod_net = self.state.pod_net or _pick_pod_net(self.dir)
@@ -1030,6 +1115,15 @@ class Stack:
                         f"{scheduling.NODE_SELECTOR_ANNOTATION}={scheduling.node_selector('real')}",
                     ]
                     if (node := self.real_node) is not None
+                    else []
+                ),
+                *(
+                    [
+                        f"  keda            operator and metrics API server v{v['KEDA_VERSION']} "
+                        f"({keda_mod.APISERVICE} on 127.0.0.1:{self.state.ports['keda-metrics-apiserver']}); "
+                        f"logs {self.logs_dir}/keda-*.log"
+                    ]
+                    if self.keda is not None
                     else []
                 ),
                 f"  logs            {self.logs_dir}",

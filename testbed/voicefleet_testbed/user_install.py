@@ -107,12 +107,16 @@ def call_page(stack: Stack, port: int) -> Iterator[str]:
         pf.wait(5)
 
 
-def chart_values_for(images: dict[str, Any], livekit_url: str) -> dict[str, Any]:
+def chart_values_for(
+    images: dict[str, Any], livekit_url: str, prometheus_url: str = ""
+) -> dict[str, Any]:
     """The chart's values for `make up`: its defaults, the built images, the webhook
     Service as a fixed NodePort, and the call page on (`livekit_url`: LiveKit as the
-    host's browser reaches it)."""
+    host's browser reaches it); `prometheus_url`: the stack's Prometheus, which mode keda's
+    ScaledObjects name (KEDA, with `--keda`, runs on the host and reaches it there)."""
     return {
         **chart_values(images),
+        **({"operator": {"prometheusUrl": prometheus_url}} if prometheus_url else {}),
         "webhook": {"service": {"type": "NodePort", "nodePort": WEBHOOK_NODE_PORT}},
         "callPage": {
             "enabled": True,
@@ -196,7 +200,7 @@ def install(stack: Stack, kube: Kube, progress: Callable[[str], None]) -> None:
     progress(f"  helm package charts/voicefleet -> {tgz.relative_to(stack.dir.parent)}")
     progress(f"  helm upgrade --install {RELEASE} {tgz.name} -n {NAMESPACE} ...")
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=stack.dir) as values:
-        json.dump(chart_values_for(images, stack.livekit_url), values)
+        json.dump(chart_values_for(images, stack.livekit_url, stack.prometheus_url), values)
         values.flush()
         out = helm(
             stack,

@@ -108,6 +108,7 @@ class Shape:
     window_s: int  # scaleDownStabilizationSeconds
     drain_timeout_s: int = 120  # must outlast the longest call a drained worker still holds
     target_utilization: float = 1.0
+    mode: str = "builtin"  # spec.autoscaling.mode: who scales (keda: KEDA's HPA)
 
     def needed(self, sessions: int) -> int:
         """Workers the autoscaler plans for `sessions` (docs/autoscaling.md's formula)."""
@@ -160,7 +161,7 @@ class Fleet:
                 "drainTimeoutSeconds": shape.drain_timeout_s,
             },
             "autoscaling": {
-                "mode": "builtin",
+                "mode": shape.mode,
                 "minReplicas": shape.min_replicas,
                 "maxReplicas": shape.max_replicas,
                 "targetUtilization": shape.target_utilization,

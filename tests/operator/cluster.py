@@ -107,6 +107,8 @@ class OperatorProcess:
                 stack.api_server, stack.pki.ca_cert, token, user="voicefleet-operator"
             )
         )
+        # Mode keda's ScaledObjects name the stack's Prometheus (KEDA runs on the host).
+        self.prometheus_url = stack.prometheus_url
         self.log = workdir / "operator.log"
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -128,6 +130,7 @@ class OperatorProcess:
             "--log-format=text",
             f"--webhook-port={self.webhook_port}",
             "--failover-sweep-seconds=3",
+            f"--prometheus-url={self.prometheus_url}",
             *self.args,
             *self.extra_args,
         ]  # fmt: skip

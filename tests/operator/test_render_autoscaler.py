@@ -18,9 +18,9 @@ from voicefleet_operator.spec import parse_spec
 from .util import body, minimal_spec
 
 
-def _spec(**autoscaling: Any) -> Any:
+def _spec(per_worker: int = 10, **autoscaling: Any) -> Any:
     raw = minimal_spec()
-    raw["sessions"] = {"maxPerWorker": 10}
+    raw["sessions"] = {"maxPerWorker": per_worker}
     raw["autoscaling"] = {"targetUtilization": 0.7, **autoscaling}
     return parse_spec("support", "voice", raw)
 
@@ -47,6 +47,17 @@ def test_hpa_targets_sessions_per_worker_with_stabilisation() -> None:
 def test_hpa_target_is_a_valid_quantity(target: float, quantity: str) -> None:
     hpa = render_hpa(_spec(mode="hpa", targetUtilization=target), OWNER)
     assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == quantity
+
+
+@pytest.mark.parametrize(
+    ("per_worker", "target", "threshold"),
+    [(10, 0.7, "7"), (5, 0.7, "3.5"), (7, 0.7, "4.9"), (3, 0.7, "2.1"), (10, 0.65, "6.5")],
+)
+def test_keda_threshold_is_a_plain_decimal(per_worker: int, target: float, threshold: str) -> None:
+    """KEDA parses trigger metadata as JSON numbers: a quantity ("3500m") is refused."""
+    spec = _spec(per_worker, mode="keda", targetUtilization=target)
+    so = render_scaled_object(spec, OWNER, "http://prom:9090")
+    assert so["spec"]["triggers"][0]["metadata"]["threshold"] == threshold
 
 
 def test_scaled_object_queries_the_fleet_sessions_plus_buffer() -> None:

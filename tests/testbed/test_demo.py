@@ -60,10 +60,13 @@ def test_make_up_installs_the_chart_with_the_built_images_and_a_webhook_node_por
 
     values = user_install.chart_values_for({"operator": image("operator", "dev-1"),
                                             "worker": image("worker", "dev-2")},
-                                           "ws://10.244.1.1:7880")  # fmt: skip
+                                           "ws://10.244.1.1:7880",
+                                           "http://127.0.0.1:9090")  # fmt: skip
     assert values["image"]["repository"] == "ghcr.io/voicefleet/operator"
     assert values["image"]["tag"] == "dev-1"
     assert values["worker"]["image"] == {"repository": "ghcr.io/voicefleet/worker", "tag": "dev-2"}
+    # Mode keda's ScaledObjects name the stack's Prometheus (KEDA runs on the host).
+    assert values["operator"] == {"prometheusUrl": "http://127.0.0.1:9090"}
     assert values["webhook"]["service"] == {
         "type": "NodePort",
         "nodePort": user_install.WEBHOOK_NODE_PORT,
