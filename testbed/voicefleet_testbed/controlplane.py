@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import Binaries
-from .pki import Pki
+from .pki import FRONT_PROXY_CLIENT, Pki
 
 SERVICE_CIDR = "10.0.0.0/24"
 
@@ -93,6 +93,7 @@ def apiserver_argv(
         f"--kubelet-certificate-authority={pki.ca_cert}",
         "--kubelet-preferred-address-types=InternalIP,Hostname",
         f"--token-auth-file={pki.tokens_csv}",
+        *aggregation_flags(pki),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",
@@ -104,6 +105,27 @@ def apiserver_argv(
         "--max-mutating-requests-inflight=1000",
         "--profiling=false",
         "--v=1",
+    ]
+
+
+def aggregation_flags(pki: Pki) -> list[str]:
+    """The aggregation layer (APIServices served by extension API servers such as KEDA's
+    metrics server), as kubeadm configures it: the API server proxies as
+    `front-proxy-client` with a certificate of the front-proxy CA and passes the user in
+    X-Remote-* headers, which extension servers trust by that CA (the API server publishes
+    it in kube-system/extension-apiserver-authentication). Costs nothing when unused.
+    No --enable-aggregator-routing: it routes to EndpointSlice addresses, which may not be
+    loopback, and every server here is on 127.0.0.1; an APIService's Service is an
+    ExternalName instead (keda.py), which the API server's cluster routing dials as named."""
+    cert, key = pki.front_proxy_client
+    return [
+        f"--requestheader-client-ca-file={pki.front_proxy_ca}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={cert}",
+        f"--proxy-client-key-file={key}",
     ]
 
 

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+FRONT_PROXY_CLIENT = "front-proxy-client"  # its CN: the API server's --requestheader-allowed-names
+
 
 @dataclass(frozen=True)
 class Pki:
@@ -54,6 +56,29 @@ class Pki:
     def admin_token(self) -> str:
         return self.admin_token_file.read_text().strip()
 
+    # The aggregation layer's front proxy: a CA of its own (as kubeadm makes), so that no
+    # client certificate of the cluster CA can pass as the API server proxying a request.
+    @property
+    def front_proxy_ca(self) -> Path:
+        return self.dir / "front-proxy-ca.crt"
+
+    @property
+    def front_proxy_client(self) -> tuple[Path, Path]:
+        """The API server's client certificate towards extension API servers."""
+        return self.cert(FRONT_PROXY_CLIENT)
+
+    def ensure_front_proxy(self) -> None:
+        """The front-proxy CA and the API server's client certificate, made once (a stack
+        made by an older checkout gets them at its next start)."""
+        ca_key = self.dir / "front-proxy-ca.key"
+        if not (self.front_proxy_ca.exists() and ca_key.exists()):
+            cert, key = _make_ca("voicefleet-testbed-front-proxy-ca")
+            _write_key(ca_key, key)
+            self.front_proxy_ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            for old in self.front_proxy_client:
+                old.unlink(missing_ok=True)  # signed by a CA that is gone
+        self.issue(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, ca="front-proxy-ca")
+
     def cert(self, name: str) -> tuple[Path, Path]:
         """(certificate, key) of an identity issued by `issue`."""
         return self.dir / f"{name}.crt", self.dir / f"{name}.key"
@@ -65,15 +90,17 @@ class Pki:
         organizations: tuple[str, ...] = (),
         server_names: tuple[str, ...] = (),
         server_ips: tuple[str, ...] = (),
+        ca: str = "ca",
     ) -> tuple[Path, Path]:
         """A certificate signed by the stack's CA, made once: a client certificate for the
         user `common_name` in groups `organizations` (how the API server authenticates
-        components), also a serving one when names or IPs are given (the kubelet)."""
+        components), also a serving one when names or IPs are given (the kubelet); signed
+        by the cluster CA, or by another CA of this directory (`ca`: its file stem)."""
         cert_path, key_path = self.cert(name)
         if cert_path.exists() and key_path.exists():
             return cert_path, key_path
-        ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate((self.dir / f"{ca}.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.dir / f"{ca}.key").read_bytes(), None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
@@ -82,7 +109,7 @@ class Pki:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca.subject)
+            .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1))
@@ -112,26 +139,16 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) 
     path.chmod(0o600)
 
 
-def ensure_pki(directory: Path) -> Pki:
-    """Create the CA, the API server's serving cert, the service-account key pair and an
-    admin token, unless they exist already (a restarted stack keeps its identity)."""
-    pki = Pki(directory)
-    made = (pki.serving_cert, pki.admin_token_file, pki.sa_pub, pki.ca_key)
-    if all(p.exists() for p in made):
-        return pki
-    # Made by an older checkout that did not keep the CA key: start over (certificates
-    # issued later need it).
-    for old in directory.glob("*.crt") if directory.exists() else ():
-        old.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
+def _make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA certificate and its key, valid for ten years."""
     now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "voicefleet-testbed-ca")])
-    ca = (
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=3650))
@@ -150,8 +167,26 @@ def ensure_pki(directory: Path) -> Pki:
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def ensure_pki(directory: Path) -> Pki:
+    """Create the CA, the API server's serving cert, the service-account key pair and an
+    admin token, unless they exist already (a restarted stack keeps its identity)."""
+    pki = Pki(directory)
+    made = (pki.serving_cert, pki.admin_token_file, pki.sa_pub, pki.ca_key)
+    if all(p.exists() for p in made):
+        return pki
+    # Made by an older checkout that did not keep the CA key: start over (certificates
+    # issued later need it).
+    for old in directory.glob("*.crt") if directory.exists() else ():
+        old.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca, ca_key = _make_ca("voicefleet-testbed-ca")
+    ca_name = ca.subject
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [
         x509.DNSName("localhost"),

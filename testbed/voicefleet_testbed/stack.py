@@ -833,7 +833,7 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         shutil.rmtree(self.pods_dir, ignore_errors=True)
-        ensure_pki(self.dir / "pki")
+        ensure_pki(self.dir / "pki").ensure_front_proxy()
         names = [
             "etcd",
             "etcd-peer",
