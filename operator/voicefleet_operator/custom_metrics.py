@@ -12,7 +12,7 @@ SubjectAccessReview a request needs. `custom_metrics_server.py` is the HTTPS she
 What is answered, and nothing else:
 - `GET /apis/custom.metrics.k8s.io/{v1beta2,v1beta1}[/]`: the APIResourceList (discovery:
   one resource, `pods/voicefleet_worker_active_sessions`); `/apis/custom.metrics.k8s.io`:
-  the APIGroup;
+  the APIGroup; `/openapi/v2`, `/openapi/v3`: empty specs;
 - `GET .../namespaces/NS/pods/*/voicefleet_worker_active_sessions?labelSelector=...`: the
   worker pods of NS that match, each with its live sessions as its worker last reported
   them (what the HPA controller asks for a Pods metric);
@@ -149,9 +149,23 @@ def resource_list(version: str) -> JSON:
     }
 
 
+# The API server's OpenAPI aggregation asks every APIService's server for its spec, and
+# retries a 404 forever (log noise, work): an empty spec says there is nothing to merge.
+OPENAPI: Final[dict[str, JSON]] = {
+    "/openapi/v2": {
+        "swagger": "2.0",
+        "info": {"title": "voicefleet custom metrics", "version": VERSIONS[0]},
+        "paths": {},
+    },
+    "/openapi/v3": {"paths": {}},
+}
+
+
 def parse_path(path: str) -> Discovery | MetricRequest | Answer:
     """What a GET of `path` asks for, or the 404 that says why it is not served."""
     p = path.rstrip("/") or "/"
+    if p in OPENAPI:
+        return Discovery(Answer(200, OPENAPI[p]))
     if p == f"/apis/{GROUP}":
         return Discovery(Answer(200, api_group()))
     for v in VERSIONS:
