@@ -91,16 +91,15 @@ def apiservice_available(kube: Kube, version: str) -> bool:
     return any(c["type"] == "Available" and c["status"] == "True" for c in conds)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def custom_metrics(
-    operator: OperatorProcess, stack: Stack, kube: Kube, tmp_path: Path
+    operator: OperatorProcess, stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[int]:
     """The session's operator restarted with --custom-metrics-port, its RBAC, Service and
     APIServices in place; restarted without it (and the objects removed) afterwards."""
     port = free_port()
     cert, key = stack.pki.issue(SERVICE, SERVICE, server_names=(f"{SERVICE}.{OPERATOR_NS}.svc",))
-    certs = tmp_path / "tls"
-    certs.mkdir()
+    certs = tmp_path_factory.mktemp("custom-metrics-tls")
     shutil.copy(cert, certs / "tls.crt")
     shutil.copy(key, certs / "tls.key")
     rbac = [
@@ -204,7 +203,21 @@ def test_the_hpa_scales_workers_on_sessions_the_operator_serves(
     )
     assert sorted(everyone.values()) == ["0", "0", "10"], everyone
     assert {p["metadata"]["name"] for p in pods} == set(everyone)
+    # The HPA's next sync reads all three: an average of 10/3 sessions, under the target
+    # of 4, so it holds at 3.
+    wait_for(lambda: average(kube, namespace) == "3333m", 60, "the HPA to read three workers' 10/3")
+    hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "hpa", namespace) or {}
+    assert hpa["status"]["desiredReplicas"] == 3, hpa["status"]
+    assert replicas(kube, namespace, "hpa") == 3
     assert len(ready_pods(kube, namespace, "hpa")) == 3
+
+
+def average(kube: Kube, namespace: str) -> str | None:
+    """The average the HPA last read for its Pods metric."""
+    hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "hpa", namespace) or {}
+    for m in hpa.get("status", {}).get("currentMetrics") or []:
+        return str(m["pods"]["current"]["averageValue"])
+    return None
 
 
 def test_who_may_read_the_metric(
