@@ -53,6 +53,9 @@ class WorkerPod:
     # The worker container's restartCount: a rise means its process died and another one
     # now answers on the same address (the kubelet restarts a crashed container at once).
     restarts: int = 0
+    # The pod's labels (sorted pairs): what an HPA's label selector is matched against
+    # when the operator serves the custom metrics API (custom_metrics.py).
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def index_pod(
@@ -80,6 +83,7 @@ def index_pod(
         ready,
         bool(meta.get("deletionTimestamp")),
         restarts,
+        tuple(sorted(labels.items())),
     )
     return {(namespace, labels[LABEL_INSTANCE]): pod}
 

@@ -117,6 +117,20 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "the operator renders one NetworkPolicy per VoiceAgent with them. Empty: none "
         "(the chart passes the operator's pods and Prometheus, to the metrics port)",
     )
+    p.add_argument(
+        "--custom-metrics-port",
+        type=int,
+        default=int(default("custom-metrics-port", d.custom_metrics_port)),
+        help="serve the custom metrics API (custom.metrics.k8s.io v1beta2/v1beta1: "
+        "voicefleet_worker_active_sessions of worker pods, what autoscaling mode hpa's HPA "
+        "reads) over HTTPS on this port of --bind-address, for the API server's aggregation "
+        "layer (an APIService); 0: off (default), e.g. when prometheus-adapter serves it",
+    )
+    p.add_argument(
+        "--custom-metrics-cert-dir",
+        default=default("custom-metrics-cert-dir", d.custom_metrics_cert_dir),
+        help="the custom metrics API's serving certificate: tls.crt and tls.key here",
+    )
     return p
 
 
@@ -170,4 +184,6 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         api_threads=max(1, args.api_threads),
         sessions_auth=args.sessions_auth == "true",
         worker_ingress=args.worker_ingress,
+        custom_metrics_port=args.custom_metrics_port,
+        custom_metrics_cert_dir=args.custom_metrics_cert_dir,
     )

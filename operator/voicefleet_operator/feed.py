@@ -227,6 +227,10 @@ class SessionFeed:
         fleet.pods.clear()  # no wake: nothing should act on an empty fleet while pausing
         self._drop_if_unused((namespace, va))
 
+    def voiceagents(self, namespace: str) -> list[str]:
+        """The VoiceAgents of `namespace` whose pods the feed follows."""
+        return [va for ns, va in self._fleets if ns == namespace]
+
     def pods(self, namespace: str, va: str) -> list[WorkerPod]:
         fleet = self._fleets.get((namespace, va))
         return [w.pod for w in fleet.pods.values()] if fleet else []

@@ -13,6 +13,7 @@ import kopf
 from . import cmd
 from .active import ActiveLabel
 from .autoscale_loop import Autoscaler
+from .custom_metrics_server import CustomMetricsServer, register_custom_metrics
 from .failover_loop import Failover, FailoverMetrics, register_failover
 from .feed import SessionFeed, WorkerTokens
 from .handlers import Reconciler, register
@@ -90,6 +91,10 @@ def run(settings: Settings) -> None:
         registry, failover, feed, settings.bind_address, settings.webhook_port, active
     )
     host = settings.bind_address
+    if settings.custom_metrics_port:
+        # Mode hpa's metric, from the feed's session counts (no metrics adapter needed).
+        server = CustomMetricsServer(kube, feed, settings.custom_metrics_cert_dir)
+        register_custom_metrics(registry, server, host, settings.custom_metrics_port)
     kopf.run(
         registry=registry,
         standalone=settings.standalone,

@@ -55,6 +55,11 @@ class Settings:
     # per VoiceAgent, in its namespace). None: the operator renders none (and removes the
     # ones it rendered before, at the next resync).
     worker_ingress: tuple[dict[str, Any], ...] | None = None
+    # The custom metrics API (custom.metrics.k8s.io: voicefleet_worker_active_sessions of
+    # worker pods, for mode hpa) over HTTPS on this port, for the API server's
+    # aggregation layer; 0: off. Its serving certificate: tls.crt, tls.key in the dir.
+    custom_metrics_port: int = 0
+    custom_metrics_cert_dir: str = "/etc/voicefleet/custom-metrics-tls"
 
     @property
     def standalone(self) -> bool:

@@ -29,6 +29,7 @@ MODES: dict[str, dict[str, str]] = {
     "all-modes": ALL_MODES,
     "webhook-off": {"webhook.enabled": "false"},
     "call-page": {**ALL_MODES, **CALL_PAGE},
+    "custom-metrics": {**ALL_MODES, "customMetrics.enabled": "true"},
 }
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}  # monitoring.coreos.com
 PEERING_KINDS = {"KopfPeering", "ClusterKopfPeering"}  # kopf.dev, crds/kopf-peering.yaml
@@ -41,7 +42,7 @@ def test_chart_version_follows_the_project() -> None:
     assert chart["appVersion"] == project
 
 
-@pytest.mark.parametrize("mode", ["defaults", "all-modes", "call-page"])
+@pytest.mark.parametrize("mode", ["defaults", "all-modes", "call-page", "custom-metrics"])
 def test_lint_strict(mode: str) -> None:
     sets = [f"--set={k}={v}" for k, v in MODES[mode].items()]
     out = run_helm("lint", "--strict", str(CHART), *sets, check=False)
@@ -365,6 +366,8 @@ def test_pods_pass_pod_security_restricted(mode: str) -> None:
         ({"replicas": "3"}, "additional properties 'replicas' not allowed"),
         ({"callPage.enabled": "true"}, "at '/callPage/livekitUrl': minLength: got 0, want 1"),
         ({**CALL_PAGE, "callPage.livekitUrl": "livekit:7880"}, "at '/callPage/livekitUrl'"),
+        ({"customMetrics.port": "443"}, "at '/customMetrics/port': minimum: got 443"),
+        ({"customMetrics.readers[0].kind": "Robot"}, "at '/customMetrics/readers/0"),
     ],
 )
 def test_values_schema_rejects_wrong_values(values: dict[str, str], message: str) -> None:
@@ -561,3 +564,74 @@ def test_call_page_is_off_by_default_and_reads_only_voiceagents() -> None:
     (svc,) = by_kind(docs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["selector"]["app.kubernetes.io/name"] == "voicefleet-callpage"
+
+
+def test_custom_metrics_api_is_off_by_default() -> None:
+    docs = template()
+    assert not by_kind(docs, "APIService")
+    assert not [s for s in by_kind(docs, "Secret") if "custom-metrics" in s["metadata"]["name"]]
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in c["env"] if "CUSTOM_METRICS" in e["name"]]
+
+
+def test_custom_metrics_api_serves_the_hpa_through_the_aggregation_layer() -> None:
+    """customMetrics.enabled: APIServices whose caBundle signs the operator's serving
+    certificate for the Service's DNS name, that Service on the active operator, the port
+    and certificate the operator's flags name, and the RBAC of an extension API server."""
+    from cryptography import x509
+
+    docs = template(MODES["custom-metrics"])
+    services = {a["metadata"]["name"]: a["spec"] for a in by_kind(docs, "APIService")}
+    assert set(services) == {"v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io"}
+    v2 = services["v1beta2.custom.metrics.k8s.io"]
+    assert v2["versionPriority"] > services["v1beta1.custom.metrics.k8s.io"]["versionPriority"]
+    assert v2["service"] == {"name": "voicefleet-custom-metrics", "namespace": "voicefleet-system", "port": 443}  # fmt: skip
+    (secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == "voicefleet-custom-metrics-tls"]  # fmt: skip
+    import base64
+
+    ca = x509.load_pem_x509_certificate(base64.b64decode(v2["caBundle"]))
+    assert base64.b64decode(secret["data"]["ca.crt"]) == base64.b64decode(v2["caBundle"])
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "voicefleet-custom-metrics.voicefleet-system.svc" in names.get_values_for_type(
+        x509.DNSName
+    )
+    svc = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "voicefleet-custom-metrics")  # fmt: skip
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "custom-metrics"}]
+    assert svc["spec"]["selector"][LABEL_OPERATOR_ACTIVE] == "true"  # HA: the active one
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "custom-metrics", "containerPort": 6443} in c["ports"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    flags = parse_flags(
+        c["args"],
+        env={k: v for k, v in env.items() if k.startswith("VOICEFLEET_OPERATOR_") and v},
+    )
+    assert flags.custom_metrics_port == 6443
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "custom-metrics-tls")
+    assert mount["mountPath"] == flags.custom_metrics_cert_dir and mount["readOnly"] is True
+    vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "custom-metrics-tls")  # fmt: skip
+    assert vol["secret"]["secretName"] == "voicefleet-custom-metrics-tls"
+    # RBAC: delegated authorization, the front proxy's ConfigMap, and the HPA controller's
+    # read of the metric with operator/rbac/custom-metrics.yaml's rules.
+    refs = {(b["kind"], b["metadata"].get("namespace"), b["roleRef"]["name"]): b["subjects"] for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")}  # fmt: skip
+    operator_sa = [
+        {"kind": "ServiceAccount", "name": "voicefleet", "namespace": "voicefleet-system"}
+    ]
+    assert refs[("ClusterRoleBinding", None, "system:auth-delegator")] == operator_sa
+    assert (
+        refs[("RoleBinding", "kube-system", "extension-apiserver-authentication-reader")]
+        == operator_sa
+    )
+    hpa = {
+        "kind": "ServiceAccount",
+        "name": "horizontal-pod-autoscaler",
+        "namespace": "kube-system",
+    }
+    assert refs[("ClusterRoleBinding", None, "voicefleet:custom-metrics-reader")] == [hpa]
+    (reader,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "voicefleet:custom-metrics-reader"]  # fmt: skip
+    source = list(yaml.safe_load_all((REPO / "operator/rbac/custom-metrics.yaml").read_text()))
+    assert reader["rules"] == next(d for d in source if d["kind"] == "ClusterRole")["rules"]
+    assert reader["rules"] == [{"apiGroups": ["custom.metrics.k8s.io"], "resources": ["pods/voicefleet_worker_active_sessions"], "verbs": ["get", "list"]}]  # fmt: skip

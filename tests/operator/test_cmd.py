@@ -84,3 +84,15 @@ def test_a_bad_worker_ingress_names_the_flag(
     with pytest.raises(SystemExit):
         cmd.parse([f"--worker-ingress={value}"], env={})
     assert message in capsys.readouterr().err
+
+
+def test_custom_metrics_flags() -> None:
+    s = cmd.parse([], {})
+    assert s.custom_metrics_port == 0  # off: a cluster's own adapter may serve the group
+    env = {
+        "VOICEFLEET_OPERATOR_CUSTOM_METRICS_PORT": "6443",
+        "VOICEFLEET_OPERATOR_CUSTOM_METRICS_CERT_DIR": "/tls",
+    }
+    s = cmd.parse([], env)
+    assert (s.custom_metrics_port, s.custom_metrics_cert_dir) == (6443, "/tls")
+    assert cmd.parse(["--custom-metrics-port=0"], env).custom_metrics_port == 0

@@ -911,4 +911,5 @@ def test_index_pod_reads_the_worker_containers_restart_count() -> None:
     }
     labels = {LABEL_NAME: APP_NAME, LABEL_INSTANCE: "support"}
     entry = index_pod("voice", "w1", labels, status, {})
-    assert entry == {("voice", "support"): WorkerPod("w1", "10.0.0.5", False, False, 2)}
+    pod = WorkerPod("w1", "10.0.0.5", False, False, 2, tuple(sorted(labels.items())))
+    assert entry == {("voice", "support"): pod}
