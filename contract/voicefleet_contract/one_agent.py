@@ -14,7 +14,8 @@ The last accepted stays, not the first, because a later job was dispatched by so
 who took the earlier agent for gone (LiveKit re-running the room's dispatch, or the
 operator's failover), and because the earlier one may be exactly that: a SIGKILLed
 agent is listed in the room for ~20 s until LiveKit times it out, and a dead agent
-cannot leave. An agent that is alive and sees a newer one leaves; the newer one resumes
+cannot leave. An agent that is alive and sees a newer one leaves, and the newer one
+also removes it through the LiveKit API (whichever comes first); the newer one resumes
 the conversation from the room's summary (docs/failover.md) when resume is on.
 """
 
@@ -59,3 +60,13 @@ def yields_to(me: AgentMark, others: Iterable[AgentMark]) -> AgentMark | None:
     None when `me` stays. `others`: the other agents of my name in the room."""
     last = max((o for o in others if o.identity != me.identity), default=None)
     return last if last is not None and last > me else None
+
+
+def outranks(me: AgentMark, others: Iterable[AgentMark]) -> list[AgentMark]:
+    """The agents `me` may remove from the room (it stays, they must go): every other one
+    accepted before it, when `me` is the last accepted. A dead agent cannot leave by
+    itself, and a live one may be slow to see the newer one: the newer one removes it."""
+    rest = [o for o in others if o.identity != me.identity]
+    if yields_to(me, rest) is not None:
+        return []
+    return sorted(o for o in rest if o < me)

@@ -11,6 +11,7 @@ from voicefleet_contract.one_agent import (
     AgentMark,
     accept_attributes,
     mark_of,
+    outranks,
     yields_to,
 )
 
@@ -62,3 +63,18 @@ def test_mark_of(identity: str, attributes: dict[str, str], mark: AgentMark | No
 def test_accept_attributes_round_trip() -> None:
     got = mark_of("agent-AJ_x", accept_attributes(1_700_000_000.1234))
     assert got == AgentMark(1_700_000_000_123, "agent-AJ_x")
+
+
+@pytest.mark.parametrize(
+    ("me", "others", "removes"),
+    [
+        (A, [], []),
+        (B, [A], [A]),  # the newer removes the earlier (alive and slow, or dead)
+        (A, [B], []),  # the earlier leaves by itself, removes nobody
+        (C, [B, A, C], [A, B]),
+        (B, [A, C], []),  # in the middle: leaves for C, removes nobody
+        (A, [TIE], [TIE]),
+    ],
+)
+def test_who_removes_whom(me: AgentMark, others: list[AgentMark], removes: list[AgentMark]) -> None:
+    assert outranks(me, others) == removes

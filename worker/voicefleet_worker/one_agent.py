@@ -6,9 +6,10 @@ its attributes change."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit import rtc
@@ -19,6 +20,7 @@ from voicefleet_contract.one_agent import (
     AgentMark,
     accept_attributes,
     mark_of,
+    outranks,
     yields_to,
 )
 
@@ -46,17 +48,22 @@ def agents_of(room: rtc.Room, agent_name: str) -> list[AgentMark]:
 
 
 class OneAgentGuard:
-    """Calls `leave(identity of the agent that stays)` once, when this agent must go."""
+    """Calls `leave(identity of the agent that stays)` once, when this agent must go;
+    while it stays, `remove(identity)` once for each earlier agent of its name."""
 
     def __init__(
         self,
         room: rtc.Room,
         agent_name: str,
         leave: Callable[[str], None],
+        remove: Callable[[str], Awaitable[None]],
         extra: dict[str, Any],
     ) -> None:
-        self.room, self.agent_name, self._leave, self.extra = room, agent_name, leave, extra
+        self.room, self.agent_name, self.extra = room, agent_name, extra
+        self._leave, self._remove = leave, remove
         self.left = False
+        self._removing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self) -> None:
         self.room.on("participant_connected", lambda _p: self.check())
@@ -75,13 +82,37 @@ class OneAgentGuard:
         me = mark_of(me_p.identity, me_p.attributes)
         if me is None:
             return False
-        first = yields_to(me, agents_of(self.room, self.agent_name))
-        if first is None:
+        others = agents_of(self.room, self.agent_name)
+        last = yields_to(me, others)
+        if last is None:
+            for earlier in outranks(me, others):
+                self._start_removal(earlier.identity)
             return False
         self.left = True
         log.warning(
             "a later agent of this VoiceAgent was dispatched to the room: leaving it the call",
-            extra={**self.extra, "staying": first.identity},
+            extra={**self.extra, "staying": last.identity},
         )
-        self._leave(first.identity)
+        self._leave(last.identity)
         return True
+
+    def _start_removal(self, identity: str) -> None:
+        if identity in self._removing:
+            return
+        self._removing.add(identity)
+        task = asyncio.get_running_loop().create_task(self._removal(identity))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _removal(self, identity: str) -> None:
+        log.warning(
+            "an earlier agent of this VoiceAgent is in the room: removing it",
+            extra={**self.extra, "removing": identity},
+        )
+        try:
+            await self._remove(identity)
+        except Exception as e:  # it left by itself meanwhile (404), or LiveKit is away
+            log.info(
+                "could not remove the earlier agent (it may have left by itself)",
+                extra={**self.extra, "removing": identity, "error": f"{type(e).__name__}"},
+            )

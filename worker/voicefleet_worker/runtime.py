@@ -251,6 +251,7 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             ctx.room,
             settings.config.agentName,
             lambda _: on_close("duplicate"),
+            lambda identity: remove_participant(settings, room, identity),
             {"job_id": job_id, "room": room},
         ).attach()
         resumed, writer = await _resume(ctx, runtime, job_id, observer)
@@ -308,6 +309,14 @@ class RoomMetadataSink:
         if self._api is not None:
             with suppress(Exception):
                 await self._api.aclose()
+
+
+async def remove_participant(s: Settings, room: str, identity: str) -> None:
+    """RemoveParticipant with the worker's credentials (rare: one short-lived client)."""
+    async with api.LiveKitAPI(
+        http_url(s.livekit_url), s.secrets.livekit_api_key, s.secrets.livekit_api_secret
+    ) as lk:
+        await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
 
 
 def _callers_now(ctx: JobContext) -> set[str]:
