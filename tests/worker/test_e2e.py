@@ -715,10 +715,16 @@ async def test_a_later_dispatch_of_the_same_agent_takes_the_call_and_the_earlier
     make_agent: Any,
 ) -> None:
     """Two agents of one name in a room (LiveKit re-running a room's dispatch after a node
-    loss does this; here a second CreateDispatch): the earlier agent leaves on its own,
-    the later one stays and answers (voicefleet_contract.one_agent)."""
+    loss does this; here a second CreateDispatch): the earlier agent goes (it leaves, or
+    the later one removes it), the later one stays, resumes the conversation from the room's
+    summary (which the earlier one must not remove) and answers
+    (voicefleet_contract.one_agent)."""
     agent: Agent = make_agent(max_per_worker=2)
-    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=600)
+    agent.config["failover"] = {"enabled": True, "resumeConversation": True, "summaryTurns": 6}
+    agent.config["model"]["inputAudioTranscription"] = {"model": "whisper-1"}
+    await agent.standin.configure(
+        modelDelayMs=MODEL_DELAY_MS, responseMs=600, transcript="Hello.", userTranscript="Hi."
+    )
     a = agent.worker()
     await asyncio.to_thread(a.wait_registered, 120)
     # the LiveKit node it registered with, for per-node views: one series, LiveKit's node
@@ -729,6 +735,9 @@ async def test_a_later_dispatch_of_the_same_agent_takes_the_call_and_the_earlier
     try:
         await _joined(caller)
         (first,) = caller.agents
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the first agent never answered"
+        await _summary_until(agent, caller.room_name, lambda t: len(t) >= 2, "a turn summarised")
         await caller.create_dispatch()
         await until(
             lambda: caller.report.agent_joins == 2 and first not in caller.agents,
@@ -744,6 +753,16 @@ async def test_a_later_dispatch_of_the_same_agent_takes_the_call_and_the_earlier
         }
         assert ended["duplicate"] + ended["completed"] == 1 and ended["error"] == 0, ended
         assert "leaving it the call" in a.tail(400) or "removing it" in a.tail(400)
+        assert a.metric("voicefleet_worker_sessions_resumed_total") == 1
+        # the earlier agent left the call, not ended it: it keeps the summary (its shutdown
+        # says which it did), which is still there
+        said = await until(
+            lambda: [m for m in ("summary kept", "summary removed") if m in a.tail(400)],
+            15,
+            "the earlier agent's summary decision",
+        )
+        assert said == ["summary kept"], said
+        assert await _summary_until(agent, caller.room_name, bool, "the summary kept")
         turn = await caller.turn(1.0, timeout=20)
         assert turn.latency_s is not None, "the agent that stayed did not answer"
         assert caller.report.agent_leaves == 1 and len(caller.agents) == 1

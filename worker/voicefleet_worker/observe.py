@@ -106,6 +106,7 @@ class SessionObserver:
     ready_at: float | None = None
     caller_disconnect_reason: int | None = None
     close_reason: str | None = None  # livekit-agents' CloseReason, once the session closed
+    room_left_reason: Any = None  # the room's DisconnectReason, once the agent left it
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _caller_counted: bool = False
 
@@ -198,6 +199,7 @@ class SessionObserver:
     # --- room ----------------------------------------------------------------------
     def attach_room(self, room: rtc.Room) -> None:
         room.on("reconnected", self._on_room_reconnected)
+        room.on("disconnected", self._on_room_disconnected)
         room.on("participant_disconnected", self._on_participant_disconnected)
         # The caller: one already in the room when the agent connects, or the first to join.
         room.on("participant_connected", self._count_caller)
@@ -213,6 +215,15 @@ class SessionObserver:
         if origin is not None and not self._caller_counted:
             self._caller_counted = True
             self.metrics.callers.labels(origin=origin).inc()
+
+    def _on_room_disconnected(self, reason: Any = None) -> None:
+        self.room_left_reason = reason
+
+    @property
+    def removed(self) -> bool:
+        """The agent was removed from the room (RemoveParticipant: the operator's failover
+        or a later agent of the same call), not hung up on: the call goes on without it."""
+        return bool(self.room_left_reason == rtc.DisconnectReason.PARTICIPANT_REMOVED)
 
     def _on_room_reconnected(self, *_: Any) -> None:
         self.metrics.reconnections.labels(link="room").inc()

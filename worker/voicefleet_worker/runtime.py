@@ -254,7 +254,13 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             lambda identity: remove_participant(settings, room, identity),
             {"job_id": job_id, "room": room},
         ).attach()
-        resumed, writer = await _resume(ctx, runtime, job_id, observer)
+        resumed, writer = await _resume(
+            ctx,
+            runtime,
+            job_id,
+            observer,
+            handed_over=lambda: ending.outcome == "duplicate" or observer.removed,
+        )
         if writer is not None:
             observer.on_turn = writer.add
 
@@ -326,7 +332,11 @@ def _callers_now(ctx: JobContext) -> set[str]:
 
 
 async def _resume(
-    ctx: JobContext, runtime: Runtime, job_id: str, observer: SessionObserver
+    ctx: JobContext,
+    runtime: Runtime,
+    job_id: str,
+    observer: SessionObserver,
+    handed_over: Callable[[], bool] = lambda: False,
 ) -> tuple[tuple[Turn, ...], SummaryWriter | None]:
     """What a session needs for failover resume: the turns a previous agent of the same
     call left in the room (read from the room as dispatched, opened with the resume key,
@@ -397,6 +407,9 @@ async def _resume(
         # livekit-agents runs this after the agent left the room
         try:
             await writer.aclose()  # a pending write finishes first
+            if handed_over():  # the call goes on with a later agent: the summary is its
+                log.info("conversation summary kept: the call goes on", extra=extra)
+                return
             reason = observer.close_reason
             present = None if call_ended_on_purpose(reason) else await callers_present()
             if should_clear(reason, present) and await writer.clear():
