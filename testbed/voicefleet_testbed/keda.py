@@ -223,15 +223,7 @@ def install_crds(kube: Kube, crds: Path) -> None:
                 kube.apply(crd, manager=MANAGER)
                 names.append(crd["metadata"]["name"])
 
-    def established() -> bool:
-        for name in names:
-            got = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
-            conds = (got or {}).get("status", {}).get("conditions") or []
-            if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
-                return False
-        return True
-
-    wait_for(established, 30, "KEDA's CRDs to be established")
+    wait_for(lambda: kube.crds_established(names), 30, "KEDA's CRDs to be established")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,15 @@ class Kube:
             if conds.get("Ready") == "True" and not p["metadata"].get("deletionTimestamp"):
                 return p
         return None
+
+    def crds_established(self, names: Sequence[str]) -> bool:
+        """Every named CustomResourceDefinition is Established (its API is served)."""
+        for name in names:
+            got = self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+            conds = (got or {}).get("status", {}).get("conditions") or []
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+                return False
+        return True
 
     def node_ready(self, name: str) -> bool:
         node = self.core.read_node(name)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.cluster import OperatorProcess, install_crd, install_images, install_rbac
+from tests.operator.cluster import OperatorProcess, running_operator
 from voicefleet_operator.settings import Settings
 from voicefleet_testbed.keda import Keda
 from voicefleet_testbed.kube import Kube
@@ -44,20 +44,13 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """The operator with its production timers (the shared fixture shortens the resync and
     the failover sweep for other tests); it only renders the ScaledObject here."""
-    install_crd(kube)
-    install_images(stack)
     d = Settings()
     timers = [
         f"--resync-seconds={d.resync_seconds:g}",
         f"--failover-sweep-seconds={d.failover_sweep_seconds:g}",
     ]
-    op = OperatorProcess(stack, install_rbac(kube), tmp_path_factory.mktemp("operator"), timers)
-    op.start()
-    try:
+    with running_operator(stack, kube, tmp_path_factory.mktemp("operator"), timers) as op:
         yield op
-    finally:
-        op.stop()
-        print(f"operator log tail:\n{op.tail()}")
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> str:

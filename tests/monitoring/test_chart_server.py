@@ -58,15 +58,7 @@ def served_kinds(kube: Kube) -> None:
         kube.apply(crd, manager="testbed")
         names.append(crd["metadata"]["name"])
 
-    def established() -> bool:
-        for name in names:
-            got = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
-            conds = (got or {}).get("status", {}).get("conditions") or []
-            if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
-                return False
-        return True
-
-    wait_for(established, 30, "prometheus-operator's CRDs established")
+    wait_for(lambda: kube.crds_established(names), 30, "prometheus-operator's CRDs established")
 
 
 def switches(watch: tuple[str, str]) -> dict[str, dict[str, str]]:

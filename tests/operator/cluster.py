@@ -255,12 +255,15 @@ def table(kube: Kube, namespace: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running_operator(stack: Stack, kube: Kube, directory: Path) -> Iterator[OperatorProcess]:
+def running_operator(
+    stack: Stack, kube: Kube, directory: Path, args: Sequence[str] = ()
+) -> Iterator[OperatorProcess]:
     """The CRD, the images and the operator's RBAC installed, and an operator process of
-    this checkout running against `stack` while in the block (its log tail printed after)."""
+    this checkout (with `args` besides the defaults) running against `stack` while in the
+    block (its log tail printed after)."""
     install_crd(kube)
     install_images(stack)
-    op = OperatorProcess(stack, install_rbac(kube), directory)
+    op = OperatorProcess(stack, install_rbac(kube), directory, args)
     op.start()
     try:
         yield op
