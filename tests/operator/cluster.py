@@ -193,6 +193,23 @@ class OperatorProcess:
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
+    @contextlib.contextmanager
+    def restarted_with(
+        self, *args: str, before: Callable[[], object] = lambda: None
+    ) -> Iterator[None]:
+        """The operator restarted with `args` on top of its own for the block (`before`
+        runs while it is down), then restarted as it was."""
+        self.stop()
+        try:
+            before()
+            self.extra_args = list(args)
+            self.start()
+            yield
+        finally:
+            self.stop()
+            self.extra_args = []
+            self.start()
+
 
 def secrets(kube: Kube, namespace: str, livekit_secret: str = "s" * 32) -> None:
     """The LiveKit credentials and OpenAI key Secrets a VoiceAgent names. Pass the stack's
