@@ -289,6 +289,7 @@ def cluster(
         # Production timers (the operator's defaults): the tests' shorter resync and
         # failover sweep would dominate idle cost at scale.
         extra = [*operator_args, *os.environ.get("BENCH_OPERATOR_ARGS", "").split()]
+        token = install_rbac(kube)  # also the operator's namespace
         if custom_metrics:
             extra += install_custom_metrics_api(stack, kube, workdir / "custom-metrics-tls")
         defaults = Settings()
@@ -297,7 +298,7 @@ def cluster(
             f"--retry-seconds={defaults.retry_seconds:g}",
             f"--failover-sweep-seconds={defaults.failover_sweep_seconds:g}",
         ]
-        op = OperatorProcess(stack, install_rbac(kube), workdir, [*timers, *extra])
+        op = OperatorProcess(stack, token, workdir, [*timers, *extra])
         op.start()
         if custom_metrics:
             wait_for(lambda: custom_metrics_available(kube), 60, "custom metrics APIServices")
