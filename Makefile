@@ -12,6 +12,8 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # make up UP_ARGS="--livekit-nodes 2" (testbed up --help lists the flags)
 UP_ARGS ?=
+# make bench BENCH_ARGS="autoscale" (names from bench/__main__.py; none: all)
+BENCH_ARGS ?=
 
 .PHONY: help setup binaries web images up down status demo test lint typecheck unit bench dashboards clean
 
@@ -22,7 +24,9 @@ help:
 	@echo "make status    what the local stack runs, and what is unhealthy"
 	@echo "make images    build the operator and worker images with buildah (no registry, no Docker)"
 	@echo "make web       build the call page (web/, npm + esbuild) the operator image serves"
-	@echo "make bench     run the benchmarks (bench/results/*.json)"
+	@echo "make bench     run the benchmarks (bench/results/*.json); BENCH_ARGS=\"autoscale call\" runs some"
+	@echo "               autoscale: builtin vs the real HPA and real KEDA in one run (~25 min; flags:"
+	@echo "               python -m bench.autoscale --help; env BENCH_AUTOSCALE_SIZES/_STEPS/_SYSTEMS)"
 
 # Python: uv from PyPI, then the locked workspace into .venv.
 setup: .venv/.synced
@@ -85,8 +89,10 @@ test: setup binaries images lint typecheck
 dashboards: setup
 	@$(RUN) python -m dashboards.generate
 
+# The autoscale benchmark runs real KEDA: built on demand (~18 min cold, then cached).
 bench: setup binaries
-	@$(RUN) python -m bench
+	@bash testbed/build/binaries.sh keda
+	@$(RUN) python -m bench $(BENCH_ARGS)
 
 clean: down
 	rm -rf .testbed .venv

@@ -28,9 +28,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.operator.cluster import (
     OperatorProcess,
+    custom_metrics_available,
     install_crd,
+    install_custom_metrics_api,
     install_rbac,
     secrets,
+    wait_for,
 )
 from voicefleet_contract.metrics import (
     AUTOSCALER_DECISIONS,
@@ -251,8 +254,17 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(inprocess: bool = True, operator_args: Sequence[str] = ()) -> Iterator[Cluster]:
-    """A stack (own or reused), the CRD, the operator's RBAC, and the operator running."""
+def cluster(
+    inprocess: bool = True,
+    operator_args: Sequence[str] = (),
+    *,
+    keda: bool = False,
+    custom_metrics: bool = False,
+) -> Iterator[Cluster]:
+    """A stack (own or reused), the CRD, the operator's RBAC, and the operator running with
+    its production timers. `keda`: the stack runs real KEDA (added to a reused one).
+    `custom_metrics`: the operator serves custom.metrics.k8s.io through the API server's
+    aggregation layer (mode hpa's metric), its APIServices Available before this yields."""
     workdir = Path(tempfile.mkdtemp(prefix="voicefleet-bench-"))
     reuse = os.environ.get("VOICEFLEET_TESTBED")
     stack: Stack | None = None
@@ -262,26 +274,34 @@ def cluster(inprocess: bool = True, operator_args: Sequence[str] = ()) -> Iterat
         running = candidate.running()
         if running and all(running.values()):
             stack = candidate
+            if keda:
+                stack.add_keda()
     if stack is None:
         stack = Stack(workdir / "testbed", progress=lambda m: print(f"[testbed] {m}", flush=True))
         own = True
-        stack.up()
+        stack.up(keda=keda)
     op: OperatorProcess | None = None
     try:
         kube = Kube.admin(stack)
         if inprocess:
             use_inprocess_workers(stack)
         install_crd(kube)
-        # Production resync and retry (the operator's defaults): the tests' 5 s would
-        # dominate idle cost at scale.
+        # Production timers (the operator's defaults): the tests' shorter resync and
+        # failover sweep would dominate idle cost at scale.
         extra = [*operator_args, *os.environ.get("BENCH_OPERATOR_ARGS", "").split()]
+        token = install_rbac(kube)  # also the operator's namespace
+        if custom_metrics:
+            extra += install_custom_metrics_api(stack, kube, workdir / "custom-metrics-tls")
         defaults = Settings()
         timers = [
             f"--resync-seconds={defaults.resync_seconds:g}",
             f"--retry-seconds={defaults.retry_seconds:g}",
+            f"--failover-sweep-seconds={defaults.failover_sweep_seconds:g}",
         ]
-        op = OperatorProcess(stack, install_rbac(kube), workdir, [*timers, *extra])
+        op = OperatorProcess(stack, token, workdir, [*timers, *extra])
         op.start()
+        if custom_metrics:
+            wait_for(lambda: custom_metrics_available(kube), 60, "custom metrics APIServices")
         yield Cluster(stack, kube, op, workdir)
     finally:
         if op is not None:

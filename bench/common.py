@@ -39,33 +39,51 @@ def tail(stats: dict[str, float]) -> str:
     return "p95" if stats["n"] >= MIN_P95_SAMPLES else "max"
 
 
+def effective_flags(argv: Sequence[str]) -> list[str]:
+    """A command line as argparse reads it: of a repeated `--flag=value`, the last value,
+    in the place of the first (OperatorProcess puts its test timers before the overrides)."""
+    last: dict[str, str] = {}
+    for arg in argv:
+        last[arg.split("=", 1)[0]] = arg
+    return list(last.values())
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 @dataclass
 class Run:
-    """When and on what a benchmark ran: start time, revision at start, the machine's load
-    before and after (a loaded machine explains slow figures), and the flags it ran with."""
+    """When and on what a benchmark ran: start and end time, the revision at start (and
+    whether the tree was dirty then), the machine's load before and after (a loaded
+    machine explains slow figures), the benchmark's own flags and the operator's."""
 
     flags: list[str]
-    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    operator_flags: list[str] = field(default_factory=list)
+    started: str = field(default_factory=_now)
     revision: str = field(default_factory=lambda: machine()["git_revision"])
     load_before: list[float] = field(default_factory=lambda: list(os.getloadavg()))
 
     def record(self) -> dict[str, Any]:
         return {
             "started": self.started,
+            "ended": _now(),
             "revision_at_start": self.revision,
+            "dirty_at_start": self.revision.endswith("-dirty"),
             "flags": self.flags,
+            "operator_flags": self.operator_flags,
             "load_before": self.load_before,
             "load_after": list(os.getloadavg()),
         }
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "max": max(values) if values else math.nan,
-    }
+def summary(values: Sequence[float], min_p95_n: int = 0) -> dict[str, float]:
+    """n, p50, p95 and max; with `min_p95_n` (e.g. MIN_P95_SAMPLES) no p95 from fewer
+    samples than that (nearest rank would just be the maximum again)."""
+    out = {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
+    if len(values) < min_p95_n:
+        del out["p95"]
+    return out | {"max": max(values) if values else math.nan}
 
 
 def machine() -> dict[str, Any]:
@@ -97,7 +115,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_kb / 2**20, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": _now(),
     }
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from bench.common import Result, percentile, summary
+from bench.common import Result, Run, effective_flags, percentile, summary
 
 
 def test_percentile_nearest_rank() -> None:
@@ -22,3 +22,21 @@ def test_targets_are_judged() -> None:
     r.figures["ratio"] = 3.0
     assert r.meets()["ratio"] is False
     assert "MISSES" in r.table()
+
+
+def test_summary_claims_a_p95_only_from_enough_samples() -> None:
+    assert "p95" not in summary([1.0, 2.0], min_p95_n=20)
+    assert summary([1.0] * 20, min_p95_n=20)["p95"] == 1.0
+
+
+def test_effective_flags_keep_the_last_value_of_a_flag() -> None:
+    argv = ["--resync-seconds=5", "--log-format=text", "--resync-seconds=600", "--x"]
+    assert effective_flags(argv) == ["--resync-seconds=600", "--log-format=text", "--x"]
+
+
+def test_run_records_start_end_revision_and_load() -> None:
+    rec = Run(flags=["--steps", "3"], operator_flags=["--resync-seconds=600"]).record()
+    assert rec["started"] <= rec["ended"]
+    assert rec["dirty_at_start"] == rec["revision_at_start"].endswith("-dirty")
+    assert len(rec["load_before"]) == len(rec["load_after"]) == 3
+    assert rec["operator_flags"] == ["--resync-seconds=600"]

@@ -117,6 +117,7 @@ class OperatorProcess:
         self.extra_args: list[str] = []  # e.g. ["--webhook-port=0"] for one restart
         self.env: dict[str, str] = {}  # e.g. POD_ID, kopf's name for it in a peering
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv: list[str] = []  # the last start's command line (benchmarks record it)
 
     def start(self) -> None:
         argv = [
@@ -134,6 +135,7 @@ class OperatorProcess:
             *self.args,
             *self.extra_args,
         ]  # fmt: skip
+        self.argv = argv
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | self.env
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -209,6 +211,69 @@ class OperatorProcess:
             self.stop()
             self.extra_args = []
             self.start()
+
+
+CUSTOM_METRICS_SERVICE = "voicefleet-custom-metrics"
+CUSTOM_METRICS_VERSIONS = ("v1beta2", "v1beta1")  # served by the operator, preferred first
+HPA_SA = ("kube-system", "horizontal-pod-autoscaler")  # the HPA controller's identity
+
+
+def install_custom_metrics_api(stack: Stack, kube: Kube, certs: Path) -> list[str]:
+    """Everything `custom.metrics.k8s.io` served by the operator needs in the stack: its
+    serving certificate (tls.crt, tls.key in `certs`, for `<service>.<ns>.svc`, checked by
+    the API server against the APIService's caBundle), operator/rbac/custom-metrics.yaml,
+    an ExternalName Service `localhost` (the operator is a host process: EndpointSlices
+    may not hold loopback addresses) and one APIService per version. Returns the operator
+    flags that serve it; the APIServices turn Available once an operator runs with them."""
+    port = free_port()
+    svc = CUSTOM_METRICS_SERVICE
+    cert, key = stack.pki.issue(svc, svc, server_names=(f"{svc}.{OPERATOR_NS}.svc",))
+    certs.mkdir(parents=True, exist_ok=True)
+    (certs / "tls.crt").write_bytes(cert.read_bytes())
+    (certs / "tls.key").write_bytes(key.read_bytes())
+    kube.mint_token(*HPA_SA)  # creates the HPA controller's ServiceAccount if absent
+    rbac = (REPO / "operator/rbac/custom-metrics.yaml").read_text()
+    for obj in (d for d in yaml.safe_load_all(rbac) if d):
+        kube.apply(obj)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": svc, "namespace": OPERATOR_NS},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": "localhost",
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            },
+        }
+    )
+    for v, priority in zip(CUSTOM_METRICS_VERSIONS, (200, 100), strict=True):
+        kube.apply(
+            {
+                "apiVersion": "apiregistration.k8s.io/v1",
+                "kind": "APIService",
+                "metadata": {"name": f"{v}.custom.metrics.k8s.io"},
+                "spec": {
+                    "service": {"name": svc, "namespace": OPERATOR_NS, "port": port},
+                    "group": "custom.metrics.k8s.io",
+                    "version": v,
+                    "caBundle": base64.b64encode(stack.pki.ca_cert.read_bytes()).decode(),
+                    "groupPriorityMinimum": 100,
+                    "versionPriority": priority,
+                },
+            }
+        )
+    return [f"--custom-metrics-port={port}", f"--custom-metrics-cert-dir={certs}"]
+
+
+def custom_metrics_available(kube: Kube) -> bool:
+    """Every version's APIService Available (the API server reaches the operator)."""
+    for v in CUSTOM_METRICS_VERSIONS:
+        got = kube.get("apiregistration.k8s.io/v1", "APIService", f"{v}.custom.metrics.k8s.io")
+        conds = (got or {}).get("status", {}).get("conditions") or []
+        if not any(c["type"] == "Available" and c["status"] == "True" for c in conds):
+            return False
+    return True
 
 
 def secrets(kube: Kube, namespace: str, livekit_secret: str = "s" * 32) -> None:

@@ -13,9 +13,7 @@ the API server checks against the APIService's caBundle.
 
 from __future__ import annotations
 
-import base64
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -27,18 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from voicefleet_testbed.binaries import Binaries
 from voicefleet_testbed.kube import Kube
-from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import Stack
 
 from .cluster import (
+    CUSTOM_METRICS_SERVICE,
+    CUSTOM_METRICS_VERSIONS,
     FAKE_IMAGE,
+    HPA_SA,
     OPERATOR_NS,
-    REPO,
     OperatorProcess,
+    custom_metrics_available,
+    install_custom_metrics_api,
     secrets,
     voiceagent,
     wait_for,
@@ -48,9 +48,8 @@ from .util import LIVEKIT_URL, OPENAI_BASE_URL
 
 pytestmark = pytest.mark.cluster
 METRIC = "voicefleet_worker_active_sessions"
-SERVICE = "voicefleet-custom-metrics"
-VERSIONS = ("v1beta2", "v1beta1")
-HPA_SA = ("kube-system", "horizontal-pod-autoscaler")
+SERVICE = CUSTOM_METRICS_SERVICE
+VERSIONS = CUSTOM_METRICS_VERSIONS
 
 
 def raw(stack: Stack, path: str, token: str | None = None) -> tuple[int, Any]:
@@ -85,63 +84,19 @@ def values(stack: Stack, namespace: str, **kw: str) -> dict[str, str] | None:
     return {i["describedObject"]["name"]: i["value"] for i in body["items"]}
 
 
-def apiservice_available(kube: Kube, version: str) -> bool:
-    got = kube.get("apiregistration.k8s.io/v1", "APIService", f"{version}.custom.metrics.k8s.io")
-    conds = (got or {}).get("status", {}).get("conditions") or []
-    return any(c["type"] == "Available" and c["status"] == "True" for c in conds)
-
-
 @pytest.fixture(scope="module")
 def custom_metrics(
     operator: OperatorProcess, stack: Stack, kube: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[int]:
     """The session's operator restarted with --custom-metrics-port, its RBAC, Service and
     APIServices in place; restarted without it (and the objects removed) afterwards."""
-    port = free_port()
-    cert, key = stack.pki.issue(SERVICE, SERVICE, server_names=(f"{SERVICE}.{OPERATOR_NS}.svc",))
-    certs = tmp_path_factory.mktemp("custom-metrics-tls")
-    shutil.copy(cert, certs / "tls.crt")
-    shutil.copy(key, certs / "tls.key")
-    rbac = [
-        d for d in yaml.safe_load_all((REPO / "operator/rbac/custom-metrics.yaml").read_text()) if d
-    ]
-    kube.mint_token(*HPA_SA)  # creates the HPA controller's ServiceAccount if absent
-    for obj in rbac:
-        kube.apply(obj)
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": SERVICE, "namespace": OPERATOR_NS},
-        "spec": {
-            "type": "ExternalName",
-            "externalName": "localhost",
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-        },
-    }
-    kube.apply(service)
-    for v, priority in zip(VERSIONS, (200, 100), strict=True):
-        kube.apply(
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": f"{v}.custom.metrics.k8s.io"},
-                "spec": {
-                    "service": {"name": SERVICE, "namespace": OPERATOR_NS, "port": port},
-                    "group": "custom.metrics.k8s.io",
-                    "version": v,
-                    "caBundle": base64.b64encode(stack.pki.ca_cert.read_bytes()).decode(),
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": priority,
-                },
-            }
-        )
+    flags = install_custom_metrics_api(stack, kube, tmp_path_factory.mktemp("custom-metrics-tls"))
     operator.stop()
-    operator.extra_args = [f"--custom-metrics-port={port}", f"--custom-metrics-cert-dir={certs}"]
+    operator.extra_args = flags
     try:
         operator.start()
-        for v in VERSIONS:
-            wait_for(partial(apiservice_available, kube, v), 60, f"{v} APIService Available")
-        yield port
+        wait_for(partial(custom_metrics_available, kube), 60, "the APIServices Available")
+        yield int(flags[0].split("=")[1])
     finally:
         for v in VERSIONS:
             kube.delete("apiregistration.k8s.io/v1", "APIService", f"{v}.custom.metrics.k8s.io")
