@@ -204,6 +204,11 @@ def test_when_a_session_end_removes_the_summary(
     assert should_clear(reason, present) is clear
 
 
+@pytest.mark.parametrize("reason", ["user_initiated", "job_shutdown", None])
+def test_a_call_handed_to_a_later_agent_keeps_the_summary(reason: str | None) -> None:
+    assert should_clear(reason, None, handed_over=True) is False
+
+
 def test_resume_note_and_instructions() -> None:
     note = resume_note((Turn("user", "order 17?"), Turn("assistant", "It shipped.")))
     assert "Caller: order 17?" in note and "You: It shipped." in note

@@ -259,12 +259,17 @@ def ended_on_purpose(close_reason: str | None) -> bool:
     return close_reason in DELIBERATE_CLOSE
 
 
-def should_clear(close_reason: str | None, callers_present: bool | None) -> bool:
+def should_clear(
+    close_reason: str | None, callers_present: bool | None, handed_over: bool = False
+) -> bool:
     """Whether a session that ends removes its summary: when the call ended on purpose,
     or when none of its callers is left in the room (`callers_present` False; None:
-    unknown, or not asked because the call ended on purpose). Kept only when the agent
-    left a call that goes on (the room connection dropped, the agent removed by
-    failover): the next agent of the call may need it."""
+    unknown, or not asked because the call ended on purpose). Kept when the agent left a
+    call that goes on (the room connection dropped, the agent removed by failover), and
+    always when it `handed_over` the call to a later agent (whatever its session's close
+    reason says: leaving closes it as user-initiated): the next agent may need it."""
+    if handed_over:
+        return False
     return ended_on_purpose(close_reason) or callers_present is False
 
 

@@ -407,12 +407,12 @@ async def _resume(
         # livekit-agents runs this after the agent left the room
         try:
             await writer.aclose()  # a pending write finishes first
-            if handed_over():  # the call goes on with a later agent: the summary is its
+            reason, handed = observer.close_reason, handed_over()
+            asked = not (handed or call_ended_on_purpose(reason))
+            present = await callers_present() if asked else None
+            if not should_clear(reason, present, handed):
                 log.info("conversation summary kept: the call goes on", extra=extra)
-                return
-            reason = observer.close_reason
-            present = None if call_ended_on_purpose(reason) else await callers_present()
-            if should_clear(reason, present) and await writer.clear():
+            elif await writer.clear():
                 log.info("conversation summary removed: the call is over", extra=extra)
         finally:
             await sink.aclose()
