@@ -8,6 +8,8 @@ the field; no secret is ever printed).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import NoReturn
@@ -40,7 +42,21 @@ def run(entrypoint: Entrypoint | None = None, env: Mapping[str, str] | None = No
     setup_logging(settings.log_format, secrets=settings.secrets.values())
     runtime = Runtime(settings, tracer_provider=setup_tracing(settings))
     code = asyncio.run(serve(runtime, entrypoint or realtime_agent))
-    sys.exit(code)
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave without interpreter teardown once logs are out.
+
+    livekit rtc's native threads can still be delivering callbacks for rooms the worker
+    just left; if Python's finalisation runs under them, a Rust panic aborts the process
+    (SIGABRT) and a clean drain would report exit code -6. Everything the worker owns is
+    already closed by `serve`, so skipping teardown loses nothing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def main() -> NoReturn:
