@@ -26,6 +26,12 @@ then a tone after the same fixed delay). Its overhead is WebRTC transport both w
 agent pays before doing work of its own. The worker's own share is the difference
 (`worker_minus_echo`, p95 minus p95, with the p50 ratio).
 
+Each level runs once per worker mode (`--resume on,off`): one worker with
+`failover.resumeConversation` on (the default: a sealed summary written to the room's
+metadata after every turn) and one with it off, both registered from the start and called
+one after the other at each level, so the two see the same machine. A level gives every
+call `max(--turns, ceil(20 / N))` turns, so at least 20 turns stand behind every p95.
+
 The maximum: `max_sessions_within_target` is the last level before the first one where
 the worker's own share of overhead p95 reaches 50 ms (or a turn goes unanswered, or a
 call fails); `crossed_at_sessions` is that level. The raw overhead's 50 ms target is
@@ -37,7 +43,7 @@ Also per level: the worker's own view of the same turns (its turn-latency histog
 the model's VAD ending the turn to the first audio frame it sends, minus the model delay),
 the worker's CPU (cores) and RSS, the callers' process CPU, and the machine's load average.
 
-python -m bench.call [--sizes 1,5,10,...] [--turns 3] [--echo-sizes 1,10]
+python -m bench.call [--sizes 1,5,10,...] [--turns 3] [--echo-sizes 1,10] [--resume on,off]
     [--model-delay-ms 200] [--silence-ms 300] [--budget-seconds 420]
     [--profile [--profile-at 10]]   (py-spy on PATH: samples the worker during that level)
 (env: BENCH_CALL_SIZES, BENCH_CALL_TURNS, BENCH_CALL_ECHO_SIZES; VOICEFLEET_TESTBED=<dir>
@@ -63,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, Result, summary
+from bench.common import MIN_P95_SAMPLES, REPO, Result, Run, summary
 from tests.worker.proc import WorkerProc, worker_proc
 from tests.worker.util import agent_config
 from voicefleet_contract import Env
@@ -142,9 +148,9 @@ class Level:
     def figures(self, model_delay_s: float) -> dict[str, Any]:
         out: dict[str, Any] = {
             "sessions": self.n,
-            "overhead_ms": _ms(summary(self.overhead_s)),
-            "turn_latency_ms": _ms(summary(self.latency_s)),
-            "caller_connect_ms": _ms(summary(self.connect_s)),
+            "overhead_ms": _ms(summary(self.overhead_s, MIN_P95_SAMPLES)),
+            "turn_latency_ms": _ms(summary(self.latency_s, MIN_P95_SAMPLES)),
+            "caller_connect_ms": _ms(summary(self.connect_s, MIN_P95_SAMPLES)),
             "turns": self.turns,
             "unanswered_turns": self.unanswered,
             "errors": len(self.errors),
@@ -153,7 +159,7 @@ class Level:
             "wall_s": round(self.wall_s, 1),
         }
         if self.target == "worker":
-            out["dispatch_ms"] = _ms(summary(self.dispatch_s))
+            out["dispatch_ms"] = _ms(summary(self.dispatch_s, MIN_P95_SAMPLES))
             out["worker_cores"] = round(self.worker_cores, 2)
             out["worker_runqueue_wait_s_per_s"] = round(self.worker_runqueue_wait, 2)
             out["worker_rss_mb"] = round(self.worker_rss_mb, 1)
@@ -177,7 +183,11 @@ class Setup:
     silence_s: float
     turns: int
     speech_s: float
-    worker: WorkerProc | None = None
+    workers: dict[str, WorkerProc] = field(default_factory=dict)  # mode -> its worker
+
+    def turns_at(self, n: int) -> int:
+        """Turns per call at `n` sessions: at least MIN_P95_SAMPLES turns in the level."""
+        return max(self.turns, math.ceil(MIN_P95_SAMPLES / n))
 
 
 async def _calls(
@@ -205,7 +215,7 @@ async def _calls(
                 return
             if c.report.dispatch_s is not None:
                 level.dispatch_s.append(c.report.dispatch_s)
-            for _ in range(setup.turns):
+            for _ in range(setup.turns_at(level.n)):
                 t = await c.turn(setup.speech_s, timeout=15)
                 level.turns += 1
                 if t.latency_s is None:
@@ -226,9 +236,9 @@ def _histogram(w: WorkerProc, name: str) -> tuple[float, float]:
     return m.get(f"{name}_sum", 0.0), m.get(f"{name}_count", 0.0)
 
 
-async def worker_level(setup: Setup, n: int) -> Level:
-    w = setup.worker
-    assert w is not None and w.proc is not None
+async def worker_level(setup: Setup, n: int, mode: str) -> Level:
+    w = setup.workers[mode]
+    assert w.proc is not None
     level = Level("worker", n)
     turn_metric = "voicefleet_worker_turn_latency_seconds"
     dispatch_metric = "voicefleet_worker_dispatch_latency_seconds"
@@ -246,9 +256,8 @@ async def worker_level(setup: Setup, n: int) -> Level:
 
     sampler = asyncio.create_task(sample_rss())
     try:
-        await _calls(
-            setup, level, f"{setup.agent}-{n}-{uuid.uuid4().hex[:4]}", "token", setup.agent
-        )
+        agent = worker_agent(setup.agent, mode)
+        await _calls(setup, level, f"{agent}-{n}-{uuid.uuid4().hex[:4]}", "token", agent)
     finally:
         sampler.cancel()
     level.wall_s = time.monotonic() - t0
@@ -334,6 +343,22 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _modes(text: str) -> list[str]:
+    modes = [f"resume_{m.strip()}" for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"--resume: expected on, off or on,off, got {text!r}")
+    return modes
+
+
+MODES = ("resume_on", "resume_off")
+
+
+def worker_agent(agent: str, mode: str) -> str:
+    """The agent name of one mode's worker (each mode's calls go to its own worker)."""
+    return f"{agent}-{mode.removeprefix('resume_')}"
+
+
 def _echo_sizes(text: str) -> list[int] | None:
     return None if text.strip() == "all" else _ints(text)
 
@@ -341,9 +366,7 @@ def _echo_sizes(text: str) -> list[int] | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m bench.call", description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--sizes", type=_ints, default=_ints(env("BENCH_CALL_SIZES", "1,5,10,15,20,25,30,40,50"))
-    )
+    p.add_argument("--sizes", type=_ints, default=_ints(env("BENCH_CALL_SIZES", "1,5,10,20")))
     p.add_argument(
         "--echo-sizes",
         type=_echo_sizes,
@@ -355,29 +378,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-delay-ms", type=int, default=200)
     p.add_argument("--silence-ms", type=int, default=300)
     p.add_argument("--response-ms", type=int, default=800)
-    p.add_argument("--budget-seconds", type=float, default=420, help="stop climbing after this")
+    p.add_argument(
+        "--resume",
+        type=_modes,
+        default=_modes(env("BENCH_CALL_RESUME", "on,off")),
+        help="worker modes: failover.resumeConversation on, off, or both (on,off)",
+    )
+    p.add_argument("--budget-seconds", type=float, default=1200, help="stop climbing after this")
     p.add_argument("--profile", action="store_true", help="py-spy the worker at one level")
     p.add_argument("--profile-at", type=int, default=10, help="the level to profile (10)")
     p.add_argument("--note", action="append", default=[], help="a note for the result file")
-    return p.parse_args(argv)  # fmt: skip
+    args = p.parse_args(argv)
+    args.argv = list(argv or [])
+    return args
 
 
 def start_worker(
-    stack: Stack, agent: str, base: Path, capacity: int, silence_ms: int
+    stack: Stack, agent: str, mode: str, base: Path, capacity: int, silence_ms: int
 ) -> WorkerProc:
     config = agent_config(
         namespace="bench",
-        voiceAgent="bench-call",
-        agentName=agent,
+        voiceAgent=f"bench-call-{mode.removeprefix('resume_')}",
+        agentName=worker_agent(agent, mode),
         livekitURL=stack.livekit_url,
         model={
             "instructions": "You are a benchmark agent.",
             "turnDetection": {"type": "server_vad", "silenceDurationMs": silence_ms},
         },
         sessions={"maxPerWorker": capacity, "drainTimeoutSeconds": 5},
+        failover={"resumeConversation": mode == "resume_on"},
     )
     w = worker_proc(
-        base / "worker",
+        base / mode,
         config,
         {
             Env.LIVEKIT_URL: stack.livekit_url,
@@ -407,43 +439,72 @@ async def run(args: argparse.Namespace, stack: Stack, base: Path) -> Result:
         stack, agent, standin, args.model_delay_ms / 1000, args.silence_ms / 1000,
         args.turns, args.speech_seconds,
     )  # fmt: skip
-    setup.worker = await asyncio.to_thread(
-        start_worker, stack, agent, base, max(args.sizes), args.silence_ms
-    )
+    run_info = Run(flags=list(args.argv))
     t_start = time.monotonic()
     echo: dict[int, Level] = {}
-    levels: list[Level] = []
+    levels: dict[str, list[Level]] = {m: [] for m in args.resume}
     profile: dict[str, Any] = {}
     try:
+        for mode in args.resume:
+            setup.workers[mode] = await asyncio.to_thread(
+                start_worker, stack, agent, mode, base, max(args.sizes), args.silence_ms
+            )
         for n in args.sizes:
             if args.echo_sizes is None or n in args.echo_sizes:
-                print(f"  echo baseline, {n} session(s) ...", flush=True)
+                print(f"  echo baseline, {n} session(s), {setup.turns_at(n)} turns ...", flush=True)
                 e = echo[n] = await echo_level(setup, n)
                 print(f"    overhead p50/p95 {_fmt(e.overhead_s)}; {e.unanswered} unanswered")
-            profile_now = args.profile and n == args.profile_at
-            profiler = _start_profile(setup.worker, base, n) if profile_now else None
-            print(f"  worker, {n} concurrent session(s) ...", flush=True)
-            lv = await worker_level(setup, n)
-            levels.append(lv)
-            if profiler is not None:
-                profile = _stop_profile(*profiler)
-            own = own_overhead(lv, echo)
-            print(
-                f"    dispatch p50/p95 {_fmt(lv.dispatch_s)}; overhead p50/p95 "
-                f"{_fmt(lv.overhead_s)}; worker's own p95 {own * 1000:.0f} ms; "
-                f"{lv.unanswered} unanswered, {len(lv.errors)} errors; "
-                f"worker {lv.worker_cores:.2f} cores, waited for a CPU "
-                f"{lv.worker_runqueue_wait:.2f} s/s; load {lv.load}",
-                flush=True,
-            )
-            if (lv.unanswered or lv.errors) and n >= min(10, max(args.sizes)):
-                break  # calls fail, and the ladder got past 10 sessions
+            for mode in args.resume:
+                lv = await _worker_step(args, setup, base, n, mode, echo, profile)
+                levels[mode].append(lv)
+            if all(_failing(lv) for lv in (ls[-1] for ls in levels.values())) and n >= min(
+                10, max(args.sizes)
+            ):
+                break  # calls fail in every mode, and the ladder got past 10 sessions
             if time.monotonic() - t_start > args.budget_seconds:
                 print(f"  budget of {args.budget_seconds:.0f} s spent: the ladder stops here")
                 break
     finally:
-        stop_worker(setup.worker)
-    return result(args, echo, levels, profile)
+        for w in setup.workers.values():
+            stop_worker(w)
+    r = result(args, echo, levels, profile)
+    r.run = run_info
+    return r
+
+
+def _failing(lv: Level) -> bool:
+    return bool(lv.unanswered or lv.errors)
+
+
+async def _worker_step(
+    args: argparse.Namespace,
+    setup: Setup,
+    base: Path,
+    n: int,
+    mode: str,
+    echo: dict[int, Level],
+    profile: dict[str, Any],
+) -> Level:
+    """One mode's worker at one level, printed as it ends (and py-spied when asked)."""
+    w = setup.workers[mode]
+    first = mode == args.resume[0]
+    profiler = (
+        _start_profile(w, base, n) if args.profile and n == args.profile_at and first else None
+    )
+    print(f"  worker ({mode}), {n} concurrent session(s) ...", flush=True)
+    lv = await worker_level(setup, n, mode)
+    if profiler is not None:
+        profile.update(_stop_profile(*profiler))
+    own = own_overhead(lv, echo)
+    print(
+        f"    dispatch p50/p95 {_fmt(lv.dispatch_s)}; overhead p50/p95 "
+        f"{_fmt(lv.overhead_s)}; worker's own p95 {own * 1000:.0f} ms; "
+        f"{lv.unanswered} unanswered, {len(lv.errors)} errors; "
+        f"worker {lv.worker_cores:.2f} cores, waited for a CPU "
+        f"{lv.worker_runqueue_wait:.2f} s/s; load {lv.load}",
+        flush=True,
+    )
+    return lv
 
 
 def _fmt(values: list[float]) -> str:
@@ -473,55 +534,34 @@ def _ok(lv: Level, echo: dict[int, Level]) -> bool:
 
 
 def result(
-    args: argparse.Namespace, echo: dict[int, Level], levels: list[Level], profile: dict[str, Any]
+    args: argparse.Namespace,
+    echo: dict[int, Level],
+    levels: dict[str, list[Level]],
+    profile: dict[str, Any],
 ) -> Result:
+    """Figures per worker mode (`worker.<mode>.n<N>`, `worker_minus_echo.<mode>.n<N>`,
+    `max_sessions_within_target.<mode>`, ...), the echo baseline once."""
     delay = args.model_delay_ms / 1000
     r = Result("call")
     r.figures["subtracted_ms"] = {
         "model_delay": args.model_delay_ms,
         "turn_detection_silence": args.silence_ms,
     }
-    r.figures["worker"] = {f"n{lv.n}": lv.figures(delay) for lv in levels}
     r.figures["echo_baseline"] = {f"n{n}": e.figures(delay) for n, e in sorted(echo.items())}
-    vs: dict[str, Any] = {}
-    for lv in levels:
-        base = baseline_for(lv.n, echo)
-        if base is None or not lv.overhead_s:
-            continue
-        wp50, ep50 = summary(lv.overhead_s)["p50"], summary(base.overhead_s)["p50"]
-        vs[f"n{lv.n}"] = {
-            "echo_level": base.n,
-            "own_overhead_p50_ms": round((wp50 - ep50) * 1000, 1),
-            "own_overhead_p95_ms": round(own_overhead(lv, echo) * 1000, 1),
-            "overhead_p50_ratio": round(wp50 / ep50, 2) if ep50 > 0 else "n/a",
-        }
-    r.figures["worker_minus_echo"] = vs
-    max_ok = 0
-    crossed: int | str = "not reached"
-    for lv in levels:
-        if not _ok(lv, echo):
-            crossed = lv.n
-            break
-        max_ok = lv.n
-    r.figures["max_sessions_within_target"] = max_ok
-    held = 0
-    for lv in levels:
-        if lv.unanswered or lv.errors:
-            break
-        held = lv.n
-    r.figures["max_sessions_all_turns_answered"] = held
-    r.figures["crossed_at_sessions"] = crossed
-    r.figures["largest_level_run"] = levels[-1].n if levels else 0
-    shown = sorted({n for n in (1, 10) if any(lv.n == n for lv in levels)} | {levels[-1].n})
-    for n in shown if levels else []:
-        r.targets[f"worker.n{n}.dispatch_ms.p95"] = f"< {DISPATCH_TARGET_S * 1000:.0f}"
-        r.targets[f"worker.n{n}.overhead_ms.p95"] = f"< {OVERHEAD_TARGET_S * 1000:.0f}"
-        if f"n{n}" in vs:
-            r.targets[f"worker_minus_echo.n{n}.own_overhead_p95_ms"] = (
-                f"< {OVERHEAD_TARGET_S * 1000:.0f}"
-            )
+    for key in (
+        "worker",
+        "worker_minus_echo",
+        "max_sessions_within_target",
+        "max_sessions_all_turns_answered",
+        "crossed_at_sessions",
+        "largest_level_run",
+    ):
+        r.figures[key] = {}
+    for mode, runs in levels.items():
+        _mode_figures(r, mode, echo, runs, delay)
     if profile:
         r.figures["profile"] = profile
+    turns = ", ".join(f"{n}: {max(args.turns, math.ceil(MIN_P95_SAMPLES / n))}" for n in args.sizes)
     r.notes += [
         SHARED_NOTE,
         "overhead = caller-perceived turn latency (the caller's last voiced frame played out "
@@ -534,15 +574,64 @@ def result(
         "worker_observed_*: the worker's own histograms (dispatch: job offer -> agent ready in "
         "the room; turn: the model's VAD ending the turn -> first audio frame into the room, "
         "minus modelDelayMs), means over the level",
-        f"one worker process (maxPerWorker {max(args.sizes)}), {args.turns} turns of "
-        f"{args.speech_seconds:.1f} s speech per call, {args.response_ms} ms answers; "
-        "callers and their metering share one Python process",
+        "resume_on: failover.resumeConversation on (the default; a sealed summary written to "
+        "the room metadata after every turn); resume_off: off. One worker process per mode "
+        f"(maxPerWorker {max(args.sizes)}), both registered throughout, called one after the "
+        "other at each level",
+        f"turns per call by level ({turns}) of {args.speech_seconds:.1f} s speech, "
+        f"{args.response_ms} ms answers; a p95 only where a level has at least "
+        f"{MIN_P95_SAMPLES} samples (else n, p50 and max); callers and their metering share "
+        "one Python process",
         *args.note,
     ]
-    for lv in [*echo.values(), *levels]:
+    for lv in [*echo.values(), *(lv for runs in levels.values() for lv in runs)]:
         for err in lv.errors[:3]:
             r.notes.append(f"{lv.target} n{lv.n} error: {err}")
     return r
+
+
+def _mode_figures(
+    r: Result, mode: str, echo: dict[int, Level], levels: list[Level], delay: float
+) -> None:
+    r.figures["worker"][mode] = {f"n{lv.n}": lv.figures(delay) for lv in levels}
+    vs: dict[str, Any] = {}
+    for lv in levels:
+        base = baseline_for(lv.n, echo)
+        if base is None or not lv.overhead_s:
+            continue
+        wp50, ep50 = summary(lv.overhead_s)["p50"], summary(base.overhead_s)["p50"]
+        vs[f"n{lv.n}"] = {
+            "echo_level": base.n,
+            "own_overhead_p50_ms": round((wp50 - ep50) * 1000, 1),
+            "own_overhead_p95_ms": round(own_overhead(lv, echo) * 1000, 1),
+            "overhead_p50_ratio": round(wp50 / ep50, 2) if ep50 > 0 else "n/a",
+        }
+    r.figures["worker_minus_echo"][mode] = vs
+    max_ok = 0
+    crossed: int | str = "not reached"
+    for lv in levels:
+        if not _ok(lv, echo):
+            crossed = lv.n
+            break
+        max_ok = lv.n
+    r.figures["max_sessions_within_target"][mode] = max_ok
+    held = 0
+    for lv in levels:
+        if _failing(lv):
+            break
+        held = lv.n
+    r.figures["max_sessions_all_turns_answered"][mode] = held
+    r.figures["crossed_at_sessions"][mode] = crossed
+    r.figures["largest_level_run"][mode] = levels[-1].n if levels else 0
+    shown = sorted({n for n in (1, 10) if any(lv.n == n for lv in levels)} | {levels[-1].n})
+    for n in shown if levels else []:
+        at = f"{mode}.n{n}"
+        r.targets[f"worker.{at}.dispatch_ms.p95"] = f"< {DISPATCH_TARGET_S * 1000:.0f}"
+        r.targets[f"worker.{at}.overhead_ms.p95"] = f"< {OVERHEAD_TARGET_S * 1000:.0f}"
+        if f"n{n}" in vs:
+            r.targets[f"worker_minus_echo.{at}.own_overhead_p95_ms"] = (
+                f"< {OVERHEAD_TARGET_S * 1000:.0f}"
+            )
 
 
 # --- profiling ---------------------------------------------------------------------------

@@ -38,26 +38,53 @@ def test_maximum_is_the_last_level_before_the_first_over_target() -> None:
         _level("worker", 5, [230, 249]),  # own p95 39 ms
         _level("worker", 10, [240, 300]),  # own p95 90 ms: crosses
     ]
-    r = result(args, echo, levels, {})
-    assert r.figures["max_sessions_within_target"] == 5
-    assert r.figures["crossed_at_sessions"] == 10
-    assert r.figures["max_sessions_all_turns_answered"] == 10
+    r = result(args, echo, {"resume_on": levels}, {})
+    assert r.figures["max_sessions_within_target"] == {"resume_on": 5}
+    assert r.figures["crossed_at_sessions"] == {"resume_on": 10}
+    assert r.figures["max_sessions_all_turns_answered"] == {"resume_on": 10}
     assert r.figures["subtracted_ms"] == {"model_delay": 200, "turn_detection_silence": 300}
-    assert r.figures["worker_minus_echo"]["n10"]["own_overhead_p95_ms"] == pytest.approx(90.0)
+    own = r.figures["worker_minus_echo"]["resume_on"]["n10"]["own_overhead_p95_ms"]
+    assert own == pytest.approx(90.0)
     meets = r.meets()
-    assert meets["worker_minus_echo.n1.own_overhead_p95_ms"] is True
-    assert meets["worker_minus_echo.n10.own_overhead_p95_ms"] is False
-    assert meets["worker.n1.dispatch_ms.p95"] is True  # 300 ms < 500 ms
+    assert meets["worker_minus_echo.resume_on.n1.own_overhead_p95_ms"] is True
+    assert meets["worker_minus_echo.resume_on.n10.own_overhead_p95_ms"] is False
+
+
+def test_each_mode_has_its_own_maximum_against_the_same_echo() -> None:
+    args = parse_args(["--sizes", "1,5"])
+    echo = {n: _level("echo", n, [200] * 20) for n in (1, 5)}
+    on = [_level("worker", 1, [210] * 20), _level("worker", 5, [300] * 20)]
+    off = [_level("worker", 1, [210] * 20), _level("worker", 5, [220] * 20)]
+    r = result(args, echo, {"resume_on": on, "resume_off": off}, {})
+    assert r.figures["max_sessions_within_target"] == {"resume_on": 1, "resume_off": 5}
+    assert r.figures["worker"]["resume_off"]["n5"]["overhead_ms"]["p95"] == pytest.approx(220)
+    assert "worker.resume_on.n1.dispatch_ms.p95" not in r.meets()  # 1 dispatch: no p95
+
+
+def test_a_p95_needs_twenty_samples_and_every_level_gets_them() -> None:
+    args = parse_args(["--sizes", "1,5,10,20", "--turns", "3"])
+    setup = call.Setup(None, "a", None, 0.2, 0.3, args.turns, 1.0)  # type: ignore[arg-type]
+    assert [setup.turns_at(n) * n >= 20 for n in args.sizes] == [True] * 4
+    assert [setup.turns_at(n) for n in args.sizes] == [20, 4, 3, 3]
+    few = _level("worker", 1, [200] * 19).figures(0.2)["overhead_ms"]
+    assert "p95" not in few and few["max"] == pytest.approx(200)
+
+
+def test_resume_modes_are_named_and_checked() -> None:
+    assert parse_args([]).resume == ["resume_on", "resume_off"]
+    assert parse_args(["--resume", "off"]).resume == ["resume_off"]
+    with pytest.raises(SystemExit):
+        parse_args(["--resume", "maybe"])
 
 
 def test_an_unanswered_turn_ends_the_maximum() -> None:
     args = parse_args(["--sizes", "1,5"])
     echo = {1: _level("echo", 1, [200])}
     levels = [_level("worker", 1, [200]), _level("worker", 5, [200], unanswered=1)]
-    r = result(args, echo, levels, {})
-    assert r.figures["max_sessions_within_target"] == 1
-    assert r.figures["max_sessions_all_turns_answered"] == 1
-    assert r.figures["crossed_at_sessions"] == 5
+    r = result(args, echo, {"resume_on": levels}, {})
+    assert r.figures["max_sessions_within_target"] == {"resume_on": 1}
+    assert r.figures["max_sessions_all_turns_answered"] == {"resume_on": 1}
+    assert r.figures["crossed_at_sessions"] == {"resume_on": 5}
 
 
 def test_profile_counts_only_active_samples(
