@@ -70,7 +70,7 @@ from bench.cluster import (
     owner,
     parallel,
 )
-from bench.common import Result, Run, effective_flags
+from bench.common import Result, Run, operator_flags
 from tests.operator.cluster import wait_for
 from voicefleet_contract import GROUP, KIND, LABEL_INSTANCE, METRICS_PORT, PLURAL, VERSION
 from voicefleet_testbed.binaries import versions
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     with cluster(
         inprocess=not args.process_workers, keda=needs_keda, custom_metrics="hpa" in systems
     ) as c:
-        run.operator_flags = effective_flags(c.operator.argv[3:])
+        run.operator_flags = operator_flags(c.operator.argv)
         for plan in plans:
             size: JSON = {
                 "voiceagents": plan.voiceagents,

@@ -32,6 +32,7 @@ from tests.operator.cluster import (
     install_crd,
     install_custom_metrics_api,
     install_rbac,
+    production_timers,
     secrets,
     wait_for,
 )
@@ -40,7 +41,6 @@ from voicefleet_contract.metrics import (
     AUTOSCALER_SCRAPE_FAILURES,
     OPERATOR_RECONCILES,
 )
-from voicefleet_operator.settings import Settings
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
@@ -292,13 +292,7 @@ def cluster(
         token = install_rbac(kube)  # also the operator's namespace
         if custom_metrics:
             extra += install_custom_metrics_api(stack, kube, workdir / "custom-metrics-tls")
-        defaults = Settings()
-        timers = [
-            f"--resync-seconds={defaults.resync_seconds:g}",
-            f"--retry-seconds={defaults.retry_seconds:g}",
-            f"--failover-sweep-seconds={defaults.failover_sweep_seconds:g}",
-        ]
-        op = OperatorProcess(stack, token, workdir, [*timers, *extra])
+        op = OperatorProcess(stack, token, workdir, [*production_timers(), *extra])
         op.start()
         if custom_metrics:
             wait_for(lambda: custom_metrics_available(kube), 60, "custom metrics APIServices")

@@ -48,6 +48,11 @@ def effective_flags(argv: Sequence[str]) -> list[str]:
     return list(last.values())
 
 
+def operator_flags(argv: Sequence[str]) -> list[str]:
+    """An operator's command line (`python -m voicefleet_operator ...`) as it took effect."""
+    return effective_flags(argv[3:])
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

@@ -1,72 +1,52 @@
-"""Sessions dropped during a scale-down and during a rollout with live calls (target: 0).
+"""Sessions dropped during scale-downs and rollouts with live calls (target: 0).
 
 The same two scenarios as tests/e2e/test_autoscale_calls.py (tests/e2e/fleet.py, one
-copy): the operator runs REAL worker pods on the testbed, simulated callers talk over real
-WebRTC through LiveKit, and a session counts as dropped when its CALLER saw the agent
-leave, a turn go unanswered, a second agent join, or the call fail.
+copy), repeated until at least 50 calls went through them: the operator (production
+timers, bench/live.py) runs REAL worker pods on the testbed, simulated callers talk over
+real WebRTC through LiveKit, and a session counts as dropped when its CALLER saw the agent
+leave, a turn go unanswered, a second agent join, or the call fail. Each round has a
+namespace of its own; the result reports how many calls were on a draining worker (the
+ones a scale-down or rollout could have dropped).
 
-    python -m bench.drops              # its own stack in a temporary directory
-    python -m bench.drops --calls 15   # more live calls during the rollout
-    VOICEFLEET_TESTBED=$PWD/.testbed python -m bench.drops   # reuse a running stack
+    python -m bench.drops                                   # 4 scale-down + 3 rollout rounds
+    python -m bench.drops --scale-rounds 1 --rollout-rounds 1 --calls 15   # a quick look
+    VOICEFLEET_TESTBED=$PWD/.testbed python -m bench.drops  # reuse a running stack
 
-Writes bench/results/drops.json and prints the figures. Takes 3-5 minutes on 2 cores.
+Writes bench/results/drops.json and prints the figures. About 15 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from bench.common import Result, summary
+from bench.common import MIN_P95_SAMPLES, Result, Run, operator_flags, summary
+from bench.live import live_testbed
 from tests.e2e.fleet import (
     LEAVE,
     ROLLOUT,
     ROLLOUT_CALLS,
     SCALE,
     Fleet,
+    RolloutRun,
+    ScaleRun,
     rollout_under_calls,
     scale_up_then_down,
 )
-from tests.operator.cluster import OperatorProcess, install_crd, install_images, install_rbac
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
-
-@contextmanager
-def testbed(workdir: Path) -> Iterator[tuple[Stack, Kube]]:
-    """A running stack with the CRD and an operator of this checkout; stopped afterwards
-    when this started it."""
-    reuse = os.environ.get("VOICEFLEET_TESTBED")
-    if not reuse:
-        (workdir / "testbed").mkdir()
-    stack = Stack(Path(reuse)) if reuse else Stack(workdir / "testbed", progress=print)
-    started = not (reuse and all(stack.running().values()))
-    if started:
-        stack.up()
-    op: OperatorProcess | None = None
-    try:
-        kube = Kube.admin(stack)
-        if not stack.running().get("voicefleet-operator"):
-            install_crd(kube)
-            install_images(stack)
-            op = OperatorProcess(stack, install_rbac(kube), workdir)
-            op.start()
-        yield stack, kube
-    finally:
-        if op is not None:
-            op.stop()
-        if started:
-            stack.down()
+SCALE_CALLERS = 6  # 6 -> 3 -> 2 -> 1 callers (LEAVE), at 2 per worker
+SCALE_ROUNDS = 4
+ROLLOUT_ROUNDS = 3
 
 
 @contextmanager
@@ -83,72 +63,104 @@ def log(message: str) -> None:
     print(f"  {message}", flush=True)
 
 
-async def measure(stack: Stack, kube: Kube, calls: int) -> dict[str, Any]:
-    with namespace(kube, "scale") as ns:
-        fleet = Fleet(stack, kube, ns)
-        await fleet.create(SCALE)
-        print(f"scale-down: 6 callers at {SCALE.max_per_worker} per worker, leaving {LEAVE}")
-        s = await scale_up_then_down(fleet, SCALE, n=6, leave=LEAVE, log=log)
-    with namespace(kube, "rollout") as ns:
-        fleet = Fleet(stack, kube, ns)
-        await fleet.create(ROLLOUT)
-        print(f"rollout: {calls} live calls at {ROLLOUT.max_per_worker} per worker")
-        r = await rollout_under_calls(fleet, ROLLOUT, n=calls, log=log)
+async def measure(
+    stack: Stack, kube: Kube, scale_rounds: int, rollout_rounds: int, calls: int
+) -> tuple[list[ScaleRun], list[RolloutRun]]:
+    scales: list[ScaleRun] = []
+    rollouts: list[RolloutRun] = []
+    for i in range(scale_rounds):
+        with namespace(kube, "scale") as ns:
+            fleet = Fleet(stack, kube, ns)
+            await fleet.create(SCALE)
+            print(f"scale-down {i + 1}/{scale_rounds}: {SCALE_CALLERS} callers at "
+                  f"{SCALE.max_per_worker} per worker, leaving {LEAVE}", flush=True)  # fmt: skip
+            scales.append(await scale_up_then_down(fleet, SCALE, SCALE_CALLERS, LEAVE, log=log))
+    for i in range(rollout_rounds):
+        with namespace(kube, "rollout") as ns:
+            fleet = Fleet(stack, kube, ns)
+            await fleet.create(ROLLOUT)
+            print(f"rollout {i + 1}/{rollout_rounds}: {calls} live calls at "
+                  f"{ROLLOUT.max_per_worker} per worker", flush=True)  # fmt: skip
+            rollouts.append(await rollout_under_calls(fleet, ROLLOUT, n=calls, log=log))
+    return scales, rollouts
+
+
+def _reasons(drops: list[dict[str, str]]) -> str:
+    return "; ".join(f"{k}: {v}" for d in drops for k, v in d.items()) or "none"
+
+
+def figures(scales: list[ScaleRun], rollouts: list[RolloutRun]) -> dict[str, Any]:
+    s_calls = sum(s.callers for s in scales)
+    r_calls = sum(r.calls for r in rollouts)
     return {
+        "calls": s_calls + r_calls,
+        "dropped": sum(len(s.drops) for s in scales) + sum(len(r.drops) for r in rollouts),
+        "calls_on_draining_workers": sum(s.calls_on_draining_workers for s in scales)
+        + sum(r.drained_calls for r in rollouts),
         "scale_down": {
-            "calls": s.callers,
-            "dropped": len(s.drops),
-            "unanswered_turns": s.unanswered,
-            "peak_workers": s.peak_replicas,
-            "replica_path": "-".join(map(str, s.replica_path)),
-            "calls_on_draining_workers": s.calls_on_draining_workers,
-            "ramp_s": s.ramp_s,
-            "scale_down_s": s.scale_down_s,
-            "turn_latency_s": summary(s.latencies),
-            "drop_reasons": "; ".join(f"{k}: {v}" for k, v in s.drops.items()) or "none",
+            "rounds": len(scales),
+            "calls": s_calls,
+            "dropped": sum(len(s.drops) for s in scales),
+            "unanswered_turns": sum(s.unanswered for s in scales),
+            "calls_on_draining_workers": sum(s.calls_on_draining_workers for s in scales),
+            "peak_workers": max((s.peak_replicas for s in scales), default=0),
+            "replica_paths": ", ".join("-".join(map(str, s.replica_path)) for s in scales),
+            "ramp_s": summary([s.ramp_s for s in scales]),
+            "scale_down_s": summary([s.scale_down_s for s in scales]),
+            "turn_latency_s": summary([x for s in scales for x in s.latencies], MIN_P95_SAMPLES),
+            "drop_reasons": _reasons([s.drops for s in scales]),
         },
         "rollout": {
-            "calls": r.calls,
-            "dropped": len(r.drops),
-            "workers": r.workers,
-            "drained_calls": r.drained_calls,
-            "answered_after_rollout": r.answered_after,
-            "kept_their_agent": r.kept_agent,
-            "rollout_s": r.rollout_s,
-            "old_workers_exit_after_hangup_s": r.drain_exit_s,
-            "new_call_on_new_worker": r.new_call_on_new_worker,
-            "turn_latency_s": summary(r.latencies),
-            "drop_reasons": "; ".join(f"{k}: {v}" for k, v in r.drops.items()) or "none",
+            "rounds": len(rollouts),
+            "calls": r_calls,
+            "dropped": sum(len(r.drops) for r in rollouts),
+            "calls_on_draining_workers": sum(r.drained_calls for r in rollouts),
+            "answered_after_rollout": sum(r.answered_after for r in rollouts),
+            "kept_their_agent": sum(r.kept_agent for r in rollouts),
+            "workers_before": [r.workers for r in rollouts],
+            "rollout_s": summary([r.rollout_s for r in rollouts]),
+            "old_workers_exit_after_hangup_s": summary([r.drain_exit_s for r in rollouts]),
+            "new_call_on_new_worker": all(r.new_call_on_new_worker for r in rollouts),
+            "turn_latency_s": summary([x for r in rollouts for x in r.latencies], MIN_P95_SAMPLES),
+            "drop_reasons": _reasons([r.drops for r in rollouts]),
         },
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--scale-rounds", type=int, default=SCALE_ROUNDS)
+    ap.add_argument("--rollout-rounds", type=int, default=ROLLOUT_ROUNDS)
     ap.add_argument(
-        "--calls", type=int, default=ROLLOUT_CALLS, help="live calls during the rollout"
+        "--calls", type=int, default=ROLLOUT_CALLS, help="live calls during each rollout"
     )
     args = ap.parse_args(argv if argv is not None else [])
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-drops-") as tmp,
-        testbed(Path(tmp)) as (
-            stack,
-            kube,
-        ),
-    ):
-        figures = asyncio.run(measure(stack, kube, args.calls))
+    run = Run(flags=list(argv or []))
+    t0 = time.monotonic()
+    with live_testbed("drops") as (stack, kube, op):
+        run.operator_flags = operator_flags(op.argv)
+        scales, rollouts = asyncio.run(
+            measure(stack, kube, args.scale_rounds, args.rollout_rounds, args.calls)
+        )
     result = Result(
         "drops",
-        figures,
-        targets={"scale_down.dropped": "< 1", "rollout.dropped": "< 1"},
+        {**figures(scales, rollouts), "wall_s": round(time.monotonic() - t0, 1)},
+        targets={"dropped": "< 1", "calls": ">= 50"},
         notes=[
             "dropped = counted by the callers: the agent left, a turn went unanswered, a "
             "second agent joined, or the call failed",
-            f"real worker pods (livekit-agents + OpenAI Realtime plugin), real LiveKit and "
-            f"WebRTC; the Realtime API is the testbed's stand-in; {os.cpu_count()} CPUs",
+            "real worker pods (livekit-agents + OpenAI Realtime plugin) on the node agent, "
+            "real LiveKit and WebRTC; the Realtime API is the testbed's stand-in",
+            f"scale-down: {SCALE_CALLERS} callers arrive one by one at "
+            f"{SCALE.max_per_worker} per worker (buffer {SCALE.buffer_sessions}), then leave "
+            f"in groups {LEAVE}, the busiest workers' callers first; calls_on_draining_workers "
+            "is the most calls on draining workers at one step, summed over rounds",
             "rollout: spec.model.instructions changes; old workers get SIGTERM and drain "
-            "their calls (maxUnavailable 0); calls are answered after the rollout",
+            "their calls (maxUnavailable 0); calls are answered after the rollout; "
+            "calls_on_draining_workers: calls still on an old worker when the rollout completed",
+            "the operator runs with its production timers (run.operator_flags)",
         ],
+        run=run,
     )
     result.report()
 

@@ -2,7 +2,10 @@
 
 A stack of its own in a temporary directory (or the one in VOICEFLEET_TESTBED, started with
 `testbed up --no-operator`), the CRD, and the operator of this checkout as a process under
-its own ServiceAccount, webhooks on. Stopped afterwards (the stack only if this started it).
+its own ServiceAccount, webhooks on, with its production timers (resync, retry and the
+failover sweep at their defaults: what a user runs, not the tests' short ones). Stopped
+afterwards (the stack only if this started it). The result file records
+`operator_flags(op.argv)` (bench.common).
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.operator.cluster import OperatorProcess, install_crd, install_images, install_rbac
+from tests.operator.cluster import (
+    OperatorProcess,
+    install_crd,
+    install_images,
+    install_rbac,
+    production_timers,
+)
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
 
@@ -26,7 +35,7 @@ def live_testbed(name: str) -> Iterator[tuple[Stack, Kube, OperatorProcess]]:
         stack = Stack(Path(reuse))
     else:
         tmp = tempfile.TemporaryDirectory(prefix=f"vf-bench-{name}-")
-        stack = Stack(Path(tmp.name), progress=lambda m: print(f"  [testbed] {m}"))
+        stack = Stack(Path(tmp.name), progress=lambda m: print(f"  [testbed] {m}", flush=True))
         stack.up()
     op: OperatorProcess | None = None
     try:
@@ -34,7 +43,8 @@ def live_testbed(name: str) -> Iterator[tuple[Stack, Kube, OperatorProcess]]:
         install_crd(kube)
         install_images(stack)
         workdir = Path(tmp.name if tmp else tempfile.mkdtemp(prefix="vf-bench-op-"))
-        op = OperatorProcess(stack, install_rbac(kube), workdir)
+        extra = os.environ.get("BENCH_OPERATOR_ARGS", "").split()
+        op = OperatorProcess(stack, install_rbac(kube), workdir, [*production_timers(), *extra])
         op.start()
         yield stack, kube, op
     finally:

@@ -39,7 +39,7 @@ from bench.cluster import (
     owner,
     parallel,
 )
-from bench.common import Result, summary
+from bench.common import MIN_P95_SAMPLES, Result, Run, operator_flags, summary
 from voicefleet_contract import GROUP, KIND, PLURAL, VERSION
 
 JSON = dict[str, Any]
@@ -145,8 +145,8 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
     to_dep = [deployed.times[x] - created[x] for x in names if x in deployed.times]
     to_ready = [ready.times[x] - created[x] for x in names if x in ready.times]
     out = {
-        "create_to_deployment_s": summary(to_dep),
-        "create_to_ready_s": summary(to_ready),
+        "create_to_deployment_s": summary(to_dep, MIN_P95_SAMPLES),
+        "create_to_ready_s": summary(to_ready, MIN_P95_SAMPLES),
         "all_ready": all_ready,
         "ready_count": len(to_ready),
         "creates_took_s": created_in,
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv or [])
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    result = Result("reconcile")
+    result = Result("reconcile", run=Run(flags=list(argv or [])))
     result.notes.append(
         "baseline: kube-controller-manager (Go) Deployment -> ReplicaSet on the same API "
         "server, measured right before each size; all times from the client's create call "
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.process_workers:
         result.notes.append("worker pods: fake workers served in-process by the node agent")
     with cluster(inprocess=not args.process_workers) as c:
+        assert result.run is not None
+        result.run.operator_flags = operator_flags(c.operator.argv)
         for n in sizes:
             timeout = max(120.0, 0.3 * n)
             print(f"[reconcile] {n}: baseline ...", flush=True)
@@ -198,10 +200,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[reconcile] {n}: voiceagents ...", flush=True)
             idle = args.idle_seconds if n == max(sizes) else min(10.0, args.idle_seconds)
             fig = voiceagents(c, n, timeout, idle, last=n == sizes[-1])
-            fig["baseline_create_to_replicaset_s"] = summary(base)
-            fig["ratio_p95_deployment_vs_baseline"] = (
-                fig["create_to_deployment_s"]["p95"] / summary(base)["p95"]
-            )
+            fig["baseline_create_to_replicaset_s"] = b = summary(base, MIN_P95_SAMPLES)
+            if "p95" in b and "p95" in fig["create_to_deployment_s"]:  # n >= 20 on both sides
+                fig["ratio_p95_deployment_vs_baseline"] = (
+                    fig["create_to_deployment_s"]["p95"] / b["p95"]
+                )
             result.figures[f"n{n}"] = fig
             print(f"[reconcile] {n}: {fig}", flush=True)
         top = f"n{max(sizes)}"

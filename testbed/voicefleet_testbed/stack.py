@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import controlplane as cp
+from . import hollow_nodes as hollow
 from . import keda as keda_mod
 from . import livekit_nodes as lkn
 from . import realnode, user_install
@@ -72,6 +73,9 @@ class StackState:
     redis: bool = False
     redis_password: str = ""
     keda: bool = False  # runs KEDA's operator and metrics API server (keda.py)
+    # The node agent's hollow nodes beyond the first (hollow_nodes.py): their pod networks
+    # (127.<net>.x.y), one per node, in node order from node 2.
+    hollow_pod_nets: list[int] = field(default_factory=list)
 
     @property
     def file(self) -> Path:
@@ -94,6 +98,7 @@ class StackState:
             "redis": self.redis,
             "redis_password": self.redis_password,
             "keda": self.keda,
+            "hollow_pod_nets": self.hollow_pod_nets,
         }
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -115,6 +120,7 @@ class StackState:
             procs={k: ProcRef.from_dict(v) for k, v in data.get("procs", {}).items()},
             livekit_secret=data.get("livekit_secret", ""),
             pod_net=int(data.get("pod_net", 0)),
+            hollow_pod_nets=[int(x) for x in data.get("hollow_pod_nets", [])],
             extra_env=dict(data.get("extra_env", {})),
             operator=bool(data.get("operator", False)),
             real_node=bool(data.get("real_node", False)),
@@ -206,7 +212,18 @@ class Stack:
     @property
     def pod_targets(self) -> Path:
         """Prometheus file_sd targets, written by the node agent."""
-        return self.dir / "prometheus-pod-targets.json"
+        return self.dir / hollow.targets_file(1)
+
+    @property
+    def hollow_nodes(self) -> int:
+        return 1 + len(self.state.hollow_pod_nets)
+
+    def pods_dir_of(self, node: str) -> Path:
+        """Where the node agent of hollow node `node` keeps its pods' files (pid, logs)."""
+        n = hollow.number(node)
+        if n is None or n > self.hollow_nodes:
+            raise ValueError(f"{node!r} is not one of this stack's hollow nodes")
+        return self.dir / hollow.pods_subdir(n)
 
     @property
     def image_override(self) -> Path:
@@ -396,19 +413,21 @@ class Stack:
             argv = cp.controller_manager_argv(b, pki, self.kubeconfig, s.ports["kcm"])
             return spawn("kube-controller-manager", argv, logs / "kube-controller-manager.log")
 
-        def node_agent() -> ProcRef:
+        def node_agent(n: int = 1) -> ProcRef:
+            net = s.pod_net if n == 1 else s.hollow_pod_nets[n - 2]
             argv = [
                 sys.executable, "-m", "voicefleet_testbed.nodeagent",
                 f"--server={self.api_server}",
                 f"--token-file={pki.admin_token_file}",
                 f"--ca-file={pki.ca_cert}",
-                f"--pods-dir={self.pods_dir}",
-                f"--pod-cidr=127.{s.pod_net}.0.0/16",
-                f"--scrape-targets={self.pod_targets}",
+                f"--node-name={hollow.node_name(n)}",
+                f"--pods-dir={self.dir / hollow.pods_subdir(n)}",
+                f"--pod-cidr=127.{net}.0.0/16",
+                f"--scrape-targets={self.dir / hollow.targets_file(n)}",
                 f"--image-table={TESTBED_DIR / 'images.yaml'}",
                 f"--image-table={self.image_override}",
             ]  # fmt: skip
-            return spawn("node-agent", argv, logs / "node-agent.log", cwd=REPO_DIR)
+            return spawn(hollow.part(n), argv, logs / f"{hollow.part(n)}.log", cwd=REPO_DIR)
 
         def realtime() -> ProcRef:
             argv = [
@@ -420,7 +439,9 @@ class Stack:
         def prometheus() -> ProcRef:
             assert b.prometheus is not None
             config = self.dir / "prometheus.yml"
-            config.write_text(prometheus_config(self.pod_targets, self.extra_scrape_targets()))
+            config.write_text(
+                prometheus_config(self.dir / hollow.TARGETS_GLOB, self.extra_scrape_targets())
+            )
             argv = [
                 str(b.prometheus),
                 f"--config.file={config}",
@@ -468,7 +489,15 @@ class Stack:
                 lambda: cp.scheduler_healthy(s.ports["kube-scheduler"]),
                 60,
             ),
-            Component("node-agent", node_agent, self._node_ready, 30),
+            *(
+                Component(
+                    hollow.part(n),
+                    functools.partial(node_agent, n),
+                    functools.partial(self._node_ready, n),
+                    30,
+                )
+                for n in range(1, self.hollow_nodes + 1)
+            ),
             *self._real_node_components(),
             *self._livekit_components(b),
             Component("realtime-standin", realtime, self._realtime_ready, 30),
@@ -658,10 +687,28 @@ class Stack:
         except OSError:
             return False
 
-    def _node_ready(self) -> bool:
+    def _node_ready(self, n: int = 1) -> bool:
         from .kube import Kube
 
-        return Kube.admin(self).node_ready("testbed-node")
+        return Kube.admin(self).node_ready(hollow.node_name(n))
+
+    def add_hollow_node(self) -> str:
+        """Start one more hollow node beside the running stack (its own node agent, pods
+        directory and pod network); returns its Node name. For what needs worker pods on
+        more than one node, such as losing a node with every pod on it (bench/chaos.py)."""
+        n = self.hollow_nodes + 1
+        if n > hollow.MAX_NODES:
+            raise ValueError(f"at most {hollow.MAX_NODES} hollow nodes")
+        taken = {self.state.pod_net, *self.state.hollow_pod_nets}
+        self.state.hollow_pod_nets.append(
+            secrets.choice([x for x in range(2, 255) if x not in taken])
+        )
+        self.state.save()
+        comp = next(
+            c for c in self._components(Binaries.locate().require()) if c.name == hollow.part(n)
+        )
+        self._start(comp)
+        return hollow.node_name(n)
 
     def _livekit_ready(self, n: int = 1) -> bool:
         """Node n answers 200 once its stats are fresh, i.e. once it has registered in
@@ -915,7 +962,9 @@ class Stack:
     def _prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
-        shutil.rmtree(self.pods_dir, ignore_errors=True)
+        for pods in self.dir.glob("pods*"):  # every hollow node's, from an earlier `up`
+            shutil.rmtree(pods, ignore_errors=True)
+        self.state.hollow_pod_nets = []  # a stack starts with one hollow node
         ensure_pki(self.dir / "pki").ensure_front_proxy()
         names = [
             "etcd",
@@ -998,11 +1047,14 @@ class Stack:
             if name == "containerd" and node is not None and ref.alive():
                 node.remove_pods(host)  # the kubelet is gone; containerd still answers
             if ref.alive():
-                stop(ref, grace=15 if name == "node-agent" else 5)
+                stop(ref, grace=15 if name.startswith(hollow.NODE_AGENT_PART) else 5)
                 stopped.append(name)
         from .nodeagent.agent import kill_leftovers
 
-        leftovers = kill_leftovers(self.pods_dir) if self.pods_dir.exists() else 0
+        leftovers = sum(
+            kill_leftovers(self.dir / hollow.pods_subdir(n))
+            for n in range(1, self.hollow_nodes + 1)
+        )
         if node is not None:
             try:
                 node.teardown(host)

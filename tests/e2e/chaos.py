@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from voicefleet_contract import METRICS_PORT
+from voicefleet_testbed import hollow_nodes as hollow
 from voicefleet_testbed.caller import Caller
+from voicefleet_testbed.procs import start_time
 from voicefleet_testbed.stack import Stack
 
 from ..operator.cluster import OperatorProcess
@@ -40,12 +42,18 @@ HANG = ("sigstop",)
 OPERATOR = ("operator-kill", "apiserver-restart")
 BLIP = ("partition",)
 FAULTS = GONE + HANG + OPERATOR + BLIP
+# A whole hollow node lost at once, as a machine that loses power: its node agent (the
+# kubelet) SIGKILLed and every container process on it SIGSTOPped, so nothing answers and
+# nothing closes a connection; nothing on the node reports it. Needs the fleet spread over
+# two hollow nodes (`Stack.add_hollow_node`, `WorkerFleet.start(spread=True)`); after the
+# round the node comes back (its processes killed, the node agent restarted, as a reboot).
+NODE = ("node-gone",)
 # With two operator replicas under kopf peering (test_chaos_ha.py): the active one killed
 # with the worker, and not restarted; the standby takes over once the leader's peering
 # record expires (60 s).
 HA = ("leader-kill",)
 RECOVERY_S = {"sigkill": 30.0, "force-delete": 30.0, "sigstop": 45.0, "partition": 30.0,
-              "leader-kill": 150.0}  # fmt: skip
+              "leader-kill": 150.0, "node-gone": 90.0}  # fmt: skip
 # Longer than the operator's long poll of a worker (20 s, then 5 s to give up on it) and its
 # sweep (10 s): time enough for it to notice the cut, and to act wrongly on it.
 PARTITION_S = 35.0
@@ -76,7 +84,7 @@ class CallOutcome:
 @dataclass
 class Round:
     fault: str
-    victim_pod: str
+    victim_pod: str  # for node-gone: "node/<name>"
     calls: list[CallOutcome] = field(default_factory=list)
     # The operator's failed /sessions reads during the round: the proof a partition cut it.
     read_failures: float = 0.0
@@ -146,6 +154,18 @@ def heal(rules: list[list[str]]) -> None:
         subprocess.run(["iptables", "-w", "-D", *rule], check=False, timeout=30)
 
 
+def node_processes(pods_dir: Path) -> list[int]:
+    """Every container process a hollow node's agent runs (its pid files, checked against
+    each process's start time), with their descendants."""
+    out: list[int] = []
+    for pid_file in pods_dir.glob("*/*/*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid_s, started = pid_file.read_text().split()
+            if start_time(int(pid_s)) == int(started):
+                out += process_tree(int(pid_s))
+    return out
+
+
 def signal_all(pids: list[int], sig: signal.Signals) -> None:
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -160,11 +180,11 @@ class Chaos:
         self.rounds = 0
 
     async def round(self, fault: str, calls: int = 3) -> Round:
-        if fault not in FAULTS + HA:
-            raise ValueError(f"fault must be one of {', '.join(FAULTS + HA)}")
+        if fault not in FAULTS + HA + NODE:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS + HA + NODE)}")
         f = self.fleet
         self.rounds += 1
-        await until(lambda: f.registered(2), 120, "2 registered workers")
+        await until(lambda: f.registered(f.replicas), 120, f"{f.replicas} registered workers")
         callers = [await f.call(f"chaos-{self.rounds}-{i}-{f.ns}") for i in range(calls)]
         try:
             served = {c.room_name: (await f.serving(c.room_name))[0] for c in callers}
@@ -172,6 +192,10 @@ class Chaos:
             victim_name = by_pod.most_common(1)[0][0]
             victim = next(p for p in served.values() if p["metadata"]["name"] == victim_name)
             hit = [c for c in callers if served[c.room_name]["metadata"]["name"] == victim_name]
+            if fault in NODE:  # every call on the busiest worker's node
+                node = victim["spec"]["nodeName"]
+                victim_name = f"node/{node}"
+                hit = [c for c in callers if served[c.room_name]["spec"]["nodeName"] == node]
             before = {c.room_name: c.report.agent_joins for c in callers}
             timeout = RECOVERY_S.get(fault, RECOVERY_OPERATOR_S)
             fails_over = fault not in BLIP
@@ -224,6 +248,11 @@ class Chaos:
         elif fault == "sigstop":  # the whole worker hangs, its job processes too
             stopped = process_tree(self.fleet.pid(pod))
             signal_all(stopped, signal.SIGSTOP)
+        elif fault == "node-gone":
+            node = pod["spec"]["nodeName"]
+            stopped = node_processes(self.stack.pods_dir_of(node))
+            signal_all(stopped, signal.SIGSTOP)
+            self.stack.kill_part(hollow.part(hollow.number(node) or 1))
         else:
             self.fleet.kill(pod)
         t0 = loop.time()
@@ -238,6 +267,9 @@ class Chaos:
         finally:
             signal_all(stopped, signal.SIGKILL)
             heal(rules)
+            if fault == "node-gone":  # the node comes back, as after a reboot
+                n = hollow.number(pod["spec"]["nodeName"]) or 1
+                await asyncio.to_thread(self.stack.restart, hollow.part(n))
 
     @staticmethod
     async def _settle(c: Caller, window: float) -> None:

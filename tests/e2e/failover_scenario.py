@@ -100,13 +100,20 @@ class WorkerFleet:
         self.scenario = self.agent_name
         self.standin = StandInClient(stack.realtime_url, scenario=self.scenario)
         self.callers: list[Caller] = []
+        self.replicas = 0
 
     # --- set-up ----------------------------------------------------------------------------
-    async def start(self, replicas: int = 2, timeout: float = 180, max_per_worker: int = 4) -> None:
+    async def start(
+        self, replicas: int = 2, timeout: float = 180, max_per_worker: int = 4, spread: bool = False
+    ) -> None:
+        """`spread`: the workers spread evenly over the nodes (a topology spread constraint
+        on the hostname, as a team running agents on several nodes sets), so that a node
+        lost takes only its share."""
+        self.replicas = replicas
         await self.standin.reset()
         await self.standin.configure(modelDelayMs=200, responseMs=800)
         secrets(self.kube, self.ns, self.stack.livekit_secret)
-        spec = {
+        spec: dict[str, Any] = {
             "agentName": self.agent_name,
             "livekit": {"url": self.livekit_url, "credentialsSecret": "livekit"},
             "model": {
@@ -119,6 +126,15 @@ class WorkerFleet:
             "replicas": replicas,
             "template": {"image": WORKER_IMAGE},
         }
+        if spread:
+            spec["template"]["topologySpreadConstraints"] = [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "DoNotSchedule",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": self.name}},
+                }
+            ]
         self.kube.create(voiceagent(self.name, self.ns, spec))
         await until(lambda: self.registered(replicas), timeout, f"{replicas} registered workers")
 
@@ -195,12 +211,11 @@ class WorkerFleet:
 
     # --- ways to die -----------------------------------------------------------------------
     def pid(self, pod: dict[str, Any]) -> int:
-        """The worker container's main process (the node agent records it)."""
+        """The worker container's main process (its hollow node's agent records it)."""
         name = pod["metadata"]["name"]
         container = pod["spec"]["containers"][0]["name"]
-        pid_s, started = (
-            (self.stack.pods_dir / self.ns / name / f"{container}.pid").read_text().split()
-        )
+        pods_dir = self.stack.pods_dir_of(pod["spec"]["nodeName"])
+        pid_s, started = (pods_dir / self.ns / name / f"{container}.pid").read_text().split()
         pid = int(pid_s)
         assert start_time(pid) == int(started), f"{name}: its process is not the one recorded"
         return pid

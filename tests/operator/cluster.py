@@ -27,6 +27,7 @@ from voicefleet_contract import (
     WORKER_KEYS_TOKEN,
 )
 from voicefleet_contract.sessions import AUTH_HEADER, bearer
+from voicefleet_operator.settings import Settings
 from voicefleet_testbed import controlplane as cp
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.ports import free_port
@@ -93,6 +94,17 @@ def install_rbac(kube: Kube) -> str:
     for f in ("clusterrole.yaml", "clusterrolebinding.yaml"):
         kube.apply(yaml.safe_load((REPO / "operator/rbac" / f).read_text()))
     return kube.mint_token(OPERATOR_NS, "voicefleet-operator", seconds=6 * 3600)
+
+
+def production_timers() -> list[str]:
+    """The operator's own default timers as flags, to put after the tests' short ones
+    (benchmarks measure what a user runs: the last of a repeated flag wins)."""
+    d = Settings()
+    return [
+        f"--resync-seconds={d.resync_seconds:g}",
+        f"--retry-seconds={d.retry_seconds:g}",
+        f"--failover-sweep-seconds={d.failover_sweep_seconds:g}",
+    ]
 
 
 class OperatorProcess:
