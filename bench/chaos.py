@@ -46,7 +46,7 @@ ROUNDS = {"sigkill": 10, "force-delete": 10, "sigstop": 10, "operator-kill": 4,
 CALLS = 3
 NODE_CALLS = 4  # on 4 workers over 2 nodes: about half of them on the lost node
 ALL = FAULTS + NODE
-BUDGET_S = 30 * 60
+BUDGET_S = 45 * 60
 TARGET_S = {**{f: 1.5 for f in GONE}, **{f: 5.0 for f in HANG}}  # fault -> new agent
 
 
