@@ -102,7 +102,11 @@ def machine() -> dict[str, Any]:
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
+                # bench/results/ is what benchmarks write, not what they run
+                ["git", "status", "--porcelain", "--", ".", ":!bench/results"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
             ).stdout.strip()
         )
     except (OSError, subprocess.CalledProcessError):

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
+import pytest
+
+from bench import common
 from bench.common import Result, Run, effective_flags, percentile, summary
 
 
@@ -40,3 +45,23 @@ def test_run_records_start_end_revision_and_load() -> None:
     assert rec["dirty_at_start"] == rec["revision_at_start"].endswith("-dirty")
     assert len(rec["load_before"]) == len(rec["load_after"]) == 3
     assert rec["operator_flags"] == ["--resync-seconds=600"]
+
+
+def test_a_tree_is_dirty_for_changed_code_not_for_written_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "bench" / "results" / "a.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    (tmp_path / "bench" / "results" / "a.json").write_text('{"new": 1}\n')
+    (tmp_path / "bench" / "results" / "b.json").write_text("{}\n")
+    assert not common.machine()["git_revision"].endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.machine()["git_revision"].endswith("-dirty")
