@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import MIN_P95_SAMPLES, REPO, Result, Run, summary
+from bench.common import MIN_P95_SAMPLES, REPO, Result, Run, percentile, summary
 from tests.worker.proc import WorkerProc, worker_proc
 from tests.worker.util import agent_config
 from voicefleet_contract import Env
@@ -143,7 +143,7 @@ class Level:
     load: float = 0.0
 
     def overhead_p95(self) -> float:
-        return summary(self.overhead_s)["p95"]
+        return percentile(self.overhead_s, 95)  # nearest rank: the ladder's decision
 
     def figures(self, model_delay_s: float) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -513,8 +513,7 @@ async def _worker_step(
 
 
 def _fmt(values: list[float]) -> str:
-    s = summary(values)
-    return f"{s['p50'] * 1000:.0f}/{s['p95'] * 1000:.0f} ms"
+    return f"{percentile(values, 50) * 1000:.0f}/{percentile(values, 95) * 1000:.0f} ms"
 
 
 def baseline_for(n: int, echo: dict[int, Level]) -> Level | None:

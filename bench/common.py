@@ -82,9 +82,9 @@ class Run:
         }
 
 
-def summary(values: Sequence[float], min_p95_n: int = 0) -> dict[str, float]:
-    """n, p50, p95 and max; with `min_p95_n` (e.g. MIN_P95_SAMPLES) no p95 from fewer
-    samples than that (nearest rank would just be the maximum again)."""
+def summary(values: Sequence[float], min_p95_n: int = MIN_P95_SAMPLES) -> dict[str, float]:
+    """n, p50, p95 and max; no p95 from fewer than `min_p95_n` samples (nearest rank would
+    just be the maximum again): every result file follows that rule by default."""
     out = {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
     if len(values) < min_p95_n:
         del out["p95"]

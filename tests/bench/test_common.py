@@ -17,6 +17,7 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([3.0], 95) == 3.0
     assert math.isnan(percentile([], 50))
     assert summary([1.0, 2.0])["n"] == 2
+    assert "p95" not in summary([1.0] * 19)  # by default: from 20 samples on
 
 
 def test_targets_are_judged() -> None:
