@@ -101,14 +101,21 @@ def rss_mb(pid: int) -> float:
     return math.nan
 
 
-def runqueue_wait_seconds(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat's
-    second field, summed over the threads alive now): how starved it is, not how busy."""
-    total = 0
+def runqueue_waits(pid: int) -> dict[int, float]:
+    """Per thread of the process: seconds spent runnable but waiting for a CPU
+    (schedstat's second field): how starved it is, not how busy."""
+    out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int((task / "schedstat").read_text().split()[1])
-    return total / 1e9
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
+    return out
+
+
+def waited_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """Waiting added between two `runqueue_waits` reads, by the threads alive at the
+    second (a thread that ended in between takes its waiting with it: an undercount,
+    never negative)."""
+    return sum(max(0.0, t - before.get(tid, 0.0)) for tid, t in after.items())
 
 
 def own_cpu_seconds() -> float:
@@ -245,7 +252,7 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
     s0, c0 = _histogram(w, turn_metric)
     d0, dc0 = _histogram(w, dispatch_metric)
     cpu0, own0, t0 = cpu_seconds(w.proc.pid), own_cpu_seconds(), time.monotonic()
-    wait0 = runqueue_wait_seconds(w.proc.pid)
+    wait0 = runqueue_waits(w.proc.pid)
     rss = 0.0
 
     async def sample_rss() -> None:
@@ -262,7 +269,7 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
         sampler.cancel()
     level.wall_s = time.monotonic() - t0
     level.worker_cores = (cpu_seconds(w.proc.pid) - cpu0) / level.wall_s
-    level.worker_runqueue_wait = (runqueue_wait_seconds(w.proc.pid) - wait0) / level.wall_s
+    level.worker_runqueue_wait = waited_since(wait0, runqueue_waits(w.proc.pid)) / level.wall_s
     level.caller_cores = (own_cpu_seconds() - own0) / level.wall_s
     level.worker_rss_mb = rss
     level.load = load_average()
@@ -605,9 +612,10 @@ def _mode_figures(
         vs[f"n{lv.n}"] = {
             "echo_level": base.n,
             "own_overhead_p50_ms": round((wp50 - ep50) * 1000, 1),
-            "own_overhead_p95_ms": round(own_overhead(lv, echo) * 1000, 1),
             "overhead_p50_ratio": round(wp50 / ep50, 2) if ep50 > 0 else "n/a",
         }
+        if min(len(lv.overhead_s), len(base.overhead_s)) >= MIN_P95_SAMPLES:
+            vs[f"n{lv.n}"]["own_overhead_p95_ms"] = round(own_overhead(lv, echo) * 1000, 1)
     r.figures["worker_minus_echo"][mode] = vs
     max_ok = 0
     crossed: int | str = "not reached"

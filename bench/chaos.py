@@ -67,6 +67,10 @@ def figures(rounds: list[Round]) -> dict[str, Any]:
         "fault_to_new_agent_s": summary(
             [c.new_agent_s for c in victims if c.new_agent_s is not None], MIN_P95_SAMPLES
         ),
+        # each hit call's time, sorted: where they cluster says which path recovered them
+        "fault_to_new_agent_values_s": sorted(
+            round(c.new_agent_s, 2) for c in victims if c.new_agent_s is not None
+        ),
         # every call that was not whole, as the caller saw it: what went wrong
         "not_ok": [asdict(c) for c in calls if not c.ok],
     }

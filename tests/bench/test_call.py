@@ -32,11 +32,11 @@ def test_own_share_is_measured_against_the_echo_at_the_same_or_nearest_lower_lev
 
 def test_maximum_is_the_last_level_before_the_first_over_target() -> None:
     args = parse_args(["--sizes", "1,5,10", "--model-delay-ms", "200", "--silence-ms", "300"])
-    echo = {n: _level("echo", n, [200, 210]) for n in (1, 5, 10)}
+    echo = {n: _level("echo", n, [200, 210] * 10) for n in (1, 5, 10)}
     levels = [
-        _level("worker", 1, [210, 220]),  # own p95 10 ms
-        _level("worker", 5, [230, 249]),  # own p95 39 ms
-        _level("worker", 10, [240, 300]),  # own p95 90 ms: crosses
+        _level("worker", 1, [210, 220] * 10),  # own p95 10 ms
+        _level("worker", 5, [230, 249] * 10),  # own p95 39 ms
+        _level("worker", 10, [240, 300] * 10),  # own p95 90 ms: crosses
     ]
     r = result(args, echo, {"resume_on": levels}, {})
     assert r.figures["max_sessions_within_target"] == {"resume_on": 5}
@@ -106,3 +106,18 @@ def test_profile_counts_only_active_samples(
     assert _idle("EpollSelector.select (/x/selectors.py:468)")
     assert not _idle("uuid4 (/x/uuid.py:723)")
     assert _short("f (/a/b/c.py:12)") == "f (c.py:12)"
+
+
+def test_waiting_for_a_cpu_never_goes_negative_when_threads_end() -> None:
+    before = {1: 5.0, 2: 3.0, 3: 9.0}  # thread 3 ends before the second read
+    after = {1: 6.5, 2: 3.0, 4: 0.25}  # thread 4 started in between
+    assert call.waited_since(before, after) == pytest.approx(1.75)
+
+
+def test_no_own_share_p95_from_fewer_than_twenty_answered_turns() -> None:
+    args = parse_args(["--sizes", "20"])
+    echo = {20: _level("echo", 20, [200] * 5)}  # 5 of its turns answered
+    levels = [_level("worker", 20, [300] * 30)]
+    own = result(args, echo, {"resume_on": levels}, {}).figures["worker_minus_echo"]
+    assert "own_overhead_p95_ms" not in own["resume_on"]["n20"]
+    assert own["resume_on"]["n20"]["own_overhead_p50_ms"] == pytest.approx(100)
