@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from voicefleet_contract import Env
 from voicefleet_contract.capacity import full_threshold
 from voicefleet_contract.config import AgentConfig
+from voicefleet_contract.livekit_url import http_url
 
 from .config import Settings
 from .dial import dial
@@ -48,7 +49,6 @@ from .resume import (
     Summary,
     SummaryWriter,
     Turn,
-    http_url,
     read_summary,
     resumable,
     resume_instructions,
