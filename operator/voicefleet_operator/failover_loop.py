@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
+from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 
 from . import failover as fo
@@ -114,10 +115,6 @@ def seconds(t: int | float) -> float:
     if t > 1e11:
         return t / 1e3
     return float(t)
-
-
-def http_url(url: str) -> str:
-    return "http" + url[2:] if url.startswith("ws") else url
 
 
 class LiveKitRooms:

@@ -28,11 +28,12 @@ from prometheus_client import Counter, Gauge
 
 from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
+from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.telephony import owner_key
 
 from . import telephony as tel
 from .events import poster
-from .failover_loop import SecretData, credentials_of, http_url
+from .failover_loop import SecretData, credentials_of
 from .kube import Kube, KubeError, path
 from .metrics import OperatorMetrics, _build
 from .reconcile import va_path

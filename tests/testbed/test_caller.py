@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from livekit import api
 
+from voicefleet_contract.livekit_url import http_url
 from voicefleet_testbed.caller import Caller, echo, run_callers
-from voicefleet_testbed.caller.core import http_url
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 pytestmark = pytest.mark.livekit

@@ -30,9 +30,9 @@ from livekit.protocol import rtc as signal
 
 from tests.testbed.test_livekit_config import build
 from tests.testbed.test_livekit_ice import token
+from voicefleet_contract.livekit_url import http_url
 from voicefleet_testbed import livekit_nodes as lkn
 from voicefleet_testbed.caller import Caller, echo
-from voicefleet_testbed.caller.core import http_url
 from voicefleet_testbed.livekit_config import Cluster
 from voicefleet_testbed.redis import RedisClient, RedisError, encode, read_reply, redis_config
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack

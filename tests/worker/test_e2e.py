@@ -16,11 +16,12 @@ from livekit import api, rtc
 from livekit.protocol.agent_pb import agent_session as agent_pb
 
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, float32
+from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
-from voicefleet_worker.resume import Binding, Turn, http_url, parse_key, read_summary
+from voicefleet_worker.resume import Binding, Turn, parse_key, read_summary
 
 from .proc import WorkerProc, worker_proc
 from .test_integration import livekit_env

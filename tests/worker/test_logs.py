@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from voicefleet_worker.logs import MASK, JsonFormatter, TextFormatter
+from voicefleet_contract.logs import MASK, JsonFormatter, TextFormatter
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:

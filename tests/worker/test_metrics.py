@@ -12,13 +12,16 @@ from voicefleet_contract import READY_PATH
 from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_contract.sessions import parse_sessions
 from voicefleet_worker.endpoint import MetricsServer, make_app
-from voicefleet_worker.metrics import WorkerMetrics
+from voicefleet_worker.metrics import LIVEKIT_AGENTS_PREFIX, WorkerMetrics
 from voicefleet_worker.sessions import JobEnd, SessionRegistry
 
 
 def _families(text: str) -> dict[str, str]:
+    """Our families (livekit-agents' own `lk_agents_*` pass through beside them)."""
     out = {}
     for fam in text_string_to_metric_families(text):
+        if fam.name.startswith(LIVEKIT_AGENTS_PREFIX):
+            continue
         name = fam.name + ("_total" if fam.type == "counter" else "")
         out[name] = fam.type
     return out
@@ -134,3 +137,16 @@ async def test_ready_follows_registration() -> None:
                 assert r.status == 200
     finally:
         await server.aclose()
+
+
+def test_livekit_agents_own_metrics_are_served_beside_ours() -> None:
+    from livekit.agents.telemetry import metrics as lk
+    from prometheus_client import generate_latest
+
+    m = WorkerMetrics()
+    lk.RUNNING_JOB_GAUGE.labels(nodename="test-node").set(3)
+    text = generate_latest(m.registry).decode()
+    assert 'lk_agents_active_job_count{nodename="test-node"} 3.0' in text
+    assert "voicefleet_worker_active_sessions" in text
+    # only livekit-agents' families come across, not the default registry's others
+    assert "process_cpu_seconds_total" not in text and "python_gc_" not in text

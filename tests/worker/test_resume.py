@@ -18,6 +18,7 @@ from livekit.agents import JobContext
 
 from voicefleet_contract import Env
 from voicefleet_contract.config import ConfigError, Failover
+from voicefleet_contract.livekit_url import http_url
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 from voicefleet_worker.config import load_settings
@@ -35,7 +36,6 @@ from voicefleet_worker.resume import (
     append_turn,
     clip,
     enabled,
-    http_url,
     merge_metadata,
     parse_key,
     plaintext,
@@ -220,12 +220,6 @@ def test_enabled_only_with_resume_on_and_turns() -> None:
     assert enabled(Failover())  # the defaults: on, 6 turns
     assert not enabled(Failover(resumeConversation=False))
     assert not enabled(Failover(summaryTurns=0))
-
-
-def test_http_url() -> None:
-    assert http_url("ws://127.0.0.1:7880") == "http://127.0.0.1:7880"
-    assert http_url("wss://lk.example") == "https://lk.example"
-    assert http_url("http://x") == "http://x"
 
 
 # --- the writer against the real LiveKit server -------------------------------------------

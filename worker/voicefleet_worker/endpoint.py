@@ -98,11 +98,8 @@ class MetricsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        server = site._server
-        if server is not None and self.port == 0:
-            sockets = getattr(server, "sockets", None) or []
-            if sockets:
-                self.port = sockets[0].getsockname()[1]
+        if self.port == 0 and self._runner.addresses:
+            self.port = self._runner.addresses[0][1]  # the port the OS picked
 
     async def aclose(self) -> None:
         await self._runner.cleanup()

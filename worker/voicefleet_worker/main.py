@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from voicefleet_contract.config import ConfigError
+from voicefleet_contract.logs import setup_logging
 
 from .config import Settings, load_settings
-from .logs import setup_logging
 from .runtime import Entrypoint, Runtime, realtime_agent, serve
 from .tracing import setup_tracing
 

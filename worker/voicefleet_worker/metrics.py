@@ -7,9 +7,11 @@ directory, no IPC. prometheus_client metrics are thread-safe.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -17,6 +19,8 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from voicefleet_contract import metrics as spec
 from voicefleet_contract.metrics import WORKER_METRICS, MetricSpec
@@ -38,6 +42,24 @@ def _build(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
     return Histogram(s.name, s.help, s.labels, buckets=s.buckets, registry=registry)
 
 
+LIVEKIT_AGENTS_PREFIX = "lk_agents_"
+
+
+class Passthrough(Collector):
+    """Another registry's metric families whose names start with `prefix`, collected with
+    ours: livekit-agents registers its own (`lk_agents_*`: active jobs, worker load, child
+    processes, process start time) in prometheus_client's default registry, which the
+    worker's endpoint does not otherwise serve."""
+
+    def __init__(self, prefix: str, source: CollectorRegistry = REGISTRY) -> None:
+        self.prefix, self.source = prefix, source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name.startswith(self.prefix):
+                yield family
+
+
 class WorkerMetrics:
     """Typed handles on every worker metric; `by_name` holds them all by contract name."""
 
@@ -46,6 +68,7 @@ class WorkerMetrics:
         # switch; the worker process serves nothing else)
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry.register(Passthrough(LIVEKIT_AGENTS_PREFIX))
         self.by_name: dict[str, Any] = {s.name: _build(s, self.registry) for s in WORKER_METRICS}
         m = self.by_name
         self.active_sessions: Gauge = m[spec.WORKER_ACTIVE_SESSIONS.name]

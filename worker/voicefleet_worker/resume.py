@@ -288,14 +288,6 @@ def resume_instructions(base: str) -> str:
     return f"{base}\n\n{RESUME_INSTRUCTIONS}" if base.strip() else RESUME_INSTRUCTIONS
 
 
-def http_url(url: str) -> str:
-    """The LiveKit server API speaks HTTP on the same address as the ws:// signal URL."""
-    for ws, http in (("ws://", "http://"), ("wss://", "https://")):
-        if url.startswith(ws):
-            return http + url[len(ws) :]
-    return url
-
-
 # --- the shell --------------------------------------------------------------------------
 class MetadataSink(Protocol):
     async def __call__(self, room: str, metadata: str) -> None:

@@ -32,9 +32,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from voicefleet_contract import Env
 from voicefleet_contract.capacity import full_threshold
 from voicefleet_contract.config import AgentConfig
+from voicefleet_contract.livekit_url import http_url
 
 from .config import Settings
 from .dial import dial
+from .lk_private import job_received_at, server_connected
 from .load import idle_processes, session_load
 from .metrics import WorkerMetrics
 from .model import ObservedRealtimeModel, realtime_kwargs
@@ -47,7 +49,6 @@ from .resume import (
     Summary,
     SummaryWriter,
     Turn,
-    http_url,
     read_summary,
     resumable,
     resume_instructions,
@@ -241,7 +242,7 @@ def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext]
             job_id=job_id,
             room=room,
             log_transcripts=settings.config.observability.logTranscripts,
-            received_at=getattr(ctx._info, "received_at", 0.0),
+            received_at=job_received_at(ctx),
             on_ready=lambda: runtime.sessions.joined(job_id),
             on_close=on_close,
         )
@@ -466,7 +467,7 @@ async def watch_registration(
     """`voicefleet_worker_registered`, the LiveKit node registered with, and livekit
     reconnections. livekit-agents 1.8.9 emits
     `worker_registered` on each (re)registration but nothing on a lost connection, so the
-    gauge follows the server's connection state (`_connecting`, `_connection_failed`).
+    gauge follows the server's connection state (`lk_private.server_connected`).
     `on_change` hears every state: it is what `/ready` answers."""
     registrations = 0
 
@@ -484,11 +485,7 @@ async def watch_registration(
     server.on("worker_registered", on_registered)
     try:
         while True:
-            connected = (
-                registrations > 0
-                and not getattr(server, "_connecting", True)
-                and not getattr(server, "_connection_failed", False)
-            )
+            connected = registrations > 0 and server_connected(server)
             metrics.registered.set(1 if connected else 0)
             on_change(connected)
             await asyncio.sleep(REGISTRATION_POLL_S)

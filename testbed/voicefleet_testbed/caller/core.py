@@ -29,16 +29,14 @@ from typing import Any, Literal
 
 from livekit import api, rtc
 
+from voicefleet_contract.livekit_url import http_url
+
 from ..audio import Voice
 from .meter import Changes, Meter
 from .pump import AudioPump, microphone
 from .report import CallReport, TurnResult
 
 RATE = 48000
-
-
-def http_url(url: str) -> str:
-    return url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
 
 
 ParticipantKind = Literal["standard", "egress", "ingress", "sip", "agent"]

@@ -1,6 +1,6 @@
-"""Logging: one JSON object a line (`VOICEFLEET_LOG_FORMAT=json`) or plain text, with
-the record's structured fields (job_id, room, ...). Secret values are masked in every
-line, whatever logged them."""
+"""Logging for the operator and the worker alike: one JSON object a line (`--log-format=json`,
+`VOICEFLEET_LOG_FORMAT=json`) or plain text, with the record's structured fields (job_id,
+room, ...). Secret values given to it are masked in every line, whatever logged them."""
 
 from __future__ import annotations
 
