@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bench.common import MIN_P95_SAMPLES, summary
+from bench.common import summary
 
 HPA_TOLERANCE = 0.1  # kube-controller-manager --horizontal-pod-autoscaler-tolerance default
 
@@ -85,7 +85,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def reaction_summary(values: Sequence[float]) -> dict[str, float]:
     """n, p50, max, and p95 only from MIN_P95_SAMPLES samples or more."""
-    return summary(values, min_p95_n=MIN_P95_SAMPLES)
+    return summary(values)
 
 
 def ratios(baseline: Mapping[str, float], ours: Mapping[str, float]) -> dict[str, float]:

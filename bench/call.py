@@ -155,9 +155,9 @@ class Level:
     def figures(self, model_delay_s: float) -> dict[str, Any]:
         out: dict[str, Any] = {
             "sessions": self.n,
-            "overhead_ms": _ms(summary(self.overhead_s, MIN_P95_SAMPLES)),
-            "turn_latency_ms": _ms(summary(self.latency_s, MIN_P95_SAMPLES)),
-            "caller_connect_ms": _ms(summary(self.connect_s, MIN_P95_SAMPLES)),
+            "overhead_ms": _ms(summary(self.overhead_s)),
+            "turn_latency_ms": _ms(summary(self.latency_s)),
+            "caller_connect_ms": _ms(summary(self.connect_s)),
             "turns": self.turns,
             "unanswered_turns": self.unanswered,
             "errors": len(self.errors),
@@ -166,7 +166,7 @@ class Level:
             "wall_s": round(self.wall_s, 1),
         }
         if self.target == "worker":
-            out["dispatch_ms"] = _ms(summary(self.dispatch_s, MIN_P95_SAMPLES))
+            out["dispatch_ms"] = _ms(summary(self.dispatch_s))
             out["worker_cores"] = round(self.worker_cores, 2)
             out["worker_runqueue_wait_s_per_s"] = round(self.worker_runqueue_wait, 2)
             out["worker_rss_mb"] = round(self.worker_rss_mb, 1)

@@ -28,7 +28,7 @@ from typing import Any
 
 from kubernetes import client
 
-from bench.common import MIN_P95_SAMPLES, Result, Run, operator_flags, summary
+from bench.common import Result, Run, operator_flags, summary
 from bench.live import live_testbed
 from tests.e2e.fleet import (
     LEAVE,
@@ -107,7 +107,7 @@ def figures(scales: list[ScaleRun], rollouts: list[RolloutRun]) -> dict[str, Any
             "replica_paths": ", ".join("-".join(map(str, s.replica_path)) for s in scales),
             "ramp_s": summary([s.ramp_s for s in scales]),
             "scale_down_s": summary([s.scale_down_s for s in scales]),
-            "turn_latency_s": summary([x for s in scales for x in s.latencies], MIN_P95_SAMPLES),
+            "turn_latency_s": summary([x for s in scales for x in s.latencies]),
             "drop_reasons": _reasons([s.drops for s in scales]),
         },
         "rollout": {
@@ -121,7 +121,7 @@ def figures(scales: list[ScaleRun], rollouts: list[RolloutRun]) -> dict[str, Any
             "rollout_s": summary([r.rollout_s for r in rollouts]),
             "old_workers_exit_after_hangup_s": summary([r.drain_exit_s for r in rollouts]),
             "new_call_on_new_worker": all(r.new_call_on_new_worker for r in rollouts),
-            "turn_latency_s": summary([x for r in rollouts for x in r.latencies], MIN_P95_SAMPLES),
+            "turn_latency_s": summary([x for r in rollouts for x in r.latencies]),
             "drop_reasons": _reasons([r.drops for r in rollouts]),
         },
     }

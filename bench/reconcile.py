@@ -39,7 +39,7 @@ from bench.cluster import (
     owner,
     parallel,
 )
-from bench.common import MIN_P95_SAMPLES, Result, Run, operator_flags, summary
+from bench.common import Result, Run, operator_flags, summary
 from voicefleet_contract import GROUP, KIND, PLURAL, VERSION
 
 JSON = dict[str, Any]
@@ -145,8 +145,8 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
     to_dep = [deployed.times[x] - created[x] for x in names if x in deployed.times]
     to_ready = [ready.times[x] - created[x] for x in names if x in ready.times]
     out = {
-        "create_to_deployment_s": summary(to_dep, MIN_P95_SAMPLES),
-        "create_to_ready_s": summary(to_ready, MIN_P95_SAMPLES),
+        "create_to_deployment_s": summary(to_dep),
+        "create_to_ready_s": summary(to_ready),
         "all_ready": all_ready,
         "ready_count": len(to_ready),
         "creates_took_s": created_in,
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[reconcile] {n}: voiceagents ...", flush=True)
             idle = args.idle_seconds if n == max(sizes) else min(10.0, args.idle_seconds)
             fig = voiceagents(c, n, timeout, idle, last=n == sizes[-1])
-            fig["baseline_create_to_replicaset_s"] = b = summary(base, MIN_P95_SAMPLES)
+            fig["baseline_create_to_replicaset_s"] = b = summary(base)
             if "p95" in b and "p95" in fig["create_to_deployment_s"]:  # n >= 20 on both sides
                 fig["ratio_p95_deployment_vs_baseline"] = (
                     fig["create_to_deployment_s"]["p95"] / b["p95"]
