@@ -80,6 +80,9 @@ class Env:
     # Where jobs run: `process` (livekit-agents' job processes) or `thread`; see
     # docs/worker.md for the measured trade-off. Not set by the operator: the image default.
     JOB_EXECUTOR: Final = "VOICEFLEET_JOB_EXECUTOR"
+    # Bring your own agent: `<module>[:<attribute>]`, a livekit-agents agent module run
+    # unchanged (docs/worker.md). Set by a custom image's ENV, not by the operator.
+    AGENT: Final = "VOICEFLEET_AGENT"
     # From the worker-keys Secret the operator makes per VoiceAgent (WORKER_KEYS_*):
     RESUME_KEY: Final = "VOICEFLEET_RESUME_KEY"  # AES-256 key (base64) sealing the summary
     SESSIONS_TOKEN: Final = "VOICEFLEET_SESSIONS_TOKEN"  # bearer token for /sessions

@@ -387,6 +387,57 @@ async def test_custom_agent_example_runs_on_the_runtime(make_agent: Any) -> None
     assert w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1
 
 
+async def test_a_livekit_agents_module_runs_unchanged_and_drains(make_agent: Any) -> None:
+    """examples/livekit-agent: an agent module as livekit-agents' examples write one
+    (AgentServer, @rtc_session, prewarm; nothing of voicefleet) named by VOICEFLEET_AGENT:
+    dispatched under the VoiceAgent's name, answers, reports load and /sessions, its
+    session observed for the worker's metrics, and drains on SIGTERM."""
+    agent: Agent = make_agent(max_per_worker=2)
+    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=800)
+    example = Path(__file__).resolve().parents[2] / "examples" / "livekit-agent"
+    path = os.pathsep.join(p for p in (str(example), os.environ.get("PYTHONPATH", "")) if p)
+    w = worker_proc(
+        agent.dir / "byo",
+        agent.config,
+        livekit_env(agent.stack),
+        OPENAI_BASE_URL=agent.standin.base_url,
+        PYTHONPATH=path,
+        **{Env.AGENT: "livekit_agent"},
+    )
+    agent.workers.append(w)
+    w.start()
+    await asyncio.to_thread(w.wait_registered)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        report = await until(
+            lambda: w.sessions().activeSessions == 1 and w.sessions(), 10, "/sessions"
+        )
+        assert report.rooms[0].room == caller.room_name
+        half = float32(DEFAULT_TARGET_LOAD / 2)  # one of maxPerWorker 2
+        await until(
+            lambda: float32(w.worker_info().get("worker_load", 0.0)) == half,
+            10,
+            f"load {half} reported to LiveKit",
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, await agent.standin.stats()
+        await until(
+            lambda: w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1,
+            10,
+            "the agent's own session observed",
+        )
+        w.terminate()
+        await until(lambda: w.sessions().draining, 10, "draining")
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the draining worker stopped answering"
+    finally:
+        await caller.close()
+    assert await asyncio.to_thread(w.wait, 30) == 0
+    log = w.log.read_text()
+    assert '"agent": "livekit_agent"' in log and "drained: no sessions left" in log
+
+
 def _job_pid(w: WorkerProc, room: str) -> int | None:
     """The pid of the process running `room`'s job, from the worker's "session starting"
     log record (JSON lines)."""

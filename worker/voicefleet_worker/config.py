@@ -55,6 +55,7 @@ class Settings:
     openai_base_url: str | None = None  # config.model.baseURL, else OPENAI_BASE_URL
     otlp_endpoint: str | None = None
     job_executor: str = DEFAULT_JOB_EXECUTOR  # one of JOB_EXECUTORS
+    agent_module: str | None = None  # VOICEFLEET_AGENT: a livekit-agents module to run
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -146,4 +147,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         openai_base_url=config.model.baseURL or env.get(OPENAI_BASE_URL_ENV, "").strip() or None,
         otlp_endpoint=env.get(Env.OTLP_ENDPOINT, "").strip() or None,
         job_executor=_choice(env, Env.JOB_EXECUTOR, JOB_EXECUTORS, DEFAULT_JOB_EXECUTOR),
+        agent_module=env.get(Env.AGENT, "").strip() or None,
     )

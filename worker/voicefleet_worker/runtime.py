@@ -119,14 +119,22 @@ class Runtime:
 USERDATA_KEY: Final = "voicefleet"
 
 
-def setup_job_thread(job_runtime: JobRuntime, proc: JobProcess) -> None:
-    """livekit-agents' setup hook for a job thread."""
+Prewarm = Callable[[JobProcess], Any]
+
+
+def setup_job_thread(job_runtime: JobRuntime, prewarm: Prewarm | None, proc: JobProcess) -> None:
+    """livekit-agents' setup hook for a job thread; then the agent's own prewarm."""
     proc.userdata[USERDATA_KEY] = job_runtime
+    if prewarm is not None:
+        prewarm(proc)
 
 
-def setup_job_process(settings: Settings, link_path: str, proc: JobProcess) -> None:
+def setup_job_process(
+    settings: Settings, link_path: str, prewarm: Prewarm | None, proc: JobProcess
+) -> None:
     """livekit-agents' setup hook in a new job process (pickled by reference, run once
-    per process before its job): metrics and sessions go to the worker process."""
+    per process before its job): metrics and sessions go to the worker process. Then the
+    agent's own prewarm (a custom agent's models, loaded once per process)."""
     link = ParentLink(link_path)
     provider = setup_tracing(settings)
 
@@ -141,6 +149,8 @@ def setup_job_process(settings: Settings, link_path: str, proc: JobProcess) -> N
         provider.get_tracer("voicefleet.worker") if provider is not None else None,
         flush,
     )
+    if prewarm is not None:
+        prewarm(proc)
 
 
 class Job:
@@ -258,6 +268,31 @@ async def realtime_agent(job: Job) -> None:
     session = job.agent_session()
     await session.start(agent=job.agent(), room=job.ctx.room, session_host=False)
     job.greet_resumed(session)
+
+
+SESSION_POLL_S: Final = 0.05
+
+
+async def livekit_entrypoint(entrypoint: Callable[[JobContext], Awaitable[None]], job: Job) -> None:
+    """A livekit-agents entrypoint (`JobContext` in, as in livekit-agents' examples) run as
+    a voicefleet job: the `AgentSession` it starts is observed for the worker's metrics
+    as soon as it is the job's primary session (livekit-agents offers no event for that,
+    hence the short poll, which ends with the session or the job)."""
+
+    async def observe_when_started() -> None:
+        while True:
+            with suppress(RuntimeError):
+                job.observe(job.ctx.primary_session)
+                return
+            await asyncio.sleep(SESSION_POLL_S)
+
+    watcher = asyncio.create_task(observe_when_started())
+
+    async def stop_watching(_: str) -> None:
+        watcher.cancel()
+
+    job.ctx.add_shutdown_callback(stop_watching)
+    await entrypoint(job.ctx)
 
 
 async def run_job(entrypoint: Entrypoint, ctx: JobContext) -> None:
@@ -479,9 +514,13 @@ PROCESS_SETUP_TIMEOUT_S: Final = 30.0
 
 
 def build_server(
-    runtime: Runtime, entrypoint: Entrypoint, link_path: str | None = None
+    runtime: Runtime,
+    entrypoint: Entrypoint,
+    link_path: str | None = None,
+    prewarm: Prewarm | None = None,
 ) -> AgentServer:
-    """The `AgentServer`; jobs in processes report through the job link at `link_path`."""
+    """The `AgentServer`; jobs in processes report through the job link at `link_path`;
+    `prewarm` runs once in each job process (or thread) before its job."""
     s = runtime.settings
     capacity = s.config.sessions.maxPerWorker
     target = s.config.livekitTargetLoad
@@ -491,10 +530,10 @@ def build_server(
         if link_path is None:
             raise ValueError("jobs in processes need the job link's path")
         executor = JobExecutorType.PROCESS
-        setup = functools.partial(setup_job_process, s, link_path)
+        setup = functools.partial(setup_job_process, s, link_path, prewarm)
     else:
         executor = JobExecutorType.THREAD
-        setup = functools.partial(setup_job_thread, runtime.job_runtime())
+        setup = functools.partial(setup_job_thread, runtime.job_runtime(), prewarm)
 
     def load_fnc(server: AgentServer) -> float:
         # the jobs livekit-agents runs, so its per-job estimate matches (see load.py)
@@ -563,13 +602,13 @@ async def watch_registration(
         on_change(False)
 
 
-async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
+async def serve(runtime: Runtime, entrypoint: Entrypoint, prewarm: Prewarm | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
     from .endpoint import MetricsServer, make_app
 
     s = runtime.settings
     link = JobLinkServer(runtime.sessions, runtime.metrics) if s.job_executor == "process" else None
-    server = build_server(runtime, entrypoint, await link.start() if link else None)
+    server = build_server(runtime, entrypoint, await link.start() if link else None, prewarm)
     endpoint = MetricsServer(
         make_app(
             runtime.metrics,
@@ -598,6 +637,7 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
             "health_port": s.health_port,
             "capacity": s.config.sessions.maxPerWorker,
             "job_executor": s.job_executor,
+            "agent": s.agent_module or "voicefleet",
         },
     )
     loop = asyncio.get_running_loop()
