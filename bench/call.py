@@ -284,7 +284,8 @@ async def _calls(
 
 
 def _histogram(w: WorkerProc, name: str) -> tuple[float, float]:
-    m = w.metrics()
+    # a worker starved of CPU may take more than one read's timeout to answer: poll
+    m = wait_for(w.metrics, 60, "the worker's /metrics")
     return m.get(f"{name}_sum", 0.0), m.get(f"{name}_count", 0.0)
 
 
@@ -332,7 +333,7 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
             wait_for, lambda: w.sessions().activeSessions == 0, 60, "the level's sessions ended"
         )
     except Timeout:
-        left = w.sessions().activeSessions
+        left = wait_for(w.sessions, 60, "the worker's /sessions").activeSessions
         level.errors.append(f"{left} session(s) still active 60 s after their callers left")
     return level
 
