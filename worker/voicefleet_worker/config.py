@@ -22,7 +22,14 @@ from .resume import parse_key
 OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"
 LOG_FORMATS: Final = ("json", "text")
 JOB_EXECUTORS: Final = ("process", "thread")
-DEFAULT_JOB_EXECUTOR: Final = "process"  # measured: docs/worker.md "Where jobs run"
+
+
+def default_job_executor(agent_module: str | None) -> str:
+    """Threads for the stock Realtime agent (all I/O: measured cheaper in CPU and memory
+    per call, bench/results/call.json); processes for an agent module of one's own, whose
+    plugins may hold the GIL (local VAD, turn detection) or crash, as livekit-agents does.
+    docs/worker.md, "Where jobs run"."""
+    return "process" if agent_module else "thread"
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Settings:
     pod_namespace: str = ""
     openai_base_url: str | None = None  # config.model.baseURL, else OPENAI_BASE_URL
     otlp_endpoint: str | None = None
-    job_executor: str = DEFAULT_JOB_EXECUTOR  # one of JOB_EXECUTORS
+    job_executor: str = "thread"  # one of JOB_EXECUTORS
     agent_module: str | None = None  # VOICEFLEET_AGENT: a livekit-agents module to run
 
 
@@ -131,6 +138,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sessions_token=env.get(Env.SESSIONS_TOKEN, "").strip() or None,
     )
     log_format = _choice(env, Env.LOG_FORMAT, LOG_FORMATS, "text")
+    agent = env.get(Env.AGENT, "").strip() or None
     return Settings(
         config=config,
         secrets=secrets,
@@ -146,6 +154,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pod_namespace=env.get(Env.POD_NAMESPACE, "") or config.namespace,
         openai_base_url=config.model.baseURL or env.get(OPENAI_BASE_URL_ENV, "").strip() or None,
         otlp_endpoint=env.get(Env.OTLP_ENDPOINT, "").strip() or None,
-        job_executor=_choice(env, Env.JOB_EXECUTOR, JOB_EXECUTORS, DEFAULT_JOB_EXECUTOR),
-        agent_module=env.get(Env.AGENT, "").strip() or None,
+        job_executor=_choice(env, Env.JOB_EXECUTOR, JOB_EXECUTORS, default_job_executor(agent)),
+        agent_module=agent,
     )

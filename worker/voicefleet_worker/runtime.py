@@ -2,14 +2,13 @@
 agent name, jobs run by an entrypoint (the stock Realtime agent or custom code), and the
 voicefleet additions around it: session-based load, the metrics endpoint, draining.
 
-Jobs run in livekit-agents' job processes (`VOICEFLEET_JOB_EXECUTOR=process`, with its
-warm pool) or in threads of the worker process (`thread`). The worker process holds the
-one `SessionRegistry` and metrics registry of the pod either way: a job thread uses them
+Jobs run in threads of the worker process (`VOICEFLEET_JOB_EXECUTOR=thread`, the stock
+agent's default) or in livekit-agents' job processes (`process`, with its warm pool; the
+default for an agent module of one's own). The worker process holds the one
+`SessionRegistry` and metrics registry of the pod either way: a job thread uses them
 directly, a job process through job_link.py. Each job sees a `JobRuntime`, set up once
 per job process (or thread) by livekit-agents' setup hook and kept in `proc.userdata`.
-Why processes can be the better default: every audio stream of a process receives every
-frame of the process's rooms (livekit rtc's FFI event fan-out), so with threads the cost
-per call grows with the calls per worker (docs/worker.md, bench/results/call.json).
+The measured trade-off (CPU, memory per call, isolation) is in docs/worker.md.
 """
 
 from __future__ import annotations
