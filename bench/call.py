@@ -283,9 +283,14 @@ async def _calls(
     await asyncio.gather(*(one(i) for i in range(level.n)))
 
 
-def _histogram(w: WorkerProc, name: str) -> tuple[float, float]:
-    # a worker starved of CPU may take more than one read's timeout to answer: poll
-    m = wait_for(w.metrics, 60, "the worker's /metrics")
+def _histogram(w: WorkerProc, name: str, level: Level) -> tuple[float, float]:
+    """A histogram's sum and count; NaN when a starved worker does not answer /metrics for
+    a minute (a finding of the level, noted, not the end of the run)."""
+    try:
+        m = wait_for(w.metrics, 60, "the worker's /metrics")
+    except Timeout as e:
+        level.errors.append(f"{name}: {e}")
+        return math.nan, math.nan
     return m.get(f"{name}_sum", 0.0), m.get(f"{name}_count", 0.0)
 
 
@@ -295,8 +300,8 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
     level = Level("worker", n)
     turn_metric = "voicefleet_worker_turn_latency_seconds"
     dispatch_metric = "voicefleet_worker_dispatch_latency_seconds"
-    s0, c0 = _histogram(w, turn_metric)
-    d0, dc0 = _histogram(w, dispatch_metric)
+    s0, c0 = _histogram(w, turn_metric, level)
+    d0, dc0 = _histogram(w, dispatch_metric, level)
     sid = w.proc.pid  # the worker leads its own session (start_new_session)
     cpu0, own0, t0 = cpu_seconds(sid), own_cpu_seconds(), time.monotonic()
     wait0 = runqueue_waits(sid)
@@ -321,10 +326,10 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
     level.worker_pss_mb = pss
     level.idle_pss_mb = setup.idle_pss_mb.get(mode, math.nan)
     level.load = load_average()
-    s1, c1 = _histogram(w, turn_metric)
-    level.worker_turns = int(c1 - c0)
+    s1, c1 = _histogram(w, turn_metric, level)
+    level.worker_turns = int(c1 - c0) if c1 > c0 else 0  # False for NaN: no answer
     level.worker_turn_s = (s1 - s0) / (c1 - c0) if c1 > c0 else math.nan
-    d1, dc1 = _histogram(w, dispatch_metric)
+    d1, dc1 = _histogram(w, dispatch_metric, level)
     level.worker_dispatch_s = (d1 - d0) / (dc1 - dc0) if dc1 > dc0 else math.nan
     # the sessions end before the next level starts (a condition, polled); one that
     # outlives its caller by a minute is a finding of the level, not the end of the run
@@ -333,7 +338,10 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
             wait_for, lambda: w.sessions().activeSessions == 0, 60, "the level's sessions ended"
         )
     except Timeout:
-        left = wait_for(w.sessions, 60, "the worker's /sessions").activeSessions
+        try:
+            left: int | str = wait_for(w.sessions, 60, "the worker's /sessions").activeSessions
+        except Timeout:
+            left = "unknown (no answer from /sessions)"
         level.errors.append(f"{left} session(s) still active 60 s after their callers left")
     return level
 
