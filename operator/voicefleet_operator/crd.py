@@ -21,6 +21,7 @@ from voicefleet_contract import CONFIG_MOUNT_PATH, GROUP, KIND, PLURAL, SECRET_E
 from voicefleet_contract.capacity import (
     DEFAULT_MAX_PER_WORKER,
     DEFAULT_TARGET_LOAD,
+    DEFAULT_WORKER_REQUESTS,
     MAX_TARGET_LOAD,
     MIN_TARGET_LOAD,
 )
@@ -644,7 +645,9 @@ def template_schema() -> Schema:
                 16,
             ),
             "resources": obj(
-                "Worker container resources; default requests cpu 250m, memory 512Mi.",
+                "Worker container resources; default requests cpu "
+                f"{DEFAULT_WORKER_REQUESTS['cpu']}, memory {DEFAULT_WORKER_REQUESTS['memory']} "
+                "(measured: docs/worker.md).",
                 {
                     "requests": {
                         "type": "object",
