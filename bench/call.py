@@ -546,10 +546,16 @@ async def run(args: argparse.Namespace, stack: Stack, base: Path) -> Result:
         for n in args.sizes:
             if args.echo_sizes is None or n in args.echo_sizes:
                 print(f"  echo baseline, {n} session(s), {setup.turns_at(n)} turns ...", flush=True)
-                e = echo[n] = await echo_level(setup, n)
+                try:
+                    e = echo[n] = await echo_level(setup, n)
+                except Exception as exc:  # a level the machine cannot start is a figure too
+                    e = echo[n] = _did_not_run("echo", n, exc)
                 print(f"    overhead p50/p95 {_fmt(e.overhead_s)}; {e.unanswered} unanswered")
             for mode in args.modes:
-                lv = await _worker_step(args, setup, base, n, mode, echo, profile)
+                try:
+                    lv = await _worker_step(args, setup, base, n, mode, echo, profile)
+                except Exception as exc:
+                    lv = _did_not_run("worker", n, exc)
                 levels[mode].append(lv)
             # Every requested level runs, failing or not (a level past the machine's
             # capacity is a figure too); only the time budget stops the ladder.
@@ -562,6 +568,14 @@ async def run(args: argparse.Namespace, stack: Stack, base: Path) -> Result:
     r = result(args, echo, levels, profile)
     r.run = run_info
     return r
+
+
+def _did_not_run(target: str, n: int, exc: Exception) -> Level:
+    """A level that failed before it had figures: its error, and the load it met."""
+    print(f"    the level did not run: {type(exc).__name__}: {exc}", flush=True)
+    lv = Level(target, n, errors=[f"the level did not run: {type(exc).__name__}: {exc}"])
+    lv.load = load_average()
+    return lv
 
 
 def _failing(lv: Level) -> bool:
