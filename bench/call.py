@@ -26,10 +26,12 @@ then a tone after the same fixed delay). Its overhead is WebRTC transport both w
 agent pays before doing work of its own. The worker's own share is the difference
 (`worker_minus_echo`, p95 minus p95, with the p50 ratio).
 
-Each level runs once per worker mode (`--resume on,off`): one worker with
-`failover.resumeConversation` on (the default: a sealed summary written to the room's
-metadata after every turn) and one with it off, both registered from the start and called
-one after the other at each level, so the two see the same machine. A level gives every
+Each level runs once per worker mode: where jobs run (`--executors process,thread`:
+livekit-agents' job processes, or threads of the worker process) times
+`failover.resumeConversation` (`--resume on`, the default: a sealed summary written to the
+room's metadata after every turn; `off`; or `on,off`). One worker per mode, all registered
+from the start and called one after the other at each level, so they see the same machine.
+A mode is named `<executor>_resume_<on|off>`. A level gives every
 call `max(--turns, ceil(20 / N))` turns, so at least 20 turns stand behind every p95.
 
 The maximum: `max_sessions_within_target` is the last level before the first one where
@@ -41,12 +43,19 @@ still holds at all.
 
 Also per level: the worker's own view of the same turns (its turn-latency histogram, from
 the model's VAD ending the turn to the first audio frame it sends, minus the model delay),
-the worker's CPU (cores) and RSS, the callers' process CPU, and the machine's load average.
+the worker's CPU (cores, and per session) and memory, the callers' process CPU, and the
+machine's load average. The worker's CPU and memory are its whole process tree (the worker
+process, livekit-agents' forkserver and job processes: every process of the worker's
+session, with the CPU of the job processes that ended, which their parent has reaped);
+memory is PSS, so pages the job processes share are counted once, and memory per session
+is the level's peak minus the idle worker's, divided by the sessions.
 
-python -m bench.call [--sizes 1,5,10,...] [--turns 3] [--echo-sizes 1,10] [--resume on,off]
+python -m bench.call [--sizes 1,5,10,...] [--turns 3] [--echo-sizes 1,10]
+    [--executors process,thread] [--resume on,off]
     [--model-delay-ms 200] [--silence-ms 300] [--budget-seconds 420]
     [--profile [--profile-at 10]]   (py-spy on PATH: samples the worker during that level)
-(env: BENCH_CALL_SIZES, BENCH_CALL_TURNS, BENCH_CALL_ECHO_SIZES; VOICEFLEET_TESTBED=<dir>
+(env: BENCH_CALL_SIZES, BENCH_CALL_TURNS, BENCH_CALL_ECHO_SIZES, BENCH_CALL_EXECUTORS,
+BENCH_CALL_RESUME; VOICEFLEET_TESTBED=<dir>
 reuses a running stack, else one is started in a temporary directory and stopped after.)
 """
 
@@ -89,25 +98,55 @@ SHARED_NOTE = (
 
 
 # --- processes' cost ---------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def _stat(pid: int) -> list[str]:
+    # the fields after the command name, which may hold spaces and parentheses
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
+def tree(session: int) -> list[int]:
+    """Every live process of a session (the worker's own: it starts one, its forkserver
+    and job processes inherit it)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(_stat(int(d.name))[3]) == session:
+                    pids.append(int(d.name))
+    return pids
 
 
-def runqueue_waits(pid: int) -> dict[int, float]:
-    """Per thread of the process: seconds spent runnable but waiting for a CPU
-    (schedstat's second field): how starved it is, not how busy."""
-    out: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+def cpu_seconds(session: int) -> float:
+    """CPU of the worker's process tree: each live process's own time plus that of its
+    children it reaped (job processes that ended)."""
+    total = 0
+    for pid in tree(session):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            out[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
+            f = _stat(pid)
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return total / CLK_TCK
+
+
+def pss_mb(session: int) -> float:
+    """Proportional set size of the worker's process tree: shared pages counted once."""
+    kb = 0
+    for pid in tree(session):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    kb += int(line.split()[1])
+                    break
+    return kb / 1024
+
+
+def runqueue_waits(session: int) -> dict[int, float]:
+    """Per thread of the worker's process tree: seconds spent runnable but waiting for a
+    CPU (schedstat's second field): how starved it is, not how busy."""
+    out: dict[int, float] = {}
+    for pid in tree(session):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    out[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
     return out
 
 
@@ -143,7 +182,8 @@ class Level:
     caller_cores: float = 0.0
     worker_cores: float = math.nan
     worker_runqueue_wait: float = math.nan  # seconds waiting for a CPU per wall second
-    worker_rss_mb: float = math.nan
+    worker_pss_mb: float = math.nan  # the level's peak, the whole process tree
+    idle_pss_mb: float = math.nan  # the same worker before the first level
     worker_turn_s: float = math.nan  # the worker's mean turn latency (its histogram)
     worker_turns: int = 0
     worker_dispatch_s: float = math.nan  # the worker's mean dispatch latency (its histogram)
@@ -168,8 +208,12 @@ class Level:
         if self.target == "worker":
             out["dispatch_ms"] = _ms(summary(self.dispatch_s))
             out["worker_cores"] = round(self.worker_cores, 2)
+            out["worker_cores_per_session"] = round(self.worker_cores / self.n, 3)
             out["worker_runqueue_wait_s_per_s"] = round(self.worker_runqueue_wait, 2)
-            out["worker_rss_mb"] = round(self.worker_rss_mb, 1)
+            out["worker_pss_mb"] = round(self.worker_pss_mb, 1)
+            out["worker_mb_per_session"] = round(
+                (self.worker_pss_mb - self.idle_pss_mb) / self.n, 1
+            )
             out["worker_observed_overhead_ms_mean"] = round(
                 (self.worker_turn_s - model_delay_s) * 1000, 1
             )
@@ -191,6 +235,7 @@ class Setup:
     turns: int
     speech_s: float
     workers: dict[str, WorkerProc] = field(default_factory=dict)  # mode -> its worker
+    idle_pss_mb: dict[str, float] = field(default_factory=dict)  # mode -> before level 1
 
     def turns_at(self, n: int) -> int:
         """Turns per call at `n` sessions: at least MIN_P95_SAMPLES turns in the level."""
@@ -238,8 +283,14 @@ async def _calls(
     await asyncio.gather(*(one(i) for i in range(level.n)))
 
 
-def _histogram(w: WorkerProc, name: str) -> tuple[float, float]:
-    m = w.metrics()
+def _histogram(w: WorkerProc, name: str, level: Level) -> tuple[float, float]:
+    """A histogram's sum and count; NaN when a starved worker does not answer /metrics for
+    a minute (a finding of the level, noted, not the end of the run)."""
+    try:
+        m = wait_for(w.metrics, 60, "the worker's /metrics")
+    except Timeout as e:
+        level.errors.append(f"{name}: {e}")
+        return math.nan, math.nan
     return m.get(f"{name}_sum", 0.0), m.get(f"{name}_count", 0.0)
 
 
@@ -249,34 +300,36 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
     level = Level("worker", n)
     turn_metric = "voicefleet_worker_turn_latency_seconds"
     dispatch_metric = "voicefleet_worker_dispatch_latency_seconds"
-    s0, c0 = _histogram(w, turn_metric)
-    d0, dc0 = _histogram(w, dispatch_metric)
-    cpu0, own0, t0 = cpu_seconds(w.proc.pid), own_cpu_seconds(), time.monotonic()
-    wait0 = runqueue_waits(w.proc.pid)
-    rss = 0.0
+    s0, c0 = _histogram(w, turn_metric, level)
+    d0, dc0 = _histogram(w, dispatch_metric, level)
+    sid = w.proc.pid  # the worker leads its own session (start_new_session)
+    cpu0, own0, t0 = cpu_seconds(sid), own_cpu_seconds(), time.monotonic()
+    wait0 = runqueue_waits(sid)
+    pss = 0.0
 
-    async def sample_rss() -> None:
-        nonlocal rss
+    async def sample_pss() -> None:
+        nonlocal pss
         while True:
-            rss = max(rss, rss_mb(w.proc.pid))  # type: ignore[union-attr]
+            pss = max(pss, await asyncio.to_thread(pss_mb, sid))
             await asyncio.sleep(1)
 
-    sampler = asyncio.create_task(sample_rss())
+    sampler = asyncio.create_task(sample_pss())
     try:
         agent = worker_agent(setup.agent, mode)
         await _calls(setup, level, f"{agent}-{n}-{uuid.uuid4().hex[:4]}", "token", agent)
     finally:
         sampler.cancel()
     level.wall_s = time.monotonic() - t0
-    level.worker_cores = (cpu_seconds(w.proc.pid) - cpu0) / level.wall_s
-    level.worker_runqueue_wait = waited_since(wait0, runqueue_waits(w.proc.pid)) / level.wall_s
+    level.worker_cores = (cpu_seconds(sid) - cpu0) / level.wall_s
+    level.worker_runqueue_wait = waited_since(wait0, runqueue_waits(sid)) / level.wall_s
     level.caller_cores = (own_cpu_seconds() - own0) / level.wall_s
-    level.worker_rss_mb = rss
+    level.worker_pss_mb = pss
+    level.idle_pss_mb = setup.idle_pss_mb.get(mode, math.nan)
     level.load = load_average()
-    s1, c1 = _histogram(w, turn_metric)
-    level.worker_turns = int(c1 - c0)
+    s1, c1 = _histogram(w, turn_metric, level)
+    level.worker_turns = int(c1 - c0) if c1 > c0 else 0  # False for NaN: no answer
     level.worker_turn_s = (s1 - s0) / (c1 - c0) if c1 > c0 else math.nan
-    d1, dc1 = _histogram(w, dispatch_metric)
+    d1, dc1 = _histogram(w, dispatch_metric, level)
     level.worker_dispatch_s = (d1 - d0) / (dc1 - dc0) if dc1 > dc0 else math.nan
     # the sessions end before the next level starts (a condition, polled); one that
     # outlives its caller by a minute is a finding of the level, not the end of the run
@@ -285,7 +338,10 @@ async def worker_level(setup: Setup, n: int, mode: str) -> Level:
             wait_for, lambda: w.sessions().activeSessions == 0, 60, "the level's sessions ended"
         )
     except Timeout:
-        left = w.sessions().activeSessions
+        try:
+            left: int | str = wait_for(w.sessions, 60, "the worker's /sessions").activeSessions
+        except Timeout:
+            left = "unknown (no answer from /sessions)"
         level.errors.append(f"{left} session(s) still active 60 s after their callers left")
     return level
 
@@ -355,20 +411,34 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _modes(text: str) -> list[str]:
-    modes = [f"resume_{m.strip()}" for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"--resume: expected on, off or on,off, got {text!r}")
-    return modes
+EXECUTORS = ("process", "thread")
+RESUME = ("on", "off")
 
 
-MODES = ("resume_on", "resume_off")
+def _choices(flag: str, allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        got = [m.strip() for m in text.split(",") if m.strip()]
+        if not got or any(m not in allowed for m in got):
+            raise argparse.ArgumentTypeError(
+                f"{flag}: expected a list of {', '.join(allowed)}, got {text!r}"
+            )
+        return got
+
+    return parse
+
+
+def modes(executors: list[str], resume: list[str]) -> list[str]:
+    """One worker per executor and resume setting, named `<executor>_resume_<on|off>`."""
+    return [f"{e}_resume_{r}" for e in executors for r in resume]
+
+
+def executor_of(mode: str) -> str:
+    return mode.split("_", 1)[0]
 
 
 def worker_agent(agent: str, mode: str) -> str:
     """The agent name of one mode's worker (each mode's calls go to its own worker)."""
-    return f"{agent}-{mode.removeprefix('resume_')}"
+    return f"{agent}-{mode.replace('_resume_', '-')}"
 
 
 def _echo_sizes(text: str) -> list[int] | None:
@@ -390,17 +460,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-delay-ms", type=int, default=200)
     p.add_argument("--silence-ms", type=int, default=300)
     p.add_argument("--response-ms", type=int, default=800)
+    executors = _choices("--executors", EXECUTORS)
+    p.add_argument(
+        "--executors",
+        type=executors,
+        default=executors(env("BENCH_CALL_EXECUTORS", "process,thread")),
+        help="where the worker runs jobs: process, thread, or both (process,thread)",
+    )
+    resume = _choices("--resume", RESUME)
     p.add_argument(
         "--resume",
-        type=_modes,
-        default=_modes(env("BENCH_CALL_RESUME", "on,off")),
-        help="worker modes: failover.resumeConversation on, off, or both (on,off)",
+        type=resume,
+        default=resume(env("BENCH_CALL_RESUME", "on")),
+        help="failover.resumeConversation: on, off, or both (on,off)",
     )
     p.add_argument("--budget-seconds", type=float, default=1200, help="stop climbing after this")
     p.add_argument("--profile", action="store_true", help="py-spy the worker at one level")
     p.add_argument("--profile-at", type=int, default=10, help="the level to profile (10)")
     p.add_argument("--note", action="append", default=[], help="a note for the result file")
     args = p.parse_args(argv)
+    args.modes = modes(args.executors, args.resume)
     args.argv = list(argv or [])
     return args
 
@@ -410,7 +489,7 @@ def start_worker(
 ) -> WorkerProc:
     config = agent_config(
         namespace="bench",
-        voiceAgent=f"bench-call-{mode.removeprefix('resume_')}",
+        voiceAgent=f"bench-call-{mode.replace('_resume_', '-')}",
         agentName=worker_agent(agent, mode),
         livekitURL=stack.livekit_url,
         model={
@@ -418,7 +497,7 @@ def start_worker(
             "turnDetection": {"type": "server_vad", "silenceDurationMs": silence_ms},
         },
         sessions={"maxPerWorker": capacity, "drainTimeoutSeconds": 5},
-        failover={"resumeConversation": mode == "resume_on"},
+        failover={"resumeConversation": mode.endswith("_resume_on")},
     )
     w = worker_proc(
         base / mode,
@@ -429,6 +508,7 @@ def start_worker(
             Env.LIVEKIT_API_SECRET: stack.livekit_secret,
         },
         OPENAI_BASE_URL=stack.openai_base_url(agent),
+        **{Env.JOB_EXECUTOR: executor_of(mode)},
     )
     w.start()
     w.wait_registered(120)
@@ -454,20 +534,28 @@ async def run(args: argparse.Namespace, stack: Stack, base: Path) -> Result:
     run_info = Run(flags=list(args.argv))
     t_start = time.monotonic()
     echo: dict[int, Level] = {}
-    levels: dict[str, list[Level]] = {m: [] for m in args.resume}
+    levels: dict[str, list[Level]] = {m: [] for m in args.modes}
     profile: dict[str, Any] = {}
     try:
-        for mode in args.resume:
-            setup.workers[mode] = await asyncio.to_thread(
+        for mode in args.modes:
+            w = setup.workers[mode] = await asyncio.to_thread(
                 start_worker, stack, agent, mode, base, max(args.sizes), args.silence_ms
             )
+            assert w.proc is not None
+            setup.idle_pss_mb[mode] = await asyncio.to_thread(pss_mb, w.proc.pid)
         for n in args.sizes:
             if args.echo_sizes is None or n in args.echo_sizes:
                 print(f"  echo baseline, {n} session(s), {setup.turns_at(n)} turns ...", flush=True)
-                e = echo[n] = await echo_level(setup, n)
+                try:
+                    e = echo[n] = await echo_level(setup, n)
+                except Exception as exc:  # a level the machine cannot start is a figure too
+                    e = echo[n] = _did_not_run("echo", n, exc)
                 print(f"    overhead p50/p95 {_fmt(e.overhead_s)}; {e.unanswered} unanswered")
-            for mode in args.resume:
-                lv = await _worker_step(args, setup, base, n, mode, echo, profile)
+            for mode in args.modes:
+                try:
+                    lv = await _worker_step(args, setup, base, n, mode, echo, profile)
+                except Exception as exc:
+                    lv = _did_not_run("worker", n, exc)
                 levels[mode].append(lv)
             # Every requested level runs, failing or not (a level past the machine's
             # capacity is a figure too); only the time budget stops the ladder.
@@ -480,6 +568,14 @@ async def run(args: argparse.Namespace, stack: Stack, base: Path) -> Result:
     r = result(args, echo, levels, profile)
     r.run = run_info
     return r
+
+
+def _did_not_run(target: str, n: int, exc: Exception) -> Level:
+    """A level that failed before it had figures: its error, and the load it met."""
+    print(f"    the level did not run: {type(exc).__name__}: {exc}", flush=True)
+    lv = Level(target, n, errors=[f"the level did not run: {type(exc).__name__}: {exc}"])
+    lv.load = load_average()
+    return lv
 
 
 def _failing(lv: Level) -> bool:
@@ -497,7 +593,7 @@ async def _worker_step(
 ) -> Level:
     """One mode's worker at one level, printed as it ends (and py-spied when asked)."""
     w = setup.workers[mode]
-    first = mode == args.resume[0]
+    first = mode == args.modes[0]
     profiler = (
         _start_profile(w, base, n) if args.profile and n == args.profile_at and first else None
     )
@@ -510,7 +606,8 @@ async def _worker_step(
         f"    dispatch p50/p95 {_fmt(lv.dispatch_s)}; overhead p50/p95 "
         f"{_fmt(lv.overhead_s)}; worker's own p95 {own * 1000:.0f} ms; "
         f"{lv.unanswered} unanswered, {len(lv.errors)} errors; "
-        f"worker {lv.worker_cores:.2f} cores, waited for a CPU "
+        f"worker {lv.worker_cores:.2f} cores ({lv.worker_cores / n:.3f} a session), "
+        f"{lv.worker_pss_mb:.0f} MB, waited for a CPU "
         f"{lv.worker_runqueue_wait:.2f} s/s; load {lv.load}",
         flush=True,
     )
@@ -583,10 +680,15 @@ def result(
         "worker_observed_*: the worker's own histograms (dispatch: job offer -> agent ready in "
         "the room; turn: the model's VAD ending the turn -> first audio frame into the room, "
         "minus modelDelayMs), means over the level",
-        "resume_on: failover.resumeConversation on (the default; a sealed summary written to "
-        "the room metadata after every turn); resume_off: off. One worker process per mode "
-        f"(maxPerWorker {max(args.sizes)}), both registered throughout, called one after the "
-        "other at each level",
+        "modes <executor>_resume_<on|off>: process = jobs in livekit-agents' job processes "
+        "(warm pool), thread = jobs in threads of the worker process; resume_on = "
+        "failover.resumeConversation on (the default; a sealed summary written to the room "
+        f"metadata after every turn). One worker per mode (maxPerWorker {max(args.sizes)}), "
+        "all registered throughout, called one after the other at each level",
+        "worker_cores, worker_pss_mb: the worker's whole process tree (worker process, "
+        "forkserver, job processes, and the CPU of ended job processes reaped by their "
+        "parent); worker_mb_per_session = (the level's peak PSS - the idle worker's) / "
+        "sessions",
         f"turns per call by level ({turns}) of {args.speech_seconds:.1f} s speech, "
         f"{args.response_ms} ms answers; a p95 only where a level has at least "
         f"{MIN_P95_SAMPLES} samples (else n, p50 and max); callers and their metering share "

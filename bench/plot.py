@@ -1,6 +1,8 @@
 """docs/benchmarks.md's figures, drawn from the result JSON only (nothing typed in).
 
-python -m bench.plot    # bench/results/autoscale.json -> docs/img/autoscale-reaction.png
+python -m bench.plot [autoscale|call ...]    # default: both
+    bench/results/autoscale.json -> docs/img/autoscale-reaction.png
+    bench/results/call.json      -> docs/img/call-capacity.png
 """
 
 from __future__ import annotations
@@ -75,10 +77,70 @@ def autoscale(data: dict[str, Any], out: Path) -> Path:
     return out
 
 
+def _sessions(levels: dict[str, Any]) -> list[int]:
+    return sorted(int(k[1:]) for k in levels)
+
+
+def call_capacity(data: dict[str, Any], out: Path) -> Path:
+    """Per worker mode against concurrent sessions: the worker's CPU per session, its own
+    share of the turn overhead (p95, or the max under 20 turns; the 50 ms target dashed),
+    and its memory per session."""
+    figs = data["figures"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for i, (mode, levels) in enumerate(sorted(figs["worker"].items())):
+        ns = _sessions(levels)
+        at = [levels[f"n{n}"] for n in ns]
+        color, label_ = f"C{i}", mode.replace("_resume_", ", resume ")
+        axes[0].plot(ns, [lv["worker_cores_per_session"] for lv in at], "o-", color=color,
+                     label=label_)  # fmt: skip
+        own = figs["worker_minus_echo"].get(mode, {})
+        pts = [(n, own[f"n{n}"].get("own_overhead_p95_ms")) for n in ns if f"n{n}" in own]
+        pts = [(n, v) for n, v in pts if v is not None]
+        if pts:
+            axes[1].plot(*zip(*pts, strict=True), "o-", color=color, label=label_)
+        unanswered = [n for n, lv in zip(ns, at, strict=True) if lv["unanswered_turns"]]
+        for n in unanswered:
+            axes[1].axvline(n, color=color, alpha=0.15)
+        axes[2].plot(ns, [lv["worker_mb_per_session"] for lv in at], "o-", color=color,
+                     label=label_)  # fmt: skip
+    axes[0].set_ylabel("worker CPU per session (cores)")
+    axes[1].set_ylabel("worker's own overhead p95 (ms; shaded: turns unanswered)")
+    axes[1].axhline(50, color="black", linestyle="--", linewidth=1)
+    axes[1].set_yscale("symlog", linthresh=100)
+    axes[2].set_ylabel("worker memory per session (MB PSS)")
+    for ax in axes:
+        ax.set_xlabel("concurrent sessions on one worker")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    run = data.get("run", {})
+    load = [round((run.get(k) or [0.0])[0], 1) for k in ("load_before", "load_after")]
+    fig.suptitle(
+        f"call capacity per worker mode, rev {run.get('revision_at_start')}, "
+        f"{run.get('started')}, 1-min load {load[0]} before, {load[1]} after",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+PLOTS = {
+    "autoscale": (autoscale, "autoscale.json", "autoscale-reaction.png"),
+    "call": (call_capacity, "call.json", "call-capacity.png"),
+}
+
+
 def main(argv: list[str]) -> int:
-    src = Path(argv[0]) if argv else RESULTS / "autoscale.json"
-    out = autoscale(json.loads(src.read_text()), IMG / "autoscale-reaction.png")
-    print(f"-> {out.relative_to(REPO)}")
+    for name in argv or list(PLOTS):
+        if name not in PLOTS:
+            print(f"bench.plot: unknown plot {name!r}; one of {', '.join(PLOTS)}")
+            return 2
+        draw, src, png = PLOTS[name]
+        out = draw(json.loads((RESULTS / src).read_text()), IMG / png)
+        print(f"-> {out.relative_to(REPO)}")
     return 0
 
 

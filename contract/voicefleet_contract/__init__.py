@@ -77,6 +77,12 @@ class Env:
     LIVEKIT_API_SECRET: Final = "LIVEKIT_API_SECRET"  # always a secretKeyRef
     OPENAI_API_KEY: Final = "OPENAI_API_KEY"  # always a secretKeyRef
     OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    # Where jobs run: `process` (livekit-agents' job processes) or `thread`; see
+    # docs/worker.md for the measured trade-off. Not set by the operator: the image default.
+    JOB_EXECUTOR: Final = "VOICEFLEET_JOB_EXECUTOR"
+    # Bring your own agent: `<module>[:<attribute>]`, a livekit-agents agent module run
+    # unchanged (docs/worker.md). Set by a custom image's ENV, not by the operator.
+    AGENT: Final = "VOICEFLEET_AGENT"
     # From the worker-keys Secret the operator makes per VoiceAgent (WORKER_KEYS_*):
     RESUME_KEY: Final = "VOICEFLEET_RESUME_KEY"  # AES-256 key (base64) sealing the summary
     SESSIONS_TOKEN: Final = "VOICEFLEET_SESSIONS_TOKEN"  # bearer token for /sessions

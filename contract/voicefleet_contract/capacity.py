@@ -23,6 +23,15 @@ from typing import Final
 
 # livekit-server's default `agents.target_load` (pkg/agent/config.go DefaultTargetLoad).
 DEFAULT_TARGET_LOAD: Final = 0.7
+# spec.sessions.maxPerWorker's default: the largest level of bench/results/call.json at
+# which one worker (threads or processes) answered every turn; docs/worker.md, "Where
+# jobs run", has the curve and why the 50 ms own-overhead figure is lower on the 2-core
+# machine that measured it.
+DEFAULT_MAX_PER_WORKER: Final = 5
+# A worker's default resource requests, from the same file at that level: the stock agent
+# (jobs in threads) used 0.56 cores and 157 MiB PSS at 5 sessions. An agent module of one's
+# own runs jobs in processes: about 300 MiB idle (the warm pool) plus 40-60 MiB per call.
+DEFAULT_WORKER_REQUESTS: Final = {"cpu": "600m", "memory": "256Mi"}
 MIN_TARGET_LOAD: Final = 0.05
 MAX_TARGET_LOAD: Final = 1.0
 # The FULL line sits this fraction under the target: livekit-agents adds float shares of

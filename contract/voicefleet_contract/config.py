@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
-from .capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
+from .capacity import (
+    DEFAULT_MAX_PER_WORKER,
+    DEFAULT_TARGET_LOAD,
+    MAX_TARGET_LOAD,
+    MIN_TARGET_LOAD,
+)
 from .netguard import forbidden_host
 
 CONFIG_VERSION: Final = 1
@@ -115,7 +120,7 @@ class Tool:
 
 @dataclass(frozen=True)
 class Sessions:
-    maxPerWorker: int = 10
+    maxPerWorker: int = DEFAULT_MAX_PER_WORKER
     drainTimeoutSeconds: int = 3600
 
 
@@ -400,7 +405,7 @@ def parse_config(data: Any) -> AgentConfig:
         model=_model(r.obj("model")),
         tools=_tools(r),
         sessions=Sessions(
-            maxPerWorker=cast(int, s.integer("maxPerWorker", 10, 1, 1000)),
+            maxPerWorker=cast(int, s.integer("maxPerWorker", DEFAULT_MAX_PER_WORKER, 1, 1000)),
             drainTimeoutSeconds=cast(int, s.integer("drainTimeoutSeconds", 3600, 0, 86_400)),
         ),
         failover=Failover(

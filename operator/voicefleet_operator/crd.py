@@ -18,7 +18,13 @@ from typing import Any, Final
 import yaml
 
 from voicefleet_contract import CONFIG_MOUNT_PATH, GROUP, KIND, PLURAL, SECRET_ENV, VERSION
-from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, MAX_TARGET_LOAD, MIN_TARGET_LOAD
+from voicefleet_contract.capacity import (
+    DEFAULT_MAX_PER_WORKER,
+    DEFAULT_TARGET_LOAD,
+    DEFAULT_WORKER_REQUESTS,
+    MAX_TARGET_LOAD,
+    MIN_TARGET_LOAD,
+)
 from voicefleet_contract.config import (
     EAGERNESS,
     HEADER_NAME_RE,
@@ -639,7 +645,9 @@ def template_schema() -> Schema:
                 16,
             ),
             "resources": obj(
-                "Worker container resources; default requests cpu 250m, memory 512Mi.",
+                "Worker container resources; default requests cpu "
+                f"{DEFAULT_WORKER_REQUESTS['cpu']}, memory {DEFAULT_WORKER_REQUESTS['memory']} "
+                "(measured: docs/worker.md).",
                 {
                     "requests": {
                         "type": "object",
@@ -949,7 +957,7 @@ def spec_schema() -> Schema:
                         "many to it (its load is livekit.targetLoad x active/maxPerWorker).",
                         1,
                         1000,
-                        default=10,
+                        default=DEFAULT_MAX_PER_WORKER,
                     ),
                     "drainTimeoutSeconds": integer(
                         "How long a stopping worker waits for its sessions to end; the pod's "

@@ -42,6 +42,7 @@ from voicefleet_contract import (
     WORKER_KEYS_TOKEN,
     Env,
 )
+from voicefleet_contract.capacity import DEFAULT_WORKER_REQUESTS
 
 from .settings import Settings
 from .spec import DRAIN_MARGIN_SECONDS, SpecError, VoiceAgentSpec
@@ -52,7 +53,7 @@ ANNOTATION_AUTOSCALING_MODE: Final = f"{GROUP}/autoscaling-mode"
 # On the pod template: a keyed digest of the Secret values the workers use
 # (reconcile.secrets_hash), so that rotating a key rolls them as a spec change does.
 ANNOTATION_SECRETS_HASH: Final = f"{GROUP}/secrets-hash"
-DEFAULT_RESOURCES: Final = {"requests": {"cpu": "250m", "memory": "512Mi"}}
+DEFAULT_RESOURCES: Final = {"requests": dict(DEFAULT_WORKER_REQUESTS)}
 MAX_SURGE: Final = "25%"  # a percentage rounds up, so a rollout always surges >= 1 pod
 # The worker image's user (worker/Dockerfile: USER 10001:10001). A numeric runAsUser also
 # lets the kubelet verify runAsNonRoot for a custom image whose USER is a name.

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from voicefleet_contract import HEALTH_PORT, METRICS_PORT, READY_PATH, Env
+from voicefleet_contract.capacity import DEFAULT_MAX_PER_WORKER
 from voicefleet_contract.metrics import WORKER_ACTIVE_SESSIONS, WORKER_CAPACITY, WORKER_DRAINING
 from voicefleet_contract.sessions import (
     SESSIONS_PATH,
@@ -174,7 +175,7 @@ def capacity_from_config(env: Mapping[str, str] = os.environ) -> tuple[int, floa
     if path and os.path.exists(path):
         with open(path) as f:
             sessions = json.load(f).get("sessions", {})
-        return int(sessions.get("maxPerWorker", 10)), float(
+        return int(sessions.get("maxPerWorker", DEFAULT_MAX_PER_WORKER)), float(
             sessions.get("drainTimeoutSeconds", 3600)
         )
     return int(env.get("FAKE_CAPACITY", "10")), float(env.get("FAKE_DRAIN_TIMEOUT", "3600"))

@@ -70,11 +70,43 @@ def test_a_p95_needs_twenty_samples_and_every_level_gets_them() -> None:
     assert "p95" not in few and few["max"] == pytest.approx(200)
 
 
-def test_resume_modes_are_named_and_checked() -> None:
-    assert parse_args([]).resume == ["resume_on", "resume_off"]
-    assert parse_args(["--resume", "off"]).resume == ["resume_off"]
-    with pytest.raises(SystemExit):
-        parse_args(["--resume", "maybe"])
+def test_worker_modes_are_executor_times_resume_and_checked() -> None:
+    assert parse_args([]).modes == ["process_resume_on", "thread_resume_on"]
+    got = parse_args(["--executors", "thread", "--resume", "on,off"]).modes
+    assert got == ["thread_resume_on", "thread_resume_off"]
+    assert call.executor_of("thread_resume_off") == "thread"
+    assert call.worker_agent("a", "process_resume_on") == "a-process-on"
+    for bad in (["--resume", "maybe"], ["--executors", "fork"], ["--executors", ""]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_cpu_and_memory_cover_the_whole_process_tree(tmp_path: Path) -> None:
+    """A child's CPU counts after its parent reaped it."""
+    import sys
+
+    script = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    t = time.process_time()\n"
+        "    while time.process_time() - t < 0.5: pass\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print('reaped', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == b"reaped"
+        assert call.tree(p.pid) == [p.pid]
+        assert call.cpu_seconds(p.pid) >= 0.4  # clock ticks: a little less than spent
+        assert call.pss_mb(p.pid) > 1
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_an_unanswered_turn_ends_the_maximum() -> None:

@@ -104,11 +104,16 @@ class WorkerFleet:
 
     # --- set-up ----------------------------------------------------------------------------
     async def start(
-        self, replicas: int = 2, timeout: float = 180, max_per_worker: int = 4, spread: bool = False
+        self,
+        replicas: int = 2,
+        timeout: float = 180,
+        max_per_worker: int = 4,
+        spread: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         """`spread`: the workers spread evenly over the nodes (a topology spread constraint
         on the hostname, as a team running agents on several nodes sets), so that a node
-        lost takes only its share."""
+        lost takes only its share. `env`: spec.template.env of the workers."""
         self.replicas = replicas
         await self.standin.reset()
         await self.standin.configure(modelDelayMs=200, responseMs=800)
@@ -126,6 +131,8 @@ class WorkerFleet:
             "replicas": replicas,
             "template": {"image": WORKER_IMAGE},
         }
+        if env:
+            spec["template"]["env"] = [{"name": k, "value": v} for k, v in env.items()]
         if spread:
             spec["template"]["topologySpreadConstraints"] = [
                 {

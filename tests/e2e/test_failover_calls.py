@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from livekit import api
 
+from voicefleet_contract import Env
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
@@ -24,15 +26,21 @@ from ..operator.cluster import OperatorProcess
 from .failover_scenario import WorkerFleet, operator_metric, until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
 async def workers(
-    stack: Stack, kube: Kube, namespace: str, name: str, replicas: int = 2
+    stack: Stack,
+    kube: Kube,
+    namespace: str,
+    name: str,
+    replicas: int = 2,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[WorkerFleet]:
     f = WorkerFleet(stack, kube, namespace, name)
     try:
-        await f.start(replicas=replicas)
+        await f.start(replicas=replicas, env=env)
         yield f
     finally:
         await f.close()
@@ -103,6 +111,33 @@ async def test_call_of_a_dead_worker_is_served_again(
         assert found == 1, sources
         assert operator_metric(operator, "voicefleet_failovers_total", **labels) == 1
         print(f"{how}: sources {sources}, operator latency {latency:.2f}s")
+
+
+async def test_a_livekit_agents_module_deployed_by_a_voiceagent_is_failed_over(
+    stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    """Issue 16: examples/livekit-agent, written as livekit-agents' examples are (nothing of
+    ours), deployed by a VoiceAgent through spec.template.env (`VOICEFLEET_AGENT`):
+    dispatched by LiveKit, it answers, its worker lists the call in /sessions, and when
+    that worker is SIGKILLed the call is served again by the other. The testbed's worker
+    "image" is this checkout, so PYTHONPATH points at the example where a real image
+    would `pip install` it; the example's model reads OPENAI_BASE_URL (the stand-in)."""
+    env = {
+        Env.AGENT: "livekit_agent",
+        "PYTHONPATH": str(REPO / "examples" / "livekit-agent"),
+        "OPENAI_BASE_URL": stack.openai_base_url(f"byo-{namespace[-5:]}"),
+    }
+    async with workers(stack, kube, namespace, "byo", env=env) as f:
+        assert f.scenario == f"byo-{namespace[-5:]}"
+        caller = await f.call(f"byo-{namespace}")
+        _, listed = await f.serving(caller.room_name)
+        assert listed in caller.agents
+        rec = await f.fail_over(caller, "sigkill")
+        print(f"\nlivekit-agents module, sigkill: {rec}")
+        assert rec.new_agent and rec.new_agent != rec.first_agent, rec
+        assert rec.recovered, f"the caller never heard the new agent: {rec}"
+        _, listed = await f.serving(caller.room_name)
+        assert listed == rec.new_agent
 
 
 async def test_a_call_the_worker_ends_on_purpose_is_not_failed_over(

@@ -16,6 +16,7 @@ import yaml
 from kubernetes import client
 
 from voicefleet_contract import ANNOTATION_CONFIG_HASH, API_VERSION, GROUP, KIND, PLURAL, VERSION
+from voicefleet_contract.capacity import DEFAULT_MAX_PER_WORKER
 from voicefleet_operator.settings import Settings
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import Stack
@@ -99,7 +100,11 @@ def test_apply_creates_owned_children_and_becomes_ready(
             }
         ], kind
     st = va["status"]
-    assert st["readyReplicas"] == 1 and st["workers"] == "1/1" and st["capacity"] == 10
+    assert (
+        st["readyReplicas"] == 1
+        and st["workers"] == "1/1"
+        and st["capacity"] == DEFAULT_MAX_PER_WORKER
+    )
     assert st["selector"] == SELECTOR.format("support")
     assert st["agentName"] == "support"
     # `kubectl get va`: the printer columns.

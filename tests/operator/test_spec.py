@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from voicefleet_contract.capacity import DEFAULT_MAX_PER_WORKER
 from voicefleet_operator.spec import MAX_INSTRUCTIONS, SpecError, parse_spec
 
 from .util import full_spec, minimal_spec
@@ -21,7 +22,7 @@ def test_minimal_spec_gets_defaults() -> None:
     s = parse_spec("support", "voice", minimal_spec())
     assert s.agent_name == "support"
     assert s.config.model.voice == "marin"
-    assert s.config.sessions.maxPerWorker == 10
+    assert s.config.sessions.maxPerWorker == DEFAULT_MAX_PER_WORKER
     assert s.autoscaling.mode == "builtin" and s.autoscaling.minReplicas == 1
     assert s.livekit.apiKeyKey == "apiKey" and s.apiKeySecret.key == "apiKey"
 

@@ -63,12 +63,28 @@ def test_missing_env_names_it(tmp_path: Path, missing: str, field: str) -> None:
         ({Env.METRICS_PORT: "http"}, Env.METRICS_PORT),
         ({Env.HEALTH_PORT: "70000"}, Env.HEALTH_PORT),
         ({Env.LOG_FORMAT: "xml"}, Env.LOG_FORMAT),
+        ({Env.JOB_EXECUTOR: "fork"}, Env.JOB_EXECUTOR),
     ],
 )
 def test_bad_env_names_it(tmp_path: Path, env_over: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_settings(worker_env(write_config(tmp_path, agent_config()), **env_over))
     assert e.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("env_over", "executor"),
+    [
+        ({}, "thread"),  # the stock Realtime agent: measured cheaper in threads
+        ({Env.AGENT: "my_agent"}, "process"),  # one's own agent module: isolated
+        ({Env.AGENT: "my_agent", Env.JOB_EXECUTOR: "thread"}, "thread"),
+        ({Env.JOB_EXECUTOR: "process"}, "process"),
+    ],
+)
+def test_where_jobs_run(tmp_path: Path, env_over: dict[str, str], executor: str) -> None:
+    s = load_settings(worker_env(write_config(tmp_path, agent_config()), **env_over))
+    assert s.job_executor == executor
+    assert s.agent_module == env_over.get(Env.AGENT)
 
 
 @pytest.mark.parametrize("address", ["127.1.2.3", "::", "0.0.0.0"])

@@ -5,6 +5,9 @@ other tests are never dispatched to its rooms."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,12 +18,14 @@ from aiohttp import web
 from livekit import api, rtc
 from livekit.protocol.agent_pb import agent_session as agent_pb
 
+from voicefleet_contract import Env
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, float32
 from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.metrics import WORKER_METRICS
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
+from voicefleet_worker.config import JOB_EXECUTORS
 from voicefleet_worker.resume import Binding, Turn, parse_key, read_summary
 
 from .proc import WorkerProc, worker_proc
@@ -74,8 +79,16 @@ async def tool_endpoint() -> AsyncIterator[ToolEndpoint]:
 class Agent:
     """One agent name, its stand-in scenario and its worker processes."""
 
-    def __init__(self, stack: Stack, directory: Path, tool_url: str, max_per_worker: int) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        directory: Path,
+        tool_url: str,
+        max_per_worker: int,
+        executor: str | None = None,  # VOICEFLEET_JOB_EXECUTOR; None: the worker's default
+    ) -> None:
         self.stack = stack
+        self.executor = executor
         self.dir = directory
         self.name = f"e2e-{uuid.uuid4().hex[:6]}"
         self.standin = StandInClient(stack.realtime_url, scenario=self.name)
@@ -109,6 +122,7 @@ class Agent:
             self.config,
             livekit_env(self.stack),
             OPENAI_BASE_URL=self.standin.base_url,
+            **({Env.JOB_EXECUTOR: self.executor} if self.executor else {}),
         )
         self.workers.append(w)
         w.start()
@@ -132,8 +146,8 @@ class Agent:
 def make_agent(stack: Stack, tmp_path: Path, tool_endpoint: ToolEndpoint) -> Iterator[Any]:
     agents: list[Agent] = []
 
-    def make(max_per_worker: int = 2) -> Agent:
-        a = Agent(stack, tmp_path / f"a{len(agents)}", tool_endpoint.url, max_per_worker)
+    def make(max_per_worker: int = 2, executor: str | None = None) -> Agent:
+        a = Agent(stack, tmp_path / f"a{len(agents)}", tool_endpoint.url, max_per_worker, executor)
         agents.append(a)
         return a
 
@@ -151,10 +165,12 @@ def _sessions_rooms(w: WorkerProc) -> set[str]:
     return {r.room for r in w.sessions().rooms}
 
 
+@pytest.mark.parametrize("executor", JOB_EXECUTORS)
 async def test_call_turns_interruption_tool_reconnect_and_metrics(
-    make_agent: Any, tool_endpoint: ToolEndpoint
+    make_agent: Any, tool_endpoint: ToolEndpoint, executor: str
 ) -> None:
-    agent: Agent = make_agent()
+    """Jobs in processes or threads: the same call, the same /sessions and metrics."""
+    agent: Agent = make_agent(executor=executor)
     await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=1200)
     w = agent.worker()
     await asyncio.to_thread(w.wait_registered)
@@ -369,6 +385,104 @@ async def test_custom_agent_example_runs_on_the_runtime(make_agent: Any) -> None
     await until(lambda: w.sessions().activeSessions == 0, 20, "session ended")
     assert w.metric('voicefleet_worker_sessions_ended_total{outcome="completed"}') == 1
     assert w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1
+
+
+async def test_a_livekit_agents_module_runs_unchanged_and_drains(make_agent: Any) -> None:
+    """examples/livekit-agent: an agent module as livekit-agents' examples write one
+    (AgentServer, @rtc_session, prewarm; nothing of voicefleet) named by VOICEFLEET_AGENT:
+    dispatched under the VoiceAgent's name, answers, reports load and /sessions, its
+    session observed for the worker's metrics, and drains on SIGTERM."""
+    agent: Agent = make_agent(max_per_worker=2)
+    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=800)
+    example = Path(__file__).resolve().parents[2] / "examples" / "livekit-agent"
+    path = os.pathsep.join(p for p in (str(example), os.environ.get("PYTHONPATH", "")) if p)
+    w = worker_proc(
+        agent.dir / "byo",
+        agent.config,
+        livekit_env(agent.stack),
+        OPENAI_BASE_URL=agent.standin.base_url,
+        PYTHONPATH=path,
+        **{Env.AGENT: "livekit_agent"},
+    )
+    agent.workers.append(w)
+    w.start()
+    await asyncio.to_thread(w.wait_registered)
+    caller = agent.caller()
+    try:
+        await _joined(caller)
+        report = await until(
+            lambda: w.sessions().activeSessions == 1 and w.sessions(), 10, "/sessions"
+        )
+        assert report.rooms[0].room == caller.room_name
+        half = float32(DEFAULT_TARGET_LOAD / 2)  # one of maxPerWorker 2
+        await until(
+            lambda: float32(w.worker_info().get("worker_load", 0.0)) == half,
+            10,
+            f"load {half} reported to LiveKit",
+        )
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, await agent.standin.stats()
+        await until(
+            lambda: w.metric("voicefleet_worker_turn_latency_seconds_count") >= 1,
+            10,
+            "the agent's own session observed",
+        )
+        w.terminate()
+        await until(lambda: w.sessions().draining, 10, "draining")
+        turn = await caller.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the draining worker stopped answering"
+    finally:
+        await caller.close()
+    assert await asyncio.to_thread(w.wait, 30) == 0
+    log = w.log.read_text()
+    assert '"agent": "livekit_agent"' in log and "drained: no sessions left" in log
+
+
+def _job_pid(w: WorkerProc, room: str) -> int | None:
+    """The pid of the process running `room`'s job, from the worker's "session starting"
+    log record (JSON lines)."""
+    for line in w.log.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("msg") == "session starting" and rec.get("room") == room:
+            return int(rec["pid"])
+    return None
+
+
+async def test_a_crashed_job_process_ends_its_session_as_error_and_the_worker_serves_on(
+    make_agent: Any,
+) -> None:
+    """Isolation: SIGKILL on one call's job process (an OOM kill, a native crash) ends
+    that session with outcome `error`, leaves the other call answering, and the worker
+    takes new calls."""
+    agent: Agent = make_agent(max_per_worker=3, executor="process")
+    await agent.standin.configure(modelDelayMs=MODEL_DELAY_MS, responseMs=800)
+    w = agent.worker()
+    await asyncio.to_thread(w.wait_registered)
+    doomed, other, late = agent.caller(), agent.caller(), agent.caller()
+    try:
+        await _joined(doomed)
+        await _joined(other)
+        await until(lambda: w.sessions().activeSessions == 2, 15, "two sessions")
+        pid = await until(lambda: _job_pid(w, doomed.room_name), 10, "the job's pid")
+        assert w.proc is not None and pid != w.proc.pid, "the job ran in the worker process"
+        os.kill(pid, signal.SIGKILL)
+        await until(
+            lambda: w.metric('voicefleet_worker_sessions_ended_total{outcome="error"}') == 1,
+            15,
+            "the killed job's session ended as error",
+        )
+        assert _sessions_rooms(w) == {other.room_name}
+        assert w.alive() and w.health() == 200
+        turn = await other.turn(1.0, timeout=20)
+        assert turn.latency_s is not None, "the other call stopped answering"
+        await _joined(late)
+        await until(lambda: late.room_name in _sessions_rooms(w), 15, "a new call served")
+    finally:
+        for c in (doomed, other, late):
+            await c.close()
 
 
 async def test_unreachable_model_ends_the_session_as_error_and_the_worker_lives(

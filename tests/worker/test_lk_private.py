@@ -51,3 +51,13 @@ def test_the_job_context_still_keeps_when_the_offer_came() -> None:
 @pytest.mark.parametrize("ctx", [SimpleNamespace(), SimpleNamespace(_info=None)])
 def test_an_unknown_offer_time_is_zero(ctx: object) -> None:
     assert lk_private.job_received_at(ctx) == 0.0
+
+
+def test_the_server_still_keeps_the_rtc_session_entrypoint() -> None:
+    server = AgentServer()
+    assert lk_private.server_entrypoint(server) is None
+
+    async def entrypoint(ctx: JobContext) -> None: ...
+
+    server.rtc_session()(entrypoint)
+    assert lk_private.server_entrypoint(server) is entrypoint

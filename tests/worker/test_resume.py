@@ -360,7 +360,12 @@ def _job(tmp_path: Path, resumed: tuple[Turn, ...]) -> Job:
     cfg = agent_config(model={"instructions": "Be kind."})
     settings = load_settings(worker_env(write_config(tmp_path, cfg)))
     # an entrypoint's Job without a live room: agent() only reads the configuration
-    return Job(cast(JobContext, None), Runtime(settings), cast(SessionObserver, None), resumed)
+    return Job(
+        cast(JobContext, None),
+        Runtime(settings).job_runtime(),
+        cast(SessionObserver, None),
+        resumed,
+    )
 
 
 def test_a_resumed_agent_starts_from_the_note_and_continue_instructions(tmp_path: Path) -> None:

@@ -21,6 +21,15 @@ from .resume import parse_key
 
 OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"
 LOG_FORMATS: Final = ("json", "text")
+JOB_EXECUTORS: Final = ("process", "thread")
+
+
+def default_job_executor(agent_module: str | None) -> str:
+    """Threads for the stock Realtime agent (all I/O: measured cheaper in CPU and memory
+    per call, bench/results/call.json); processes for an agent module of one's own, whose
+    plugins may hold the GIL (local VAD, turn detection) or crash, as livekit-agents does.
+    docs/worker.md, "Where jobs run"."""
+    return "process" if agent_module else "thread"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class Settings:
     pod_namespace: str = ""
     openai_base_url: str | None = None  # config.model.baseURL, else OPENAI_BASE_URL
     otlp_endpoint: str | None = None
+    job_executor: str = "thread"  # one of JOB_EXECUTORS
+    agent_module: str | None = None  # VOICEFLEET_AGENT: a livekit-agents module to run
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -83,6 +94,13 @@ def _ip(env: Mapping[str, str], name: str, default: str) -> str:
     except ValueError:
         raise ConfigError(name, f"must be an IP address; got {raw!r}") from None
     return raw
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
 
 
 def _resume_key(env: Mapping[str, str]) -> bytes | None:
@@ -119,11 +137,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         resume_key=_resume_key(env),
         sessions_token=env.get(Env.SESSIONS_TOKEN, "").strip() or None,
     )
-    log_format = env.get(Env.LOG_FORMAT, "").strip() or "text"
-    if log_format not in LOG_FORMATS:
-        raise ConfigError(
-            Env.LOG_FORMAT, f"must be one of {', '.join(LOG_FORMATS)}; got {log_format!r}"
-        )
+    log_format = _choice(env, Env.LOG_FORMAT, LOG_FORMATS, "text")
+    agent = env.get(Env.AGENT, "").strip() or None
     return Settings(
         config=config,
         secrets=secrets,
@@ -139,4 +154,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pod_namespace=env.get(Env.POD_NAMESPACE, "") or config.namespace,
         openai_base_url=config.model.baseURL or env.get(OPENAI_BASE_URL_ENV, "").strip() or None,
         otlp_endpoint=env.get(Env.OTLP_ENDPOINT, "").strip() or None,
+        job_executor=_choice(env, Env.JOB_EXECUTOR, JOB_EXECUTORS, default_job_executor(agent)),
+        agent_module=agent,
     )

@@ -1,14 +1,15 @@
 """The worker's Prometheus metrics, built from the contract's `WORKER_METRICS` specs.
 
-Jobs run as threads of the worker process (`JobExecutorType.THREAD`, see runtime.py), so
-one in-process registry sees every session and one endpoint serves it: no multiprocess
-directory, no IPC. prometheus_client metrics are thread-safe.
+One registry per pod, in the worker process, served by one endpoint. Jobs run as threads
+share it directly (prometheus_client metrics are thread-safe); a job process gets the same
+`WorkerMetrics` built on `job_link.RemoteMetric`s, which send each change to the worker
+process to apply here (see job_link.py): no multiprocess directory to grow with every job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import (
     REGISTRY,
@@ -32,7 +33,30 @@ SUMMARY_RESULTS = ("ok", "error")
 CALLER_ORIGINS = ("sip", "webrtc", "other")
 
 
-def _build(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
+class CounterLike(Protocol):
+    def labels(self, *values: Any, **labels: Any) -> CounterLike: ...
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class GaugeLike(Protocol):
+    def labels(self, *values: Any, **labels: Any) -> GaugeLike: ...
+    def set(self, value: float) -> None: ...
+    def inc(self, amount: float = 1) -> None: ...
+    def dec(self, amount: float = 1) -> None: ...
+    def clear(self) -> None: ...
+
+
+class HistogramLike(Protocol):
+    def labels(self, *values: Any, **labels: Any) -> HistogramLike: ...
+    def observe(self, amount: float) -> None: ...
+
+
+# how a metric of the contract is made: prometheus_client's in the worker process, a
+# forwarder in a job process
+Build = Callable[[MetricSpec, CollectorRegistry], Any]
+
+
+def build_local(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
     # prometheus_client appends `_total` to counters itself
     if s.kind == "counter":
         name = s.name.removesuffix("_total")
@@ -63,33 +87,39 @@ class Passthrough(Collector):
 class WorkerMetrics:
     """Typed handles on every worker metric; `by_name` holds them all by contract name."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        build: Build = build_local,
+        passthrough: bool = True,
+    ) -> None:
         # `*_created` series double the scrape and no dashboard reads them (process-wide
         # switch; the worker process serves nothing else)
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.registry.register(Passthrough(LIVEKIT_AGENTS_PREFIX))
-        self.by_name: dict[str, Any] = {s.name: _build(s, self.registry) for s in WORKER_METRICS}
+        if passthrough:
+            self.registry.register(Passthrough(LIVEKIT_AGENTS_PREFIX))
+        self.by_name: dict[str, Any] = {s.name: build(s, self.registry) for s in WORKER_METRICS}
         m = self.by_name
-        self.active_sessions: Gauge = m[spec.WORKER_ACTIVE_SESSIONS.name]
-        self.capacity: Gauge = m[spec.WORKER_CAPACITY.name]
-        self.draining: Gauge = m[spec.WORKER_DRAINING.name]
-        self.registered: Gauge = m[spec.WORKER_REGISTERED.name]
-        self.sessions_started: Counter = m[spec.WORKER_SESSIONS_STARTED.name]
-        self.sessions_ended: Counter = m[spec.WORKER_SESSIONS_ENDED.name]
-        self.session_duration: Histogram = m[spec.WORKER_SESSION_DURATION.name]
-        self.dispatch_latency: Histogram = m[spec.WORKER_DISPATCH_LATENCY.name]
-        self.turn_latency: Histogram = m[spec.WORKER_TURN_LATENCY.name]
-        self.first_audio: Histogram = m[spec.WORKER_FIRST_AUDIO_LATENCY.name]
-        self.tool_calls: Counter = m[spec.WORKER_TOOL_CALLS.name]
-        self.tool_latency: Histogram = m[spec.WORKER_TOOL_LATENCY.name]
-        self.reconnections: Counter = m[spec.WORKER_RECONNECTIONS.name]
-        self.livekit_node: Gauge = m[spec.WORKER_LIVEKIT_NODE.name]
-        self.interruptions: Counter = m[spec.WORKER_INTERRUPTIONS.name]
-        self.model_errors: Counter = m[spec.WORKER_MODEL_ERRORS.name]
-        self.sessions_resumed: Counter = m[spec.WORKER_SESSIONS_RESUMED.name]
-        self.summary_writes: Counter = m[spec.WORKER_SUMMARY_WRITES.name]
-        self.callers: Counter = m[spec.WORKER_CALLERS.name]
+        self.active_sessions: GaugeLike = m[spec.WORKER_ACTIVE_SESSIONS.name]
+        self.capacity: GaugeLike = m[spec.WORKER_CAPACITY.name]
+        self.draining: GaugeLike = m[spec.WORKER_DRAINING.name]
+        self.registered: GaugeLike = m[spec.WORKER_REGISTERED.name]
+        self.sessions_started: CounterLike = m[spec.WORKER_SESSIONS_STARTED.name]
+        self.sessions_ended: CounterLike = m[spec.WORKER_SESSIONS_ENDED.name]
+        self.session_duration: HistogramLike = m[spec.WORKER_SESSION_DURATION.name]
+        self.dispatch_latency: HistogramLike = m[spec.WORKER_DISPATCH_LATENCY.name]
+        self.turn_latency: HistogramLike = m[spec.WORKER_TURN_LATENCY.name]
+        self.first_audio: HistogramLike = m[spec.WORKER_FIRST_AUDIO_LATENCY.name]
+        self.tool_calls: CounterLike = m[spec.WORKER_TOOL_CALLS.name]
+        self.tool_latency: HistogramLike = m[spec.WORKER_TOOL_LATENCY.name]
+        self.reconnections: CounterLike = m[spec.WORKER_RECONNECTIONS.name]
+        self.livekit_node: GaugeLike = m[spec.WORKER_LIVEKIT_NODE.name]
+        self.interruptions: CounterLike = m[spec.WORKER_INTERRUPTIONS.name]
+        self.model_errors: CounterLike = m[spec.WORKER_MODEL_ERRORS.name]
+        self.sessions_resumed: CounterLike = m[spec.WORKER_SESSIONS_RESUMED.name]
+        self.summary_writes: CounterLike = m[spec.WORKER_SUMMARY_WRITES.name]
+        self.callers: CounterLike = m[spec.WORKER_CALLERS.name]
         # Known label values exist from the start, so a dashboard's rate() sees a zero
         # series before the first event instead of no series at all.
         for outcome in SESSION_OUTCOMES:

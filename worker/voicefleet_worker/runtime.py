@@ -2,18 +2,19 @@
 agent name, jobs run by an entrypoint (the stock Realtime agent or custom code), and the
 voicefleet additions around it: session-based load, the metrics endpoint, draining.
 
-Jobs run in threads (`JobExecutorType.THREAD`), not in livekit-agents' default job
-processes: one Python process per pod keeps memory to one interpreter (a job process
-costs ~100-200 MB; a thread costs an event loop), and every session's metrics land in one
-in-process Prometheus registry served by one endpoint, with no multiprocess directory or
-IPC. The price is isolation: a job that blocks its loop or crashes the interpreter
-affects its neighbours, which the Realtime agent (all I/O, audio handled by the native
-WebRTC library) does not do.
+Jobs run in threads of the worker process (`VOICEFLEET_JOB_EXECUTOR=thread`, the stock
+agent's default) or in livekit-agents' job processes (`process`, with its warm pool; the
+default for an agent module of one's own). The worker process holds the one
+`SessionRegistry` and metrics registry of the pod either way: a job thread uses them
+directly, a job process through job_link.py. Each job sees a `JobRuntime`, set up once
+per job process (or thread) by livekit-agents' setup hook and kept in `proc.userdata`.
+The measured trade-off (CPU, memory per call, isolation) is in docs/worker.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from livekit import api, rtc
-from livekit.agents import AgentServer, JobContext, JobExecutorType, llm
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, llm
 from livekit.agents.voice import Agent, AgentSession
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -36,6 +37,7 @@ from voicefleet_contract.livekit_url import http_url
 
 from .config import Settings
 from .dial import dial
+from .job_link import JobLinkServer, ParentLink, RemoteSessions, remote_metrics
 from .lk_private import job_received_at, server_connected
 from .load import idle_processes, session_load
 from .metrics import WorkerMetrics
@@ -60,8 +62,9 @@ from .resume import (
     enabled as resume_enabled,
 )
 from .resume import ended_on_purpose as call_ended_on_purpose
-from .sessions import JobEnd, SessionRegistry
+from .sessions import JobEnd, SessionRegistry, SessionSink
 from .tools import HEADER_JOB, HEADER_ROOM, make_tools
+from .tracing import setup_tracing
 
 log = logging.getLogger("voicefleet.worker")
 
@@ -73,9 +76,22 @@ REGISTRATION_POLL_S = 0.5
 PRELOAD_LOCAL_INFERENCE_ENV = "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE"
 
 
+@dataclass(frozen=True)
+class JobRuntime:
+    """What every job of one job process (or thread) shares: the settings, the metrics
+    and where sessions are reported (the worker process's registry, directly or through
+    job_link), and the tracer."""
+
+    settings: Settings
+    metrics: WorkerMetrics
+    sessions: SessionSink
+    tracer: trace.Tracer | None = None
+    flush: Callable[[], None] = lambda: None  # the job process's spans, at each job's end
+
+
 @dataclass
 class Runtime:
-    """Process-wide state shared by every job thread."""
+    """The worker process's state: the one session registry and metrics of the pod."""
 
     settings: Settings
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
@@ -94,6 +110,47 @@ class Runtime:
         for t in self.settings.config.tools:
             self.metrics.init_tool(t.name)
 
+    def job_runtime(self) -> JobRuntime:
+        """What a job thread uses: this process's own registry and metrics."""
+        return JobRuntime(self.settings, self.metrics, self.sessions, self.tracer)
+
+
+USERDATA_KEY: Final = "voicefleet"
+
+
+Prewarm = Callable[[JobProcess], Any]
+
+
+def setup_job_thread(job_runtime: JobRuntime, prewarm: Prewarm | None, proc: JobProcess) -> None:
+    """livekit-agents' setup hook for a job thread; then the agent's own prewarm."""
+    proc.userdata[USERDATA_KEY] = job_runtime
+    if prewarm is not None:
+        prewarm(proc)
+
+
+def setup_job_process(
+    settings: Settings, link_path: str, prewarm: Prewarm | None, proc: JobProcess
+) -> None:
+    """livekit-agents' setup hook in a new job process (pickled by reference, run once
+    per process before its job): metrics and sessions go to the worker process. Then the
+    agent's own prewarm (a custom agent's models, loaded once per process)."""
+    link = ParentLink(link_path)
+    provider = setup_tracing(settings)
+
+    def flush() -> None:
+        if provider is not None:
+            provider.force_flush()
+
+    proc.userdata[USERDATA_KEY] = JobRuntime(
+        settings,
+        remote_metrics(link),
+        RemoteSessions(link),
+        provider.get_tracer("voicefleet.worker") if provider is not None else None,
+        flush,
+    )
+    if prewarm is not None:
+        prewarm(proc)
+
 
 class Job:
     """What an entrypoint gets for one session: the livekit `JobContext` plus the
@@ -102,7 +159,7 @@ class Job:
     def __init__(
         self,
         ctx: JobContext,
-        runtime: Runtime,
+        runtime: JobRuntime,
         observer: SessionObserver,
         resumed: tuple[Turn, ...] = (),
     ) -> None:
@@ -212,76 +269,103 @@ async def realtime_agent(job: Job) -> None:
     job.greet_resumed(session)
 
 
-def _job_main(runtime: Runtime, entrypoint: Entrypoint) -> Callable[[JobContext], Awaitable[None]]:
+SESSION_POLL_S: Final = 0.05
+
+
+async def livekit_entrypoint(entrypoint: Callable[[JobContext], Awaitable[None]], job: Job) -> None:
+    """A livekit-agents entrypoint (`JobContext` in, as in livekit-agents' examples) run as
+    a voicefleet job: the `AgentSession` it starts is observed for the worker's metrics
+    as soon as it is the job's primary session (livekit-agents offers no event for that,
+    hence the short poll, which ends with the session or the job)."""
+
+    async def observe_when_started() -> None:
+        while True:
+            with suppress(RuntimeError):
+                job.observe(job.ctx.primary_session)
+                return
+            await asyncio.sleep(SESSION_POLL_S)
+
+    watcher = asyncio.create_task(observe_when_started())
+
+    async def stop_watching(_: str) -> None:
+        watcher.cancel()
+
+    job.ctx.add_shutdown_callback(stop_watching)
+    await entrypoint(job.ctx)
+
+
+async def run_job(entrypoint: Entrypoint, ctx: JobContext) -> None:
+    """One job, in whichever executor runs it: the session's bookkeeping, metrics,
+    one-agent guard and resume around `entrypoint(job)`. Module-level so that
+    `functools.partial(run_job, entrypoint)` pickles into a job process."""
+    runtime: JobRuntime = ctx.proc.userdata[USERDATA_KEY]
     settings = runtime.settings
+    job_id, room = ctx.job.id, ctx.job.room.name
+    identity = ""
+    with suppress(Exception):
+        identity = ctx.local_participant_identity
+    runtime.sessions.start(job_id, room, identity)
+    span = runtime.tracer.start_span("voicefleet.session") if runtime.tracer else None
+    if span is not None:
+        span.set_attributes({"lk.job_id": job_id, "lk.room_name": room})
 
-    async def job_main(ctx: JobContext) -> None:
-        job_id, room = ctx.job.id, ctx.job.room.name
-        identity = ""
-        with suppress(Exception):
-            identity = ctx.local_participant_identity
-        runtime.sessions.start(job_id, room, identity)
-        span = runtime.tracer.start_span("voicefleet.session") if runtime.tracer else None
+    def span_end(outcome: str) -> None:
         if span is not None:
-            span.set_attributes({"lk.job_id": job_id, "lk.room_name": room})
+            span.set_attribute("voicefleet.outcome", outcome)
+            span.end()
 
-        def span_end(outcome: str) -> None:
-            if span is not None:
-                span.set_attribute("voicefleet.outcome", outcome)
-                span.end()
+    # The room stays in /sessions until the agent has left it (see JobEnd).
+    ending = JobEnd(runtime.sessions, job_id, span_end)
 
-        # The room stays in /sessions until the agent has left it (see JobEnd).
-        ending = JobEnd(runtime.sessions, job_id, span_end)
+    def on_close(outcome: str) -> None:
+        ending.closing(outcome)
+        ctx.shutdown(reason=f"session closed ({outcome})")
 
-        def on_close(outcome: str) -> None:
-            ending.closing(outcome)
-            ctx.shutdown(reason=f"session closed ({outcome})")
+    observer = SessionObserver(
+        metrics=runtime.metrics,
+        job_id=job_id,
+        room=room,
+        log_transcripts=settings.config.observability.logTranscripts,
+        received_at=job_received_at(ctx),
+        on_ready=lambda: runtime.sessions.joined(job_id),
+        on_close=on_close,
+    )
+    observer.attach_room(ctx.room)
+    # Another agent of this VoiceAgent dispatched here later: this one leaves.
+    OneAgentGuard(
+        ctx.room,
+        settings.config.agentName,
+        lambda _: on_close("duplicate"),
+        lambda identity: remove_participant(settings, room, identity),
+        {"job_id": job_id, "room": room},
+    ).attach()
+    resumed, writer = await _resume(
+        ctx,
+        runtime,
+        job_id,
+        observer,
+        handed_over=lambda: ending.outcome == "duplicate" or observer.removed,
+    )
+    if writer is not None:
+        observer.on_turn = writer.add
 
-        observer = SessionObserver(
-            metrics=runtime.metrics,
-            job_id=job_id,
-            room=room,
-            log_transcripts=settings.config.observability.logTranscripts,
-            received_at=job_received_at(ctx),
-            on_ready=lambda: runtime.sessions.joined(job_id),
-            on_close=on_close,
-        )
-        observer.attach_room(ctx.room)
-        # Another agent of this VoiceAgent dispatched here later: this one leaves.
-        OneAgentGuard(
-            ctx.room,
-            settings.config.agentName,
-            lambda _: on_close("duplicate"),
-            lambda identity: remove_participant(settings, room, identity),
-            {"job_id": job_id, "room": room},
-        ).attach()
-        resumed, writer = await _resume(
-            ctx,
-            runtime,
-            job_id,
-            observer,
-            handed_over=lambda: ending.outcome == "duplicate" or observer.removed,
-        )
-        if writer is not None:
-            observer.on_turn = writer.add
+    async def on_shutdown(reason: str) -> None:
+        # livekit-agents runs shutdown callbacks after disconnecting from the room
+        ending.left()
+        await asyncio.to_thread(runtime.flush)  # a job process may exit next
 
-        async def on_shutdown(reason: str) -> None:
-            # livekit-agents runs shutdown callbacks after disconnecting from the room
-            ending.left()
-
-        ctx.add_shutdown_callback(on_shutdown)
-        log.info(
-            "session starting",
-            extra={"job_id": job_id, "room": room, "resumed_turns": len(resumed)},
-        )
-        try:
-            await entrypoint(Job(ctx, runtime, observer, resumed))
-        except Exception:
-            log.exception("session entrypoint failed", extra={"job_id": job_id, "room": room})
-            ending.closing("error")
-            ctx.shutdown(reason="entrypoint failed")
-
-    return job_main
+    ctx.add_shutdown_callback(on_shutdown)
+    log.info(
+        "session starting",
+        # pid: which job process (or the worker process, for a job thread) runs the call
+        extra={"job_id": job_id, "room": room, "resumed_turns": len(resumed), "pid": os.getpid()},
+    )
+    try:
+        await entrypoint(Job(ctx, runtime, observer, resumed))
+    except Exception:
+        log.exception("session entrypoint failed", extra={"job_id": job_id, "room": room})
+        ending.closing("error")
+        ctx.shutdown(reason="entrypoint failed")
 
 
 class RoomMetadataSink:
@@ -334,7 +418,7 @@ def _callers_now(ctx: JobContext) -> set[str]:
 
 async def _resume(
     ctx: JobContext,
-    runtime: Runtime,
+    runtime: JobRuntime,
     job_id: str,
     observer: SessionObserver,
     handed_over: Callable[[], bool] = lambda: False,
@@ -423,20 +507,41 @@ async def _resume(
 
 
 LIVEKIT_RETRIES: Final = 2**31 - 1  # at most 10 s apart: forever
+# A new job process imports livekit-agents and the plugins before its first job
+# (livekit-agents' default allows 10 s; a busy node can take longer)
+PROCESS_SETUP_TIMEOUT_S: Final = 30.0
 
 
-def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
+def build_server(
+    runtime: Runtime,
+    entrypoint: Entrypoint,
+    link_path: str | None = None,
+    prewarm: Prewarm | None = None,
+) -> AgentServer:
+    """The `AgentServer`; jobs in processes report through the job link at `link_path`;
+    `prewarm` runs once in each job process (or thread) before its job."""
     s = runtime.settings
     capacity = s.config.sessions.maxPerWorker
     target = s.config.livekitTargetLoad
     os.environ.setdefault(PRELOAD_LOCAL_INFERENCE_ENV, "0")
+    setup: Callable[[JobProcess], None]
+    if s.job_executor == "process":
+        if link_path is None:
+            raise ValueError("jobs in processes need the job link's path")
+        executor = JobExecutorType.PROCESS
+        setup = functools.partial(setup_job_process, s, link_path, prewarm)
+    else:
+        executor = JobExecutorType.THREAD
+        setup = functools.partial(setup_job_thread, runtime.job_runtime(), prewarm)
 
     def load_fnc(server: AgentServer) -> float:
         # the jobs livekit-agents runs, so its per-job estimate matches (see load.py)
         return session_load(len(server.active_jobs), capacity, target)
 
     server = AgentServer(
-        job_executor_type=JobExecutorType.THREAD,
+        job_executor_type=executor,
+        setup_fnc=setup,
+        initialize_process_timeout=PROCESS_SETUP_TIMEOUT_S,
         load_threshold=full_threshold(target),
         drain_timeout=s.config.sessions.drainTimeoutSeconds,
         num_idle_processes=idle_processes(capacity),
@@ -454,7 +559,9 @@ def build_server(runtime: Runtime, entrypoint: Entrypoint) -> AgentServer:
         log_level="INFO",
     )
     server.rtc_session(
-        _job_main(runtime, entrypoint), agent_name=s.config.agentName, on_request=accept_marked
+        functools.partial(run_job, entrypoint),
+        agent_name=s.config.agentName,
+        on_request=accept_marked,
     )
     return server
 
@@ -494,12 +601,13 @@ async def watch_registration(
         on_change(False)
 
 
-async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
+async def serve(runtime: Runtime, entrypoint: Entrypoint, prewarm: Prewarm | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain. Returns the process exit code."""
     from .endpoint import MetricsServer, make_app
 
     s = runtime.settings
-    server = build_server(runtime, entrypoint)
+    link = JobLinkServer(runtime.sessions, runtime.metrics) if s.job_executor == "process" else None
+    server = build_server(runtime, entrypoint, await link.start() if link else None, prewarm)
     endpoint = MetricsServer(
         make_app(
             runtime.metrics,
@@ -527,6 +635,8 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
             "metrics_port": endpoint.port,
             "health_port": s.health_port,
             "capacity": s.config.sessions.maxPerWorker,
+            "job_executor": s.job_executor,
+            "agent": s.agent_module or "voicefleet",
         },
     )
     loop = asyncio.get_running_loop()
@@ -570,6 +680,8 @@ async def serve(runtime: Runtime, entrypoint: Entrypoint) -> int:
         with suppress(BaseException):
             await run_task
         await endpoint.aclose()
+        if link is not None:
+            await link.aclose()
         if runtime.tracer_provider is not None:
             with suppress(Exception):
                 await asyncio.to_thread(runtime.tracer_provider.shutdown)

@@ -1,5 +1,6 @@
-"""The sessions this worker serves now: one thread-safe registry behind `/sessions`,
-the session gauges and the drain outcome bookkeeping. Every change to what `report()`
+"""The sessions this worker serves now: one thread-safe registry behind `/sessions`, the
+session gauges and the drain outcome bookkeeping, in the worker process (job processes
+report to it through job_link.py). Every change to what `report()`
 returns wakes the `/sessions` long polls (`changes`), from whichever thread made it."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from voicefleet_contract.sessions import ChangeNotifier, RoomSession, SessionsReport
 
@@ -20,6 +22,15 @@ class Session:
     room: str
     participant: str = ""
     started_at: float = 0.0  # unix seconds: the job started, then the agent joined
+
+
+class SessionSink(Protocol):
+    """Where a job reports its session: the registry itself (a job thread), or the link to
+    the worker process that holds it (a job process, job_link.RemoteSessions)."""
+
+    def start(self, job_id: str, room: str, participant: str = "") -> object: ...
+    def joined(self, job_id: str) -> None: ...
+    def end(self, job_id: str, outcome: str) -> object: ...
 
 
 class SessionRegistry:
@@ -121,7 +132,7 @@ class JobEnd:
 
     def __init__(
         self,
-        registry: SessionRegistry,
+        registry: SessionSink,
         job_id: str,
         on_end: Callable[[str], None] | None = None,
     ) -> None:
