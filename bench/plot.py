@@ -104,7 +104,8 @@ def call_capacity(data: dict[str, Any], out: Path) -> Path:
         axes[2].plot(ns, [lv["worker_mb_per_session"] for lv in at], "o-", color=color,
                      label=label_)  # fmt: skip
     axes[0].set_ylabel("worker CPU per session (cores)")
-    axes[1].set_ylabel("worker's own overhead p95 (ms; shaded: turns unanswered)")
+    axes[1].set_ylabel("worker's own overhead p95 (ms)")
+    axes[1].set_title("dashed: 50 ms target; shaded: levels with turns unanswered", fontsize=8)
     axes[1].axhline(50, color="black", linestyle="--", linewidth=1)
     axes[1].set_yscale("symlog", linthresh=100)
     axes[2].set_ylabel("worker memory per session (MB PSS)")
