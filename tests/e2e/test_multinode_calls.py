@@ -60,7 +60,8 @@ pytestmark = [
 
 CALLS = 20
 WORKERS = 6
-MAX_PER_WORKER = 5  # measured: a worker answers every turn at 5 sessions, not at 10 (bench/results/call.json)
+# measured: a worker answers every turn at 5 sessions, not at 10 (bench/results/call.json)
+MAX_PER_WORKER = 5
 PROCS = 4  # caller processes (see multinode_callers.py)
 JOIN_S = 480.0  # every caller joined, had its agent, was answered
 REPO = Path(__file__).resolve().parents[2]
