@@ -63,6 +63,11 @@ class PodWorker:
         meta = pod["metadata"]
         self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.dir: Path = ctx.pods_dir / self.ns / self.name
+        # A container's /tmp is short in a cluster; the pod directory here is deep, and a
+        # unix socket's path is limited to 107 bytes (Python's multiprocessing forkserver
+        # and the worker's job link bind theirs in TMPDIR). TMPDIR is a short link in /tmp
+        # to the pod's own tmp, removed with the pod.
+        self.tmp_link = Path("/tmp") / f"vfpod-{self.uid.replace('-', '')[:16]}"
         spec = pod["spec"]
         self.restart_policy: str = spec.get("restartPolicy", "Always")
         prior = {c["name"]: c for c in (pod.get("status") or {}).get("containerStatuses") or []}
@@ -114,6 +119,8 @@ class PodWorker:
     def _finish(self) -> None:
         if self._reporter:
             self._reporter.cancel()
+        with contextlib.suppress(OSError):
+            self.tmp_link.unlink()
         self.gone.set()
 
     # --- running -------------------------------------------------------------------------
@@ -138,7 +145,7 @@ class PodWorker:
         env = {
             "PATH": f"{self.ctx.python_bin_dir}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.dir / "home"),
-            "TMPDIR": str(self.dir / "tmp"),
+            "TMPDIR": str(self.tmp_link),
             "LANG": "C.UTF-8",
             "HOSTNAME": self.name,
             "KUBERNETES_SERVICE_HOST": host,
@@ -249,6 +256,8 @@ class PodWorker:
     async def _run(self) -> None:
         for sub in ("home", "tmp"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # a restarted node agent finds it
+            self.tmp_link.symlink_to(self.dir / "tmp", target_is_directory=True)
         facts, secrets, configmaps, volume_dirs = await self._prepare()
         spec = self.pod["spec"]
         for container, view in zip(spec.get("initContainers") or [], self.init_views, strict=True):
