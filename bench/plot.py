@@ -65,11 +65,12 @@ def autoscale(data: dict[str, Any], out: Path) -> Path:
     first = axes if len(sizes) == 1 else axes[0]
     first.set_ylabel("step -> new spec.replicas (s, log)")
     run = data.get("run", {})
-    fig.suptitle(
-        f"autoscale reaction per step (solid p50, dashed p95, or max under 20 steps), rev {run.get('revision_at_start')}, "
-        f"{run.get('started')}",
-        fontsize=9,
-    )
+    title = "autoscale reaction per step (solid p50, dashed p95, or max under 20 steps)"
+    return _save(fig, f"{title}, rev {run.get('revision_at_start')}, {run.get('started')}", out)
+
+
+def _save(fig: Any, title: str, out: Path) -> Path:
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -116,16 +117,11 @@ def call_capacity(data: dict[str, Any], out: Path) -> Path:
         ax.legend(fontsize=8)
     run = data.get("run", {})
     load = [round((run.get(k) or [0.0])[0], 1) for k in ("load_before", "load_after")]
-    fig.suptitle(
+    title = (
         f"call capacity per worker mode, rev {run.get('revision_at_start')}, "
-        f"{run.get('started')}, 1-min load {load[0]} before, {load[1]} after",
-        fontsize=9,
+        f"{run.get('started')}, 1-min load {load[0]} before, {load[1]} after"
     )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, title, out)
 
 
 PLOTS = {
