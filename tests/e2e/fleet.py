@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 # The stock worker image; the testbed's image table runs it as `python -m voicefleet_worker`.
 WORKER_IMAGE = "ghcr.io/voicefleet/worker:0.1.0"
+TEST_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
 SPEECH_S = 0.8  # each caller turn: this much speech, then silence
 SILENCE_MS = 300  # the model's VAD: this much quiet ends the caller's turn
 RESPONSE_MS = 600  # the stand-in's answer: a tone this long
@@ -168,7 +169,9 @@ class Fleet:
                 "bufferSessions": shape.buffer_sessions,
                 "scaleDownStabilizationSeconds": shape.window_s,
             },
-            "template": {"image": WORKER_IMAGE},
+            # The product's default requests (600m a worker: docs/worker.md) fit 3 workers
+            # on the 2-core real node; these tests scale to 5 and measure no capacity.
+            "template": {"image": WORKER_IMAGE, "resources": {"requests": TEST_REQUESTS}},
         }
 
     async def create(self, shape: Shape) -> None:

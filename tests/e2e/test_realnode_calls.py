@@ -182,7 +182,7 @@ class PodNetFleet(Fleet):
         s = self.services
         spec["livekit"]["url"] = s.livekit_host_url if self.by_address else s.livekit_url
         spec["model"]["baseURL"] = self.services.openai_base_url(self.agent_name)
-        spec["template"] = {"image": self.image}
+        spec["template"]["image"] = self.image
         return spec
 
     def caller(self) -> Caller:

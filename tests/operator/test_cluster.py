@@ -112,7 +112,7 @@ def test_apply_creates_owned_children_and_becomes_ready(
     cols = [c["name"] for c in t["columnDefinitions"]]
     assert cols[:4] == ["Name", "Agent", "Ready", "Sessions"] and "Age" in cols
     row = t["rows"][0]["cells"]
-    assert row[:4] == ["support", "support", "1/1", "0/10"]
+    assert row[:4] == ["support", "support", "1/1", f"0/{DEFAULT_MAX_PER_WORKER}"]
     assert any(e["reason"] == "Created" for e in events(kube, namespace, "support"))
     assert 'voiceagent="support"' in operator.metrics()
 
