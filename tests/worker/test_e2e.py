@@ -22,6 +22,7 @@ from voicefleet_contract import Env
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, float32
 from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.metrics import WORKER_METRICS
+from voicefleet_contract.sessions import SessionsReport
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
@@ -161,6 +162,15 @@ async def _joined(caller: Caller, timeout: float = 30) -> None:
     assert await caller.wait_agent(timeout), "no agent joined the room"
 
 
+async def _one_session(w: WorkerProc, caller: Caller) -> SessionsReport:
+    """The worker lists exactly one session, the caller's room; its report."""
+    report: SessionsReport = await until(
+        lambda: w.sessions().activeSessions == 1 and w.sessions(), 10, "/sessions"
+    )
+    assert report.rooms[0].room == caller.room_name
+    return report
+
+
 def _sessions_rooms(w: WorkerProc) -> set[str]:
     return {r.room for r in w.sessions().rooms}
 
@@ -178,10 +188,7 @@ async def test_call_turns_interruption_tool_reconnect_and_metrics(
     try:
         await _joined(caller)
         # the worker reports the room and the agent's identity
-        report = await until(
-            lambda: w.sessions().activeSessions == 1 and w.sessions(), 10, "/sessions"
-        )
-        assert report.rooms[0].room == caller.room_name
+        report = await _one_session(w, caller)
         assert report.rooms[0].participant in caller.agents
 
         # a turn: the caller speaks, the agent answers with audio
@@ -410,10 +417,7 @@ async def test_a_livekit_agents_module_runs_unchanged_and_drains(make_agent: Any
     caller = agent.caller()
     try:
         await _joined(caller)
-        report = await until(
-            lambda: w.sessions().activeSessions == 1 and w.sessions(), 10, "/sessions"
-        )
-        assert report.rooms[0].room == caller.room_name
+        await _one_session(w, caller)
         half = float32(DEFAULT_TARGET_LOAD / 2)  # one of maxPerWorker 2
         await until(
             lambda: float32(w.worker_info().get("worker_load", 0.0)) == half,

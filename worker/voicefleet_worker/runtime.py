@@ -86,7 +86,8 @@ class JobRuntime:
     metrics: WorkerMetrics
     sessions: SessionSink
     tracer: trace.Tracer | None = None
-    flush: Callable[[], None] = lambda: None  # the job process's spans, at each job's end
+    # a job process's own spans, flushed at each job's end (None: nothing to flush)
+    flush: Callable[[], object] | None = None
 
 
 @dataclass
@@ -136,17 +137,12 @@ def setup_job_process(
     agent's own prewarm (a custom agent's models, loaded once per process)."""
     link = ParentLink(link_path)
     provider = setup_tracing(settings)
-
-    def flush() -> None:
-        if provider is not None:
-            provider.force_flush()
-
     proc.userdata[USERDATA_KEY] = JobRuntime(
         settings,
         remote_metrics(link),
         RemoteSessions(link),
         provider.get_tracer("voicefleet.worker") if provider is not None else None,
-        flush,
+        provider.force_flush if provider is not None else None,
     )
     if prewarm is not None:
         prewarm(proc)
@@ -352,7 +348,8 @@ async def run_job(entrypoint: Entrypoint, ctx: JobContext) -> None:
     async def on_shutdown(reason: str) -> None:
         # livekit-agents runs shutdown callbacks after disconnecting from the room
         ending.left()
-        await asyncio.to_thread(runtime.flush)  # a job process may exit next
+        if runtime.flush is not None:  # a job process may exit next
+            await asyncio.to_thread(runtime.flush)
 
     ctx.add_shutdown_callback(on_shutdown)
     log.info(
