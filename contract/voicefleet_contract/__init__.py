@@ -6,6 +6,7 @@ operator renders pod templates from these; the worker reads its configuration th
 them; `tests/test_contract.py` renders a pod template and feeds it to the worker's loader.
 """
 
+import re
 from typing import Final
 
 GROUP: Final = "voicefleet.dev"
@@ -78,15 +79,23 @@ class Env:
     OPENAI_API_KEY: Final = "OPENAI_API_KEY"  # always a secretKeyRef
     OTLP_ENDPOINT: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
     # Where jobs run: `process` (livekit-agents' job processes) or `thread`; see
-    # docs/worker.md for the measured trade-off. Not set by the operator: the image default.
+    # docs/worker.md for the measured trade-off. From spec.agent.jobExecutor when set,
+    # else the image's own default.
     JOB_EXECUTOR: Final = "VOICEFLEET_JOB_EXECUTOR"
     # Bring your own agent: `<module>[:<attribute>]`, a livekit-agents agent module run
-    # unchanged (docs/worker.md). Set by a custom image's ENV, not by the operator.
+    # unchanged (docs/worker.md). From spec.agent.module when set, else a custom image's ENV.
     AGENT: Final = "VOICEFLEET_AGENT"
     # From the worker-keys Secret the operator makes per VoiceAgent (WORKER_KEYS_*):
     RESUME_KEY: Final = "VOICEFLEET_RESUME_KEY"  # AES-256 key (base64) sealing the summary
     SESSIONS_TOKEN: Final = "VOICEFLEET_SESSIONS_TOKEN"  # bearer token for /sessions
 
+
+JOB_EXECUTORS: Final = ("process", "thread")
+# `<module>[:<attribute>]`: a dotted Python module path, optionally one attribute in it.
+AGENT_MODULE_RE: Final = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$"
+)
+MAX_AGENT_MODULE: Final = 255
 
 SECRET_ENV: Final = frozenset(
     {

@@ -17,7 +17,17 @@ from typing import Any, Final
 
 import yaml
 
-from voicefleet_contract import CONFIG_MOUNT_PATH, GROUP, KIND, PLURAL, SECRET_ENV, VERSION
+from voicefleet_contract import (
+    AGENT_MODULE_RE,
+    CONFIG_MOUNT_PATH,
+    GROUP,
+    JOB_EXECUTORS,
+    KIND,
+    MAX_AGENT_MODULE,
+    PLURAL,
+    SECRET_ENV,
+    VERSION,
+)
 from voicefleet_contract.capacity import (
     DEFAULT_MAX_PER_WORKER,
     DEFAULT_TARGET_LOAD,
@@ -44,6 +54,7 @@ from .spec import (
     DISPATCH_TYPES,
     DNS1123_LABEL_RE,
     DNS1123_SUBDOMAIN_RE,
+    ENV_FROM_SPEC,
     ENV_NAME_RE,
     IMAGE_RE,
     MAX_ADDRESSES,
@@ -546,6 +557,14 @@ def autoscaling_schema() -> Schema:
 def env_schema() -> Schema:
     reserved_secret = _cel_list(SECRET_ENV)
     reserved_other = _cel_list(RESERVED_ENV - SECRET_ENV)
+    from_spec = [
+        rule(
+            f"self.name != '{env}'",
+            f"{env} is set from {field}; set it there",
+            field_path=".name",
+        )
+        for env, field in sorted(ENV_FROM_SPEC.items())
+    ]
     return array(
         "Extra environment variables for the worker container (Kubernetes EnvVar).",
         obj(
@@ -573,6 +592,7 @@ def env_schema() -> Schema:
                     ),
                     field_path=".name",
                 ),
+                *from_spec,
                 rule(
                     f"!self.name.startsWith('{TOOL_HEADER_ENV_PREFIX}')",
                     message_expression=(
@@ -916,6 +936,31 @@ def telephony_schema() -> Schema:
     )
 
 
+def agent_schema() -> Schema:
+    return obj(
+        "What code the workers run. Unset: the stock OpenAI Realtime agent configured by "
+        "spec.model. module: a livekit-agents agent of your own in the image, run unchanged "
+        "(docs/worker.md, Bring your own agent).",
+        {
+            "module": string(
+                "<module>[:<attribute>] of an agent written as livekit-agents' examples are "
+                "(an AgentServer with @server.rtc_session, or entrypoint(ctx) with an "
+                "optional prewarm), importable in the image; workers get it as "
+                "VOICEFLEET_AGENT. With it spec.model is optional: the module's plugins read "
+                "their own keys (spec.template.env from Secrets).",
+                maxLength=MAX_AGENT_MODULE,
+                pattern=AGENT_MODULE_RE.pattern,
+            ),
+            "jobExecutor": string(
+                "Where jobs run: process (livekit-agents' job processes: a crash or a "
+                "GIL-bound plugin takes one call) or thread (cheaper, measured in "
+                "docs/worker.md). Default: process for a module, thread for the stock agent.",
+                enum=list(JOB_EXECUTORS),
+            ),
+        },
+    )
+
+
 def spec_schema() -> Schema:
     return obj(
         "The desired agent fleet.",
@@ -935,6 +980,7 @@ def spec_schema() -> Schema:
                 MAX_REPLICAS,
             ),
             "livekit": livekit_schema(),
+            "agent": agent_schema(),
             "model": model_schema(),
             "tools": array(
                 "HTTP tools the model may call (function calling without code).",
@@ -1011,7 +1057,14 @@ def spec_schema() -> Schema:
             "template": template_schema(),
             "telephony": telephony_schema(),
         },
-        required=("livekit", "model"),
+        required=("livekit",),
+        rules=(
+            rule(
+                "has(self.model) || (has(self.agent) && has(self.agent.module))",
+                "spec.model is required unless spec.agent.module names an agent of your own",
+                reason="FieldValueRequired",
+            ),
+        ),
     )
 
 

@@ -115,8 +115,10 @@ def secret_refs(spec: VoiceAgentSpec) -> list[tuple[SecretKeyRef, str, str]]:
     refs = [
         (spec.livekit.api_key_ref, f"{lk}.credentialsSecret", f"{lk}.apiKeyKey"),
         (spec.livekit.api_secret_ref, f"{lk}.credentialsSecret", f"{lk}.apiSecretKey"),
-        (spec.apiKeySecret, "spec.model.apiKeySecret.name", "spec.model.apiKeySecret.key"),
     ]
+    if spec.apiKeySecret is not None:
+        m = "spec.model.apiKeySecret"
+        refs.append((spec.apiKeySecret, f"{m}.name", f"{m}.key"))
     for h in spec.tool_headers:
         p = f"{h.path}.valueFrom.secretKeyRef"
         refs.append((h.ref, f"{p}.name", f"{p}.key"))

@@ -292,7 +292,12 @@ def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]
         {"name": Env.LIVEKIT_URL, "value": lk.url},
         _secret_env(Env.LIVEKIT_API_KEY, lk.api_key_ref.name, lk.api_key_ref.key),
         _secret_env(Env.LIVEKIT_API_SECRET, lk.api_secret_ref.name, lk.api_secret_ref.key),
-        _secret_env(Env.OPENAI_API_KEY, spec.apiKeySecret.name, spec.apiKeySecret.key),
+        # In this place, where it always was: moving it would roll every running fleet.
+        *(
+            [_secret_env(Env.OPENAI_API_KEY, spec.apiKeySecret.name, spec.apiKeySecret.key)]
+            if spec.apiKeySecret
+            else []
+        ),
         # Tool headers (agent.json names the variable, never the value).
         *(_secret_env(h.env, h.ref.name, h.ref.key) for h in spec.tool_headers),
         _secret_env(Env.RESUME_KEY, ChildNames.of(spec.name).keys, WORKER_KEYS_RESUME),
@@ -301,6 +306,10 @@ def render_env(spec: VoiceAgentSpec, settings: Settings) -> list[dict[str, Any]]
         env.append(
             _secret_env(Env.SESSIONS_TOKEN, ChildNames.of(spec.name).keys, WORKER_KEYS_TOKEN)
         )
+    if spec.agent.module is not None:
+        env.append({"name": Env.AGENT, "value": spec.agent.module})
+    if spec.agent.jobExecutor is not None:
+        env.append({"name": Env.JOB_EXECUTOR, "value": spec.agent.jobExecutor})
     user = [dict(e) for e in spec.template.env]
     if settings.otlp_endpoint and all(e["name"] != Env.OTLP_ENDPOINT for e in user):
         env.append({"name": Env.OTLP_ENDPOINT, "value": settings.otlp_endpoint})

@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from voicefleet_contract import (
+    AGENT_MODULE_RE,
     CONFIG_MOUNT_PATH,
     CONFIG_VOLUME,
+    JOB_EXECUTORS,
     LABEL_INSTANCE,
     LABEL_NAME,
+    MAX_AGENT_MODULE,
     SECRET_ENV,
     WORKER_CONTAINER,
     Env,
@@ -89,6 +92,9 @@ RESERVED_ENV: Final = frozenset(
     }
     | SECRET_ENV
 )
+# Env vars the operator sets from a spec field when that field is set: the field is the
+# one place to say it (a template env entry would be a second, silently losing one).
+ENV_FROM_SPEC: Final = {Env.AGENT: "spec.agent.module", Env.JOB_EXECUTOR: "spec.agent.jobExecutor"}
 # Tool headers' values (spec.tools[].headers) reach workers as these env vars.
 TOOL_HEADER_ENV_PREFIX: Final = "VOICEFLEET_TOOL_"
 # Pod labels the selector depends on: a template label may not override them.
@@ -157,6 +163,15 @@ class LiveKit:
     @property
     def api_secret_ref(self) -> SecretKeyRef:
         return SecretKeyRef(self.credentialsSecret, self.apiSecretKey)
+
+
+@dataclass(frozen=True)
+class Agent:
+    """What code the workers run: the stock Realtime agent (module None) or a livekit-agents
+    module of one's own in the image (`<module>[:<attribute>]`), and where its jobs run."""
+
+    module: str | None = None
+    jobExecutor: str | None = None  # None: the worker's default for that agent
 
 
 @dataclass(frozen=True)
@@ -248,8 +263,9 @@ class VoiceAgentSpec:
     name: str
     namespace: str
     livekit: LiveKit
-    apiKeySecret: SecretKeyRef
+    apiKeySecret: SecretKeyRef | None  # None only with agent.module: the module's own keys
     config: AgentConfig  # exactly what the worker reads (agent.json)
+    agent: Agent = field(default_factory=Agent)
     replicas: int | None = None
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     disruption: Disruption = field(default_factory=Disruption)
@@ -461,7 +477,7 @@ def _tools(raw: list[Any]) -> tuple[list[Any], tuple[ToolHeaderRef, ...]]:
 def _config(
     name: str, namespace: str, spec: Mapping[str, Any], livekit: LiveKit
 ) -> tuple[AgentConfig, tuple[ToolHeaderRef, ...]]:
-    model = _obj(spec.get("model"), "spec.model", required=True)
+    model = _obj(spec.get("model"), "spec.model")
     _check_model(model)
     tools, header_refs = _tools(_list(spec, "tools", "spec", MAX_TOOLS))
     agent_name = _str(spec, "agentName", "spec", pattern=AGENT_NAME_RE) or name
@@ -492,6 +508,34 @@ def _spec_path(config_field: str) -> str:
         "namespace": "metadata.namespace",
     }
     return renames.get(config_field, f"spec.{config_field}")
+
+
+def _agent(raw: Any) -> Agent:
+    path = "spec.agent"
+    d = _obj(raw, path)
+    module = _str(d, "module", path, pattern=AGENT_MODULE_RE, max_len=MAX_AGENT_MODULE)
+    executor = d.get("jobExecutor")
+    if executor is not None and executor not in JOB_EXECUTORS:
+        raise SpecError(
+            f"{path}.jobExecutor", f"must be one of {', '.join(JOB_EXECUTORS)}; got {executor!r}"
+        )
+    unknown = set(d) - {"module", "jobExecutor"}
+    if unknown:
+        raise SpecError(path, f"unknown fields {sorted(unknown)}")
+    return Agent(module, executor)
+
+
+def _api_key(spec: Mapping[str, Any], agent: Agent) -> SecretKeyRef | None:
+    """The Realtime API key's Secret. `spec.model` (and its key) is required by the stock
+    agent, optional for a module of one's own, which may use no OpenAI model at all."""
+    if spec.get("model") is None:
+        if agent.module is None:
+            raise SpecError(
+                "spec.model", "is required unless spec.agent.module names an agent of your own"
+            )
+        return None
+    model = _obj(spec.get("model"), "spec.model")
+    return _secret_ref(model.get("apiKeySecret"), "spec.model.apiKeySecret", "apiKey")
 
 
 def _autoscaling(raw: Any) -> Autoscaling:
@@ -552,6 +596,8 @@ def _env(items: list[Any]) -> tuple[dict[str, Any], ...]:
                 "spec.livekit.credentialsSecret or spec.model.apiKeySecret; "
                 "it cannot be set in spec.template.env, least of all as a literal value",
             )
+        if name in ENV_FROM_SPEC:
+            raise SpecError(f"{p}.name", f"{name} is set from {ENV_FROM_SPEC[name]}; set it there")
         if name in RESERVED_ENV or (name or "").startswith(TOOL_HEADER_ENV_PREFIX):
             raise SpecError(f"{p}.name", f"{name} is set by the operator and cannot be overridden")
         if "value" in e and "valueFrom" in e:
@@ -779,8 +825,8 @@ def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
         )
     d = _obj(spec, "spec", required=True)
     livekit = _livekit(d.get("livekit"))
-    model = _obj(d.get("model"), "spec.model", required=True)
-    api_key = _secret_ref(model.get("apiKeySecret"), "spec.model.apiKeySecret", "apiKey")
+    agent = _agent(d.get("agent"))
+    api_key = _api_key(d, agent)
     config, tool_headers = _config(name, namespace, d, livekit)
     return VoiceAgentSpec(
         name=name,
@@ -788,6 +834,7 @@ def parse_spec(name: str, namespace: str, spec: Any) -> VoiceAgentSpec:
         livekit=livekit,
         apiKeySecret=api_key,
         config=config,
+        agent=agent,
         tool_headers=tool_headers,
         replicas=_int(d, "replicas", "spec", None, 0, MAX_REPLICAS),
         autoscaling=_autoscaling(d.get("autoscaling")),

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from voicefleet_contract import METRICS_PORT
 from voicefleet_contract.sessions import SessionsReport, parse_sessions
+from voicefleet_operator.render import ChildNames
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.procs import start_time
@@ -110,10 +111,12 @@ class WorkerFleet:
         max_per_worker: int = 4,
         spread: bool = False,
         env: dict[str, str] | None = None,
+        agent: dict[str, str] | None = None,
     ) -> None:
         """`spread`: the workers spread evenly over the nodes (a topology spread constraint
         on the hostname, as a team running agents on several nodes sets), so that a node
-        lost takes only its share. `env`: spec.template.env of the workers."""
+        lost takes only its share. `env`: spec.template.env of the workers; `agent`:
+        spec.agent."""
         self.replicas = replicas
         await self.standin.reset()
         await self.standin.configure(modelDelayMs=200, responseMs=800)
@@ -131,6 +134,8 @@ class WorkerFleet:
             "replicas": replicas,
             "template": {"image": WORKER_IMAGE},
         }
+        if agent:
+            spec["agent"] = agent
         if env:
             spec["template"]["env"] = [{"name": k, "value": v} for k, v in env.items()]
         if spread:
@@ -144,6 +149,13 @@ class WorkerFleet:
             ]
         self.kube.create(voiceagent(self.name, self.ns, spec))
         await until(lambda: self.registered(replicas), timeout, f"{replicas} registered workers")
+
+    def deployment_env(self) -> dict[str, str]:
+        """The worker container's literal env values as the operator rendered them."""
+        name = ChildNames.of(self.name).deployment
+        d: Any = self.kube.apps.read_namespaced_deployment(name, self.ns)
+        env = d.spec.template.spec.containers[0].env or []
+        return {e.name: e.value for e in env if e.value is not None}
 
     def pods(self) -> list[dict[str, Any]]:
         items = self.kube.core.list_namespaced_pod(

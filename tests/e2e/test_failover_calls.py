@@ -37,10 +37,11 @@ async def workers(
     name: str,
     replicas: int = 2,
     env: dict[str, str] | None = None,
+    agent: dict[str, str] | None = None,
 ) -> AsyncIterator[WorkerFleet]:
     f = WorkerFleet(stack, kube, namespace, name)
     try:
-        await f.start(replicas=replicas, env=env)
+        await f.start(replicas=replicas, env=env, agent=agent)
         yield f
     finally:
         await f.close()
@@ -117,17 +118,19 @@ async def test_a_livekit_agents_module_deployed_by_a_voiceagent_is_failed_over(
     stack: Stack, kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     """Issue 16: examples/livekit-agent, written as livekit-agents' examples are (nothing of
-    ours), deployed by a VoiceAgent through spec.template.env (`VOICEFLEET_AGENT`):
-    dispatched by LiveKit, it answers, its worker lists the call in /sessions, and when
-    that worker is SIGKILLed the call is served again by the other. The testbed's worker
-    "image" is this checkout, so PYTHONPATH points at the example where a real image
-    would `pip install` it; the example's model reads OPENAI_BASE_URL (the stand-in)."""
+    ours), deployed by a VoiceAgent's spec.agent.module: dispatched by LiveKit, it
+    answers, its worker lists the call in /sessions, and when that worker is SIGKILLed the
+    call is served again by the other. The testbed's worker "image" is this checkout, so
+    PYTHONPATH points at the example where a real image would `pip install` it; the
+    example's model reads OPENAI_BASE_URL (the stand-in) and, since it uses OpenAI, its key
+    from spec.model.apiKeySecret."""
     env = {
-        Env.AGENT: "livekit_agent",
         "PYTHONPATH": str(REPO / "examples" / "livekit-agent"),
         "OPENAI_BASE_URL": stack.openai_base_url(f"byo-{namespace[-5:]}"),
     }
-    async with workers(stack, kube, namespace, "byo", env=env) as f:
+    agent = {"module": "livekit_agent"}
+    async with workers(stack, kube, namespace, "byo", env=env, agent=agent) as f:
+        assert f.deployment_env()[Env.AGENT] == "livekit_agent"
         assert f.scenario == f"byo-{namespace[-5:]}"
         caller = await f.call(f"byo-{namespace}")
         _, listed = await f.serving(caller.room_name)

@@ -85,7 +85,9 @@ def test_the_example_file_is_a_valid_voiceagent_with_its_secrets() -> None:
     lk = secrets[spec.livekit.credentialsSecret]["stringData"]
     assert lk[spec.livekit.apiKeyKey] == "devkey"
     assert len(lk[spec.livekit.apiSecretKey]) >= 32  # livekit-server refuses shorter secrets
-    assert spec.apiKeySecret.key in secrets[spec.apiKeySecret.name]["stringData"]
+    assert (
+        spec.apiKeySecret and spec.apiKeySecret.key in secrets[spec.apiKeySecret.name]["stringData"]
+    )
 
 
 def test_the_private_ca_example_is_valid_and_restricted() -> None:

@@ -85,6 +85,26 @@ def test_secrets_are_secret_key_refs_never_literal() -> None:
     assert env["EXTRA"] == {"name": "EXTRA", "value": "1"}
 
 
+def test_the_stock_agents_env_keeps_its_order() -> None:
+    """An operator upgrade must not roll running fleets: the env a spec without
+    spec.agent renders is the one it always rendered, in the same order."""
+    names = [e["name"] for e in _container(_children(minimal_spec()))["env"]]
+    assert names == [
+        Env.CONFIG_FILE, Env.POD_NAME, Env.POD_NAMESPACE, Env.POD_IP, Env.METRICS_PORT,
+        Env.HEALTH_PORT, Env.LOG_FORMAT, Env.LIVEKIT_URL, Env.LIVEKIT_API_KEY,
+        Env.LIVEKIT_API_SECRET, Env.OPENAI_API_KEY, Env.RESUME_KEY, Env.SESSIONS_TOKEN,
+    ]  # fmt: skip
+
+
+def test_an_agent_of_ones_own_is_env_and_needs_no_openai_key() -> None:
+    spec = {**minimal_spec(), "agent": {"module": "my_agent:server", "jobExecutor": "process"}}
+    del spec["model"]
+    env = {e["name"]: e for e in _container(_children(spec))["env"]}
+    assert env[Env.AGENT] == {"name": Env.AGENT, "value": "my_agent:server"}
+    assert env[Env.JOB_EXECUTOR] == {"name": Env.JOB_EXECUTOR, "value": "process"}
+    assert Env.OPENAI_API_KEY not in env
+
+
 def test_rollout_never_removes_a_worker_first_and_grace_covers_drain() -> None:
     spec = full_spec()
     d = _children(spec).deployment["spec"]

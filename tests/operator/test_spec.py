@@ -24,7 +24,20 @@ def test_minimal_spec_gets_defaults() -> None:
     assert s.config.model.voice == "marin"
     assert s.config.sessions.maxPerWorker == DEFAULT_MAX_PER_WORKER
     assert s.autoscaling.mode == "builtin" and s.autoscaling.minReplicas == 1
-    assert s.livekit.apiKeyKey == "apiKey" and s.apiKeySecret.key == "apiKey"
+    assert s.livekit.apiKeyKey == "apiKey"
+    assert s.apiKeySecret and s.apiKeySecret.key == "apiKey"
+    assert s.agent.module is None and s.agent.jobExecutor is None  # the stock agent
+
+
+def test_an_agent_of_ones_own_needs_no_model() -> None:
+    spec = {**minimal_spec(), "agent": {"module": "my_agent:server", "jobExecutor": "thread"}}
+    del spec["model"]
+    s = parse_spec("support", "voice", spec)
+    assert s.agent.module == "my_agent:server" and s.agent.jobExecutor == "thread"
+    assert s.apiKeySecret is None
+    # ... and one that does use OpenAI keeps its key from spec.model.
+    s = parse_spec("support", "voice", {**minimal_spec(), "agent": {"module": "my_agent"}})
+    assert s.apiKeySecret and s.apiKeySecret.name == "openai"
 
 
 def test_full_spec_parses() -> None:
@@ -55,6 +68,17 @@ def test_full_spec_parses() -> None:
         (lambda s: s["livekit"].pop("credentialsSecret"), "spec.livekit.credentialsSecret"),
         (lambda s: s["model"].pop("apiKeySecret"), "spec.model.apiKeySecret"),
         (lambda s: s.pop("livekit"), "spec.livekit"),
+        (lambda s: s.pop("model"), "spec.model"),
+        (lambda s: s.update(agent={"module": "my-agent.py"}), "spec.agent.module"),
+        (
+            lambda s: s.update(agent={"module": "a", "jobExecutor": "fork"}),
+            "spec.agent.jobExecutor",
+        ),
+        (lambda s: s.update(agent={"modules": "a"}), "spec.agent"),
+        (
+            lambda s: s.update(template={"env": [{"name": "VOICEFLEET_AGENT", "value": "a"}]}),
+            "spec.template.env[0].name",
+        ),
         (lambda s: s["model"].update(baseURL="not a url"), "spec.model.baseURL"),
         (lambda s: s["model"].update(temperature="hot"), "spec.model.temperature"),
         (lambda s: s.update(sessions={"maxPerWorker": 0}), "spec.sessions.maxPerWorker"),

@@ -64,6 +64,8 @@ def test_missing_env_names_it(tmp_path: Path, missing: str, field: str) -> None:
         ({Env.HEALTH_PORT: "70000"}, Env.HEALTH_PORT),
         ({Env.LOG_FORMAT: "xml"}, Env.LOG_FORMAT),
         ({Env.JOB_EXECUTOR: "fork"}, Env.JOB_EXECUTOR),
+        ({Env.AGENT: "my-agent.py"}, Env.AGENT),
+        ({Env.AGENT: "my_agent:server:extra"}, Env.AGENT),
     ],
 )
 def test_bad_env_names_it(tmp_path: Path, env_over: dict[str, str], field: str) -> None:
@@ -85,6 +87,20 @@ def test_where_jobs_run(tmp_path: Path, env_over: dict[str, str], executor: str)
     s = load_settings(worker_env(write_config(tmp_path, agent_config()), **env_over))
     assert s.job_executor == executor
     assert s.agent_module == env_over.get(Env.AGENT)
+
+
+def test_an_agent_module_of_ones_own_needs_no_openai_key(tmp_path: Path) -> None:
+    """model.apiKeySecret is optional with spec.agent.module: the worker starts without
+    OPENAI_API_KEY then (the module's plugins read their own keys); the stock agent not."""
+    env = worker_env(write_config(tmp_path, agent_config()), **{Env.AGENT: "pkg.agent:server"})
+    del env[Env.OPENAI_API_KEY]
+    s = load_settings(env)
+    assert s.agent_module == "pkg.agent:server" and s.secrets.openai_api_key == ""
+    assert "" not in s.secrets.values()  # nothing to redact is not "redact everything"
+    del env[Env.AGENT]
+    with pytest.raises(ConfigError) as e:
+        load_settings(env)
+    assert e.value.field == Env.OPENAI_API_KEY
 
 
 @pytest.mark.parametrize("address", ["127.1.2.3", "::", "0.0.0.0"])

@@ -4,19 +4,27 @@ does it (env, secretKeyRefs, the ConfigMap mount), is what the worker's loader a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from voicefleet_contract import HEALTH_PORT_NAME, METRICS_PORT_NAME, READY_PATH, Env
 from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings as OperatorSettings
 from voicefleet_operator.spec import parse_spec
-from voicefleet_worker.config import load_settings
+from voicefleet_worker.config import default_job_executor, load_settings
 
 from ..operator.test_contract import SECRETS, mounted_files, resolve_env
 from ..operator.util import full_spec, minimal_spec
 
 
+def _own_agent() -> dict[str, Any]:
+    """A VoiceAgent running a livekit-agents module of one's own, with no OpenAI model."""
+    raw = {**minimal_spec(), "agent": {"module": "my_agent:server", "jobExecutor": "thread"}}
+    del raw["model"]
+    return raw
+
+
 def test_worker_loads_the_rendered_pod(tmp_path: Path) -> None:
-    for i, raw in enumerate((minimal_spec(), full_spec())):
+    for i, raw in enumerate((minimal_spec(), full_spec(), _own_agent())):
         spec = parse_spec("support", "voice", raw)
         c = render_children(spec, Owner("support", "voice", "u"), OperatorSettings())
         configmaps = {c.configmap["metadata"]["name"]: c.configmap["data"]}
@@ -37,7 +45,13 @@ def test_worker_loads_the_rendered_pod(tmp_path: Path) -> None:
         # probes reach the pod IP, port-forward 127.0.0.1: the servers bind every address
         assert s.bind_address == "0.0.0.0"
         assert s.livekit_url == spec.config.livekitURL
-        assert s.secrets.openai_api_key in {v for d in SECRETS.values() for v in d.values()}
+        if spec.apiKeySecret:
+            assert s.secrets.openai_api_key in {v for d in SECRETS.values() for v in d.values()}
+        else:
+            assert Env.OPENAI_API_KEY not in env and s.secrets.openai_api_key == ""
+        # spec.agent is what the worker runs, and where its jobs run
+        assert s.agent_module == spec.agent.module
+        assert s.job_executor == (spec.agent.jobExecutor or default_job_executor(s.agent_module))
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert s.metrics_port == ports[METRICS_PORT_NAME]
         assert s.health_port == ports[HEALTH_PORT_NAME]

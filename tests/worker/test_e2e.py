@@ -18,7 +18,7 @@ from aiohttp import web
 from livekit import api, rtc
 from livekit.protocol.agent_pb import agent_session as agent_pb
 
-from voicefleet_contract import Env
+from voicefleet_contract import JOB_EXECUTORS, Env
 from voicefleet_contract.capacity import DEFAULT_TARGET_LOAD, float32
 from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.metrics import WORKER_METRICS
@@ -26,7 +26,6 @@ from voicefleet_contract.sessions import SessionsReport
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.realtime import StandInClient
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
-from voicefleet_worker.config import JOB_EXECUTORS
 from voicefleet_worker.resume import Binding, Turn, parse_key, read_summary
 
 from .proc import WorkerProc, worker_proc

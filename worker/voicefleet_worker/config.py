@@ -14,14 +14,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from voicefleet_contract import DEFAULT_BIND_ADDRESS, HEALTH_PORT, METRICS_PORT, Env
+from voicefleet_contract import (
+    AGENT_MODULE_RE,
+    DEFAULT_BIND_ADDRESS,
+    HEALTH_PORT,
+    JOB_EXECUTORS,
+    METRICS_PORT,
+    Env,
+)
 from voicefleet_contract.config import AgentConfig, ConfigError, parse_config
 
 from .resume import parse_key
 
 OPENAI_BASE_URL_ENV: Final = "OPENAI_BASE_URL"
 LOG_FORMATS: Final = ("json", "text")
-JOB_EXECUTORS: Final = ("process", "thread")
 
 
 def default_job_executor(agent_module: str | None) -> str:
@@ -36,6 +42,7 @@ def default_job_executor(agent_module: str | None) -> str:
 class Secrets:
     livekit_api_key: str = field(repr=False)
     livekit_api_secret: str = field(repr=False)
+    # "" for an agent module of one's own: its plugins read their own keys.
     openai_api_key: str = field(repr=False)
     # From the operator's worker-keys Secret; None when not set (a worker run by hand):
     # no resume summary is kept without a key, /sessions is open without a token.
@@ -43,8 +50,8 @@ class Secrets:
     sessions_token: str | None = field(default=None, repr=False)
 
     def values(self) -> tuple[str, ...]:
-        extra = (self.sessions_token,) if self.sessions_token else ()
-        return (self.livekit_api_key, self.livekit_api_secret, self.openai_api_key, *extra)
+        every = (self.livekit_api_key, self.livekit_api_secret, self.openai_api_key)
+        return tuple(v for v in (*every, self.sessions_token) if v)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,15 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     return value
 
 
+def _agent_module(env: Mapping[str, str]) -> str | None:
+    value = env.get(Env.AGENT, "").strip() or None
+    if value is not None and not AGENT_MODULE_RE.match(value):
+        raise ConfigError(
+            Env.AGENT, f"must be <module>[:<attribute>], e.g. my_agent:server; got {value!r}"
+        )
+    return value
+
+
 def _resume_key(env: Mapping[str, str]) -> bytes | None:
     raw = env.get(Env.RESUME_KEY, "").strip()
     if not raw:
@@ -130,15 +146,18 @@ def read_config_file(path: str) -> AgentConfig:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     config = read_config_file(_required(env, Env.CONFIG_FILE))
+    agent = _agent_module(env)
     secrets = Secrets(
         livekit_api_key=_required(env, Env.LIVEKIT_API_KEY),
         livekit_api_secret=_required(env, Env.LIVEKIT_API_SECRET),
-        openai_api_key=_required(env, Env.OPENAI_API_KEY),
+        # The stock agent talks to the Realtime API; a module of one's own may not.
+        openai_api_key=(
+            env.get(Env.OPENAI_API_KEY, "").strip() if agent else _required(env, Env.OPENAI_API_KEY)
+        ),
         resume_key=_resume_key(env),
         sessions_token=env.get(Env.SESSIONS_TOKEN, "").strip() or None,
     )
     log_format = _choice(env, Env.LOG_FORMAT, LOG_FORMATS, "text")
-    agent = env.get(Env.AGENT, "").strip() or None
     return Settings(
         config=config,
         secrets=secrets,
