@@ -241,7 +241,7 @@ def test_worker_image_imports_its_runtime_as_its_user(
         [
             "python",
             "-c",
-            "import os, livekit.agents, livekit.plugins.openai, voicefleet_worker.runtime;"
+            "import os, livekit.agents, livekit.plugins.openai, voicefleet_worker.lifecycle;"
             "print(os.getuid(), os.getgid(), os.environ['HOME'])",
         ],
         user=config(img)["User"],

@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from voicefleet_worker.lifecycle import watch_registration
 from voicefleet_worker.metrics import WorkerMetrics
-from voicefleet_worker.runtime import watch_registration
 
 
 class FakeServer:

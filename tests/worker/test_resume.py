@@ -22,6 +22,7 @@ from voicefleet_contract.livekit_url import http_url
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 from voicefleet_worker.config import load_settings
+from voicefleet_worker.job_runtime import Runtime
 from voicefleet_worker.observe import SessionObserver
 from voicefleet_worker.resume import (
     MAX_SUMMARY_BYTES,
@@ -48,7 +49,8 @@ from voicefleet_worker.resume import (
     unseal,
     without_section,
 )
-from voicefleet_worker.runtime import Job, RoomMetadataSink, Runtime
+from voicefleet_worker.room_resume import RoomMetadataSink
+from voicefleet_worker.sdk import Job
 
 from .util import RESUME_KEY, agent_config, worker_env, write_config
 

@@ -13,7 +13,8 @@ Custom agents use the same runtime::
         run(entrypoint)
 """
 
+from .job_runtime import Runtime
 from .main import run
-from .runtime import Job, Runtime, realtime_agent
+from .sdk import Job, realtime_agent
 
 __all__ = ["Job", "Runtime", "realtime_agent", "run"]

@@ -20,7 +20,9 @@ from voicefleet_contract.logs import setup_logging
 
 from .agent_module import load_agent
 from .config import Settings, load_settings
-from .runtime import Entrypoint, Prewarm, Runtime, livekit_entrypoint, realtime_agent, serve
+from .job_runtime import Prewarm, Runtime
+from .lifecycle import serve
+from .sdk import Entrypoint, livekit_entrypoint, realtime_agent
 from .tracing import setup_tracing
 
 EXIT_CONFIG = 2
