@@ -5,7 +5,7 @@ as the API server returns it after defaulting) and returns a `VoiceAgentSpec`, o
 `SpecError(field, message)` naming the field by its full path (`spec.model.voice`).
 
 The API server already rejects most bad input through the CRD schema and CEL rules
-(`crd.py`); this module re-checks what a render depends on, so the operator never crashes
+(`crdgen/crd.py`); this module re-checks what a render depends on, so the operator never crashes
 on an object that slipped past an older CRD, and judges what CEL cannot (label syntax,
 quantities, reserved names spelled in ways the schema cannot see). The agent
 configuration part (model, tools, sessions, failover, observability) is validated by the

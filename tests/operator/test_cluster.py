@@ -574,7 +574,7 @@ def test_long_names_are_rejected(operator: OperatorProcess, kube: Kube, namespac
 def test_defaults_from_the_server_match_spec_py(
     operator: OperatorProcess, kube: Kube, namespace: str
 ) -> None:
-    from voicefleet_operator import crd
+    from crdgen import crd
     from voicefleet_operator.spec import parse_spec
 
     s = spec()

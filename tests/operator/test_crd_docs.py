@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
+from crdgen import crd, crd_docs
 from voicefleet_contract import API_VERSION, KIND
-from voicefleet_operator import crd, crd_docs
 from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import parse_spec
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_checked_in_reference_is_generated_from_crd_py() -> None:
     on_disk = (REPO / "docs" / "voiceagent.md").read_text()
     assert on_disk == crd_docs.render(crd.build_crd()), (
-        "run: .venv/bin/python -m voicefleet_operator.crd --docs > docs/voiceagent.md"
+        "run: .venv/bin/python -m crdgen --docs > docs/voiceagent.md"
     )
 
 

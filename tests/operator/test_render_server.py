@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
+from crdgen import crd_docs
 from voicefleet_contract import GROUP, PLURAL, VERSION
-from voicefleet_operator import crd_docs
 from voicefleet_operator.render import Owner, render_children
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import SpecError, parse_spec

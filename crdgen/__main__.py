@@ -1,0 +1,3 @@
+from .crd import main
+
+main()
