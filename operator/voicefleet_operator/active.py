@@ -18,7 +18,7 @@ import kopf
 
 from voicefleet_contract import LABEL_OPERATOR_ACTIVE
 
-from .feed import paused_for_a_peer
+from .daemons import paused_for_a_peer
 from .kube import KubeApi, path
 
 log = logging.getLogger(__name__)

@@ -19,73 +19,33 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from voicefleet_contract import (
-    APP_NAME,
-    LABEL_INSTANCE,
-    LABEL_NAME,
     POD_DELETION_COST,
-    WORKER_CONTAINER,
 )
 from voicefleet_contract.sessions import SessionsReport
 
-from .autoscaler import Decision, PodSample, Policy, Recommendation, decide, deletion_costs
+from .autoscaler import (
+    Decision,
+    PodSample,
+    Policy,
+    Recommendation,
+    decide,
+    deletion_costs,
+    samples_of,
+)
+from .fleet import ChildNames, WorkerPod, va_path
 from .kube import KubeApi, path
 from .metrics import OperatorMetrics
-from .reconcile import va_path
-from .render import ChildNames, render_replicas_patch
+from .render import render_replicas_patch
 from .settings import REPLICAS_FIELD_MANAGER
 from .spec import VoiceAgentSpec
 
 log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0  # while something is in motion
 IDLE_SECONDS = 30.0  # a settled fleet: the backstop
-
-
-@dataclass(frozen=True)
-class WorkerPod:
-    name: str
-    ip: str
-    ready: bool
-    deleting: bool
-    # The worker container's restartCount: a rise means its process died and another one
-    # now answers on the same address (the kubelet restarts a crashed container at once).
-    restarts: int = 0
-    # The pod's labels (sorted pairs): what an HPA's label selector is matched against
-    # when the operator serves the custom metrics API (custom_metrics.py).
-    labels: tuple[tuple[str, str], ...] = ()
-
-
-def index_pod(
-    namespace: str | None,
-    name: str,
-    labels: Mapping[str, str],
-    status: Mapping[str, Any],
-    meta: Mapping[str, Any],
-) -> dict[tuple[str, str], WorkerPod] | None:
-    """The pods index entry: (namespace, VoiceAgent) -> this worker pod. Pure."""
-    if labels.get(LABEL_NAME) != APP_NAME or not namespace or not labels.get(LABEL_INSTANCE):
-        return None
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
-    restarts = sum(
-        int(c.get("restartCount") or 0)
-        for c in status.get("containerStatuses") or []
-        if c.get("name") == WORKER_CONTAINER
-    )
-    pod = WorkerPod(
-        name,
-        str(status.get("podIP") or ""),
-        ready,
-        bool(meta.get("deletionTimestamp")),
-        restarts,
-        tuple(sorted(labels.items())),
-    )
-    return {(namespace, labels[LABEL_INSTANCE]): pod}
 
 
 def policy_for(spec: VoiceAgentSpec, current: int) -> Policy:
@@ -101,27 +61,6 @@ def policy_for(spec: VoiceAgentSpec, current: int) -> Policy:
         scale_down_step=max(1, current // 10),
         stabilization_seconds=float(a.scaleDownStabilizationSeconds),
     )
-
-
-def samples_of(
-    pods: Sequence[WorkerPod], scraped: Mapping[str, Any], capacity: int
-) -> list[PodSample]:
-    """One sample per ready, non-terminating worker that has been read; a failed read
-    (None) counts as full, a worker not read yet is left out."""
-    out = []
-    for p in pods:
-        if not p.ready or p.deleting or not p.ip or p.name not in scraped:
-            continue
-        report = scraped[p.name]
-        out.append(
-            PodSample(
-                p.name,
-                report.activeSessions if report else None,
-                report.capacity if report else capacity,
-                bool(report and report.draining),
-            )
-        )
-    return out
 
 
 class Autoscaler:

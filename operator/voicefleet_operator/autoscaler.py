@@ -20,9 +20,11 @@ The rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from .fleet import WorkerPod
 
 Direction = Literal["up", "down", "none"]
 
@@ -172,3 +174,24 @@ def deletion_costs(samples: Sequence[PodSample]) -> dict[str, int]:
     """`controller.kubernetes.io/pod-deletion-cost` per pod: idle workers go first, busy ones
     last, and a pod we could not read counts as full. Set right before a scale-down only."""
     return {s.name: s.effective_sessions() for s in samples}
+
+
+def samples_of(
+    pods: Sequence[WorkerPod], scraped: Mapping[str, Any], capacity: int
+) -> list[PodSample]:
+    """One sample per ready, non-terminating worker that has been read; a failed read
+    (None) counts as full, a worker not read yet is left out."""
+    out = []
+    for p in pods:
+        if not p.ready or p.deleting or not p.ip or p.name not in scraped:
+            continue
+        report = scraped[p.name]
+        out.append(
+            PodSample(
+                p.name,
+                report.activeSessions if report else None,
+                report.capacity if report else capacity,
+                bool(report and report.draining),
+            )
+        )
+    return out

@@ -25,7 +25,6 @@ reached LiveKit but whose answer was lost is not repeated.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,16 +39,19 @@ from prometheus_client import Counter, Gauge, Histogram
 from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
 from voicefleet_contract.livekit_url import http_url
+from voicefleet_contract.metric_build import build_metric, label_sets
 from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 
 from . import failover as fo
 from .active import ActiveLabel, NoActiveLabel
-from .autoscale_loop import WorkerPod, samples_of
-from .autoscaler import free_slots
+from .autoscaler import free_slots, samples_of
+from .credentials import NoSecret, SecretData, credentials_of
+from .daemons import paused_for_a_peer, wait_for_wake
 from .events import PostEvent, poster
-from .feed import Reading, SessionFeed, paused_for_a_peer, wait_for_wake
+from .feed import Reading, SessionFeed
+from .fleet import WorkerPod
 from .kube import KubeApi, KubeError, path
-from .metrics import OperatorMetrics, _build, _label_sets
+from .metrics import OperatorMetrics
 from .names import AgentNames
 from .shared import TtlShared
 from .spec import ParsedSpec, VoiceAgentSpec
@@ -73,16 +75,16 @@ HUNG_POD_GRACE_SECONDS = 1
 class FailoverMetrics:
     def __init__(self, metrics: OperatorMetrics) -> None:
         r = metrics.registry
-        self.failovers: Counter = _build(m.FAILOVERS, r)
-        self.latency: Histogram = _build(m.FAILOVER_LATENCY, r)
-        self.orphans: Counter = _build(m.ORPHANS_FOUND, r)
-        self.waiting: Gauge = _build(m.CALLS_WAITING, r)
-        self.unplaced: Counter = _build(m.CALLS_UNPLACED, r)
-        self.webhooks: Counter = _build(m.WEBHOOK_REQUESTS, r)
+        self.failovers: Counter = build_metric(m.FAILOVERS, r)
+        self.latency: Histogram = build_metric(m.FAILOVER_LATENCY, r)
+        self.orphans: Counter = build_metric(m.ORPHANS_FOUND, r)
+        self.waiting: Gauge = build_metric(m.CALLS_WAITING, r)
+        self.unplaced: Counter = build_metric(m.CALLS_UNPLACED, r)
+        self.webhooks: Counter = build_metric(m.WEBHOOK_REQUESTS, r)
 
     def forget(self, namespace: str, name: str) -> None:
         for metric in (self.failovers, self.latency, self.orphans, self.waiting, self.unplaced):
-            for labels in _label_sets(metric):
+            for labels in label_sets(metric):
                 if labels[:2] == (namespace, name):
                     metric.remove(*labels)
 
@@ -253,27 +255,6 @@ class _State:
 
 def _key(s: _State) -> tuple[str, str]:
     return s.target.namespace, s.target.name
-
-
-@dataclass(frozen=True)
-class SecretData:
-    """A Secret's `data` (base64 values), as read. Never printed."""
-
-    data: Mapping[str, str] = field(repr=False)
-
-
-class NoSecret(Exception):
-    """The Secret does not exist."""
-
-
-def credentials_of(secret: SecretData, spec: VoiceAgentSpec) -> tuple[str, str] | None:
-    """The VoiceAgent's LiveKit API key and secret from its Secret (None: not there)."""
-    try:
-        key = base64.b64decode(secret.data[spec.livekit.apiKeyKey]).decode().strip()
-        value = base64.b64decode(secret.data[spec.livekit.apiSecretKey]).decode().strip()
-    except (KeyError, ValueError):
-        return None
-    return (key, value) if key and value else None
 
 
 @dataclass(frozen=True)

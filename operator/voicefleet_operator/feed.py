@@ -43,10 +43,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
-import kopf
 
 from voicefleet_contract import METRICS_PORT, WORKER_KEYS_TOKEN
 from voicefleet_contract.sessions import (
@@ -59,14 +58,12 @@ from voicefleet_contract.sessions import (
     query_string,
 )
 
-from .autoscale_loop import WorkerPod
+from .fleet import ChildNames, WorkerPod
 from .kube import KubeApi, path
-from .render import ChildNames
 from .shared import TtlShared
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, VoiceAgent)
-COALESCE_SECONDS = 0.05
 LONG_POLL_MARGIN_SECONDS = 5.0
 NOT_READY_TIMEOUT_SECONDS = 1.0  # a not-ready worker's plain read: see SessionFeed
 TOKEN_REFRESH_SECONDS = 300.0  # a worker-keys Secret is read again once this old
@@ -382,28 +379,6 @@ class SessionFeed:
             fleet = self._fleets.get((namespace, va))
             if fleet is not None:
                 self._wake(fleet)
-
-
-def paused_for_a_peer(reason: kopf.DaemonStoppingReason | None) -> bool:
-    """A daemon stopped for this `reason` (its `stopped.reason`) because kopf paused the
-    operator for a peer with a higher priority: its watch streams ended, so what they fed
-    is stale from now on. Pure."""
-    return reason is not None and bool(reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING)
-
-
-async def wait_for_wake(timeout: float, stop: asyncio.Future[Any], *wakes: asyncio.Event) -> None:
-    """Until one of `wakes` is set, `stop` is done, or `timeout` seconds pass; then a
-    moment more, so a burst of changes (a pod's several watch events) makes one run."""
-    waiters = [asyncio.ensure_future(w.wait()) for w in wakes]
-    try:
-        done, _ = await asyncio.wait(
-            [*waiters, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for w in waiters:
-            w.cancel()
-    if done and stop not in done:
-        await asyncio.sleep(COALESCE_SECONDS)
 
 
 class _HttpStatus(Exception):

@@ -54,9 +54,11 @@ from voicefleet_contract import (
 
 from . import reconcile as rc
 from . import triggers
-from .autoscale_loop import IDLE_SECONDS, TICK_SECONDS, Autoscaler, index_pod, settled
+from .autoscale_loop import IDLE_SECONDS, TICK_SECONDS, Autoscaler, settled
+from .daemons import paused_for_a_peer, wait_for_wake
 from .events import poster
-from .feed import SessionFeed, paused_for_a_peer, wait_for_wake
+from .feed import SessionFeed
+from .fleet import index_pod
 from .gate import PriorityGate
 from .kube import KubeApi, KubeError
 from .lookups import Lookups

@@ -32,8 +32,9 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from voicefleet_contract import API_VERSION, KIND, LABEL_MANAGED_BY, MANAGED_BY
+from voicefleet_contract import LABEL_MANAGED_BY, MANAGED_BY
 
+from .fleet import ChildNames, selector_string, va_path
 from .kube import KubeApi, KubeError, path
 from .lookups import Lookups, SecretInfo
 from .names import Claim, conflict_problem, normalise_url
@@ -42,13 +43,11 @@ from .render import (
     ANNOTATION_SECRETS_HASH,
     NETWORK_POLICY_API,
     WORKER_KEYS,
-    ChildNames,
     Owner,
     desired_replicas,
     render_children,
     render_replicas_patch,
     render_worker_keys,
-    selector_string,
 )
 from .render_autoscaler import (
     HPA_API,
@@ -103,10 +102,6 @@ class Outcome:
     @property
     def ready(self) -> bool:
         return bool(self.status) and ready_condition(self.status or {}).get("status") == "True"
-
-
-def va_path(namespace: str, name: str) -> str:
-    return path(API_VERSION, KIND, namespace, name)
 
 
 def secret_refs(spec: VoiceAgentSpec) -> list[tuple[SecretKeyRef, str, str]]:

@@ -19,7 +19,6 @@ from typing import Any, Final
 from voicefleet_contract import (
     ANNOTATION_CONFIG_HASH,
     API_VERSION,
-    APP_NAME,
     CONFIG_FILE_KEY,
     CONFIG_MOUNT_PATH,
     CONFIG_VOLUME,
@@ -28,9 +27,7 @@ from voicefleet_contract import (
     HEALTH_PORT_NAME,
     KIND,
     LABEL_COMPONENT,
-    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
-    LABEL_NAME,
     LABEL_PART_OF,
     MANAGED_BY,
     METRICS_PORT,
@@ -38,12 +35,12 @@ from voicefleet_contract import (
     READY_PATH,
     WORKER_CONTAINER,
     WORKER_KEYS_RESUME,
-    WORKER_KEYS_SUFFIX,
     WORKER_KEYS_TOKEN,
     Env,
 )
 from voicefleet_contract.capacity import DEFAULT_WORKER_REQUESTS
 
+from .fleet import ChildNames, selector_labels
 from .settings import Settings
 from .spec import DRAIN_MARGIN_SECONDS, SpecError, VoiceAgentSpec
 
@@ -98,27 +95,6 @@ class Owner:
 
 
 @dataclass(frozen=True)
-class ChildNames:
-    deployment: str
-    configmap: str
-    service: str
-    pdb: str
-    network_policy: str
-    keys: str  # the worker-keys Secret (render_worker_keys)
-
-    @classmethod
-    def of(cls, name: str) -> ChildNames:
-        return cls(
-            deployment=name,
-            configmap=f"{name}-config",
-            service=f"{name}-workers",
-            pdb=name,
-            network_policy=name,
-            keys=f"{name}{WORKER_KEYS_SUFFIX}",
-        )
-
-
-@dataclass(frozen=True)
 class Children:
     configmap: dict[str, Any]
     service: dict[str, Any]
@@ -131,14 +107,6 @@ class Children:
         # The ConfigMap first: new pods mount it.
         extra = (self.network_policy,) if self.network_policy is not None else ()
         return (self.configmap, self.service, self.pdb, self.deployment, *extra)
-
-
-def selector_labels(name: str) -> dict[str, str]:
-    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
-
-
-def selector_string(name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(name).items()))
 
 
 def labels(name: str, component: str) -> dict[str, str]:

@@ -17,7 +17,8 @@ from typing import Any, Final
 
 from voicefleet_contract.metrics import WORKER_ACTIVE_SESSIONS
 
-from .render import ChildNames, Owner, labels
+from .fleet import ChildNames
+from .render import Owner, labels
 from .spec import VoiceAgentSpec
 
 HPA_API: Final = "autoscaling/v2"

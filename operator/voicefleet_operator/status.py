@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .render import selector_string
+from .fleet import selector_string
 
 # Why a worker container is stuck; surfaced in Degraded.
 FAILING_WAIT_REASONS: Final = frozenset(

@@ -29,14 +29,15 @@ from prometheus_client import Counter, Gauge
 from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
 from voicefleet_contract.livekit_url import http_url
+from voicefleet_contract.metric_build import build_metric
 from voicefleet_contract.telephony import owner_key
 
 from . import telephony as tel
+from .credentials import SecretData, credentials_of
 from .events import poster
-from .failover_loop import SecretData, credentials_of
+from .fleet import va_path
 from .kube import Kube, KubeError, path
-from .metrics import OperatorMetrics, _build
-from .reconcile import va_path
+from .metrics import OperatorMetrics
 from .settings import Settings
 from .sip import LiveKitSip, SipApi
 from .spec import SipAuth, SpecError, VoiceAgentSpec, parse_spec
@@ -75,8 +76,8 @@ def _decode(secret: Mapping[str, Any] | None, key: str) -> str | None:
 
 class TelephonyMetrics:
     def __init__(self, metrics: OperatorMetrics) -> None:
-        self.syncs: Counter = _build(m.TELEPHONY_SYNCS, metrics.registry)
-        self.objects: Gauge = _build(m.TELEPHONY_OBJECTS, metrics.registry)
+        self.syncs: Counter = build_metric(m.TELEPHONY_SYNCS, metrics.registry)
+        self.objects: Gauge = build_metric(m.TELEPHONY_OBJECTS, metrics.registry)
 
     def observe(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         state = str(status.get("state") or "")

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from voicefleet_contract import METRICS_PORT
 from voicefleet_contract.sessions import SessionsReport, parse_sessions
-from voicefleet_operator.render import ChildNames
+from voicefleet_operator.fleet import ChildNames
 from voicefleet_testbed.caller import Caller
 from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.procs import start_time

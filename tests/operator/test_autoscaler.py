@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from voicefleet_operator.autoscale_loop import WorkerPod
 from voicefleet_operator.autoscaler import (
     Decision,
     PodSample,
@@ -15,6 +14,7 @@ from voicefleet_operator.autoscaler import (
     free_slots,
     needed_replicas,
 )
+from voicefleet_operator.fleet import WorkerPod
 
 P = Policy(min_replicas=1, max_replicas=10, max_per_worker=10, target_utilization=0.7,
            buffer_sessions=4, scale_up_step=4, scale_down_step=1, stabilization_seconds=60)  # fmt: skip
@@ -122,7 +122,8 @@ def test_deletion_costs_put_idle_first_and_unknown_last() -> None:
 
 def test_a_fleet_is_settled_only_when_time_alone_changes_nothing() -> None:
     """Settled: the loop sleeps until the feed wakes it; unsettled: it runs every second."""
-    from voicefleet_operator.autoscale_loop import samples_of, settled
+    from voicefleet_operator.autoscale_loop import settled
+    from voicefleet_operator.autoscaler import samples_of
 
     policy = Policy(min_replicas=1, max_replicas=5, max_per_worker=10, target_utilization=1.0,
                     stabilization_seconds=30)  # fmt: skip

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 from voicefleet_contract.sessions import RoomSession, SessionsReport
 from voicefleet_operator import failover as fo
-from voicefleet_operator.autoscale_loop import WorkerPod
 from voicefleet_operator.failover_loop import Failover, FailoverMetrics, RoomsSnapshot
 from voicefleet_operator.feed import Reading
+from voicefleet_operator.fleet import WorkerPod
 from voicefleet_operator.kube import KubeError
 from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.spec import VoiceAgentSpec, parse_spec
@@ -900,7 +900,7 @@ def test_restarted_workers(
 
 def test_index_pod_reads_the_worker_containers_restart_count() -> None:
     from voicefleet_contract import APP_NAME, LABEL_INSTANCE, LABEL_NAME
-    from voicefleet_operator.autoscale_loop import index_pod
+    from voicefleet_operator.fleet import index_pod
 
     status = {
         "podIP": "10.0.0.5",

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from voicefleet_operator.fleet import va_path
 from voicefleet_operator.kube import Applied, KubeError, path_of
 from voicefleet_operator.lookups import Lookups
 from voicefleet_operator.names import Claim
@@ -21,7 +22,6 @@ from voicefleet_operator.reconcile import (
     secrets_hash,
     secrets_rotated,
     stale_autoscalers,
-    va_path,
 )
 from voicefleet_operator.render import ANNOTATION_AUTOSCALING_MODE, ANNOTATION_SECRETS_HASH
 from voicefleet_operator.settings import (

@@ -19,11 +19,11 @@ from voicefleet_contract import (
     SECRET_ENV,
     Env,
 )
+from voicefleet_operator.fleet import selector_labels
 from voicefleet_operator.render import (
     Owner,
     desired_replicas,
     render_children,
-    selector_labels,
 )
 from voicefleet_operator.settings import Settings
 from voicefleet_operator.spec import DRAIN_MARGIN_SECONDS, SpecError, parse_spec

@@ -14,16 +14,13 @@ from typing import Any, Protocol
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     disable_created_metrics,
 )
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from voicefleet_contract import metrics as spec
+from voicefleet_contract.metric_build import build_metric
 from voicefleet_contract.metrics import WORKER_METRICS, MetricSpec
 
 TOOL_OUTCOMES = ("ok", "http_error", "timeout", "refused", "error")
@@ -56,16 +53,6 @@ class HistogramLike(Protocol):
 Build = Callable[[MetricSpec, CollectorRegistry], Any]
 
 
-def build_local(s: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
-    # prometheus_client appends `_total` to counters itself
-    if s.kind == "counter":
-        name = s.name.removesuffix("_total")
-        return Counter(name, s.help, s.labels, registry=registry)
-    if s.kind == "gauge":
-        return Gauge(s.name, s.help, s.labels, registry=registry)
-    return Histogram(s.name, s.help, s.labels, buckets=s.buckets, registry=registry)
-
-
 LIVEKIT_AGENTS_PREFIX = "lk_agents_"
 
 
@@ -90,7 +77,7 @@ class WorkerMetrics:
     def __init__(
         self,
         registry: CollectorRegistry | None = None,
-        build: Build = build_local,
+        build: Build = build_metric,
         passthrough: bool = True,
     ) -> None:
         # `*_created` series double the scrape and no dashboard reads them (process-wide
