@@ -36,6 +36,7 @@ from .autoscaler import (
     deletion_costs,
     samples_of,
 )
+from .daemons import TICK_SECONDS
 from .fleet import ChildNames, WorkerPod, va_path
 from .kube import KubeApi, path
 from .metrics import OperatorMetrics
@@ -44,7 +45,6 @@ from .settings import REPLICAS_FIELD_MANAGER
 from .spec import VoiceAgentSpec
 
 log = logging.getLogger(__name__)
-TICK_SECONDS = 1.0  # while something is in motion
 IDLE_SECONDS = 30.0  # a settled fleet: the backstop
 
 

@@ -8,6 +8,10 @@ from typing import Any, Final
 
 import kopf
 
+# How often a loop looks again while something is in motion (a scale-down waiting out
+# its window, a worker not answering, a failover case open): the autoscaler's and
+# failover's one tick.
+TICK_SECONDS: Final = 1.0
 # A moment after a wake-up before acting: a burst of changes (one pod's several watch
 # events) makes one run.
 COALESCE_SECONDS: Final = 0.05

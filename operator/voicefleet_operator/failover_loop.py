@@ -46,7 +46,7 @@ from . import failover as fo
 from .active import ActiveLabel, NoActiveLabel
 from .autoscaler import free_slots, samples_of
 from .credentials import NoSecret, SecretData, credentials_of
-from .daemons import paused_for_a_peer, wait_for_wake
+from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
 from .events import PostEvent, poster
 from .feed import Reading, SessionFeed
 from .fleet import WorkerPod
@@ -58,7 +58,6 @@ from .spec import ParsedSpec, VoiceAgentSpec
 from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
 
 log = logging.getLogger(__name__)
-TICK_SECONDS = 1.0
 SECRET_REFRESH_SECONDS = 30.0  # a credentials Secret is read again once this old
 # A Secret that is missing or could not be read is tried again this soon (one read per
 # Secret, however many VoiceAgents use it); the credentials read before stay in use.

@@ -54,8 +54,8 @@ from voicefleet_contract import (
 
 from . import reconcile as rc
 from . import triggers
-from .autoscale_loop import IDLE_SECONDS, TICK_SECONDS, Autoscaler, settled
-from .daemons import paused_for_a_peer, wait_for_wake
+from .autoscale_loop import IDLE_SECONDS, Autoscaler, settled
+from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
 from .events import poster
 from .feed import SessionFeed
 from .fleet import index_pod
