@@ -69,16 +69,20 @@ class Autoscaler:
         kube: KubeApi,
         metrics: OperatorMetrics,
         clock: Callable[[], float] = time.monotonic,
+        dry_run: bool = False,
     ) -> None:
         self.kube = kube
         self.metrics = metrics
         self.clock = clock
+        self.dry_run = dry_run  # decide and log, write nothing (Settings.dry_run)
         self.history: dict[tuple[str, str], tuple[Recommendation, ...]] = {}
         self.changed_at: dict[tuple[str, str], float] = {}  # when replicas last changed
+        self.would: dict[tuple[str, str], int] = {}  # dry run: the last change logged
 
     def forget(self, namespace: str, name: str) -> None:
         self.history.pop((namespace, name), None)
         self.changed_at.pop((namespace, name), None)
+        self.would.pop((namespace, name), None)
 
     async def tick(
         self,
@@ -113,13 +117,15 @@ class Autoscaler:
         self.history[(ns, name)] = d.history
         now = self.clock()
         d = pace(d, current, now, self.changed_at.get((ns, name)))
-        if d.desired != current:
+        if self.dry_run:
+            self._log_would(spec, samples, current, d)
+        elif d.desired != current:
             self.changed_at[(ns, name)] = now
             await asyncio.to_thread(self._apply, spec, samples, current, d)
             self.metrics.as_decisions.labels(ns, name, d.direction).inc()
             post_event("Normal", "Scaled", f"workers {current} -> {d.desired}: {d.reason}")
             log.info("autoscale %s/%s: %d -> %d (%s)", ns, name, current, d.desired, d.reason)
-        patch = status_patch(d, status or {})
+        patch = None if self.dry_run else status_patch(d, status or {})
         if patch is not None:
             await asyncio.to_thread(
                 self.kube.patch_status, va_path(spec.namespace, spec.name), patch
@@ -132,6 +138,26 @@ class Autoscaler:
         m.as_limited.labels(ns, name).set(1 if d.limited_by_max else 0)
         m.as_tick.labels(ns, name).observe(time.perf_counter() - t0)
         return d
+
+    def _log_would(
+        self, spec: VoiceAgentSpec, samples: Sequence[PodSample], current: int, d: Decision
+    ) -> None:
+        """Dry run: each change the autoscaler would make, logged once (not every tick
+        while the fleet, untouched, keeps asking for it), and counted as a decision."""
+        key = (spec.namespace, spec.name)
+        if d.desired == current:
+            self.would.pop(key, None)
+            return
+        if self.would.get(key) == d.desired:
+            return
+        self.would[key] = d.desired
+        self.metrics.as_decisions.labels(*key, d.direction).inc()
+        costs = deletion_costs(samples) if d.desired < current else {}
+        log.info(
+            "dry run: would scale %s/%s: %d -> %d (%s)%s",
+            *key, current, d.desired, d.reason,
+            f"; deletion costs {costs}" if costs else "",
+        )  # fmt: skip
 
     def _apply(
         self, spec: VoiceAgentSpec, samples: Sequence[PodSample], current: int, d: Decision

@@ -131,6 +131,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=default("custom-metrics-cert-dir", d.custom_metrics_cert_dir),
         help="the custom metrics API's serving certificate: tls.crt and tls.key here",
     )
+    p.add_argument(
+        "--dry-run",
+        choices=("true", "false"),
+        default=str(default("dry-run", "true" if d.dry_run else "false")).lower(),
+        help="the autoscaler and failover log each action they would take (scale a fleet, "
+        "re-dispatch a lost call, end a hung worker) and take none; the reconciler works as "
+        "always. For a first look on a live cluster (default false)",
+    )
     return p
 
 
@@ -186,4 +194,5 @@ def parse(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = Non
         worker_ingress=args.worker_ingress,
         custom_metrics_port=args.custom_metrics_port,
         custom_metrics_cert_dir=args.custom_metrics_cert_dir,
+        dry_run=args.dry_run == "true",
     )

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 import kopf
@@ -197,6 +197,41 @@ class LiveKitRooms:
             self._api = None
 
 
+class DryRunRooms:
+    """`Rooms` for a dry run (Settings.dry_run): reads go to LiveKit, every write is
+    logged and not made. A dispatch it did not make gets the id `dry-run`, so failover
+    goes on as if it had asked (and asks again when no agent comes)."""
+
+    def __init__(self, inner: Rooms) -> None:
+        self.inner = inner
+
+    async def rooms(self) -> list[str]:
+        return await self.inner.rooms()
+
+    async def view(self, room: str) -> fo.RoomView:
+        return await self.inner.view(room)
+
+    async def dispatch(self, room: str, agent_name: str, metadata: str) -> str:
+        log.info("dry run: would dispatch agent %s to room %s", agent_name, room)
+        return DRY_RUN_DISPATCH
+
+    async def delete_dispatch(self, room: str, dispatch_id: str) -> None:
+        log.info("dry run: would delete dispatch %s of room %s", dispatch_id, room)
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        log.info("dry run: would remove participant %s from room %s", identity, room)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+DRY_RUN_DISPATCH: Final = "dry-run"
+
+
+def _no_event(type_: str, reason: str, message: str) -> None:
+    pass
+
+
 # --- per VoiceAgent -----------------------------------------------------------------------
 
 
@@ -294,13 +329,17 @@ class Failover:
         clock: Callable[[], float] = time.time,
         rooms_factory: Callable[[str, str, str], Rooms] = LiveKitRooms,
         names: AgentNames | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.kube = kube
         self.metrics = metrics
         self.policy = policy or fo.Policy()
         self.sweep_seconds = sweep_seconds
         self.clock = clock
-        self.rooms_factory = rooms_factory
+        self.dry_run = dry_run  # decide and log, write nothing (Settings.dry_run)
+        self.rooms_factory: Callable[[str, str, str], Rooms] = (
+            (lambda *args: DryRunRooms(rooms_factory(*args))) if dry_run else rooms_factory
+        )
         self._states: dict[tuple[str, str], _State] = {}
         self._clients: dict[tuple[str, str], Rooms] = {}
         # (namespace, Secret name) -> its data; FleetTarget.deployment -> its rooms.
@@ -498,6 +537,8 @@ class Failover:
         wakes it (a second while a case is open, else until the next sweep)."""
         if self._yields(spec):
             return YIELD_RECHECK_SECONDS
+        if self.dry_run:  # Events are writes too: the log says what happened
+            post = _no_event
         s = await self.configure(spec)
         if s is None or not s.target.enabled:
             return self.sweep_seconds
@@ -617,6 +658,10 @@ class Failover:
         of waiting ~2 minutes for the liveness probe."""
         ns = s.target.namespace
         for pod in s.hung:
+            if self.dry_run:
+                log.info("dry run: failover %s/%s would end hung worker %s", *_key(s), pod)
+                s.ended_pods.add(pod)
+                continue
             try:
                 await asyncio.to_thread(
                     self.kube.delete, path("v1", "Pod", ns, pod), HUNG_POD_GRACE_SECONDS

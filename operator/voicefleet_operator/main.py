@@ -47,7 +47,7 @@ def run(settings: Settings) -> None:
         on_failure=lambda ns, va, reason: metrics.as_scrape_failures.labels(ns, va, reason).inc(),
         tokens=WorkerTokens(kube),
     )
-    autoscaler = Autoscaler(kube, metrics)
+    autoscaler = Autoscaler(kube, metrics, dry_run=settings.dry_run)
     names = AgentNames()  # one agent name per LiveKit server: the reconciler and failover
     reconciler = Reconciler(kube, settings, metrics, names=names)
     register(registry, reconciler, settings, autoscaler, feed)
@@ -63,7 +63,11 @@ def run(settings: Settings) -> None:
         ),
     )
     failover = Failover(
-        kube, FailoverMetrics(metrics), sweep_seconds=settings.failover_sweep_seconds, names=names
+        kube,
+        FailoverMetrics(metrics),
+        sweep_seconds=settings.failover_sweep_seconds,
+        names=names,
+        dry_run=settings.dry_run,
     )
     # HA: the active replica labels its pod, which the chart's webhook Service selects.
     active = ActiveLabel(kube, *settings.pod) if settings.peering and settings.pod else None

@@ -60,6 +60,11 @@ class Settings:
     # aggregation layer; 0: off. Its serving certificate: tls.crt, tls.key in the dir.
     custom_metrics_port: int = 0
     custom_metrics_cert_dir: str = "/etc/voicefleet/custom-metrics-tls"
+    # A first look on a live cluster: the autoscaler and failover decide as always and log
+    # each action they would take (and count it in their metrics), but write nothing: no
+    # replicas, deletion costs, status or Events; no dispatches, no pods ended. The
+    # reconciler works as always (a spec's fleet is what it asks for).
+    dry_run: bool = False
 
     @property
     def standalone(self) -> bool:

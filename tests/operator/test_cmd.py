@@ -59,6 +59,12 @@ def test_sessions_auth_flag_and_env() -> None:
     assert cmd.parse([], env={"VOICEFLEET_OPERATOR_SESSIONS_AUTH": "false"}).sessions_auth is False
 
 
+def test_dry_run_flag_and_env() -> None:
+    assert cmd.parse([], env={}).dry_run is False
+    assert cmd.parse(["--dry-run=true"], env={}).dry_run is True
+    assert cmd.parse([], env={"VOICEFLEET_OPERATOR_DRY_RUN": "true"}).dry_run is True
+
+
 def test_worker_ingress_flag_and_env() -> None:
     rules = '[{"from": [{"podSelector": {}}], "ports": [{"port": "metrics"}]}]'
     assert cmd.parse([]).worker_ingress is None

@@ -119,7 +119,9 @@ class Clock:
         return self.t
 
 
-def setup() -> tuple[Failover, FakeLiveKit, FakeScraper, Clock, VoiceAgentSpec, OperatorMetrics]:
+def setup(
+    dry_run: bool = False,
+) -> tuple[Failover, FakeLiveKit, FakeScraper, Clock, VoiceAgentSpec, OperatorMetrics]:
     spec = parse_spec("support", "voice", minimal_spec())
     clock = Clock()
     lk = FakeLiveKit(spec.agent_name)
@@ -131,6 +133,7 @@ def setup() -> tuple[Failover, FakeLiveKit, FakeScraper, Clock, VoiceAgentSpec, 
         sweep_seconds=1000,
         clock=clock,
         rooms_factory=lambda *_: lk,
+        dry_run=dry_run,
     )
     FEEDS[id(f)] = scraper
     return f, lk, scraper, clock, spec, metrics
@@ -762,6 +765,37 @@ async def test_a_hung_worker_is_failed_over_with_its_agent_removed_first() -> No
         value(metrics, "voicefleet_failover_orphans_found_total", {**labels, "source": "hung"}) == 1
     )
     assert value(metrics, "voicefleet_failovers_total", {**labels, "outcome": "redispatched"}) == 1
+
+
+async def test_a_dry_run_logs_what_failover_would_do_and_does_none_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--dry-run: the hung worker above, judged the same way, but nothing is written:
+    no agent removed, no dispatch, no pod deleted, no Event; the log says each step."""
+    f, lk, scraper, clock, spec, metrics = setup(dry_run=True)
+    scraper.rooms["w1"] = [RoomSession("r1", "j1", 10.0, "agent-old")]
+    lk.participants.append(fo.Participant("agent-old", fo.KIND_AGENT, spec.agent_name, 10))
+    await tick(f, lk, clock, spec)
+    before = [d.id for d in lk.dispatches]
+    events.clear()
+    hung_pod = replace(POD, ready=False)
+    readings = {POD.name: Reading(None, "timeout"), **SPARE_READING}
+    caplog.set_level(logging.INFO, logger="voicefleet_operator.failover_loop")
+    for _ in range(3):
+        clock.t += 1
+        lk.now = clock.t
+        await f.tick(spec, [hung_pod, SPARE], readings, post)
+    assert lk.removed == [] and [d.id for d in lk.dispatches] == before
+    assert f.kube.deleted == []  # type: ignore[attr-defined]
+    assert events == []
+    said = caplog.text
+    assert "dry run: failover voice/support would end hung worker w1" in said
+    assert "dry run: would remove participant agent-old from room r1" in said
+    assert f"dry run: would dispatch agent {spec.agent_name} to room r1" in said
+    assert said.count("would end hung worker") == 1  # once, not every tick
+    # the decision is counted as it would be
+    labels = {"namespace": "voice", "voiceagent": "support", "source": "hung"}
+    assert value(metrics, "voicefleet_failover_orphans_found_total", labels) == 1
 
 
 async def test_a_voiceagent_that_yields_its_agent_name_does_no_failover() -> None:
