@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import kopf
+
 from voicefleet_contract import (
     POD_DELETION_COST,
 )
@@ -36,13 +38,15 @@ from .autoscaler import (
     deletion_costs,
     samples_of,
 )
-from .daemons import TICK_SECONDS
+from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
+from .events import poster
+from .feed import SessionFeed
 from .fleet import ChildNames, WorkerPod, va_path
-from .kube import KubeApi, path
+from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics
 from .render import render_replicas_patch
 from .settings import REPLICAS_FIELD_MANAGER
-from .spec import VoiceAgentSpec
+from .spec import ParsedSpec, VoiceAgentSpec
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 30.0  # a settled fleet: the backstop
@@ -230,3 +234,55 @@ def settled(d: Decision | None, current: int | None) -> bool:
 
 def deployment_name(spec: VoiceAgentSpec) -> str:
     return ChildNames.of(spec.name).deployment
+
+
+async def run_autoscaler(
+    autoscaler: Autoscaler,
+    feed: SessionFeed,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    stopped: kopf.DaemonStopped,
+    deployment_replicas: kopf.Index[tuple[str, str], int],
+) -> None:
+    """The built-in autoscaler of one VoiceAgent until its daemon stops: a decision
+    whenever the feed, its Deployment or its spec changes, every `TICK_SECONDS` while
+    something is in motion, every `IDLE_SECONDS` otherwise."""
+    ns = namespace
+
+    post = poster(body)
+    wake = feed.subscribe(ns, name)
+    stop = asyncio.ensure_future(stopped.wait())
+    parsed = ParsedSpec(ns, name)
+    try:
+        while not stopped:
+            wake.clear()  # before reading: a change during this run wakes the next
+            timeout = IDLE_SECONDS
+            va = parsed.of(body, spec)
+            if va is not None and va.autoscaling.mode == "builtin":
+                replicas = list(deployment_replicas.get((ns, name), []))
+                current = replicas[0] if replicas else None
+                readings = feed.readings(ns, name)
+                try:
+                    d = await autoscaler.tick(
+                        va,
+                        feed.pods(ns, name),
+                        current,
+                        {pod: r.report for pod, r in readings.items()},
+                        post,
+                        body.get("status") or {},  # a live view, like spec
+                        feed.waiting(ns, name),
+                    )
+                    if not settled(d, current):
+                        timeout = TICK_SECONDS
+                except KubeError as e:
+                    log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
+                    timeout = TICK_SECONDS
+            await wait_for_wake(timeout, stop, wake)
+    finally:
+        stop.cancel()
+        feed.unsubscribe(ns, name, wake)
+        if paused_for_a_peer(stopped.reason):
+            feed.forget(ns, name)
+        autoscaler.forget(ns, name)

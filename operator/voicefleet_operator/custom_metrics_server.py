@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import kopf
 from aiohttp import web
 
 from . import custom_metrics as cm
@@ -220,30 +219,14 @@ class CustomMetricsServer:
             self._runner = None
 
 
-def register_custom_metrics(
-    registry: kopf.OperatorRegistry, server: CustomMetricsServer, host: str, port: int
-) -> None:
+async def serve_retrying(server: CustomMetricsServer, host: str, port: int) -> None:
     """Serve for the operator's life. A failure to start is logged and retried, never
     fatal: the rest of the operator runs, and the APIService shows itself unavailable."""
-    task: asyncio.Task[None] | None = None
-
-    async def serve() -> None:
-        while True:
-            try:
-                await server.start(host, port)
-                return
-            except Exception as e:  # no ConfigMap yet, the API server away, a bad cert
-                log.error("cannot serve the custom metrics API on %s:%d: %s", host, port, e)
-                await server.stop()
-                await asyncio.sleep(RETRY_SECONDS)
-
-    @kopf.on.startup(registry=registry)
-    async def _start_custom_metrics(**_: Any) -> None:
-        nonlocal task
-        task = asyncio.create_task(serve(), name="custom metrics API")
-
-    @kopf.on.cleanup(registry=registry)
-    async def _stop_custom_metrics(**_: Any) -> None:
-        if task is not None:
-            task.cancel()
-        await server.stop()
+    while True:
+        try:
+            await server.start(host, port)
+            return
+        except Exception as e:  # no ConfigMap yet, the API server away, a bad cert
+            log.error("cannot serve the custom metrics API on %s:%d: %s", host, port, e)
+            await server.stop()
+            await asyncio.sleep(RETRY_SECONDS)

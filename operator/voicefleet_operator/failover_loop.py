@@ -36,7 +36,6 @@ import kopf
 from livekit import api as lkapi
 from prometheus_client import Counter, Gauge, Histogram
 
-from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
 from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.metric_build import build_metric, label_sets
@@ -916,82 +915,71 @@ class Failover:
         log.info("%s/%s: room %s: %s (%s)", t.namespace, t.name, room, outcome, action.reason)
 
 
-def register_failover(
-    registry: kopf.OperatorRegistry,
-    failover: Failover,
-    feed: SessionFeed,
-    host: str,
-    webhook_port: int,
-    active: ActiveLabel | NoActiveLabel | None = None,
-) -> None:
-    """A failover daemon per VoiceAgent, and the webhook receiver for the operator's life
-    (`webhook_port` 0: no receiver; the worker view and the sweep still run). `active`
-    labels this replica's pod while its failover daemons run (HA: webhooks go there)."""
-    label = active or NoActiveLabel()
-    server = WebhookServer(
+def webhook_server(failover: Failover, label: ActiveLabel | NoActiveLabel) -> WebhookServer:
+    """The LiveKit webhook receiver: verified events go to failover; a standby replica
+    (HA) answers 503 so that LiveKit retries at the active one."""
+    return WebhookServer(
         WebhookVerifier(failover.known_credentials),
         failover.on_webhook,
         lambda result: failover.metrics.webhooks.labels(result).inc(),
         lambda: label.standing_by,
     )
 
-    @kopf.on.startup(registry=registry)
-    async def _start_webhooks(**_: Any) -> None:
-        for result in RESULTS:  # every series exists from the start (rates need a zero)
-            failover.metrics.webhooks.labels(result)
-        if webhook_port:
-            try:
-                await server.start(host, webhook_port)
-            except OSError as e:  # the rest of the operator must run; the sweep covers
-                log.error("cannot serve LiveKit webhooks on %s:%d: %s", host, webhook_port, e)
 
-    @kopf.on.cleanup(registry=registry)
-    async def _stop_webhooks(**_: Any) -> None:
-        await server.stop()
-        await failover.close()
-        await label.close()
-
-    @kopf.daemon(GROUP, VERSION, PLURAL, id="failover", cancellation_timeout=5, registry=registry)
-    async def _failover(
-        namespace: str | None,
-        name: str,
-        body: kopf.Body,
-        spec: kopf.Spec,
-        stopped: kopf.DaemonStopped,
-        **_: Any,
-    ) -> None:
-        ns = namespace or ""
-        post = poster(body)
-        # The worker view follows every reading as it comes, not only what a tick finds.
-        wake = feed.subscribe(
-            ns,
-            name,
-            lambda: failover.observe(ns, name, feed.pods(ns, name), feed.readings(ns, name)),
-        )
-        stop = asyncio.ensure_future(stopped.wait())
-        parsed = ParsedSpec(ns, name)
-        label.daemon_started()
+async def start_webhooks(failover: Failover, server: WebhookServer, host: str, port: int) -> None:
+    for result in RESULTS:  # every series exists from the start (rates need a zero)
+        failover.metrics.webhooks.labels(result)
+    if port:
         try:
-            while not stopped:
-                wake.clear()
-                timeout = TICK_SECONDS
-                va = parsed.of(body, spec)
-                if va is not None:
-                    try:
-                        timeout = await failover.tick(
-                            va, feed.pods(ns, name), feed.readings(ns, name), post
-                        )
-                        feed.set_waiting(ns, name, failover.waiting(ns, name))
-                    except KubeError as e:
-                        log.warning("failover %s/%s: %s; retrying", ns, name, e)
-                    except Exception:
-                        log.exception("failover %s/%s: tick failed; retrying", ns, name)
-                hooks = failover.wake_event(ns, name)
-                await wait_for_wake(timeout, stop, wake, *([hooks] if hooks else []))
-        finally:
-            stop.cancel()
-            feed.unsubscribe(ns, name, wake)
-            if paused_for_a_peer(stopped.reason):
-                feed.forget(ns, name)
-            label.daemon_stopped(stopped.reason)
-            failover.forget(ns, name)
+            await server.start(host, port)
+        except OSError as e:  # the rest of the operator must run; the sweep covers
+            log.error("cannot serve LiveKit webhooks on %s:%d: %s", host, port, e)
+
+
+async def run_failover(
+    failover: Failover,
+    feed: SessionFeed,
+    label: ActiveLabel | NoActiveLabel,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    stopped: kopf.DaemonStopped,
+) -> None:
+    """Failover of one VoiceAgent until its daemon stops: a tick on each wake-up (a feed
+    reading, a webhook) or when the tick asks for one."""
+    ns = namespace
+    post = poster(body)
+    # The worker view follows every reading as it comes, not only what a tick finds.
+    wake = feed.subscribe(
+        ns,
+        name,
+        lambda: failover.observe(ns, name, feed.pods(ns, name), feed.readings(ns, name)),
+    )
+    stop = asyncio.ensure_future(stopped.wait())
+    parsed = ParsedSpec(ns, name)
+    label.daemon_started()
+    try:
+        while not stopped:
+            wake.clear()
+            timeout = TICK_SECONDS
+            va = parsed.of(body, spec)
+            if va is not None:
+                try:
+                    timeout = await failover.tick(
+                        va, feed.pods(ns, name), feed.readings(ns, name), post
+                    )
+                    feed.set_waiting(ns, name, failover.waiting(ns, name))
+                except KubeError as e:
+                    log.warning("failover %s/%s: %s; retrying", ns, name, e)
+                except Exception:
+                    log.exception("failover %s/%s: tick failed; retrying", ns, name)
+            hooks = failover.wake_event(ns, name)
+            await wait_for_wake(timeout, stop, wake, *([hooks] if hooks else []))
+    finally:
+        stop.cancel()
+        feed.unsubscribe(ns, name, wake)
+        if paused_for_a_peer(stopped.reason):
+            feed.forget(ns, name)
+        label.daemon_stopped(stopped.reason)
+        failover.forget(ns, name)

@@ -1,41 +1,27 @@
-"""Thin kopf handlers: every trigger ends in `Reconciler.reconcile(namespace, name)`.
+"""The one place kopf is wired: every decorator of the operator, each a few lines that
+call named functions of the modules below it (docs/architecture.md).
 
-Triggers: the VoiceAgent's create/update/resume (kopf retries these on transient
-errors), events of the owned Deployments, ConfigMaps, Services and PDBs (deleted or
-edited by hand -> repaired within a second, status follows the rollout), events of the
-worker pods when what the status says about one changes (unschedulable, a container stuck:
-a status refresh), and a timer per VoiceAgent (the backstop: Secrets that appear later,
-anything a watch missed).
-
-Not every trigger needs a full reconcile (`triggers.py`): a child event that is only a
-controller writing the child's status refreshes the VoiceAgent's status (a Deployment's)
-or nothing (a PDB's); the timer, every `--retry-seconds`, reconciles in full only a
-VoiceAgent whose last reconcile had a problem or failed, or whose last full reconcile is
-older than `--resync-seconds` (jittered, so VoiceAgents created together do not resync
-together), and refreshes the status of one that is not settled.
-
-Reconciles of one VoiceAgent never overlap: requests that arrive while one runs are
-folded into a single follow-up run (a full one if any of them asked for it), so a burst
-of Deployment events during a rollout costs two runs, not twenty.
-
-Across VoiceAgents, the API threads go first to the step of a full reconcile that
-applies the Deployment (`reconcile.reconcile_steps`), then to the rest of one and to
-status refreshes (`gate.PriorityGate`): 1,000 VoiceAgents created at once get their
-Deployments before the Services, PDBs and status writes of the first ones.
+Triggers of a reconcile (`reconciler.Reconciler`, which folds and prices them): the
+VoiceAgent's create/update/resume (kopf retries these on transient errors), events of the
+owned Deployments, ConfigMaps, Services and PDBs (deleted or edited by hand -> repaired
+within a second, status follows the rollout), events of the worker pods when what the
+status says about one changes (unschedulable, a container stuck: a status refresh), and a
+timer per VoiceAgent (the backstop: Secrets that appear later, anything a watch missed).
+Beside them: the worker pods into the `SessionFeed`, a daemon per VoiceAgent for the
+built-in autoscaler (`autoscale_loop.run_autoscaler`) and for failover
+(`failover_loop.run_failover`), the LiveKit webhook receiver, spec.telephony's sync
+(`telephony_loop`), and the custom metrics API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import copy
 import logging
 import random
 import socket
-import time
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -52,20 +38,19 @@ from voicefleet_contract import (
     VERSION,
 )
 
-from . import reconcile as rc
 from . import triggers
-from .autoscale_loop import IDLE_SECONDS, Autoscaler, settled
-from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
-from .events import poster
+from .active import ActiveLabel, NoActiveLabel
+from .autoscale_loop import Autoscaler, run_autoscaler
+from .custom_metrics_server import CustomMetricsServer, serve_retrying
+from .failover_loop import Failover, run_failover, start_webhooks, webhook_server
 from .feed import SessionFeed
 from .fleet import index_pod
-from .gate import PriorityGate
-from .kube import KubeApi, KubeError
-from .lookups import Lookups
-from .metrics import OperatorMetrics
-from .names import AgentNames, claim_of_configmap, claim_of_voiceagent
+from .names import claim_of_configmap, claim_of_voiceagent
+from .reconciler import Reconciler
 from .settings import Settings
-from .spec import ParsedSpec
+from .telephony_loop import DELETE_RETRIES as TELEPHONY_DELETE_RETRIES
+from .telephony_loop import TelephonySync, wants_sync
+from .telephony_loop import remove as telephony_remove
 
 log = logging.getLogger(__name__)
 ANNOTATION_PREFIX = GROUP  # kopf's own bookkeeping annotations live under voicefleet.dev/
@@ -83,274 +68,6 @@ def child_resources(ours: Settings) -> tuple[tuple[str, str, str], ...]:
     operator without the flag needs no RBAC for them (a watch it may not list stops the
     whole operator)."""
     return CHILD_RESOURCES + ((NETWORK_POLICIES,) if ours.worker_ingress is not None else ())
-
-
-ChildEvent = tuple[str, str, dict[str, Any]]  # kind, event type, the child's body
-# Who gets the next API thread: the step of a full reconcile that applies the Deployment,
-# then the rest of one and status refreshes, first come first served. A burst of new
-# VoiceAgents gets all its Deployments before the Services, PDBs and status writes of
-# the first ones.
-DEPLOY, REST, STATUS = 0, 1, 1
-
-
-@dataclass
-class _KeyState:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    requested: int = 0
-    done: int = 0
-    pending: int = 0  # requests running or waiting for the lock
-    full_requested: int = 0  # the last request that asked for a full reconcile
-    status_requested: int = 0  # the last request that asked for a status refresh
-    thorough: bool = False  # a full reconcile that also deletes unexpected autoscalers
-    children: list[ChildEvent] = field(default_factory=list)  # not yet looked at
-    last: rc.Outcome | None = None
-    failed: bool = False  # the last run raised (an API error): retry in full
-    marks: triggers.Marks | None = None  # what the last full reconcile applied
-    last_full: float | None = None  # monotonic time the last full reconcile finished
-    period: float = 0.0  # when the next resync is due after last_full (jittered)
-    first_body: dict[str, Any] | None = None  # kopf's copy, for the key's first run
-    secrets: rc.SecretsApplied | None = None  # the Secret values the last full one applied
-
-
-class Reconciler:
-    def __init__(
-        self,
-        kube: KubeApi,
-        settings: Settings,
-        metrics: OperatorMetrics,
-        lookups: Lookups | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        names: AgentNames | None = None,
-    ) -> None:
-        self.kube = kube
-        self.settings = settings
-        self.metrics = metrics
-        self.lookups = lookups or Lookups.cached()
-        self.names = names
-        self.clock = clock
-        self._keys: dict[tuple[str, str], _KeyState] = {}
-        self._random = random.Random()
-        self._gate = PriorityGate(settings.api_threads)
-        self._background: set[asyncio.Task[None]] = set()
-
-    async def reconcile(
-        self,
-        namespace: str,
-        name: str,
-        trigger: str,
-        *,
-        full: bool = True,
-        thorough: bool = False,
-        child: ChildEvent | None = None,
-        body: dict[str, Any] | None = None,
-    ) -> rc.Outcome | None:
-        """Run (or fold into a run) a full reconcile; with `full=False` a status refresh
-        (which turns into a full reconcile when it is not enough); for a `child` event,
-        whatever `triggers.child_action` says once the run before it has finished (its
-        events are those of its own applies, not drift). `body`: the VoiceAgent as kopf
-        just saw it (create, resume), used instead of a GET by the key's first run if
-        nothing else was folded into it."""
-        state = self._keys.setdefault((namespace, name), _KeyState())
-        state.requested += 1
-        mine = state.requested
-        if body is not None and mine == 1:
-            state.first_body = body
-        if child is not None:
-            state.children.append(child)
-        elif full:
-            state.full_requested = mine
-            state.thorough = state.thorough or thorough
-        else:
-            state.status_requested = mine
-        state.pending += 1
-        try:
-            async with state.lock:
-                if state.done >= mine:
-                    return state.last  # a run that started after this request covered it
-                started_for = state.requested
-                events, state.children = state.children, []
-                action, deployment = self._decide(state, events)
-                if action != "none":
-                    state.last = await self._run(
-                        namespace, name, trigger, state, action == "full", deployment
-                    )
-                state.done = started_for
-                return state.last
-        finally:
-            state.pending -= 1
-
-    def _decide(
-        self, state: _KeyState, events: list[ChildEvent]
-    ) -> tuple[triggers.Action, dict[str, Any] | None]:
-        """What the requests folded into this run need, and the watch's latest copy of the
-        Deployment for a status refresh."""
-        marks = None if state.failed else state.marks
-        if state.full_requested > state.done or marks is None:
-            return "full", None
-        action: triggers.Action = "status" if state.status_requested > state.done else "none"
-        deployment = None
-        for kind, type_, body in events:
-            wanted = triggers.child_action(kind, type_, body, marks)
-            if wanted == "full":
-                return "full", None
-            if wanted == "status":
-                action = "status"
-                if kind == "Deployment":
-                    deployment = body  # events come in order: the last is the latest
-        return action, deployment
-
-    async def _run(
-        self,
-        namespace: str,
-        name: str,
-        trigger: str,
-        state: _KeyState,
-        full: bool,
-        deployment: dict[str, Any] | None,
-    ) -> rc.Outcome:
-        t0 = time.perf_counter()
-        try:
-            outcome: rc.Outcome | None = None
-            if not full and state.marks is not None:
-                async with self._gate.slot(STATUS):
-                    outcome = await asyncio.to_thread(
-                        rc.refresh_status, self.kube, namespace, name, state.marks, deployment
-                    )
-            if outcome is None:
-                full = True
-                thorough, state.thorough = state.thorough, False
-                body, state.first_body = state.first_body, None
-                steps = rc.reconcile_steps(
-                    self.kube,
-                    self.settings,
-                    namespace,
-                    name,
-                    lookups=self.lookups,
-                    thorough=thorough,
-                    body=body if state.requested == 1 else None,
-                    agent_names=self.names.rival_from_thread if self.names else None,
-                )
-                async with self._gate.slot(DEPLOY):
-                    outcome = await asyncio.to_thread(_step, steps)
-                if outcome is None:
-                    async with self._gate.slot(REST):
-                        outcome = await asyncio.to_thread(_step, steps)
-                    assert outcome is not None, "reconcile_steps yields once"
-        except KubeError as e:
-            state.failed = True
-            self.metrics.observe(
-                namespace, name, time.perf_counter() - t0, "error", f"api_{e.status}"
-            )
-            log.warning("reconcile %s/%s (%s) failed, will retry: %s", namespace, name, trigger, e)
-            raise kopf.TemporaryError(f"API error: {e}", delay=5) from e
-        except Exception:
-            state.failed = True
-            self.metrics.observe(namespace, name, time.perf_counter() - t0, "error", "exception")
-            log.exception("reconcile %s/%s (%s) crashed", namespace, name, trigger)
-            raise kopf.TemporaryError("unexpected error; see operator log", delay=15) from None
-        state.failed = False
-        seconds = time.perf_counter() - t0
-        if outcome.body is None:
-            self.forget(namespace, name)
-            return outcome
-        if full:
-            state.marks = outcome.marks
-            state.secrets = outcome.secrets
-            state.last_full = self.clock()
-            # Jittered below the period: VoiceAgents created (or resumed) together spread
-            # their resyncs over the last fifth of it instead of all in the same second.
-            state.period = self.settings.resync_seconds * self._random.uniform(0.8, 1.0)
-        result = "blocked" if outcome.problem else "ok"
-        self.metrics.observe(
-            namespace, name, seconds, result, outcome.problem.reason if outcome.problem else None
-        )
-        self.metrics.set_ready(namespace, name, outcome.ready)
-        if outcome.events:
-            post = poster(outcome.body)
-            for ev in outcome.events:
-                post(ev.type, ev.reason, ev.message)
-        log.debug(
-            "reconciled %s/%s (%s, %s) in %.3fs: %s",
-            namespace,
-            name,
-            trigger,
-            "full" if full else "status",
-            seconds,
-            result,
-        )
-        return outcome
-
-    def submit(
-        self,
-        namespace: str,
-        name: str,
-        trigger: str,
-        *,
-        child: ChildEvent | None = None,
-        full: bool = True,
-    ) -> None:
-        """`reconcile` in the background; its errors are logged by the run, and retried
-        by the timer."""
-        task = asyncio.create_task(self._quietly(namespace, name, trigger, child, full))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _quietly(
-        self, namespace: str, name: str, trigger: str, child: ChildEvent | None, full: bool
-    ) -> None:
-        with contextlib.suppress(kopf.TemporaryError):
-            await self.reconcile(namespace, name, trigger, child=child, full=full)
-
-    async def close(self) -> None:
-        """Cancel the background requests (the operator is stopping)."""
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    def timer_action(self, namespace: str, name: str) -> triggers.Action:
-        state = self._keys.get((namespace, name))
-        if state is None or state.pending:
-            # None: its create or resume handler has not run yet (kopf runs it, and
-            # retries it). Pending: a run is under way or waiting, and covers this tick.
-            return "none"
-        last = state.last
-        return triggers.timer_action(
-            self.clock(),
-            state.last_full,
-            state.period,
-            failed=state.failed,
-            problem=last is None or last.problem is not None,
-            settled=last is not None and triggers.settled(last.status),
-            marks=state.marks,
-        )
-
-    async def secrets_rotated(self, namespace: str, name: str) -> bool:
-        """Whether a Secret value this VoiceAgent's workers use changed since its last full
-        reconcile (`reconcile.secrets_rotated`: the shared Secret answers, so the timer of
-        a thousand VoiceAgents reads each Secret once every few seconds, not a thousand
-        times, and no Secret watch, which would need every Secret of the cluster)."""
-        state = self._keys.get((namespace, name))
-        if state is None or state.secrets is None or state.pending:
-            return False
-        applied = state.secrets
-        async with self._gate.slot(STATUS):
-            return await asyncio.to_thread(
-                rc.secrets_rotated, self.kube, self.lookups, namespace, applied
-            )
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._keys.pop((namespace, name), None)
-        self.metrics.forget(namespace, name)
-
-
-def _step(steps: Generator[None, None, rc.Outcome]) -> rc.Outcome | None:
-    """Run a reconcile to its next yield (None) or its end (the Outcome)."""
-    try:
-        next(steps)
-    except StopIteration as done:
-        outcome: rc.Outcome = done.value
-        return outcome
-    return None
 
 
 def owner_name(body: Mapping[str, Any]) -> str | None:
@@ -692,41 +409,98 @@ def register_autoscaler(
         stopped: kopf.DaemonStopped,
         **kwargs: Any,
     ) -> None:
-        ns = namespace or ""
-        deployment_replicas: kopf.Index[tuple[str, str], int] = kwargs["deployment_replicas"]
+        await run_autoscaler(
+            autoscaler, feed, namespace or "", name, body, spec, stopped,
+            kwargs["deployment_replicas"],
+        )  # fmt: skip
 
-        post = poster(body)
-        wake = feed.subscribe(ns, name)
-        stop = asyncio.ensure_future(stopped.wait())
-        parsed = ParsedSpec(ns, name)
-        try:
-            while not stopped:
-                wake.clear()  # before reading: a change during this run wakes the next
-                timeout = IDLE_SECONDS
-                va = parsed.of(body, spec)
-                if va is not None and va.autoscaling.mode == "builtin":
-                    replicas = list(deployment_replicas.get((ns, name), []))
-                    current = replicas[0] if replicas else None
-                    readings = feed.readings(ns, name)
-                    try:
-                        d = await autoscaler.tick(
-                            va,
-                            feed.pods(ns, name),
-                            current,
-                            {pod: r.report for pod, r in readings.items()},
-                            post,
-                            body.get("status") or {},  # a live view, like spec
-                            feed.waiting(ns, name),
-                        )
-                        if not settled(d, current):
-                            timeout = TICK_SECONDS
-                    except KubeError as e:
-                        log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
-                        timeout = TICK_SECONDS
-                await wait_for_wake(timeout, stop, wake)
-        finally:
-            stop.cancel()
-            feed.unsubscribe(ns, name, wake)
-            if paused_for_a_peer(stopped.reason):
-                feed.forget(ns, name)
-            autoscaler.forget(ns, name)
+
+def register_telephony(registry: kopf.OperatorRegistry, sync: TelephonySync) -> None:
+    """spec.telephony onto LiveKit's SIP service (telephony_loop.py): on each change, on a
+    timer until it is in sync, and off LiveKit before the VoiceAgent goes."""
+
+    def concerned(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+        return wants_sync(spec, status)
+
+    def has_telephony(spec: kopf.Spec, **_: Any) -> bool:
+        return bool(spec.get("telephony"))
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id="telephony", when=concerned, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id="telephony", when=concerned, registry=registry)
+    @kopf.on.update(
+        GROUP, VERSION, PLURAL, id="telephony", field="spec", when=concerned, registry=registry
+    )
+    async def _sync(body: kopf.Body, **_: Any) -> None:
+        await sync.sync(body)
+
+    @kopf.timer(
+        GROUP, VERSION, PLURAL, id="telephony-resync", interval=sync.settings.retry_seconds,
+        when=concerned, registry=registry,
+    )  # fmt: skip
+    async def _resync(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        if namespace and sync.due(namespace, name):
+            await sync.sync(body)
+
+    # Not optional: kopf's finalizer (every VoiceAgent has it for its daemons) waits for
+    # this handler, so the trunks and rule leave LiveKit before the VoiceAgent goes.
+    @kopf.on.delete(
+        GROUP, VERSION, PLURAL, id="telephony-delete", when=has_telephony,
+        retries=TELEPHONY_DELETE_RETRIES, registry=registry,
+    )  # fmt: skip
+    async def _delete(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        await telephony_remove(sync, body, namespace or "", name)
+
+
+def register_failover(
+    registry: kopf.OperatorRegistry,
+    failover: Failover,
+    feed: SessionFeed,
+    host: str,
+    webhook_port: int,
+    active: ActiveLabel | NoActiveLabel | None = None,
+) -> None:
+    """A failover daemon per VoiceAgent (failover_loop.run_failover), and the webhook
+    receiver for the operator's life (`webhook_port` 0: no receiver; the worker view and
+    the sweep still run). `active` labels this replica's pod while its failover daemons
+    run (HA: webhooks go there)."""
+    label = active or NoActiveLabel()
+    server = webhook_server(failover, label)
+
+    @kopf.on.startup(registry=registry)
+    async def _start_webhooks(**_: Any) -> None:
+        await start_webhooks(failover, server, host, webhook_port)
+
+    @kopf.on.cleanup(registry=registry)
+    async def _stop_webhooks(**_: Any) -> None:
+        await server.stop()
+        await failover.close()
+        await label.close()
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, id="failover", cancellation_timeout=5, registry=registry)
+    async def _failover(
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        spec: kopf.Spec,
+        stopped: kopf.DaemonStopped,
+        **_: Any,
+    ) -> None:
+        await run_failover(failover, feed, label, namespace or "", name, body, spec, stopped)
+
+
+def register_custom_metrics(
+    registry: kopf.OperatorRegistry, server: CustomMetricsServer, host: str, port: int
+) -> None:
+    """The custom metrics API for the operator's life (custom_metrics_server.py)."""
+    task: asyncio.Task[None] | None = None
+
+    @kopf.on.startup(registry=registry)
+    async def _start_custom_metrics(**_: Any) -> None:
+        nonlocal task
+        task = asyncio.create_task(serve_retrying(server, host, port), name="custom metrics API")
+
+    @kopf.on.cleanup(registry=registry)
+    async def _stop_custom_metrics(**_: Any) -> None:
+        if task is not None:
+            task.cancel()
+        await server.stop()

@@ -13,15 +13,21 @@ from voicefleet_contract import logs
 from . import cmd
 from .active import ActiveLabel
 from .autoscale_loop import Autoscaler
-from .custom_metrics_server import CustomMetricsServer, register_custom_metrics
-from .failover_loop import Failover, FailoverMetrics, register_failover
+from .custom_metrics_server import CustomMetricsServer
+from .failover_loop import Failover, FailoverMetrics
 from .feed import SessionFeed, WorkerTokens
-from .handlers import Reconciler, register
+from .handlers import (
+    register,
+    register_custom_metrics,
+    register_failover,
+    register_telephony,
+)
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .names import AgentNames
+from .reconciler import Reconciler
 from .settings import Settings
-from .telephony_loop import TelephonyMetrics, TelephonySync, register_telephony
+from .telephony_loop import TelephonyMetrics, TelephonySync
 
 
 def setup_logging(settings: Settings) -> None:

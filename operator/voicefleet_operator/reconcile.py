@@ -593,7 +593,7 @@ def reconcile_steps(
 ) -> Generator[None, None, Outcome]:
     """`reconcile` in two steps: it yields once the Deployment is applied (a new fleet's
     workers can start), so a caller with many VoiceAgents to create can apply every
-    Deployment before the rest of each (handlers.Reconciler). Its return value is the
+    Deployment before the rest of each (reconciler.Reconciler). Its return value is the
     Outcome. The steps may run in different threads, one after the other."""
     lookups = lookups or Lookups.uncached()
     if body is None:

@@ -26,7 +26,6 @@ import kopf
 from livekit import api as lkapi
 from prometheus_client import Counter, Gauge
 
-from voicefleet_contract import GROUP, PLURAL, VERSION
 from voicefleet_contract import metrics as m
 from voicefleet_contract.livekit_url import http_url
 from voicefleet_contract.metric_build import build_metric
@@ -248,44 +247,17 @@ def _synced(want: tel.Desired | None, ids: dict[tel.Kind, str], generation: Any)
     return out
 
 
-def _wanted(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+def wants_sync(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     """VoiceAgents the sync concerns: with telephony, or with some left on LiveKit."""
     return bool(spec.get("telephony")) or bool(status.get("telephony"))
 
 
-def register_telephony(registry: kopf.OperatorRegistry, sync: TelephonySync) -> None:
-    def concerned(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-        return _wanted(spec, status)
-
-    def has_telephony(spec: kopf.Spec, **_: Any) -> bool:
-        return bool(spec.get("telephony"))
-
-    @kopf.on.resume(GROUP, VERSION, PLURAL, id="telephony", when=concerned, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="telephony", when=concerned, registry=registry)
-    @kopf.on.update(
-        GROUP, VERSION, PLURAL, id="telephony", field="spec", when=concerned, registry=registry
-    )
-    async def _sync(body: kopf.Body, **_: Any) -> None:
-        await sync.sync(body)
-
-    @kopf.timer(
-        GROUP, VERSION, PLURAL, id="telephony-resync", interval=sync.settings.retry_seconds,
-        when=concerned, registry=registry,
-    )  # fmt: skip
-    async def _resync(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-        if namespace and sync.due(namespace, name):
-            await sync.sync(body)
-
-    # Not optional: kopf's finalizer (every VoiceAgent has it for its daemons) waits for
-    # this handler, so the trunks and rule leave LiveKit before the VoiceAgent goes.
-    @kopf.on.delete(
-        GROUP, VERSION, PLURAL, id="telephony-delete", when=has_telephony,
-        retries=DELETE_RETRIES, registry=registry,
-    )  # fmt: skip
-    async def _delete(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-        status = await sync.sync(body, deleting=True)
-        if status.get("state") not in ("Removed", None):
-            raise kopf.TemporaryError(
-                f"telephony not removed from LiveKit yet: {status.get('message')}", delay=10
-            )
-        sync.forget(namespace or "", name)
+async def remove(sync: TelephonySync, body: Mapping[str, Any], namespace: str, name: str) -> None:
+    """A VoiceAgent with spec.telephony is being deleted: its trunks and rule leave LiveKit
+    first (kopf retries the handler while LiveKit still has them)."""
+    status = await sync.sync(body, deleting=True)
+    if status.get("state") not in ("Removed", None):
+        raise kopf.TemporaryError(
+            f"telephony not removed from LiveKit yet: {status.get('message')}", delay=10
+        )
+    sync.forget(namespace, name)

@@ -1,4 +1,4 @@
-"""handlers.Reconciler against the fake API: what each trigger costs once folded."""
+"""reconciler.Reconciler against the fake API: what each trigger costs once folded."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import kopf
 import pytest
 
 from voicefleet_operator.fleet import va_path
-from voicefleet_operator.handlers import Reconciler
 from voicefleet_operator.kube import Applied
 from voicefleet_operator.lookups import Lookups
 from voicefleet_operator.metrics import OperatorMetrics
+from voicefleet_operator.reconciler import Reconciler
 from voicefleet_operator.settings import FIELD_MANAGER, Settings
 
 from .test_reconcile import DEP, NS, FakeKube, _setup
