@@ -112,6 +112,7 @@ class WorkerFleet:
         spread: bool = False,
         env: dict[str, str] | None = None,
         agent: dict[str, str] | None = None,
+        drain_timeout: int = 5,
     ) -> None:
         """`spread`: the workers spread evenly over the nodes (a topology spread constraint
         on the hostname, as a team running agents on several nodes sets), so that a node
@@ -129,7 +130,7 @@ class WorkerFleet:
                 "baseURL": self.stack.openai_base_url(self.scenario),
                 "turnDetection": {"type": "server_vad", "silenceDurationMs": SILENCE_MS},
             },
-            "sessions": {"maxPerWorker": max_per_worker, "drainTimeoutSeconds": 5},
+            "sessions": {"maxPerWorker": max_per_worker, "drainTimeoutSeconds": drain_timeout},
             "autoscaling": {"mode": "none"},
             "replicas": replicas,
             "template": {"image": WORKER_IMAGE},

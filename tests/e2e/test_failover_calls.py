@@ -23,7 +23,7 @@ from voicefleet_testbed.kube import Kube
 from voicefleet_testbed.stack import LIVEKIT_KEY, Stack
 
 from ..operator.cluster import OperatorProcess
-from .failover_scenario import WorkerFleet, operator_metric, until
+from .failover_scenario import SPEECH_S, WorkerFleet, operator_metric, until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.livekit, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -38,10 +38,11 @@ async def workers(
     replicas: int = 2,
     env: dict[str, str] | None = None,
     agent: dict[str, str] | None = None,
+    drain_timeout: int = 5,
 ) -> AsyncIterator[WorkerFleet]:
     f = WorkerFleet(stack, kube, namespace, name)
     try:
-        await f.start(replicas=replicas, env=env, agent=agent)
+        await f.start(replicas=replicas, env=env, agent=agent, drain_timeout=drain_timeout)
         yield f
     finally:
         await f.close()
@@ -119,8 +120,8 @@ async def test_a_livekit_agents_module_deployed_by_a_voiceagent_is_failed_over(
 ) -> None:
     """Issue 16: examples/livekit-agent, written as livekit-agents' examples are (nothing of
     ours), deployed by a VoiceAgent's spec.agent.module: dispatched by LiveKit, it
-    answers, its worker lists the call in /sessions, and when that worker is SIGKILLed the
-    call is served again by the other. The testbed's worker "image" is this checkout, so
+    answers, its worker lists the call in /sessions, when that worker is SIGKILLed the
+    call is served again by the other, and that one drains when its pod is deleted. The testbed's worker "image" is this checkout, so
     PYTHONPATH points at the example where a real image would `pip install` it; the
     example's model reads OPENAI_BASE_URL (the stand-in) and, since it uses OpenAI, its key
     from spec.model.apiKeySecret."""
@@ -129,7 +130,8 @@ async def test_a_livekit_agents_module_deployed_by_a_voiceagent_is_failed_over(
         "OPENAI_BASE_URL": stack.openai_base_url(f"byo-{namespace[-5:]}"),
     }
     agent = {"module": "livekit_agent"}
-    async with workers(stack, kube, namespace, "byo", env=env, agent=agent) as f:
+    # a drain long enough to hear a turn in it (the others cut calls after 5 s)
+    async with workers(stack, kube, namespace, "byo", env=env, agent=agent, drain_timeout=60) as f:
         assert f.deployment_env()[Env.AGENT] == "livekit_agent"
         assert f.scenario == f"byo-{namespace[-5:]}"
         caller = await f.call(f"byo-{namespace}")
@@ -139,8 +141,23 @@ async def test_a_livekit_agents_module_deployed_by_a_voiceagent_is_failed_over(
         print(f"\nlivekit-agents module, sigkill: {rec}")
         assert rec.new_agent and rec.new_agent != rec.first_agent, rec
         assert rec.recovered, f"the caller never heard the new agent: {rec}"
-        _, listed = await f.serving(caller.room_name)
+        pod, listed = await f.serving(caller.room_name)
         assert listed == rec.new_agent
+        # ... and drains: a graceful delete (what a rollout or an eviction does) leaves the
+        # call with its worker, which says it is draining and keeps answering.
+        name = pod["metadata"]["name"]
+        await asyncio.to_thread(f.kube.core.delete_namespaced_pod, name, namespace)
+
+        async def draining_with_the_call() -> bool:
+            try:
+                report = await asyncio.to_thread(f.sessions, pod)
+            except OSError:
+                return False
+            return report.draining and any(r.room == caller.room_name for r in report.rooms)
+
+        await until(draining_with_the_call, 15, f"{name} draining with the call")
+        turn = await caller.turn(SPEECH_S, timeout=20)
+        assert turn.latency_s is not None, "the draining worker's agent stopped answering"
 
 
 async def test_a_call_the_worker_ends_on_purpose_is_not_failed_over(
