@@ -28,10 +28,12 @@ memory, so it holds across operator restarts.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
+
+from .fleet import Reading, WorkerPod
 
 # LiveKit ParticipantInfo.Kind and DisconnectReason values (livekit.protocol.models).
 KIND_STANDARD: Final = 0
@@ -403,6 +405,85 @@ def vanished_rooms(
         now_serving = {r.room for r in rooms}
         out += [r for r in previous.get(key, ()) if r.room not in now_serving]
     return out
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What failover knows of one fleet's workers between two readings: the rooms each
+    worker pod served when last read, its worker container's restart count, and the hung
+    pods already ended (not asked twice)."""
+
+    serving: Mapping[str, tuple[WorkerRoom, ...]] = field(default_factory=dict)
+    restarts: Mapping[str, int] = field(default_factory=dict)
+    ended_pods: frozenset[str] = frozenset()
+
+    def rooms(self) -> set[str]:
+        return {w.room for rooms in self.serving.values() for w in rooms}
+
+    def ended(self, pod: str) -> WorkerView:
+        return replace(self, ended_pods=self.ended_pods | {pod})
+
+
+@dataclass(frozen=True)
+class WorkersSeen:
+    """What one look at the workers found: the view after it, calls lost with their
+    worker, hung workers to end, rooms a live worker no longer serves (to confirm with
+    LiveKit: `judge_vanished`), and the rooms served now."""
+
+    view: WorkerView
+    losses: tuple[Loss, ...] = ()
+    hung: tuple[str, ...] = ()
+    vanished: tuple[WorkerRoom, ...] = ()
+    served: frozenset[str] = frozenset()
+
+
+def watch_workers(
+    view: WorkerView,
+    pods: Sequence[WorkerPod],
+    readings: Mapping[str, Reading],
+    agent_name: str,
+    now: float,
+) -> WorkersSeen:
+    """The worker view's reducer: `view` and the fleet's pods with their latest
+    `/sessions` readings in, the next view and what happened out. Pure.
+
+    A pod without an IP (its container restarting) has no process serving anything; one
+    whose worker container restarted has a new process that serves none of the old one's
+    calls (it may answer before the feed ever saw a refusal). A worker not read yet keeps
+    what it served before. A refused read is a dead process; a pod the kubelet finds not
+    ready that does not answer a fresh read either (two witnesses, one on the node) is
+    hung; a pod gone from the list was deleted."""
+    restarts = {p.name: p.restarts for p in pods}
+    restarted = restarted_workers(view.restarts, restarts)
+    refused = [p.name for p in pods if not p.ip] + restarted
+    hung: list[str] = []
+    current: dict[str, tuple[WorkerRoom, ...]] = {}
+    for p in pods:
+        r = readings.get(p.name)
+        if p.name in restarted or not p.ip or r is None:
+            continue
+        if r.report is not None:
+            current[p.name] = tuple(
+                WorkerRoom(x.room, agent_name, x.participant, "", x.startedAt)
+                for x in r.report.rooms
+            )
+        elif r.error == "refused":
+            refused.append(p.name)
+        elif not p.ready and not p.deleting and r.error in ("timeout", "unreachable"):
+            hung.append(p.name)
+    present = {p.name for p in pods}
+    gone = [k for k in view.serving if k not in present]
+    ended_pods = view.ended_pods & present
+    serving = {k: v for k, v in view.serving.items() if k in present}
+    serving.update({k: () for k in [*refused, *hung]})
+    serving.update(current)
+    return WorkersSeen(
+        view=WorkerView(serving, restarts, ended_pods),
+        losses=tuple(losses_from_workers(view.serving, refused, gone, now, hung)),
+        hung=tuple(k for k in hung if k not in ended_pods),
+        vanished=tuple(vanished_rooms(view.serving, current)),
+        served=frozenset(w.room for rooms in current.values() for w in rooms),
+    )
 
 
 Verdict = Literal["lost", "ended", "wait", "moot"]

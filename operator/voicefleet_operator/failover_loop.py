@@ -47,8 +47,8 @@ from .autoscaler import free_slots, samples_of
 from .credentials import NoSecret, SecretData, credentials_of
 from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
 from .events import PostEvent, poster
-from .feed import Reading, SessionFeed
-from .fleet import WorkerPod
+from .feed import SessionFeed
+from .fleet import Reading, WorkerPod
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics
 from .names import AgentNames
@@ -260,8 +260,7 @@ class _State:
     target: FleetTarget
     cases: dict[tuple[str, str], fo.Case] = field(default_factory=dict)
     counted: set[tuple[str, str]] = field(default_factory=set)  # orphans counted
-    previous: dict[str, list[fo.WorkerRoom]] = field(default_factory=dict)  # pod -> rooms
-    restarts: dict[str, int] = field(default_factory=dict)  # pod -> its worker's restartCount
+    view: fo.WorkerView = field(default_factory=fo.WorkerView)  # what each worker serves
     incoming: list[fo.Loss] = field(default_factory=list)
     suspects: dict[str, tuple[fo.WorkerRoom, float]] = field(default_factory=dict)
     absent: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -279,9 +278,7 @@ class _State:
     # Rooms a caller joined (a webhook), watched each tick until an agent of ours comes:
     # room -> since when. A call LiveKit could not place is found here within seconds.
     watch: dict[str, float] = field(default_factory=dict)
-    # Hung worker pods to end (found this tick), and those already ended (not asked twice).
-    hung: list[str] = field(default_factory=list)
-    ended_pods: set[str] = field(default_factory=set)
+    hung: list[str] = field(default_factory=list)  # hung worker pods to end (this tick)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     api_error: str = ""  # the LiveKit API's last failure, logged once until it recovers
 
@@ -602,50 +599,15 @@ class Failover:
     def _watch_workers(
         self, s: _State, pods: Sequence[WorkerPod], readings: Mapping[str, Reading], now: float
     ) -> None:
-        t = s.target
-        current: dict[str, list[fo.WorkerRoom]] = {}
-        # A pod without an IP (its container restarting) has no process serving anything;
-        # one whose worker container restarted has a new process that serves none of the
-        # old one's calls (it may answer before the feed ever saw a refusal).
-        restarted = fo.restarted_workers(s.restarts, {p.name: p.restarts for p in pods})
-        s.restarts = {p.name: p.restarts for p in pods}
-        refused = [p.name for p in pods if not p.ip] + restarted
-        hung = []
-        for p in pods:
-            if p.name in restarted:
-                continue  # what it reads now is the new process (or nothing yet)
-            r = readings.get(p.name)
-            if not p.ip or r is None:
-                continue  # not read yet: what it served before still stands
-            if r.report is not None:
-                current[p.name] = [
-                    fo.WorkerRoom(x.room, t.agent_name, x.participant, "", x.startedAt)
-                    for x in r.report.rooms
-                ]
-            elif r.error == "refused":
-                refused.append(p.name)
-            elif not p.ready and not p.deleting and r.error in ("timeout", "unreachable"):
-                # The feed reads a worker afresh when it turns not ready: no answer to that
-                # either, and the kubelet's probe on the node failing too, is a hang.
-                hung.append(p.name)
-        present = {p.name for p in pods}
-        s.ended_pods &= present
-        s.hung = [k for k in hung if k not in s.ended_pods]
-        gone = [k for k in s.previous if k not in present]
-        for loss in fo.losses_from_workers(s.previous, refused, gone, now, hung):
-            s.incoming.append(loss)
-        for suspect in fo.vanished_rooms(s.previous, current):
+        seen = fo.watch_workers(s.view, pods, readings, s.target.agent_name, now)
+        s.view = seen.view
+        s.hung = list(seen.hung)
+        s.incoming.extend(seen.losses)
+        for suspect in seen.vanished:
             if suspect.room not in s.ended:
                 s.suspects.setdefault(suspect.room, (suspect, now))
-        for served in current.values():  # served again: a new call in a reused room
-            for w in served:
-                s.ended.pop(w.room, None)
-        # What each worker serves now; a dead one's rooms were turned into losses above.
-        for k in gone:
-            s.previous.pop(k, None)
-        for k in [*refused, *hung]:
-            s.previous[k] = []
-        s.previous.update(current)
+        for room in seen.served:  # served again: a new call in a reused room
+            s.ended.pop(room, None)
 
     async def _end_hung(self, s: _State, post: PostEvent) -> None:
         """A hung worker is ended before its calls are dispatched again: it stays registered
@@ -659,7 +621,7 @@ class Failover:
         for pod in s.hung:
             if self.dry_run:
                 log.info("dry run: failover %s/%s would end hung worker %s", *_key(s), pod)
-                s.ended_pods.add(pod)
+                s.view = s.view.ended(pod)
                 continue
             try:
                 await asyncio.to_thread(
@@ -668,7 +630,7 @@ class Failover:
             except Exception as e:  # the API may be away: the next tick tries again
                 log.warning("failover %s/%s: cannot end hung worker %s: %s", *_key(s), pod, e)
                 continue
-            s.ended_pods.add(pod)
+            s.view = s.view.ended(pod)
             log.warning("failover %s/%s: worker %s hung (not ready, no answer); ended it",
                         *_key(s), pod)  # fmt: skip
             post("Warning", "WorkerHung", f"worker pod {pod} hung (not ready, no answer to "
@@ -710,7 +672,7 @@ class Failover:
             s.ended_pending.pop(0)
 
     def _served(self, s: _State) -> set[str]:
-        return {w.room for served in s.previous.values() for w in served}
+        return s.view.rooms()
 
     async def _watch_joins(self, s: _State, rooms: Rooms, now: float, free: int) -> None:
         """Rooms a caller joined, until an agent of ours is there: one LiveKit could not

@@ -58,7 +58,7 @@ from voicefleet_contract.sessions import (
     query_string,
 )
 
-from .fleet import ChildNames, WorkerPod
+from .fleet import ChildNames, Reading, WorkerPod
 from .kube import KubeApi, path
 from .shared import TtlShared
 
@@ -106,17 +106,6 @@ class WorkerTokens:
         got = await asyncio.to_thread(self.kube.get, secret_path)
         raw = ((got or {}).get("data") or {}).get(WORKER_KEYS_TOKEN)
         return base64.b64decode(raw).decode().strip() or None if raw else None
-
-
-@dataclass(frozen=True)
-class Reading:
-    report: SessionsReport | None
-    error: str = ""  # why report is None: "timeout", "refused", "HTTP 503", ...
-    at: float = 0.0  # monotonic seconds
-
-    def same_as(self, other: Reading | None) -> bool:
-        """Nothing a consumer acts on differs (the time of reading does not count)."""
-        return other is not None and self.report == other.report and self.error == other.error
 
 
 @dataclass

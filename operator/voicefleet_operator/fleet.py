@@ -19,6 +19,7 @@ from voicefleet_contract import (
     WORKER_CONTAINER,
     WORKER_KEYS_SUFFIX,
 )
+from voicefleet_contract.sessions import SessionsReport
 
 from .kube import path
 
@@ -99,3 +100,14 @@ def index_pod(
         tuple(sorted(labels.items())),
     )
     return {(namespace, labels[LABEL_INSTANCE]): pod}
+
+
+@dataclass(frozen=True)
+class Reading:
+    report: SessionsReport | None
+    error: str = ""  # why report is None: "timeout", "refused", "HTTP 503", ...
+    at: float = 0.0  # monotonic seconds
+
+    def same_as(self, other: Reading | None) -> bool:
+        """Nothing a consumer acts on differs (the time of reading does not count)."""
+        return other is not None and self.report == other.report and self.error == other.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -343,3 +344,98 @@ def test_a_dispatch_livekit_dropped_for_want_of_a_slot_is_not_waited_on() -> Non
     # With a slot somewhere, a dispatch without a job may still be on its way: wait for it.
     a = step(case, view(CALLER, dispatches=mine), now=105, policy=P, free=2)
     assert "pending" in a.reason
+
+
+# --- the worker view's reducer: watch_workers --------------------------------------------
+
+
+def _pod(name: str, ready: bool = True, ip: str = "127.0.0.9", restarts: int = 0) -> Any:
+    from voicefleet_operator.fleet import WorkerPod
+
+    return WorkerPod(name, ip, ready, False, restarts)
+
+
+def _serving(*rooms: str) -> Any:
+    from voicefleet_contract.sessions import RoomSession, SessionsReport
+    from voicefleet_operator.fleet import Reading
+
+    report = SessionsReport(
+        len(rooms), 5, False, tuple(RoomSession(r, f"j-{r}", 10.0, f"agent-{r}") for r in rooms)
+    )
+    return Reading(report)
+
+
+def _failed(error: str) -> Any:
+    from voicefleet_operator.fleet import Reading
+
+    return Reading(None, error)
+
+
+def _view(**serving: tuple[str, ...]) -> Any:
+    from voicefleet_operator.failover import WorkerRoom, WorkerView
+
+    return WorkerView(
+        serving={
+            pod: tuple(WorkerRoom(r, "support", f"agent-{r}", "", 10.0) for r in rooms)
+            for pod, rooms in serving.items()
+        },
+        restarts={pod: 0 for pod in serving},
+    )
+
+
+# (what, view before, pods now, readings now) -> (losses as (room, source), hung, vanished, served)
+WATCH = [
+    ("first look: what each serves", _view(), [_pod("w1")], {"w1": _serving("r1")},
+     [], [], [], ["r1"]),
+    ("not read yet: what it served stands", _view(w1=("r1",)), [_pod("w1")], {},
+     [], [], [], []),
+    ("refused: a dead process", _view(w1=("r1", "r2")), [_pod("w1")], {"w1": _failed("refused")},
+     [("r1", "worker"), ("r2", "worker")], [], [], []),
+    ("pod gone", _view(w1=("r1",)), [], {},
+     [("r1", "pod")], [], [], []),
+    ("no IP: its container restarting", _view(w1=("r1",)), [_pod("w1", ip="")], {"w1": _serving()},
+     [("r1", "worker")], [], [], []),
+    ("container restarted, answers at once", _view(w1=("r1",)), [_pod("w1", restarts=1)],
+     {"w1": _serving()}, [("r1", "worker")], [], [], []),
+    ("not ready and no answer: hung", _view(w1=("r1",)), [_pod("w1", ready=False)],
+     {"w1": _failed("timeout")}, [("r1", "hung")], ["w1"], [], []),
+    ("ready but unreachable: the network, not the worker", _view(w1=("r1",)), [_pod("w1")],
+     {"w1": _failed("timeout")}, [], [], [], []),
+    ("a room no longer served: to confirm", _view(w1=("r1", "r2")), [_pod("w1")],
+     {"w1": _serving("r2")}, [], [], ["r1"], ["r2"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("what", "view", "pods", "readings", "losses", "hung", "vanished", "served"),
+    WATCH,
+    ids=[w[0] for w in WATCH],
+)
+def test_watch_workers(
+    what: str, view: Any, pods: Any, readings: Any,
+    losses: list[tuple[str, str]], hung: list[str], vanished: list[str], served: list[str],
+) -> None:  # fmt: skip
+    from voicefleet_operator.failover import watch_workers
+
+    seen = watch_workers(view, pods, readings, "support", 50.0)
+    assert [(x.room, x.source) for x in seen.losses] == losses
+    assert list(seen.hung) == hung
+    assert [w.room for w in seen.vanished] == vanished
+    assert sorted(seen.served) == served
+    # the next view: a lost worker serves nothing, a gone one is forgotten
+    lost = {x.room for x in seen.losses}
+    assert not (seen.view.rooms() & lost)
+    assert set(seen.view.serving) <= {p.name for p in pods}
+
+
+def test_a_hung_worker_already_ended_is_not_ended_again() -> None:
+    from voicefleet_operator.failover import watch_workers
+
+    pods, readings = [_pod("w1", ready=False)], {"w1": _failed("timeout")}
+    first = watch_workers(_view(w1=("r1",)), pods, readings, "support", 50.0)
+    assert first.hung == ("w1",)
+    again = watch_workers(first.view.ended("w1"), pods, readings, "support", 51.0)
+    assert again.hung == () and again.losses == ()  # its calls were taken the first time
+    # ... and a pod of that name that is gone and comes back is a new pod
+    gone = watch_workers(again.view, [], {}, "support", 52.0)
+    assert "w1" not in gone.view.ended_pods

@@ -18,8 +18,7 @@ from voicefleet_contract.one_agent import AGENT_NAME_ATTRIBUTE
 from voicefleet_contract.sessions import RoomSession, SessionsReport
 from voicefleet_operator import failover as fo
 from voicefleet_operator.failover_loop import Failover, FailoverMetrics, RoomsSnapshot
-from voicefleet_operator.feed import Reading
-from voicefleet_operator.fleet import WorkerPod
+from voicefleet_operator.fleet import Reading, WorkerPod
 from voicefleet_operator.kube import KubeError
 from voicefleet_operator.metrics import OperatorMetrics
 from voicefleet_operator.spec import VoiceAgentSpec, parse_spec

@@ -23,8 +23,8 @@ from aiohttp.client_reqrep import ConnectionKey
 
 from voicefleet_contract.sessions import LongPollLimit, parse_sessions
 from voicefleet_operator.daemons import paused_for_a_peer
-from voicefleet_operator.feed import Reading, SessionFeed, error_reason
-from voicefleet_operator.fleet import WorkerPod
+from voicefleet_operator.feed import SessionFeed, error_reason
+from voicefleet_operator.fleet import Reading, WorkerPod
 from voicefleet_testbed.ports import free_port
 from voicefleet_testbed.procs import wait_for
 from voicefleet_worker.endpoint import MetricsServer, make_app
