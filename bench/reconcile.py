@@ -20,6 +20,7 @@ python -m bench.reconcile [--sizes 1,100,1000] [--idle-seconds 30] [--process-wo
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -40,7 +41,7 @@ from bench.cluster import (
     parallel,
 )
 from bench.common import Result, Run, operator_flags, summary
-from voicefleet_contract import GROUP, KIND, PLURAL, VERSION
+from voicefleet_contract import GROUP, KIND, LABEL_INSTANCE, PLURAL, VERSION
 
 JSON = dict[str, Any]
 LIVEKIT_URL = "ws://127.0.0.1:7880"  # never dialled: the fake worker does not register
@@ -75,6 +76,29 @@ def deployment_body(name: str) -> JSON:
     }
 
 
+# The path from a VoiceAgent's create to its Ready, in order: who moves each step is the
+# operator (deployment, ready), kube-controller-manager (replicaset, pod,
+# deployment_ready), kube-scheduler (pod_scheduled) and the node agent (pod_ready).
+STAGES = (
+    "created", "deployment", "replicaset", "pod", "pod_scheduled", "pod_ready",
+    "deployment_ready", "ready",
+)  # fmt: skip
+
+
+def instance_of(obj: JSON) -> str | None:
+    """The VoiceAgent a ReplicaSet or pod belongs to (its instance label)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
+
+
+def stages(times: dict[str, dict[str, float]]) -> JSON:
+    """Each step's duration (`<from>_to_<to>`), over the VoiceAgents seen at both ends."""
+    out: JSON = {}
+    for a, b in itertools.pairwise(STAGES):
+        both = [x for x in times[b] if x in times[a]]
+        out[f"{a}_to_{b}"] = summary([times[b][x] - times[a][x] for x in both])
+    return out
+
+
 def baseline(c: Cluster, n: int, timeout: float) -> list[float]:
     """kube-controller-manager: create N Deployments, time until each has its ReplicaSet."""
     ns = c.namespace(f"bench-baseline-{n}")
@@ -105,11 +129,31 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
     ns = c.namespace(f"bench-reconcile-{n}")
     created: dict[str, float] = {}
     deployed, ready = FirstTimes(), FirstTimes()
+    # Where Deployment -> Ready goes, VoiceAgent by VoiceAgent (its one worker pod): the
+    # first time each stage was seen, from watches of every object on the path.
+    stage_times: dict[str, FirstTimes] = {s: FirstTimes() for s in STAGES[2:-1]}
 
     def on_dep(kind: str, obj: JSON, t: float) -> None:
         va = owner(obj, KIND)
         if kind == "ADDED" and va:
             deployed.see(va, t)
+        if va and ((obj.get("status") or {}).get("readyReplicas") or 0) >= 1:
+            stage_times["deployment_ready"].see(va, t)
+
+    def on_rs(kind: str, obj: JSON, t: float) -> None:
+        va = instance_of(obj)
+        if kind == "ADDED" and va:
+            stage_times["replicaset"].see(va, t)
+
+    def on_pod(kind: str, obj: JSON, t: float) -> None:
+        va = instance_of(obj)
+        if not va or kind == "DELETED":
+            return
+        stage_times["pod"].see(va, t)
+        if (obj.get("spec") or {}).get("nodeName"):
+            stage_times["pod_scheduled"].see(va, t)
+        if condition_true(obj, "Ready"):
+            stage_times["pod_ready"].see(va, t)
 
     def on_va(kind: str, obj: JSON, t: float) -> None:
         if kind != "DELETED" and condition_true(obj, "Ready"):
@@ -124,6 +168,8 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
     pid = c.operator_pid
     with (
         Watcher(c.kube, "apps", "v1", "deployments", ns, on_dep),
+        Watcher(c.kube, "apps", "v1", "replicasets", ns, on_rs),
+        Watcher(c.kube, "", "v1", "pods", ns, on_pod),
         Watcher(c.kube, GROUP, VERSION, PLURAL, ns, on_va),
     ):
         run = CpuMeter(pid).start()
@@ -161,6 +207,14 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
         "operator_peak_rss_mb": peak,
         "load_avg_1m": machine_load(),
         "operator_counters": counters,
+        "stages_s": stages(
+            {
+                "created": created,
+                "deployment": deployed.times,
+                **{k: v.times for k, v in stage_times.items()},
+                "ready": ready.times,
+            }
+        ),
     }
     # The last size's namespace goes with the stack (deleting N VoiceAgents waits for the
     # operator to stop each one's daemon and drop its finalizer: minutes at 1,000).
