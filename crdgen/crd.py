@@ -29,22 +29,27 @@ from voicefleet_contract import (
     VERSION,
 )
 from voicefleet_contract.capacity import (
-    DEFAULT_MAX_PER_WORKER,
     DEFAULT_TARGET_LOAD,
     DEFAULT_WORKER_REQUESTS,
     MAX_TARGET_LOAD,
     MIN_TARGET_LOAD,
 )
 from voicefleet_contract.config import (
-    EAGERNESS,
     HEADER_NAME_RE,
     MAX_TOOL_HEADERS,
-    MODALITIES,
-    NOISE_REDUCTION_TYPES,
     RESERVED_TOOL_HEADERS,
-    TOOL_CHOICES,
     TOOL_NAME_RE,
-    TURN_DETECTION_TYPES,
+)
+from voicefleet_contract.fields import (
+    FAILOVER,
+    MODALITIES,
+    MODEL,
+    OBSERVABILITY,
+    OPENAI_VOICES,
+    SESSIONS,
+    TRANSCRIPTION,
+    TURN_DETECTION,
+    Field,
 )
 from voicefleet_contract.netguard import METADATA_HOSTS
 from voicefleet_operator.spec import (
@@ -58,13 +63,11 @@ from voicefleet_operator.spec import (
     IMAGE_RE,
     MAX_ADDRESSES,
     MAX_CONTAINERS,
-    MAX_INSTRUCTIONS,
     MAX_NAME,
     MAX_NUMBERS,
     MAX_REPLICAS,
     MAX_TOOLS,
     MAX_VOLUMES,
-    OPENAI_VOICES,
     PHONE_RE,
     PIN_RE,
     PULL_POLICIES,
@@ -79,7 +82,6 @@ from voicefleet_operator.spec import (
     SIP_HOST_RE,
     SIP_TRANSPORTS,
     TOOL_HEADER_ENV_PREFIX,
-    VOICE_RE,
 )
 
 Schema = dict[str, Any]
@@ -136,6 +138,24 @@ def number(description: str, lo: float | None = None, hi: float | None = None, *
 
 def boolean(description: str, default: bool) -> Schema:
     return {"type": "boolean", "description": description, "default": default}
+
+
+def field_schema(f: Field) -> Schema:
+    """One field of the contract's table (fields.py) as OpenAPI."""
+    s: Schema = {"type": f.kind, "description": f.description}
+    optional = {
+        "enum": list(f.enum) or None,
+        "default": f.default,
+        "minimum": f.minimum,
+        "maximum": f.maximum,
+        "maxLength": f.max_length,
+        "pattern": f.pattern,
+    }
+    return s | {k: v for k, v in optional.items() if v is not None}
+
+
+def table_schema(table: tuple[Field, ...]) -> dict[str, Schema]:
+    return {f.name: field_schema(f) for f in table}
 
 
 def obj(
@@ -259,25 +279,7 @@ def livekit_schema() -> Schema:
 def turn_detection_schema() -> Schema:
     return obj(
         "How the model decides the caller finished speaking (Realtime turn_detection).",
-        {
-            "type": string(
-                "server_vad (silence based), semantic_vad (meaning based) or none "
-                "(the agent commits turns itself).",
-                enum=list(TURN_DETECTION_TYPES),
-                default="server_vad",
-            ),
-            "threshold": number("server_vad activation threshold, 0 to 1.", 0.0, 1.0),
-            "prefixPaddingMs": integer("Audio kept before detected speech, in ms.", 0, 10_000),
-            "silenceDurationMs": integer("Silence that ends a turn, in ms.", 0, 10_000),
-            "eagerness": string(
-                "semantic_vad only: how eagerly the model takes its turn.", enum=list(EAGERNESS)
-            ),
-            "createResponse": boolean("Answer automatically when a turn ends.", True),
-            "interruptResponse": boolean("Let the caller interrupt the agent (barge-in).", True),
-            "idleTimeoutMs": integer(
-                "Prompt the model after this much caller silence, in ms.", 0, 3_600_000
-            ),
-        },
+        table_schema(TURN_DETECTION),
         rules=(
             rule(
                 "!has(self.eagerness) || self.type == 'semantic_vad'",
@@ -295,23 +297,7 @@ def model_schema() -> Schema:
         "The speech-to-speech model and every OpenAI Realtime session parameter, passed "
         "through to the worker's agent.json.",
         {
-            "provider": string(
-                "Model provider.", enum=["openai-realtime"], default="openai-realtime"
-            ),
-            "model": string("Realtime model name.", default="gpt-realtime", maxLength=128),
-            "voice": string(
-                f"Output voice. With OpenAI itself (no baseURL) one of: {voices}. With a "
-                "compatible endpoint (baseURL set) any voice name it offers.",
-                default="marin",
-                maxLength=64,
-                pattern=VOICE_RE.pattern,
-            ),
-            "instructions": string(
-                f"System instructions (the prompt). At most {MAX_INSTRUCTIONS} characters: "
-                "they are re-sent with every session.",
-                default="",
-                maxLength=MAX_INSTRUCTIONS,
-            ),
+            **table_schema(MODEL),
             "modalities": array(
                 "Output modalities: audio, text or both.",
                 string("A modality.", enum=list(MODALITIES)),
@@ -323,28 +309,7 @@ def model_schema() -> Schema:
             "turnDetection": turn_detection_schema(),
             "inputAudioTranscription": obj(
                 "Transcribe the caller's audio (for transcripts and failover summaries).",
-                {
-                    "model": string(
-                        "Transcription model.", default="gpt-4o-mini-transcribe", maxLength=128
-                    ),
-                    "language": string("ISO-639-1 language hint, e.g. en.", maxLength=16),
-                    "prompt": string("Transcription prompt (vocabulary hints).", maxLength=4096),
-                },
-            ),
-            "inputAudioNoiseReduction": string(
-                "Input noise reduction: near_field (headsets) or far_field (speakerphones).",
-                enum=list(NOISE_REDUCTION_TYPES),
-            ),
-            "temperature": number(
-                "Sampling temperature, where the model still accepts it (deprecated by the "
-                "Realtime API).",
-                0.0,
-                2.0,
-            ),
-            "speed": number("Speech speed, 0.25 to 1.5.", 0.25, 1.5),
-            "toolChoice": string("How the model picks tools.", enum=list(TOOL_CHOICES)),
-            "maxSessionDurationSeconds": number(
-                "End a session after this many seconds.", 1.0, None
+                table_schema(TRANSCRIPTION),
             ),
             "apiKeySecret": obj(
                 "The Secret holding the API key; workers get it as OPENAI_API_KEY via "
@@ -371,8 +336,6 @@ def model_schema() -> Schema:
                 URL_SCHEMES_RE,
                 allow_empty=True,
             ),
-            "azureDeployment": string("Azure OpenAI deployment name.", maxLength=128),
-            "apiVersion": string("Azure OpenAI API version.", maxLength=64),
         },
         required=("apiKeySecret",),
         rules=(
@@ -996,43 +959,14 @@ def spec_schema() -> Schema:
             ),
             "sessions": obj(
                 "Session capacity of one worker and how long it drains.",
-                {
-                    "maxPerWorker": integer(
-                        "Concurrent sessions one worker serves: LiveKit dispatches exactly this "
-                        "many to it (its load is livekit.targetLoad x active/maxPerWorker).",
-                        1,
-                        1000,
-                        default=DEFAULT_MAX_PER_WORKER,
-                    ),
-                    "drainTimeoutSeconds": integer(
-                        "How long a stopping worker waits for its sessions to end; the pod's "
-                        "termination grace period covers it.",
-                        0,
-                        86_400,
-                        default=3600,
-                    ),
-                },
+                table_schema(SESSIONS),
                 default={},
             ),
             "autoscaling": autoscaling_schema(),
             "failover": obj(
-                "Re-dispatch of sessions whose worker died.",
-                {
-                    "enabled": boolean("Re-dispatch orphaned sessions.", True),
-                    "resumeConversation": boolean(
-                        "Give the new worker a summary of the conversation so far.", True
-                    ),
-                    "summaryTurns": integer(
-                        "Turns carried over to the new worker.", 0, 50, default=6
-                    ),
-                },
-                default={},
+                "Re-dispatch of sessions whose worker died.", table_schema(FAILOVER), default={}
             ),
-            "observability": obj(
-                "What workers record.",
-                {"logTranscripts": boolean("Log transcripts (personal data!).", False)},
-                default={},
-            ),
+            "observability": obj("What workers record.", table_schema(OBSERVABILITY), default={}),
             "disruptionBudget": obj(
                 "The PodDisruptionBudget of the workers (evicted workers still drain).",
                 {

@@ -20,15 +20,20 @@ from .capacity import (
     MAX_TARGET_LOAD,
     MIN_TARGET_LOAD,
 )
+from .fields import (
+    FAILOVER,
+    MODALITIES,
+    MODEL,
+    OBSERVABILITY,
+    SESSIONS,
+    TRANSCRIPTION,
+    TURN_DETECTION,
+    Field,
+)
 from .netguard import forbidden_host
 
 CONFIG_VERSION: Final = 1
 TOOL_NAME_RE: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
-TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "none")
-MODALITIES: Final = ("audio", "text")
-NOISE_REDUCTION_TYPES: Final = ("near_field", "far_field")
-EAGERNESS: Final = ("low", "medium", "high", "auto")
-TOOL_CHOICES: Final = ("auto", "none", "required")
 # RFC 9110 token: what an HTTP header name may be.
 HEADER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 TOOL_HEADER_ENV_RE: Final = re.compile(r"^VOICEFLEET_TOOL_[0-9]+_HEADER_[0-9]+$")
@@ -234,7 +239,7 @@ class _Reader:
         return float(value)
 
     def integer(
-        self, key: str, default: int | None, lo: int | None = None, hi: int | None = None
+        self, key: str, default: int | None, lo: float | None = None, hi: float | None = None
     ) -> int | None:
         value = self._get(key, (int,), "an integer", False)
         if value is None:
@@ -247,6 +252,28 @@ class _Reader:
             raise ConfigError(self.at(key), f"must be >= {lo}; got {value}")
         if hi is not None and value > hi:
             raise ConfigError(self.at(key), f"must be <= {hi}; got {value}")
+
+    def field(self, f: Field) -> Any:
+        """Field `f` of the table (fields.py): its type, bounds, choices and length
+        checked, its default when absent."""
+        if f.kind == "boolean":
+            return self.flag(f.name, bool(f.default))
+        if f.kind == "integer":
+            return self.integer(f.name, cast(int | None, f.default), f.minimum, f.maximum)
+        if f.kind == "number":
+            return self.num(f.name, cast(float | None, f.default), f.minimum, f.maximum)
+        default = cast(str | None, f.default)
+        value = self.choice(f.name, f.enum, default) if f.enum else self.text(f.name, default)
+        if value is not None and f.max_length is not None and len(value) > f.max_length:
+            raise ConfigError(
+                self.at(f.name), f"must be at most {f.max_length} characters; got {len(value)}"
+            )
+        if value is not None and f.pattern is not None and not re.match(f.pattern, value):
+            raise ConfigError(self.at(f.name), f"must match {f.pattern}; got {value!r}")
+        return value
+
+    def fields(self, table: tuple[Field, ...]) -> dict[str, Any]:
+        return {f.name: self.field(f) for f in table}
 
     def obj(self, key: str) -> _Reader | None:
         value = self.data.get(key)
@@ -282,19 +309,7 @@ def _tool_url(r: _Reader) -> str:
 
 
 def _turn_detection(r: _Reader | None) -> TurnDetection:
-    if r is None:
-        return TurnDetection()
-    kind = r.choice("type", TURN_DETECTION_TYPES, "server_vad")
-    return TurnDetection(
-        type=cast(str, kind),
-        threshold=r.num("threshold", None, 0.0, 1.0),
-        prefixPaddingMs=r.integer("prefixPaddingMs", None, 0, 10_000),
-        silenceDurationMs=r.integer("silenceDurationMs", None, 0, 10_000),
-        eagerness=r.choice("eagerness", EAGERNESS, None),
-        createResponse=r.flag("createResponse", True),
-        interruptResponse=r.flag("interruptResponse", True),
-        idleTimeoutMs=r.integer("idleTimeoutMs", None, 0, 3_600_000),
-    )
+    return TurnDetection() if r is None else TurnDetection(**r.fields(TURN_DETECTION))
 
 
 def _model(r: _Reader | None) -> Model:
@@ -305,30 +320,12 @@ def _model(r: _Reader | None) -> Model:
         if m not in MODALITIES:
             raise ConfigError(r.at(f"modalities[{i}]"), f"must be one of {', '.join(MODALITIES)}")
     tr = r.obj("inputAudioTranscription")
-    transcription = None
-    if tr is not None:
-        transcription = Transcription(
-            model=cast(str, tr.text("model", "gpt-4o-mini-transcribe")),
-            language=tr.text("language"),
-            prompt=tr.text("prompt"),
-        )
-    provider = r.choice("provider", ("openai-realtime",), "openai-realtime")
     return Model(
-        provider=cast(str, provider),
-        model=cast(str, r.text("model", "gpt-realtime")),
-        voice=cast(str, r.text("voice", "marin")),
-        instructions=cast(str, r.text("instructions", "")),
+        **r.fields(MODEL),
         modalities=tuple(dict.fromkeys(modalities)),
         turnDetection=_turn_detection(r.obj("turnDetection")),
-        inputAudioTranscription=transcription,
-        inputAudioNoiseReduction=r.choice("inputAudioNoiseReduction", NOISE_REDUCTION_TYPES, None),
-        temperature=r.num("temperature", None, 0.0, 2.0),
-        speed=r.num("speed", None, 0.25, 1.5),
-        toolChoice=r.choice("toolChoice", TOOL_CHOICES, None),
-        maxSessionDurationSeconds=r.num("maxSessionDurationSeconds", None, 1.0, None),
+        inputAudioTranscription=Transcription(**tr.fields(TRANSCRIPTION)) if tr else None,
         baseURL=_url(r, "baseURL", ("http", "https", "ws", "wss"), required=False),
-        azureDeployment=r.text("azureDeployment"),
-        apiVersion=r.text("apiVersion"),
     )
 
 
@@ -404,14 +401,7 @@ def parse_config(data: Any) -> AgentConfig:
         ),
         model=_model(r.obj("model")),
         tools=_tools(r),
-        sessions=Sessions(
-            maxPerWorker=cast(int, s.integer("maxPerWorker", DEFAULT_MAX_PER_WORKER, 1, 1000)),
-            drainTimeoutSeconds=cast(int, s.integer("drainTimeoutSeconds", 3600, 0, 86_400)),
-        ),
-        failover=Failover(
-            enabled=f.flag("enabled", True),
-            resumeConversation=f.flag("resumeConversation", True),
-            summaryTurns=cast(int, f.integer("summaryTurns", 6, 0, 50)),
-        ),
-        observability=Observability(logTranscripts=o.flag("logTranscripts", False)),
+        sessions=Sessions(**s.fields(SESSIONS)),
+        failover=Failover(**f.fields(FAILOVER)),
+        observability=Observability(**o.fields(OBSERVABILITY)),
     )

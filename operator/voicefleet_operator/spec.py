@@ -39,6 +39,7 @@ from voicefleet_contract.config import (
     parse_config,
     tool_header_env,
 )
+from voicefleet_contract.fields import OPENAI_VOICES
 
 AutoscalingMode = Literal["builtin", "hpa", "keda", "none"]
 DispatchType = Literal["individual", "direct"]
@@ -57,20 +58,6 @@ MAX_ADDRESSES: Final = 32
 AUTOSCALING_MODES: Final[tuple[AutoscalingMode, ...]] = ("builtin", "hpa", "keda", "none")
 PULL_POLICIES: Final = ("Always", "IfNotPresent", "Never")
 
-# OpenAI Realtime voices as of gpt-realtime (2025-08). Enforced only when `model.baseURL`
-# is unset, i.e. when talking to OpenAI itself: a typo there would fail every call at
-# session start, while compatible endpoints (Azure, self-hosted, the testbed) may offer
-# other voices.
-OPENAI_VOICES: Final = (
-    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
-)  # fmt: skip
-VOICE_RE: Final = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
-
-# 32 KiB of characters. System prompts are a few KB in practice; the Realtime API re-sends
-# them with every session and every token costs latency. The hard limits above this one:
-# kopf keeps the last handled spec in an annotation and all annotations of an object
-# share 256 KiB; 32 Ki characters are at most 128 KiB of UTF-8, which leaves room.
-MAX_INSTRUCTIONS: Final = 32_768
 MAX_TOOLS: Final = 64
 MAX_REPLICAS: Final = 1000
 # Children are named `<name>` plus a suffix of up to 8 characters (`-workers`); a
@@ -421,16 +408,12 @@ def _secret_ref(raw: Any, path: str, default_key: str) -> SecretKeyRef:
 
 
 def _check_model(model: dict[str, Any]) -> None:
+    """What the field table cannot say (fields.py: types, bounds, lengths, patterns are
+    checked by parse_config): the voice list with OpenAI itself, eagerness's type."""
     path = "spec.model"
-    instructions = model.get("instructions")
-    if isinstance(instructions, str) and len(instructions) > MAX_INSTRUCTIONS:
-        raise SpecError(
-            f"{path}.instructions",
-            f"must be at most {MAX_INSTRUCTIONS} characters; got {len(instructions)}",
-        )
-    voice = _str(model, "voice", path, pattern=VOICE_RE)
+    voice = model.get("voice")
     base_url = model.get("baseURL")
-    if voice is not None and not base_url and voice not in OPENAI_VOICES:
+    if isinstance(voice, str) and voice and not base_url and voice not in OPENAI_VOICES:
         raise SpecError(
             f"{path}.voice",
             f"unknown voice {voice!r}; OpenAI Realtime voices are {', '.join(OPENAI_VOICES)} "

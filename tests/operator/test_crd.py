@@ -8,7 +8,8 @@ from typing import Any
 import yaml
 
 from crdgen import crd
-from voicefleet_operator.spec import MAX_INSTRUCTIONS, parse_spec
+from voicefleet_contract.fields import MAX_INSTRUCTIONS
+from voicefleet_operator.spec import parse_spec
 
 from .util import full_spec, minimal_spec
 

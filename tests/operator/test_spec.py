@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from voicefleet_contract.capacity import DEFAULT_MAX_PER_WORKER
-from voicefleet_operator.spec import MAX_INSTRUCTIONS, SpecError, parse_spec
+from voicefleet_contract.fields import MAX_INSTRUCTIONS
+from voicefleet_operator.spec import SpecError, parse_spec
 
 from .util import full_spec, minimal_spec
 
