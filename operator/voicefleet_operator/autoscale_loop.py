@@ -221,10 +221,10 @@ def pace(d: Decision, current: int, now: float, changed_at: float | None) -> Dec
     )
 
 
-def settled(d: Decision | None, current: int | None) -> bool:
+def at_rest(d: Decision | None, current: int | None) -> bool:
     """Nothing will change with time alone: every worker answered, and the desired count,
     the current one and every recommendation in the stabilisation window agree. Pure.
-    (Unsettled: run again in a second; settled: only when something changes.)"""
+    (Not at rest: run again in a second; at rest: only when something changes.)"""
     if d is None or current is None:
         return True  # no Deployment yet: its creation wakes the loop
     return (
@@ -274,7 +274,7 @@ async def run_autoscaler(
                         body.get("status") or {},  # a live view, like spec
                         feed.waiting(ns, name),
                     )
-                    if not settled(d, current):
+                    if not at_rest(d, current):
                         timeout = TICK_SECONDS
                 except KubeError as e:
                     log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)

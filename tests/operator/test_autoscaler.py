@@ -122,22 +122,22 @@ def test_deletion_costs_put_idle_first_and_unknown_last() -> None:
 
 def test_a_fleet_is_settled_only_when_time_alone_changes_nothing() -> None:
     """Settled: the loop sleeps until the feed wakes it; unsettled: it runs every second."""
-    from voicefleet_operator.autoscale_loop import settled
+    from voicefleet_operator.autoscale_loop import at_rest
     from voicefleet_operator.autoscaler import samples_of
 
     policy = Policy(min_replicas=1, max_replicas=5, max_per_worker=10, target_utilization=1.0,
                     stabilization_seconds=30)  # fmt: skip
     calm = [PodSample("a", 3, 10), PodSample("b", 4, 10)]
     d = decide(0.0, calm, 1, policy)
-    assert d.desired == 1 and settled(d, 1)
+    assert d.desired == 1 and at_rest(d, 1)
     # A scale-down waiting out its window: still moving.
     busy = decide(0.0, [PodSample("a", 15, 10), PodSample("b", 4, 10)], 2, policy)
     quiet = decide(1.0, calm, 2, policy, busy.history)
-    assert quiet.desired == 2 and not settled(quiet, 2)
-    assert settled(decide(40.0, calm, 1, policy, quiet.history), 1)
+    assert quiet.desired == 2 and not at_rest(quiet, 2)
+    assert at_rest(decide(40.0, calm, 1, policy, quiet.history), 1)
     # A worker that does not answer: keep looking every second.
-    assert not settled(decide(0.0, [PodSample("a", None, 10)], 1, policy), 1)
-    assert settled(None, None)  # no Deployment yet: its creation wakes the loop
+    assert not at_rest(decide(0.0, [PodSample("a", None, 10)], 1, policy), 1)
+    assert at_rest(None, None)  # no Deployment yet: its creation wakes the loop
     # A pod not read yet is left out of the samples, a failed read counts as full.
     pods = [WorkerPod("a", "10.0.0.1", True, False), WorkerPod("b", "10.0.0.2", True, False)]
     assert samples_of(pods, {"a": None}, 10) == [PodSample("a", None, 10)]
