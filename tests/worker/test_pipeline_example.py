@@ -2,8 +2,9 @@
 as livekit-agents' examples are (no OpenAI, nothing of voicefleet), run unchanged by the
 worker's loader. What can run on this machine runs: the module loads as the worker loads
 it, its prewarm loads Silero's model, and its entrypoint builds its session from
-environment keys. A call needs the three vendors' internet services: skipped, with that
-reason."""
+environment keys. A call through it needs the three vendors' internet services, which
+this machine does not reach and has no stand-ins for: no test here makes one (a test
+with nothing to assert would only look like coverage)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,3 @@ async def test_its_entrypoint_builds_a_non_openai_pipeline(
     assert isinstance(session.llm, anthropic.LLM)
     assert isinstance(session.tts, cartesia.TTS)
     assert session.vad is proc.userdata["vad"]
-
-
-@pytest.mark.skip(
-    reason="a call through this pipeline needs Deepgram, Anthropic and Cartesia, which are "
-    "internet services: this machine has no internet and no stand-ins for them"
-)
-def test_a_call_through_the_pipeline() -> None:
-    """Kept as the place such a test goes (tests/worker/test_e2e.py's BYO test, with
-    DEEPGRAM_API_KEY, ANTHROPIC_API_KEY and CARTESIA_API_KEY set)."""
