@@ -1,11 +1,12 @@
-"""The built-in autoscaler's loop: per VoiceAgent (mode `builtin`), decide the replica count
-from every ready worker's `/sessions` whenever they change, and apply it.
+"""The built-in autoscaler's shell: one tick of one VoiceAgent (mode `builtin`) decides the
+replica count from every ready worker's `/sessions`, and applies it.
 
 A thin shell: the pods and their reports come from the `SessionFeed` (one long poll per
-worker, shared with failover), the decision from a pure function. The loop runs when the
-feed, the Deployment or the spec changes, and once a second only while something is in
-motion (a scale-down waiting out its stabilisation window, a worker not answering); a
-settled fleet is looked at every `IDLE_SECONDS` as a backstop. What it writes:
+worker, shared with failover), the decision from a pure function. `fleet_loop.FleetLoop`
+calls `Autoscaler.tick` when the feed, the Deployment or the spec changes, and once a
+second only while something is in motion (`at_rest`: a scale-down waiting out its
+stabilisation window, a worker not answering); a settled fleet is looked at every
+`IDLE_SECONDS` as a backstop. What it writes:
 - the Deployment's `spec.replicas`, under the replicas field manager, only on a change;
 - right before lowering replicas, `controller.kubernetes.io/pod-deletion-cost` on each
   worker from its live sessions, so the ReplicaSet removes idle workers first;
@@ -22,8 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import kopf
-
 from voicefleet_contract import (
     POD_DELETION_COST,
 )
@@ -38,15 +37,13 @@ from .autoscaler import (
     deletion_costs,
     samples_of,
 )
-from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
-from .events import poster
-from .feed import SessionFeed
+from .daemons import TICK_SECONDS
 from .fleet import ChildNames, WorkerPod, va_path
-from .kube import KubeApi, KubeError, path
+from .kube import KubeApi, path
 from .metrics import OperatorMetrics
 from .render import render_replicas_patch
 from .settings import REPLICAS_FIELD_MANAGER
-from .spec import ParsedSpec, VoiceAgentSpec
+from .spec import VoiceAgentSpec
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 30.0  # a settled fleet: the backstop
@@ -234,55 +231,3 @@ def at_rest(d: Decision | None, current: int | None) -> bool:
 
 def deployment_name(spec: VoiceAgentSpec) -> str:
     return ChildNames.of(spec.name).deployment
-
-
-async def run_autoscaler(
-    autoscaler: Autoscaler,
-    feed: SessionFeed,
-    namespace: str,
-    name: str,
-    body: kopf.Body,
-    spec: kopf.Spec,
-    stopped: kopf.DaemonStopped,
-    deployment_replicas: kopf.Index[tuple[str, str], int],
-) -> None:
-    """The built-in autoscaler of one VoiceAgent until its daemon stops: a decision
-    whenever the feed, its Deployment or its spec changes, every `TICK_SECONDS` while
-    something is in motion, every `IDLE_SECONDS` otherwise."""
-    ns = namespace
-
-    post = poster(body)
-    wake = feed.subscribe(ns, name)
-    stop = asyncio.ensure_future(stopped.wait())
-    parsed = ParsedSpec(ns, name)
-    try:
-        while not stopped:
-            wake.clear()  # before reading: a change during this run wakes the next
-            timeout = IDLE_SECONDS
-            va = parsed.of(body, spec)
-            if va is not None and va.autoscaling.mode == "builtin":
-                replicas = list(deployment_replicas.get((ns, name), []))
-                current = replicas[0] if replicas else None
-                readings = feed.readings(ns, name)
-                try:
-                    d = await autoscaler.tick(
-                        va,
-                        feed.pods(ns, name),
-                        current,
-                        {pod: r.report for pod, r in readings.items()},
-                        post,
-                        body.get("status") or {},  # a live view, like spec
-                        feed.waiting(ns, name),
-                    )
-                    if not at_rest(d, current):
-                        timeout = TICK_SECONDS
-                except KubeError as e:
-                    log.warning("autoscaler %s/%s: %s; retrying", ns, name, e)
-                    timeout = TICK_SECONDS
-            await wait_for_wake(timeout, stop, wake)
-    finally:
-        stop.cancel()
-        feed.unsubscribe(ns, name, wake)
-        if paused_for_a_peer(stopped.reason):
-            feed.forget(ns, name)
-        autoscaler.forget(ns, name)

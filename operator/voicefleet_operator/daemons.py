@@ -1,10 +1,9 @@
-"""What every long-running loop of the operator shares with kopf's daemons: whether a daemon
-stopped because kopf paused this operator for a peer, and waiting for the next wake-up."""
+"""What the operator's loops share: their one tick, the coalescing moment, and whether a
+kopf daemon stopped because kopf paused this operator for a peer."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Final
+from typing import Final
 
 import kopf
 
@@ -22,18 +21,3 @@ def paused_for_a_peer(reason: kopf.DaemonStoppingReason | None) -> bool:
     operator for a peer with a higher priority: its watch streams ended, so what they fed
     is stale from now on. Pure."""
     return reason is not None and bool(reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING)
-
-
-async def wait_for_wake(timeout: float, stop: asyncio.Future[Any], *wakes: asyncio.Event) -> None:
-    """Until one of `wakes` is set, `stop` is done, or `timeout` seconds pass; then a
-    moment more, so a burst of changes (a pod's several watch events) makes one run."""
-    waiters = [asyncio.ensure_future(w.wait()) for w in wakes]
-    try:
-        done, _ = await asyncio.wait(
-            [*waiters, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for w in waiters:
-            w.cancel()
-    if done and stop not in done:
-        await asyncio.sleep(COALESCE_SECONDS)

@@ -1,4 +1,5 @@
-"""Failover's shell: a loop per VoiceAgent that notices lost sessions and re-dispatches them.
+"""Failover's shell: one tick of one VoiceAgent (`Failover.tick`) notices lost sessions and
+re-dispatches them; `fleet_loop.FleetLoop` calls it whenever the VoiceAgent's inputs change.
 
 The decisions are `failover.py`'s (pure); this module only gathers evidence and acts:
 
@@ -32,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 import aiohttp
-import kopf
 from livekit import api as lkapi
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -45,15 +45,14 @@ from . import failover as fo
 from .active import ActiveLabel, NoActiveLabel
 from .autoscaler import free_slots, samples_of
 from .credentials import NoSecret, SecretData, credentials_of
-from .daemons import TICK_SECONDS, paused_for_a_peer, wait_for_wake
-from .events import PostEvent, poster
-from .feed import SessionFeed
+from .daemons import TICK_SECONDS
+from .events import PostEvent
 from .fleet import Reading, WorkerPod
 from .kube import KubeApi, KubeError, path
 from .metrics import OperatorMetrics
 from .names import AgentNames
 from .shared import TtlShared
-from .spec import ParsedSpec, VoiceAgentSpec
+from .spec import VoiceAgentSpec
 from .webhook import RESULTS, WebhookServer, WebhookVerifier, secret_id
 
 log = logging.getLogger(__name__)
@@ -279,7 +278,6 @@ class _State:
     # room -> since when. A call LiveKit could not place is found here within seconds.
     watch: dict[str, float] = field(default_factory=dict)
     hung: list[str] = field(default_factory=list)  # hung worker pods to end (this tick)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     api_error: str = ""  # the LiveKit API's last failure, logged once until it recovers
 
 
@@ -347,6 +345,9 @@ class Failover:
         # VoiceAgents whose agent name another one holds (names.py): no failover for them.
         self._yielding: dict[tuple[str, str], str] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Called with (namespace, name) when a webhook concerns that VoiceAgent: its loop
+        # (fleet_loop.FleetLoop) looks at it at once rather than at its next due time.
+        self.notify: Callable[[str, str], None] = lambda _ns, _name: None
 
     # --- what the webhook receiver needs ------------------------------------------------
     def known_credentials(self) -> dict[str, set[str]]:
@@ -367,7 +368,7 @@ class Failover:
                 continue
             if event.event == "participant_joined" and int(p.kind) in fo.CALLER_KINDS:
                 s.watch.setdefault(event.room.name, self.clock())
-                s.wake.set()
+                self.notify(*_key(s))
             if event.event == "room_finished" or agent_name == t.agent_name:
                 loss = fo.loss_from_webhook(
                     event.event,
@@ -392,7 +393,7 @@ class Failover:
                         t.namespace, t.name, p.identity, loss.room, p.disconnect_reason,
                     )  # fmt: skip
                     s.incoming.append(loss)
-                s.wake.set()  # joins and room ends settle open cases sooner
+                self.notify(*_key(s))  # joins and room ends settle open cases sooner
 
     # --- the loop -----------------------------------------------------------------------
     async def configure(self, spec: VoiceAgentSpec) -> _State | None:
@@ -538,7 +539,6 @@ class Failover:
         s = await self.configure(spec)
         if s is None or not s.target.enabled:
             return self.sweep_seconds
-        s.wake.clear()
         now = self.clock()
         self._watch_workers(s, pods, readings, now)
         await self._end_hung(s, post)
@@ -550,8 +550,11 @@ class Failover:
             await self._record_ended(s, rooms, now)
             await self._watch_joins(s, rooms, now, free)
             if now >= s.next_sweep:
-                await self._sweep(s, rooms, now, free)
+                # Set first: a sweep LiveKit fails is tried again a period later. Every
+                # second would be once a second per VoiceAgent against one LiveKit that is
+                # down (1,000 of them: 1,000 ticks a second for nothing).
                 s.next_sweep = now + self.sweep_seconds
+                await self._sweep(s, rooms, now, free)
             for loss in s.incoming:
                 self._open(s, loss)
             s.incoming.clear()
@@ -560,7 +563,7 @@ class Failover:
             # LiveKit unreachable or failing: everything stays open for the next tick.
             # Said once (and again if the error changes), not every second.
             if str(e) != s.api_error:
-                log.warning("failover %s/%s: LiveKit API: %s; retrying each tick", *_key(s), e)
+                log.warning("failover %s/%s: LiveKit API: %s; retrying", *_key(s), e)
             s.api_error = str(e)
         else:
             if s.api_error:
@@ -568,8 +571,8 @@ class Failover:
                 s.api_error = ""
         t = s.target
         self.metrics.waiting.labels(t.namespace, t.name).set(self.waiting(t.namespace, t.name))
-        if s.cases or s.suspects or s.incoming or s.ended_pending or s.watch or s.api_error:
-            return TICK_SECONDS
+        if s.cases or s.suspects or s.incoming or s.ended_pending or s.watch:
+            return TICK_SECONDS  # something open: each second (also while LiveKit fails)
         return max(TICK_SECONDS, s.next_sweep - self.clock())
 
     def waiting(self, namespace: str, name: str) -> int:
@@ -590,11 +593,6 @@ class Failover:
         s = self._states.get((namespace, name))
         if s is not None and s.target.enabled:
             self._watch_workers(s, pods, readings, self.clock())
-
-    def wake_event(self, namespace: str, name: str) -> asyncio.Event | None:
-        """Set by a webhook for this VoiceAgent (None until it is configured)."""
-        s = self._states.get((namespace, name))
-        return s.wake if s is not None else None
 
     def _watch_workers(
         self, s: _State, pods: Sequence[WorkerPod], readings: Mapping[str, Reading], now: float
@@ -896,52 +894,3 @@ async def start_webhooks(failover: Failover, server: WebhookServer, host: str, p
             await server.start(host, port)
         except OSError as e:  # the rest of the operator must run; the sweep covers
             log.error("cannot serve LiveKit webhooks on %s:%d: %s", host, port, e)
-
-
-async def run_failover(
-    failover: Failover,
-    feed: SessionFeed,
-    label: ActiveLabel | NoActiveLabel,
-    namespace: str,
-    name: str,
-    body: kopf.Body,
-    spec: kopf.Spec,
-    stopped: kopf.DaemonStopped,
-) -> None:
-    """Failover of one VoiceAgent until its daemon stops: a tick on each wake-up (a feed
-    reading, a webhook) or when the tick asks for one."""
-    ns = namespace
-    post = poster(body)
-    # The worker view follows every reading as it comes, not only what a tick finds.
-    wake = feed.subscribe(
-        ns,
-        name,
-        lambda: failover.observe(ns, name, feed.pods(ns, name), feed.readings(ns, name)),
-    )
-    stop = asyncio.ensure_future(stopped.wait())
-    parsed = ParsedSpec(ns, name)
-    label.daemon_started()
-    try:
-        while not stopped:
-            wake.clear()
-            timeout = TICK_SECONDS
-            va = parsed.of(body, spec)
-            if va is not None:
-                try:
-                    timeout = await failover.tick(
-                        va, feed.pods(ns, name), feed.readings(ns, name), post
-                    )
-                    feed.set_waiting(ns, name, failover.waiting(ns, name))
-                except KubeError as e:
-                    log.warning("failover %s/%s: %s; retrying", ns, name, e)
-                except Exception:
-                    log.exception("failover %s/%s: tick failed; retrying", ns, name)
-            hooks = failover.wake_event(ns, name)
-            await wait_for_wake(timeout, stop, wake, *([hooks] if hooks else []))
-    finally:
-        stop.cancel()
-        feed.unsubscribe(ns, name, wake)
-        if paused_for_a_peer(stopped.reason):
-            feed.forget(ns, name)
-        label.daemon_stopped(stopped.reason)
-        failover.forget(ns, name)

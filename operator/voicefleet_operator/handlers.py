@@ -7,9 +7,8 @@ owned Deployments, ConfigMaps, Services and PDBs (deleted or edited by hand -> r
 within a second, status follows the rollout), events of the worker pods when what the
 status says about one changes (unschedulable, a container stuck: a status refresh), and a
 timer per VoiceAgent (the backstop: Secrets that appear later, anything a watch missed).
-Beside them: the worker pods into the `SessionFeed`, a daemon per VoiceAgent for the
-built-in autoscaler (`autoscale_loop.run_autoscaler`) and for failover
-(`failover_loop.run_failover`), the LiveKit webhook receiver, spec.telephony's sync
+Beside them: the worker pods into the `SessionFeed`, every VoiceAgent into the one loop of
+the built-in autoscaler and failover (`fleet_loop.FleetLoop`), the LiveKit webhook receiver, spec.telephony's sync
 (`telephony_loop`), and the custom metrics API.
 """
 
@@ -40,11 +39,11 @@ from voicefleet_contract import (
 
 from . import triggers
 from .active import ActiveLabel, NoActiveLabel
-from .autoscale_loop import Autoscaler, run_autoscaler
 from .custom_metrics_server import CustomMetricsServer, serve_retrying
-from .failover_loop import Failover, run_failover, start_webhooks, webhook_server
+from .failover_loop import Failover, start_webhooks, webhook_server
 from .feed import SessionFeed
 from .fleet import index_pod
+from .fleet_loop import FleetLoop
 from .names import claim_of_configmap, claim_of_voiceagent
 from .reconciler import Reconciler
 from .settings import Settings
@@ -142,12 +141,11 @@ def register(
     registry: kopf.OperatorRegistry,
     reconciler: Reconciler,
     ours: Settings,
-    autoscaler: Autoscaler | None = None,
     feed: SessionFeed | None = None,
 ) -> None:
     """Register every handler on `registry` (no module-level state: tests build their own)."""
-    if autoscaler is not None and feed is not None:
-        register_autoscaler(registry, autoscaler, feed)
+    if feed is not None:
+        register_feed(registry, feed)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -319,13 +317,11 @@ def register_agent_names(registry: kopf.OperatorRegistry, reconciler: Reconciler
             reconciler.submit(*other, "agent name released")
 
 
-def register_autoscaler(
-    registry: kopf.OperatorRegistry, autoscaler: Autoscaler, feed: SessionFeed
-) -> None:
-    """The built-in autoscaler: the worker pods feed the `SessionFeed` (one pod watch for
-    the whole operator), an index holds each Deployment's replicas, and a daemon per
-    VoiceAgent decides whenever the feed, its Deployment or its spec changes. The handlers
-    are async: the feed lives on the event loop."""
+def register_feed(registry: kopf.OperatorRegistry, feed: SessionFeed) -> None:
+    """The inputs of the built-in autoscaler and failover: the worker pods feed the `SessionFeed` (one pod
+    watch for the whole operator), an index holds each Deployment's replicas, and a change
+    of the Deployment or the spec pokes the feed, which wakes the VoiceAgent in
+    `FleetLoop`. The handlers are async: the feed lives on the event loop."""
 
     @kopf.on.cleanup(registry=registry)
     async def _close_feed(**_: Any) -> None:
@@ -400,20 +396,6 @@ def register_autoscaler(
             generations[key] = int(meta.get("generation") or 0)
             feed.poke(*key)  # a spec change (bounds, mode): decide again
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, id="autoscaler", cancellation_timeout=5, registry=registry)
-    async def _autoscale(
-        namespace: str | None,
-        name: str,
-        body: kopf.Body,
-        spec: kopf.Spec,
-        stopped: kopf.DaemonStopped,
-        **kwargs: Any,
-    ) -> None:
-        await run_autoscaler(
-            autoscaler, feed, namespace or "", name, body, spec, stopped,
-            kwargs["deployment_replicas"],
-        )  # fmt: skip
-
 
 def register_telephony(registry: kopf.OperatorRegistry, sync: TelephonySync) -> None:
     """spec.telephony onto LiveKit's SIP service (telephony_loop.py): on each change, on a
@@ -451,18 +433,16 @@ def register_telephony(registry: kopf.OperatorRegistry, sync: TelephonySync) -> 
         await telephony_remove(sync, body, namespace or "", name)
 
 
-def register_failover(
+def register_webhooks(
     registry: kopf.OperatorRegistry,
     failover: Failover,
-    feed: SessionFeed,
     host: str,
     webhook_port: int,
     active: ActiveLabel | NoActiveLabel | None = None,
 ) -> None:
-    """A failover daemon per VoiceAgent (failover_loop.run_failover), and the webhook
-    receiver for the operator's life (`webhook_port` 0: no receiver; the worker view and
-    the sweep still run). `active` labels this replica's pod while its failover daemons
-    run (HA: webhooks go there)."""
+    """The LiveKit webhook receiver for the operator's life (`webhook_port` 0: no receiver;
+    the worker view and the sweep still run). `active` is the label `FleetLoop` keeps on
+    this replica's pod while it acts (HA: webhooks go there)."""
     label = active or NoActiveLabel()
     server = webhook_server(failover, label)
 
@@ -476,16 +456,29 @@ def register_failover(
         await failover.close()
         await label.close()
 
-    @kopf.daemon(GROUP, VERSION, PLURAL, id="failover", cancellation_timeout=5, registry=registry)
-    async def _failover(
+
+def register_fleet(registry: kopf.OperatorRegistry, fleet: FleetLoop) -> None:
+    """Every VoiceAgent into the one loop of the autoscaler and failover
+    (fleet_loop.FleetLoop). The daemon per VoiceAgent is membership only: kopf stops
+    daemons when it pauses this operator for a peer, and then nothing of it may act."""
+
+    @kopf.on.cleanup(registry=registry)
+    async def _close_fleet(**_: Any) -> None:
+        await fleet.close()
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, id="fleet", cancellation_timeout=5, registry=registry)
+    async def _member(
         namespace: str | None,
         name: str,
         body: kopf.Body,
         spec: kopf.Spec,
         stopped: kopf.DaemonStopped,
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
-        await run_failover(failover, feed, label, namespace or "", name, body, spec, stopped)
+        index = kwargs.get("deployment_replicas")  # registered with the autoscaler
+        if index is not None:
+            fleet.replicas = lambda key: next(iter(index.get(key, [])), None)
+        await fleet.attend(namespace or "", name, body, spec, stopped)
 
 
 def register_custom_metrics(

@@ -16,11 +16,13 @@ from .autoscale_loop import Autoscaler
 from .custom_metrics_server import CustomMetricsServer
 from .failover_loop import Failover, FailoverMetrics
 from .feed import SessionFeed, WorkerTokens
+from .fleet_loop import FleetLoop
 from .handlers import (
     register,
     register_custom_metrics,
-    register_failover,
+    register_fleet,
     register_telephony,
+    register_webhooks,
 )
 from .kube import Kube
 from .metrics import OperatorMetrics
@@ -56,7 +58,7 @@ def run(settings: Settings) -> None:
     autoscaler = Autoscaler(kube, metrics, dry_run=settings.dry_run)
     names = AgentNames()  # one agent name per LiveKit server: the reconciler and failover
     reconciler = Reconciler(kube, settings, metrics, names=names)
-    register(registry, reconciler, settings, autoscaler, feed)
+    register(registry, reconciler, settings, feed)
     # spec.telephony onto LiveKit's SIP service; its status.telephony becomes a condition
     # in the reconciler's next status write.
     register_telephony(
@@ -77,9 +79,9 @@ def run(settings: Settings) -> None:
     )
     # HA: the active replica labels its pod, which the chart's webhook Service selects.
     active = ActiveLabel(kube, *settings.pod) if settings.peering and settings.pod else None
-    register_failover(
-        registry, failover, feed, settings.bind_address, settings.webhook_port, active
-    )
+    # One loop decides the autoscaler and failover of every VoiceAgent (fleet_loop.py).
+    register_fleet(registry, FleetLoop(feed, autoscaler, failover, active))
+    register_webhooks(registry, failover, settings.bind_address, settings.webhook_port, active)
     host = settings.bind_address
     if settings.custom_metrics_port:
         # Mode hpa's metric, from the feed's session counts (no metrics adapter needed).
