@@ -70,13 +70,12 @@ from bench.cluster import (
     owner,
     parallel,
 )
-from bench.common import Result, Run, operator_flags
+from bench.common import Result, Run, idle_per_unit, operator_flags
 from tests.operator.cluster import wait_for
 from voicefleet_contract import GROUP, KIND, LABEL_INSTANCE, METRICS_PORT, PLURAL, VERSION
 from voicefleet_testbed.binaries import versions
 
 JSON = dict[str, Any]
-LIVEKIT_URL = "ws://127.0.0.1:7880"  # never dialled: the fake worker does not register
 PER_WORKER = 10
 SCALE_DOWN_WINDOW_S = 3600
 PACING_S = (0.5, 15.5)
@@ -87,13 +86,15 @@ HPA_API, KEDA = "autoscaling/v2", ("keda.sh", "v1alpha1", "scaledobjects")
 TO_KEDA_DEFAULTS = {"spec": {"pollingInterval": None, "cooldownPeriod": None, "advanced": None}}
 
 
-def va_body(name: str, mode: str, plan: Plan) -> JSON:
+def va_body(name: str, mode: str, plan: Plan, livekit_url: str) -> JSON:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": name},
         "spec": {
-            "livekit": {"url": LIVEKIT_URL, "credentialsSecret": "livekit"},
+            # The stack's LiveKit, with its credentials: the fake workers do not register,
+            # but failover lists its rooms, as on a cluster.
+            "livekit": {"url": livekit_url, "credentialsSecret": "livekit"},
             "model": {"apiKeySecret": {"name": "openai"}},
             "template": {"image": FAKE_IMAGE},
             "sessions": {"maxPerWorker": PER_WORKER, "drainTimeoutSeconds": 5},
@@ -202,7 +203,7 @@ def measure(c: Cluster, system: str, plan: Plan, args: argparse.Namespace) -> JS
     with Watcher(c.kube, "apps", "v1", "deployments", ns, fleet.on_event):
         parallel(
             lambda n: c.kube.custom.create_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, va_body(n, SYSTEMS[system], plan)
+                GROUP, VERSION, ns, PLURAL, va_body(n, SYSTEMS[system], plan, c.stack.livekit_url)
             ),
             names,
         )
@@ -223,7 +224,8 @@ def measure(c: Cluster, system: str, plan: Plan, args: argparse.Namespace) -> JS
         else:  # scrape cost: all workers up, nothing changing
             idle = CpuMeter(c.operator_pid).start()
             time.sleep(args.idle_seconds)  # pacing: the figure is the operator's CPU meanwhile
-            fig["operator_cpu_s_per_s"] = idle.stop().per_second
+            fig["operator_cpu_s_per_s"] = per_s = idle.stop().per_second
+            fig.update(idle_per_unit(per_s, len(names), sum(fleet.ready.values())))
         ips = first_worker_ips(c, ns)
         fig["workers_ready"] = sum(fleet.ready.get(n, 0) for n in names)
         reactions: list[float] = []

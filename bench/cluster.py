@@ -250,7 +250,9 @@ class Cluster:
 
     def namespace(self, name: str) -> str:
         self.kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        secrets(self.kube, name)
+        # The stack's LiveKit credentials: what failover reads there must be answered, as
+        # on a cluster (a wrong key made every VoiceAgent's failover retry each second).
+        secrets(self.kube, name, self.stack.livekit_secret)
         return name
 
     def delete_namespace(self, name: str, timeout: float = 240) -> bool:

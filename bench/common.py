@@ -91,6 +91,17 @@ def summary(values: Sequence[float], min_p95_n: int = MIN_P95_SAMPLES) -> dict[s
     return out | {"max": max(values) if values else math.nan}
 
 
+def idle_per_unit(cpu_per_second: float, voiceagents: int, pods: int) -> dict[str, float]:
+    """The operator's idle CPU per VoiceAgent and per worker pod, in millicores (thousandths
+    of a core), so that runs of different sizes show how the cost grows."""
+    return {
+        "idle_cpu_millicores_per_voiceagent": 1000 * cpu_per_second / voiceagents
+        if voiceagents
+        else math.nan,
+        "idle_cpu_millicores_per_worker_pod": 1000 * cpu_per_second / pods if pods else math.nan,
+    }
+
+
 def machine() -> dict[str, Any]:
     try:
         rev = subprocess.run(

@@ -40,20 +40,21 @@ from bench.cluster import (
     owner,
     parallel,
 )
-from bench.common import Result, Run, operator_flags, summary
+from bench.common import Result, Run, idle_per_unit, operator_flags, summary
 from voicefleet_contract import GROUP, KIND, LABEL_INSTANCE, PLURAL, VERSION
 
 JSON = dict[str, Any]
-LIVEKIT_URL = "ws://127.0.0.1:7880"  # never dialled: the fake worker does not register
 
 
-def va_body(name: str) -> JSON:
+def va_body(name: str, livekit_url: str) -> JSON:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": name},
         "spec": {
-            "livekit": {"url": LIVEKIT_URL, "credentialsSecret": "livekit"},
+            # The stack's LiveKit, with its credentials: the fake workers do not register,
+            # but failover lists its rooms, as on a cluster.
+            "livekit": {"url": livekit_url, "credentialsSecret": "livekit"},
             "model": {"apiKeySecret": {"name": "openai"}},
             "template": {"image": FAKE_IMAGE},
         },
@@ -163,7 +164,9 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
 
     def create(name: str) -> None:
         created[name] = time.monotonic()
-        c.kube.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, va_body(name))
+        c.kube.custom.create_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, va_body(name, c.stack.livekit_url)
+        )
 
     pid = c.operator_pid
     with (
@@ -202,6 +205,7 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
         "operator_cpu_seconds": run.cpu,
         "operator_cpu_per_second": run.per_second,
         "idle_cpu_percent": 100 * idle.per_second,
+        **idle_per_unit(idle.per_second, n, len(stage_times["pod_ready"].times)),
         "idle_measured_s": idle.wall,
         "operator_rss_mb": rss,
         "operator_peak_rss_mb": peak,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import kopf
@@ -45,6 +45,7 @@ Key = tuple[str, str]
 # deployment that does not answer is waited on once and shared (failover_loop's TtlShared),
 # so a handful of workers keeps every VoiceAgent current.
 WORKERS: Final = 16
+PARTS: Final = ("failover", "autoscaler")
 
 
 class FailoverPart(Protocol):
@@ -96,6 +97,9 @@ class _Member:
     post: PostEvent
     parsed: ParsedSpec
     feed_wake: asyncio.Event  # the feed subscription's handle (for unsubscribe)
+    # When each part is due next (the loop's clock). A run at a due time runs the parts
+    # due; a run for a changed input runs both.
+    due: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
 
 
 class FleetLoop:
@@ -120,6 +124,7 @@ class FleetLoop:
         self._queued: set[Key] = set()
         self._running: set[Key] = set()
         self._again: set[Key] = set()
+        self._changed: set[Key] = set()  # woken by an input since their last run began
         self._due: dict[Key, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
         if failover is not None:
@@ -170,6 +175,7 @@ class FleetLoop:
         if h is not None:
             h.cancel()
         self._again.discard(key)
+        self._changed.discard(key)
         if m is not None:
             self.feed.unsubscribe(*key, m.feed_wake)
         if paused_for_a_peer(reason):
@@ -191,8 +197,12 @@ class FleetLoop:
 
     # --- wake-ups -------------------------------------------------------------------------
     def wake(self, namespace: str, name: str) -> None:
-        """Look at this VoiceAgent soon (within `COALESCE_SECONDS`)."""
-        self._schedule((namespace, name), COALESCE_SECONDS)
+        """An input of this VoiceAgent changed: both parts look at it soon (within
+        `COALESCE_SECONDS`)."""
+        key = (namespace, name)
+        if key in self._members:
+            self._changed.add(key)
+            self._schedule(key, COALESCE_SECONDS)
 
     def _observed(self, key: Key) -> None:
         """The feed changed for `key`: failover records what each worker serves at once
@@ -248,24 +258,28 @@ class FleetLoop:
                 self._schedule(key, delay)
 
     async def _run(self, key: Key, m: _Member) -> float:
-        """Failover and the autoscaler of one VoiceAgent, side by side; returns when it is
-        due next if nothing wakes it."""
+        """Failover and the autoscaler of one VoiceAgent, side by side: both when an input
+        changed, else the parts whose due time came. Returns when it is due next."""
+        now = asyncio.get_running_loop().time()
+        changed = key in self._changed
+        self._changed.discard(key)  # a change from here on makes another run
         va = m.parsed.of(m.body, m.spec)
-        if va is None:
-            return IDLE_SECONDS  # it does not parse: the reconciler says why; an edit wakes it
+        if va is None:  # it does not parse: the reconciler says why; an edit wakes it
+            m.due = dict.fromkeys(PARTS, now + IDLE_SECONDS)
+            return IDLE_SECONDS
+        calls = {"failover": self._failover, "autoscaler": self._autoscale}
+        parts = [p for p in PARTS if changed or m.due[p] <= now + COALESCE_SECONDS]
         results = await asyncio.gather(
-            self._failover(key, va, m), self._autoscale(key, va, m), return_exceptions=True
+            *(calls[p](key, va, m) for p in parts), return_exceptions=True
         )
-        delays = []
-        for part, r in zip(("failover", "autoscaler"), results, strict=True):
+        for part, r in zip(parts, results, strict=True):
             if isinstance(r, asyncio.CancelledError):
                 raise r
             if isinstance(r, BaseException):  # one part's bug must not stop the other
                 log.error("%s %s/%s: run failed; retrying", part, *key, exc_info=r)
-                delays.append(TICK_SECONDS)
-            else:
-                delays.append(r)
-        return min(delays)
+                r = TICK_SECONDS
+            m.due[part] = now + r
+        return max(0.0, min(m.due.values()) - asyncio.get_running_loop().time())
 
     async def _failover(self, key: Key, va: VoiceAgentSpec, m: _Member) -> float:
         if self.failover is None:

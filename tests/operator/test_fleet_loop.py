@@ -214,14 +214,21 @@ async def test_a_voiceagent_that_waits_on_a_part_does_not_hold_up_another(fleet:
     assert fleet.runs("a") == 1  # still waiting
 
 
-async def test_the_run_is_due_when_the_soonest_part_asks() -> None:
+async def test_a_due_time_runs_the_part_due_and_an_input_runs_both() -> None:
     f = Fleet(failover_delay=0.3)  # failover: a case open; the autoscaler: at rest
     try:
         f.enrol("a")
-        await until(lambda: f.runs("a") >= 1, "the first run")
+        await until(
+            lambda: f.runs("a") >= 1 and f.loop.due_in(NS, "a") is not None, "the first run"
+        )
         due = f.loop.due_in(NS, "a")
         assert due is not None and due <= 0.3
         await until(lambda: f.runs("a") >= 3, "runs at the asked pace")
+        # Only the part that asked: the autoscaler, at rest, waits for an input or its
+        # idle backstop.
+        assert f.autoscaler.ticks == {"a": 1}
+        f.feed.poke(NS, "a")  # an input: both parts
+        await until(lambda: f.autoscaler.ticks["a"] == 2, "the autoscaler on an input")
     finally:
         await f.close()
 
@@ -231,7 +238,10 @@ async def test_a_part_that_fails_does_not_stop_the_other_and_it_runs_again_in_a_
 ) -> None:
     fleet.failover.fail = True
     fleet.enrol("a")
-    await until(lambda: fleet.autoscaler.ticks.get("a", 0) >= 1, "the autoscaler's tick")
+    await until(
+        lambda: fleet.autoscaler.ticks.get("a", 0) >= 1 and fleet.loop.due_in(NS, "a") is not None,
+        "the autoscaler's tick",
+    )
     due = fleet.loop.due_in(NS, "a")
     assert due is not None and due <= TICK_SECONDS
     fleet.failover.fail = False
