@@ -3,10 +3,11 @@ at, a fixed number of workers draining it, and a due time per VoiceAgent.
 
 What puts a VoiceAgent on the queue: its `SessionFeed` changed (a worker's `/sessions`
 reading, a pod came or went, its Deployment or spec changed: `feed.poke`), a LiveKit
-webhook for it (failover's `notify`), or its due time came (a second while something is in
-motion, else the failover sweep or the autoscaler's idle backstop). Each run of a
-VoiceAgent decides both: `failover.tick` and `autoscaler.tick` on the same wake-up, side
-by side, so one waiting on LiveKit never holds up the other. A VoiceAgent woken while it
+webhook for it (failover's `notify`), or a part's due time came (a second while something
+is in motion, else the failover sweep, the autoscaler's idle backstop, or the reconciler's
+timer, `Reconciler.resync`). A changed input runs failover and the autoscaler on the same
+wake-up, side by side, so one waiting on LiveKit never holds up the other; a due time runs
+the parts that are due. A VoiceAgent woken while it
 runs runs once more after (not twice at once); a burst of wake-ups within
 `COALESCE_SECONDS` makes one run. Nothing runs for a VoiceAgent whose inputs did not change
 before its due time.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -45,7 +47,8 @@ Key = tuple[str, str]
 # deployment that does not answer is waited on once and shared (failover_loop's TtlShared),
 # so a handful of workers keeps every VoiceAgent current.
 WORKERS: Final = 16
-PARTS: Final = ("failover", "autoscaler")
+INPUT_PARTS: Final = ("failover", "autoscaler")  # run on every change of an input, and when due
+PARTS: Final = (*INPUT_PARTS, "resync")  # resync (the reconciler's timer): only when due
 
 
 class FailoverPart(Protocol):
@@ -68,6 +71,15 @@ class FailoverPart(Protocol):
     ) -> None: ...
 
     def forget(self, namespace: str, name: str) -> None: ...
+
+
+class ResyncPart(Protocol):
+    """What the loop asks of the reconciler (reconciler.Reconciler): its timer."""
+
+    @property
+    def resync_tick(self) -> float: ...
+
+    async def resync(self, namespace: str, name: str) -> float: ...
 
 
 class AutoscalerPart(Protocol):
@@ -98,8 +110,8 @@ class _Member:
     parsed: ParsedSpec
     feed_wake: asyncio.Event  # the feed subscription's handle (for unsubscribe)
     # When each part is due next (the loop's clock). A run at a due time runs the parts
-    # due; a run for a changed input runs both.
-    due: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
+    # due; a run for a changed input runs failover and the autoscaler.
+    due: dict[str, float] = field(default_factory=dict)
 
 
 class FleetLoop:
@@ -110,10 +122,14 @@ class FleetLoop:
         failover: FailoverPart | None = None,
         label: ActiveLabel | NoActiveLabel | None = None,
         workers: int = WORKERS,
+        resync: ResyncPart | None = None,
+        phase: Callable[[float], float] = lambda tick: random.uniform(0, tick),
     ) -> None:
         self.feed = feed
         self.autoscaler = autoscaler
         self.failover = failover
+        self.resync = resync
+        self.phase = phase  # the first resync's delay: VoiceAgents enrolled together tick apart
         self.label = label or NoActiveLabel()
         self.workers = workers
         # Deployment replicas per VoiceAgent (kopf's index, handed over by the daemons).
@@ -161,7 +177,11 @@ class FleetLoop:
         key = (namespace, name)
         self.start()
         wake = self.feed.subscribe(namespace, name, lambda: self._observed(key))
-        self._members[key] = _Member(body, spec, poster(body), ParsedSpec(*key), wake)
+        m = self._members[key] = _Member(body, spec, poster(body), ParsedSpec(*key), wake)
+        now = asyncio.get_running_loop().time()
+        m.due = dict.fromkeys(INPUT_PARTS, now)
+        if self.resync is not None:
+            m.due["resync"] = now + self.phase(self.resync.resync_tick)
         self.label.daemon_started()
         self.wake(*key)
         try:
@@ -258,28 +278,45 @@ class FleetLoop:
                 self._schedule(key, delay)
 
     async def _run(self, key: Key, m: _Member) -> float:
-        """Failover and the autoscaler of one VoiceAgent, side by side: both when an input
-        changed, else the parts whose due time came. Returns when it is due next."""
+        """The parts of one VoiceAgent, side by side: failover and the autoscaler when an
+        input changed, and every part whose due time came. Returns when it is due next."""
         now = asyncio.get_running_loop().time()
         changed = key in self._changed
         self._changed.discard(key)  # a change from here on makes another run
-        va = m.parsed.of(m.body, m.spec)
-        if va is None:  # it does not parse: the reconciler says why; an edit wakes it
-            m.due = dict.fromkeys(PARTS, now + IDLE_SECONDS)
-            return IDLE_SECONDS
-        calls = {"failover": self._failover, "autoscaler": self._autoscale}
-        parts = [p for p in PARTS if changed or m.due[p] <= now + COALESCE_SECONDS]
+        parts = [
+            p
+            for p, at in m.due.items()
+            if (changed and p in INPUT_PARTS) or at <= now + COALESCE_SECONDS
+        ]
         results = await asyncio.gather(
-            *(calls[p](key, va, m) for p in parts), return_exceptions=True
+            *(self._part(p, key, m) for p in parts), return_exceptions=True
         )
         for part, r in zip(parts, results, strict=True):
             if isinstance(r, asyncio.CancelledError):
                 raise r
-            if isinstance(r, BaseException):  # one part's bug must not stop the other
+            if isinstance(r, BaseException):  # one part's bug must not stop the others
                 log.error("%s %s/%s: run failed; retrying", part, *key, exc_info=r)
                 r = TICK_SECONDS
             m.due[part] = now + r
         return max(0.0, min(m.due.values()) - asyncio.get_running_loop().time())
+
+    async def _part(self, part: str, key: Key, m: _Member) -> float:
+        if part == "resync":
+            return await self._resync(key)
+        va = m.parsed.of(m.body, m.spec)
+        if va is None:  # it does not parse: the reconciler says why; an edit wakes it
+            return IDLE_SECONDS
+        if part == "failover":
+            return await self._failover(key, va, m)
+        return await self._autoscale(key, va, m)
+
+    async def _resync(self, key: Key) -> float:
+        assert self.resync is not None  # the part exists only with a reconciler
+        try:
+            return await self.resync.resync(*key)
+        except Exception as e:  # the reconcile said why; its failure makes the next one full
+            log.warning("resync %s/%s: %s; again at the next tick", *key, e)
+            return self.resync.resync_tick
 
     async def _failover(self, key: Key, va: VoiceAgentSpec, m: _Member) -> float:
         if self.failover is None:

@@ -5,8 +5,9 @@ Triggers of a reconcile (`reconciler.Reconciler`, which folds and prices them): 
 VoiceAgent's create/update/resume (kopf retries these on transient errors), events of the
 owned Deployments, ConfigMaps, Services and PDBs (deleted or edited by hand -> repaired
 within a second, status follows the rollout), events of the worker pods when what the
-status says about one changes (unschedulable, a container stuck: a status refresh), and a
-timer per VoiceAgent (the backstop: Secrets that appear later, anything a watch missed).
+status says about one changes (unschedulable, a container stuck: a status refresh), and
+its timer (`Reconciler.resync`, run by `fleet_loop.FleetLoop`: the backstop for Secrets
+that appear later or are rotated, and anything a watch missed).
 Beside them: the worker pods into the `SessionFeed`, every VoiceAgent into the one loop of
 the built-in autoscaler and failover (`fleet_loop.FleetLoop`), the LiveKit webhook receiver, spec.telephony's sync
 (`telephony_loop`), and the custom metrics API.
@@ -184,31 +185,6 @@ def register(
         # (resume); an update's may predate this operator's own last status write.
         fresh = copy.deepcopy(dict(body)) if str(reason) in ("create", "resume") else None
         await reconciler.reconcile(namespace or "", name, str(reason), body=fresh)
-
-    tick = min(ours.retry_seconds, ours.resync_seconds)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        interval=tick,
-        # A random phase: VoiceAgents resumed or created together tick apart.
-        initial_delay=lambda **_: random.uniform(0, tick),
-        registry=registry,
-    )
-    async def _resync(namespace: str | None, name: str, **_: Any) -> None:
-        ns = namespace or ""
-        action = reconciler.timer_action(ns, name)
-        if action == "none" and await reconciler.secrets_rotated(ns, name):
-            action = "full"  # a key was rotated: roll the workers (reconcile.secrets_hash)
-        if action != "none":
-            await reconciler.reconcile(
-                ns,
-                name,
-                {"resync": "resync", "full": "retry", "status": "refresh"}[action],
-                full=action != "status",
-                thorough=action == "resync",
-            )
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
     def _deleted(namespace: str | None, name: str, **_: Any) -> None:

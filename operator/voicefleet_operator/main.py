@@ -80,7 +80,7 @@ def run(settings: Settings) -> None:
     # HA: the active replica labels its pod, which the chart's webhook Service selects.
     active = ActiveLabel(kube, *settings.pod) if settings.peering and settings.pod else None
     # One loop decides the autoscaler and failover of every VoiceAgent (fleet_loop.py).
-    register_fleet(registry, FleetLoop(feed, autoscaler, failover, active))
+    register_fleet(registry, FleetLoop(feed, autoscaler, failover, active, resync=reconciler))
     register_webhooks(registry, failover, settings.bind_address, settings.webhook_port, active)
     host = settings.bind_address
     if settings.custom_metrics_port:

@@ -297,6 +297,29 @@ class Reconciler:
                 rc.secrets_rotated, self.kube, self.lookups, namespace, applied
             )
 
+    @property
+    def resync_tick(self) -> float:
+        """How often `resync` looks at each VoiceAgent."""
+        return min(self.settings.retry_seconds, self.settings.resync_seconds)
+
+    async def resync(self, namespace: str, name: str) -> float:
+        """The timer's look at one VoiceAgent (`fleet_loop.FleetLoop` calls it every
+        `resync_tick`): a full reconcile, a status refresh or nothing (`timer_action`),
+        and a full one when a Secret value its workers use was rotated. Returns the delay
+        to the next look."""
+        action = self.timer_action(namespace, name)
+        if action == "none" and await self.secrets_rotated(namespace, name):
+            action = "full"  # a key was rotated: roll the workers (reconcile.secrets_hash)
+        if action != "none":
+            await self.reconcile(
+                namespace,
+                name,
+                {"resync": "resync", "full": "retry", "status": "refresh"}[action],
+                full=action != "status",
+                thorough=action == "resync",
+            )
+        return self.resync_tick
+
     def forget(self, namespace: str, name: str) -> None:
         self._keys.pop((namespace, name), None)
         self.metrics.forget(namespace, name)

@@ -117,12 +117,34 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> N
         await asyncio.sleep(0.01)
 
 
+class FakeResync:
+    """The reconciler's timer: counts its calls; `fail` makes them raise."""
+
+    def __init__(self, tick: float) -> None:
+        self.resync_tick = tick
+        self.calls = 0
+        self.fail = False
+
+    async def resync(self, namespace: str, name: str) -> float:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("the API server is away")
+        return self.resync_tick
+
+
 class Fleet:
-    def __init__(self, failover_delay: float = FAR) -> None:
+    def __init__(self, failover_delay: float = FAR, resync: FakeResync | None = None) -> None:
         self.feed = SessionFeed()
         self.failover = FakeFailover(failover_delay)
         self.autoscaler = FakeAutoscaler()
-        self.loop = FleetLoop(self.feed, self.autoscaler, self.failover, workers=4)
+        self.loop = FleetLoop(
+            self.feed,
+            self.autoscaler,
+            self.failover,
+            workers=4,
+            resync=resync,
+            phase=lambda tick: tick,  # the first resync a whole tick after enrolment
+        )
         self.members: dict[str, tuple[Stopped, asyncio.Task[None]]] = {}
 
     def enrol(self, name: str) -> None:
@@ -267,3 +289,20 @@ async def test_a_webhook_for_a_voiceagent_wakes_it(fleet: Fleet) -> None:
     await fleet.settled("a", 1)
     fleet.failover.notify(NS, "a")  # what Failover.on_webhook calls
     await fleet.settled("a", 2)
+
+
+async def test_the_reconcilers_timer_runs_alone_at_its_tick_also_when_it_fails() -> None:
+    resync = FakeResync(tick=0.2)
+    f = Fleet(resync=resync)
+    try:
+        f.enrol("a")
+        await until(lambda: resync.calls >= 2, "two resyncs")
+        # The timer alone: failover and the autoscaler ran once, at enrolment.
+        assert f.runs("a") == 1 and f.autoscaler.ticks == {"a": 1}
+        resync.fail = True
+        calls = resync.calls
+        await until(lambda: resync.calls >= calls + 2, "resyncs after a failure, at the tick")
+        f.feed.poke(NS, "a")  # an input: failover and the autoscaler, not the timer's part
+        await until(lambda: f.runs("a") == 2, "the input's run")
+    finally:
+        await f.close()
