@@ -45,6 +45,7 @@ from .failover_loop import Failover, start_webhooks, webhook_server
 from .feed import SessionFeed
 from .fleet import index_pod
 from .fleet_loop import FleetLoop
+from .kopf_storage import LeanDiffBaseStorage
 from .names import claim_of_configmap, claim_of_voiceagent
 from .reconciler import Reconciler
 from .settings import Settings
@@ -82,7 +83,7 @@ def configure_kopf(settings: kopf.OperatorSettings, ours: Settings) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATION_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.reporting_component = MANAGED_BY
