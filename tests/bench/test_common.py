@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
-from bench.common import Result, Run, effective_flags, percentile, summary
+from bench.common import Result, Run, effective_flags, idle_per_unit, percentile, summary
 
 
 def test_percentile_nearest_rank() -> None:
@@ -66,3 +66,12 @@ def test_a_tree_is_dirty_for_changed_code_not_for_written_results(
     assert not common.machine()["git_revision"].endswith("-dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert common.machine()["git_revision"].endswith("-dirty")
+
+
+def test_idle_cpu_per_voiceagent_and_per_worker_pod_in_millicores() -> None:
+    assert idle_per_unit(0.05, 1000, 2000) == {
+        "idle_cpu_millicores_per_voiceagent": pytest.approx(0.05),
+        "idle_cpu_millicores_per_worker_pod": pytest.approx(0.025),
+    }
+    nothing = idle_per_unit(0.05, 0, 0)
+    assert all(math.isnan(v) for v in nothing.values())  # no units: no figure, not a zero
