@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -245,11 +246,13 @@ class FleetTarget:
     api_secret: str = field(repr=False)
     enabled: bool = True
 
-    @property
+    # Cached: a hash of the secret, asked for on every webhook and every client release
+    # (for each VoiceAgent), not worth computing each time.
+    @cached_property
     def credentials(self) -> str:
         return secret_id(self.api_key, self.api_secret)
 
-    @property
+    @cached_property
     def deployment(self) -> tuple[str, str]:
         return (http_url(self.url), self.credentials)
 
@@ -451,10 +454,11 @@ class Failover:
     def forget(self, namespace: str, name: str) -> None:
         """The VoiceAgent is gone (or its failover stands down): its state, its metrics,
         and the LiveKit client when no other VoiceAgent uses it."""
-        self._states.pop((namespace, name), None)
+        gone = self._states.pop((namespace, name), None)
         self._yielding.pop((namespace, name), None)
         self.metrics.forget(namespace, name)
-        self._release_clients()
+        if gone is not None:  # (each release looks at every VoiceAgent's deployment)
+            self._release_clients()
 
     def client(self, t: FleetTarget) -> Rooms:
         c = self._clients.get(t.deployment)
