@@ -8,6 +8,10 @@ Baseline, same run, same API server, right before: kube-controller-manager's Dep
 controller, a Go controller of the same kind: N plain Deployments (replicas 0, so nothing
 but the controller's own work is timed) created the same way, timed until each has its
 ReplicaSet. The ratio compares p95 create-to-Deployment with p95 create-to-ReplicaSet.
+A second baseline, also right before: N plain Deployments of the same fake worker with
+one replica (what a hand-written Deployment gets), timed until each has a Ready pod; the
+ratio of the last VoiceAgent Ready to the last plain Deployment Ready says how much of
+"all Ready" the operator adds to what the stack itself takes.
 
 Also the operator's CPU seconds and peak RSS over the run, and its idle CPU (% of one
 core) over `--idle-seconds` with all N VoiceAgents present and Ready (the built-in
@@ -61,13 +65,13 @@ def va_body(name: str, livekit_url: str) -> JSON:
     }
 
 
-def deployment_body(name: str) -> JSON:
+def deployment_body(name: str, replicas: int = 0) -> JSON:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name},
         "spec": {
-            "replicas": 0,
+            "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
@@ -124,6 +128,44 @@ def baseline(c: Cluster, n: int, timeout: float) -> list[float]:
         rs.wait_all(names, timeout)
     c.delete_namespace(ns)
     return [rs.times[x] - created[x] for x in names if x in rs.times]
+
+
+def baseline_ready(c: Cluster, n: int, timeout: float) -> JSON:
+    """What a hand-written Deployment gets from the same stack: N plain Deployments of the
+    fake worker (replicas 1, no operator involved) created the same way, timed until each
+    has a Ready replica. The floor the stage itself puts under "all Ready": kube-controller-
+    manager, the scheduler and the node agent on the same 2 cores."""
+    ns = c.namespace(f"bench-plain-{n}")
+    created: dict[str, float] = {}
+    ready = FirstTimes()
+
+    def on_dep(kind: str, obj: JSON, t: float) -> None:
+        if kind != "DELETED" and ((obj.get("status") or {}).get("readyReplicas") or 0) >= 1:
+            ready.see(obj["metadata"]["name"], t)
+
+    names = [f"p{i:04d}" for i in range(n)]
+
+    def create(name: str) -> None:
+        created[name] = time.monotonic()
+        c.kube.custom.create_namespaced_custom_object(
+            "apps", "v1", ns, "deployments", deployment_body(name, replicas=1)
+        )
+
+    with Watcher(c.kube, "apps", "v1", "deployments", ns, on_dep):
+        t0 = time.monotonic()
+        parallel(create, names)
+        all_ready = ready.wait_all(names, timeout)
+    last = max(ready.times.values(), default=math.nan)
+    out = {
+        "create_to_ready_s": summary(
+            [ready.times[x] - created[x] for x in names if x in ready.times]
+        ),
+        "ready_count": len(ready.times),
+        "first_create_to_last_ready_s": last - t0 if all_ready else math.nan,
+    }
+    if not c.delete_namespace(ns):
+        out["note"] = "namespace deletion did not finish in time"
+    return out
 
 
 def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: bool) -> JSON:
@@ -261,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
             timeout = max(120.0, 0.3 * n)
             print(f"[reconcile] {n}: baseline ...", flush=True)
             base = baseline(c, n, timeout)
+            print(f"[reconcile] {n}: plain Deployments to Ready ...", flush=True)
+            plain = baseline_ready(c, n, timeout)
             print(f"[reconcile] {n}: voiceagents ...", flush=True)
             idle = args.idle_seconds if n == max(sizes) else min(10.0, args.idle_seconds)
             fig = voiceagents(c, n, timeout, idle, last=n == sizes[-1])
@@ -268,6 +312,11 @@ def main(argv: list[str] | None = None) -> None:
             if "p95" in b and "p95" in fig["create_to_deployment_s"]:  # n >= 20 on both sides
                 fig["ratio_p95_deployment_vs_baseline"] = (
                     fig["create_to_deployment_s"]["p95"] / b["p95"]
+                )
+            fig["baseline_plain_deployments_ready"] = plain
+            if not math.isnan(plain["first_create_to_last_ready_s"]):
+                fig["ratio_all_ready_vs_plain_deployments"] = (
+                    fig["first_create_to_last_ready_s"] / plain["first_create_to_last_ready_s"]
                 )
             result.figures[f"n{n}"] = fig
             print(f"[reconcile] {n}: {fig}", flush=True)
