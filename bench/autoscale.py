@@ -69,6 +69,7 @@ from bench.cluster import (
     memory_mb,
     owner,
     parallel,
+    settle,
 )
 from bench.common import Result, Run, idle_per_unit, operator_flags
 from tests.operator.cluster import wait_for
@@ -221,7 +222,8 @@ def measure(c: Cluster, system: str, plan: Plan, args: argparse.Namespace) -> JS
             wait_for(lambda: keda_hpas_at_defaults(c, ns, len(names)), 120, "KEDA's HPAs redone")
         if system != "builtin":
             wait_for(lambda: all_hpas_read(c, ns, len(names)), 180, "every HPA reading")
-        else:  # scrape cost: all workers up, nothing changing
+        else:  # scrape cost: all workers up, nothing changing, the start-up's tail done
+            fig["settling_cpu_per_second"] = settle(c.operator_pid)
             idle = CpuMeter(c.operator_pid).start()
             time.sleep(args.idle_seconds)  # pacing: the figure is the operator's CPU meanwhile
             fig["operator_cpu_s_per_s"] = per_s = idle.stop().per_second

@@ -93,6 +93,22 @@ class CpuMeter:
         return self.cpu / self.wall if self.wall else 0.0
 
 
+def settle(pid: int, window: float = 5.0, deadline: float = 180.0) -> list[float]:
+    """Wait until the process's CPU use stops falling: consecutive `window`-second rates
+    until one is no longer under 80 % of the one before (or is under 1 % of a core), at
+    most `deadline` seconds. What follows a burst (a backlog of watch events still being
+    handled) is not idle. Returns the rates seen (cores), for the result file."""
+    rates: list[float] = []
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        meter = CpuMeter(pid).start()
+        time.sleep(window)  # pacing: one measurement window
+        rates.append(meter.stop().per_second)
+        if rates[-1] < 0.01 or (len(rates) > 1 and rates[-1] >= 0.8 * rates[-2]):
+            break
+    return rates
+
+
 def machine_load() -> float:
     """1-minute load average: the machine is shared, so every result records it."""
     return float(Path("/proc/loadavg").read_text().split()[0])
