@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -91,6 +92,34 @@ class CpuMeter:
     @property
     def per_second(self) -> float:
         return self.cpu / self.wall if self.wall else 0.0
+
+
+class LastEvent:
+    """When the last watch event arrived, for `wait_quiet`: the stack done with a burst
+    (kube-controller-manager's last status writes come a minute after the last Ready at
+    1,000)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def see(self, t: float) -> None:
+        with self.lock:
+            self.at = max(self.at, t)
+
+    def wait_quiet(self, quiet: float, deadline: float) -> float:
+        """Until no event for `quiet` seconds; returns how long that took (NaN: `deadline`
+        seconds passed first)."""
+        start = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self.lock:
+                since = now - self.at
+            if since >= quiet:
+                return now - start
+            if now - start >= deadline:
+                return math.nan
+            time.sleep(min(quiet - since, 1.0))  # polling, with the deadline above
 
 
 def settle(pid: int, window: float = 5.0, deadline: float = 180.0) -> list[float]:

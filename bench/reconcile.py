@@ -14,8 +14,10 @@ ratio of the last VoiceAgent Ready to the last plain Deployment Ready says how m
 "all Ready" the operator adds to what the stack itself takes.
 
 Also the operator's CPU seconds and peak RSS over the run, and its idle CPU (% of one
-core) over `--idle-seconds` with all N VoiceAgents present and Ready (the built-in
-autoscaler keeps reading each worker's /sessions every second, so "idle" includes that).
+core) over `--idle-seconds` with all N VoiceAgents present and Ready, once nothing on
+their path has changed for 10 s and the operator's CPU has stopped falling ("idle"
+includes the long polls of every worker's /sessions, failover's sweeps and the
+reconciler's timer), also per VoiceAgent and per worker pod.
 
 python -m bench.reconcile [--sizes 1,100,1000] [--idle-seconds 30] [--process-workers]
 (env: BENCH_RECONCILE_SIZES, BENCH_IDLE_SECONDS)
@@ -29,6 +31,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.cluster import (
@@ -36,6 +39,7 @@ from bench.cluster import (
     Cluster,
     CpuMeter,
     FirstTimes,
+    LastEvent,
     Watcher,
     cluster,
     condition_true,
@@ -219,6 +223,14 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
             ready.see(obj["metadata"]["name"], t)
 
     names = [f"va{i:04d}" for i in range(n)]
+    events = LastEvent()
+
+    def seen(on: Callable[[str, JSON, float], None]) -> Callable[[str, JSON, float], None]:
+        def both(kind: str, obj: JSON, t: float) -> None:
+            events.see(t)
+            on(kind, obj, t)
+
+        return both
 
     def create(name: str) -> None:
         created[name] = time.monotonic()
@@ -228,10 +240,10 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
 
     pid = c.operator_pid
     with (
-        Watcher(c.kube, "apps", "v1", "deployments", ns, on_dep),
-        Watcher(c.kube, "apps", "v1", "replicasets", ns, on_rs),
-        Watcher(c.kube, "", "v1", "pods", ns, on_pod),
-        Watcher(c.kube, GROUP, VERSION, PLURAL, ns, on_va),
+        Watcher(c.kube, "apps", "v1", "deployments", ns, seen(on_dep)),
+        Watcher(c.kube, "apps", "v1", "replicasets", ns, seen(on_rs)),
+        Watcher(c.kube, "", "v1", "pods", ns, seen(on_pod)),
+        Watcher(c.kube, GROUP, VERSION, PLURAL, ns, seen(on_va)),
     ):
         run = CpuMeter(pid).start()
         t0 = time.monotonic()
@@ -243,8 +255,10 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
             f"[reconcile] {n}: {len(ready.times)} Ready; idle for {idle_seconds:.0f}s", flush=True
         )
         last_ready = max(ready.times.values(), default=math.nan)
-        # Idle: everything present and Ready, nothing changing, and the operator done with
-        # the burst's backlog of watch events (its CPU no longer falling).
+        # Idle: everything present and Ready, nothing changing (no event on the path for
+        # 10 s: the controllers' last status writes come long after the last Ready at
+        # 1,000), and the operator's CPU no longer falling.
+        quiet_after = events.wait_quiet(10.0, 300.0)
         settling = settle(pid)
         idle = CpuMeter(pid).start()
         time.sleep(idle_seconds)  # pacing: the figure is what the operator spends meanwhile
@@ -270,6 +284,8 @@ def voiceagents(c: Cluster, n: int, timeout: float, idle_seconds: float, last: b
         # The operator's CPU (cores) in 5 s windows after all were Ready, until it stopped
         # falling: the burst's tail, before the idle measurement.
         "settling_cpu_per_second": settling,
+        # From the last Ready to 10 s without an event on the path (NaN: not within 300 s).
+        "quiet_after_ready_s": quiet_after,
         "operator_rss_mb": rss,
         "operator_peak_rss_mb": peak,
         "load_avg_1m": machine_load(),
