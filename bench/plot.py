@@ -1,8 +1,9 @@
 """docs/benchmarks.md's figures, drawn from the result JSON only (nothing typed in).
 
-python -m bench.plot [autoscale|call ...]    # default: both
+python -m bench.plot [autoscale|call|reconcile ...]    # default: all
     bench/results/autoscale.json -> docs/img/autoscale-reaction.png
     bench/results/call.json      -> docs/img/call-capacity.png
+    bench/results/reconcile.json -> docs/img/reconcile-stages.png
 """
 
 from __future__ import annotations
@@ -124,9 +125,52 @@ def call_capacity(data: dict[str, Any], out: Path) -> Path:
     return _save(fig, title, out)
 
 
+# bench/reconcile.py's STAGES as bars: who moves each step.
+STAGE_BARS = (
+    ("created_to_deployment", "operator: create -> Deployment"),
+    ("deployment_to_replicaset", "kube-controller-manager: -> ReplicaSet"),
+    ("replicaset_to_pod", "kube-controller-manager: -> pod"),
+    ("pod_to_pod_scheduled", "kube-scheduler: -> scheduled"),
+    ("pod_scheduled_to_pod_ready", "node agent: -> pod Ready"),
+    ("pod_ready_to_deployment_ready", "kube-controller-manager: -> Deployment ready"),
+    ("deployment_ready_to_ready", "operator: -> VoiceAgent Ready"),
+)
+
+
+def reconcile_stages(data: dict[str, Any], out: Path) -> Path:
+    """Where create -> Ready goes per size: each step's p50 stacked (who moves it), beside
+    the same-run baseline of plain Deployments (replicas 1) from create to Ready (p50)."""
+    sizes = sorted((k for k in data["figures"] if int(k[1:]) >= 100), key=lambda k: int(k[1:]))
+    fig, ax = plt.subplots(figsize=(9, 2.6 + 1.1 * len(sizes)))
+    rows: list[str] = []
+    for key in sizes:
+        size = data["figures"][key]
+        left = 0.0
+        y = len(rows)
+        for i, (stage, name) in enumerate(STAGE_BARS):
+            width = size["stages_s"][stage].get("p50", 0.0)
+            ax.barh(y, width, left=left, color=f"C{i}", label=name if key == sizes[0] else None)
+            left += width
+        rows.append(f"{int(key[1:]):,} VoiceAgents")
+        plain = size.get("baseline_plain_deployments_ready", {}).get("create_to_ready_s", {})
+        if "p50" in plain:
+            ax.barh(len(rows), plain["p50"], color="0.6", label="plain Deployments -> Ready"
+                    if key == sizes[0] else None)  # fmt: skip
+            rows.append(f"{int(key[1:]):,} plain Deployments")
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from create (p50 of each step, stacked)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3)
+    ax.grid(axis="x", alpha=0.3)
+    run = data.get("run", {})
+    title = "reconcile: create -> Ready, step by step"
+    return _save(fig, f"{title}, rev {run.get('revision_at_start')}, {run.get('started')}", out)
+
+
 PLOTS = {
     "autoscale": (autoscale, "autoscale.json", "autoscale-reaction.png"),
     "call": (call_capacity, "call.json", "call-capacity.png"),
+    "reconcile": (reconcile_stages, "reconcile.json", "reconcile-stages.png"),
 }
 
 
