@@ -134,7 +134,6 @@ class FleetLoop:
         self.workers = workers
         # Deployment replicas per VoiceAgent (kopf's index, handed over by the daemons).
         self.replicas: Callable[[Key], int | None] = lambda _key: None
-        self.runs = 0  # runs so far (tests and the benchmark read it)
         self._members: dict[Key, _Member] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
@@ -268,7 +267,6 @@ class FleetLoop:
                 log.exception("fleet loop %s/%s: run failed; retrying", *key)
             finally:
                 self._running.discard(key)
-                self.runs += 1
             if key not in self._members:
                 self._forget(key)  # it left while this run wrote its state back
             elif key in self._again:
